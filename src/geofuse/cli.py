@@ -1,0 +1,160 @@
+"""The ``geofuse`` command line: one thin function per command, no logic."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from geofuse.errors import GeofuseError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="geofuse: multi-sensor fusion deep learning for Earth-observation imagery.",
+)
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOpt = typer.Option(..., "--config", "-c", help="Study YAML file.", show_default=False)
+
+
+def _friendly(func: F) -> F:
+    """Print GeofuseError on one line and exit 2 instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except GeofuseError as err:
+            console.print(f"[bold red]error:[/] {err.one_line()}", soft_wrap=True, highlight=False)
+            raise typer.Exit(code=err.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@_friendly
+def synth(
+    out: Path = typer.Option(Path("synthetic"), "--out", "-o", help="Folder for the scene."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same files."),
+) -> None:
+    """Generate the built-in synthetic Los Lagos-like scene and a ready study config."""
+    from geofuse.data.synthetic import generate_scene
+
+    cfg_path = generate_scene(out, seed=seed)
+    console.print(f"synthetic scene written; study config: [bold]{cfg_path}[/]")
+
+
+@app.command()
+@_friendly
+def prepare(config: Path = ConfigOpt) -> None:
+    """Align every modality onto the reference grid and write the fused stack + QC report."""
+    from geofuse.config import load_config
+    from geofuse.raster.prepare import prepare_stack
+
+    result = prepare_stack(load_config(config))
+    console.print(f"fused stack: [bold]{result.stack_path}[/]; QC report: {result.qc_path}")
+
+
+@app.command()
+@_friendly
+def extract(config: Path = ConfigOpt) -> None:
+    """Sample patches inside label polygons and write a PatchSet with grouped splits."""
+    from geofuse.config import load_config
+    from geofuse.data.extract import extract_patches
+
+    cfg = load_config(config)
+    patches = extract_patches(cfg)
+    console.print(f"{len(patches)} patches written to [bold]{cfg.patches_path}[/]")
+
+
+@app.command()
+@_friendly
+def train(
+    config: Path = ConfigOpt,
+    resume: bool = typer.Option(False, "--resume", help="Continue the run from its last checkpoint."),
+    run_name: str | None = typer.Option(None, "--run-name", help="Run directory name."),
+) -> None:
+    """Train a model on the PatchSet; writes a self-describing run directory."""
+    from geofuse.config import load_config
+    from geofuse.training.train import train_model
+
+    run_dir = train_model(load_config(config), resume=resume, run_name=run_name)
+    console.print(f"run directory: [bold]{run_dir}[/]")
+
+
+@app.command()
+@_friendly
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A run directory written by 'geofuse train'."),
+) -> None:
+    """Evaluate the best checkpoint of a run on its validation (and test) split."""
+    from geofuse.evaluation.evaluate import evaluate_run
+
+    metrics = evaluate_run(run_dir)
+    summary = {k: v for k, v in metrics.items() if isinstance(v, dict) and "accuracy" in v}
+    for split, m in summary.items():
+        console.print(f"{split}: accuracy {m['accuracy']:.3f}, macro F1 {m['f1_macro']:.3f}")
+
+
+@app.command()
+@_friendly
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory written by 'geofuse train'."),
+) -> None:
+    """Write report.md (with plots) for a run directory."""
+    from geofuse.reporting.report import write_report
+
+    path = write_report(run_dir)
+    console.print(f"report: [bold]{path}[/]")
+
+
+@app.command()
+@_friendly
+def demo(
+    workdir: Path = typer.Option(Path("demo_output"), help="Where the demo writes everything."),
+    seed: int = typer.Option(0, help="Scene and training seed."),
+    epochs: int | None = typer.Option(None, help="Override the number of training epochs."),
+) -> None:
+    """Run the whole flow on the synthetic scene: synth, prepare, extract, train, report."""
+    from geofuse.pipeline import run_demo
+
+    report_path = run_demo(workdir, seed=seed, epochs=epochs)
+    console.print(f"\n[bold green]demo finished.[/] report: [bold]{report_path}[/]")
+
+
+@app.command("config")
+@_friendly
+def config_cmd(
+    schema: bool = typer.Option(False, "--schema", help="Print the JSON schema of a study config."),
+    reference: bool = typer.Option(False, "--reference", help="Print a Markdown key reference."),
+    check: Path | None = typer.Option(None, "--check", help="Validate a study YAML and exit."),
+) -> None:
+    """Show the config schema or reference, or validate a config file."""
+    from geofuse.config import config_schema, dump_config, load_config
+    from geofuse.docs import config_reference_markdown
+
+    if schema:
+        sys.stdout.write(json.dumps(config_schema(), indent=2) + "\n")
+    elif reference:
+        sys.stdout.write(config_reference_markdown())
+    elif check is not None:
+        sys.stdout.write(dump_config(load_config(check)))
+        console.print(f"[green]{check} is valid[/]")
+    else:
+        raise typer.BadParameter("give --schema, --reference or --check FILE")
+
+
+def main() -> None:  # pragma: no cover - entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,349 @@
+"""Pydantic models for a geofuse study, loaded from and dumped to YAML.
+
+One YAML file describes a whole study; every command takes it. Unknown keys are errors
+(``extra='forbid'``), and relative paths are resolved against the config file's directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from geofuse.errors import ConfigError, DataNotFoundError
+
+Resampling = Literal[
+    "nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode", "min", "max",
+    "med", "q1", "q3", "sum", "rms",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModalityConfig(_Model):
+    """One sensor input: its files, band names, scaling and how it is resampled."""
+
+    name: str = Field(description="Short key used everywhere else, e.g. s2, dem, modis, s1, viirs.")
+    files: list[str] = Field(
+        min_length=1, description="Raster files or glob patterns, relative to the config file."
+    )
+    bands: list[str] = Field(min_length=1, description="One name per output band, in order.")
+    combine: Literal["mosaic", "stack"] = Field(
+        "mosaic",
+        description="mosaic: files are tiles with the same bands; stack: files hold different "
+        "bands, concatenated in file order.",
+    )
+    sensor: str | None = Field(
+        None, description="Catalogue key (sentinel2, sentinel1, modis_ndvi, dem, viirs, landsat8) "
+        "for default valid ranges."
+    )
+    scale: float = Field(1.0, description="Physical value = raw * scale + offset.")
+    offset: float = 0.0
+    nodata: float | None = Field(None, description="Raw nodata value; default: the file's own.")
+    resampling: Resampling = Field(
+        "bilinear", description="GDAL resampling onto the reference grid (nearest for classes)."
+    )
+    valid_range: tuple[float, float] | None = Field(
+        None, description="Expected physical range; values outside are counted by the QC report."
+    )
+
+    @model_validator(mode="after")
+    def _name_is_key(self) -> ModalityConfig:
+        if not self.name.isidentifier():
+            raise ValueError(f"modality name {self.name!r} must be a simple key such as 's2'")
+        return self
+
+
+class GridConfig(_Model):
+    """An explicit reference grid; when absent, the first modality's grid is used."""
+
+    crs: str = Field(description="Any CRS string rasterio understands, e.g. EPSG:32718.")
+    resolution: float = Field(gt=0, description="Pixel size in CRS units.")
+    bounds: tuple[float, float, float, float] = Field(
+        description="left, bottom, right, top in CRS units."
+    )
+
+
+class PrepareConfig(_Model):
+    """Where and how the fused stack is written."""
+
+    output: str = Field("stack.tif", description="Fused GeoTIFF, relative to workdir.")
+    block_size: int = Field(512, ge=64, description="Window size; bounds memory use.")
+    max_nan_fraction: float = Field(
+        1.0, ge=0, le=1, description="Fail if any band has more invalid pixels than this."
+    )
+
+
+class LabelsConfig(_Model):
+    """Label polygons and the attribute that holds their class."""
+
+    path: str = Field(description="GeoJSON, GeoPackage or Shapefile with label polygons.")
+    class_field: str = "class"
+    classes: list[str] | None = Field(
+        None, description="Class names in index order; default: sorted names found in the file."
+    )
+    id_field: str | None = Field(None, description="Feature id attribute; default: row number.")
+
+
+class ExtractConfig(_Model):
+    """How patches are sampled from the polygons and read from the fused stack."""
+
+    output: str = Field("patches.h5", description="PatchSet file, relative to workdir.")
+    patch_size: int = Field(8, ge=1)
+    per_polygon: int | None = Field(10, ge=1, description="Patch centres per polygon.")
+    per_class: int | None = Field(
+        None, ge=1, description="Patch centres per class, spread over its polygons."
+    )
+    jitter: float = Field(0.0, ge=0, description="Random shift of centres, in pixels.")
+    min_distance: float = Field(0.0, ge=0, description="Minimum centre spacing, in pixels.")
+    max_nodata_fraction: float = Field(0.0, ge=0, le=1)
+    on_nodata: Literal["drop", "flag"] = "drop"
+
+
+class SplitConfig(_Model):
+    """Stratified, grouped train/validation/test split."""
+
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float = Field(0.0, ge=0, lt=1)
+
+
+class ModelConfig(_Model):
+    """Which network to train and its size."""
+
+    name: Literal["simple_cnn"] = "simple_cnn"
+    hidden: int = Field(128, ge=1)
+    dropout: float = Field(0.5, ge=0, lt=1)
+
+
+class TrainConfig(_Model):
+    """Lightning training settings."""
+
+    modalities: list[str] | None = Field(None, description="Modalities to use; default all.")
+    bands: list[str] | None = Field(None, description="Explicit band subset (overrides modalities).")
+    model: ModelConfig = ModelConfig()
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    early_stopping_patience: int = Field(10, ge=1)
+    plateau_patience: int = Field(4, ge=1)
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    augment: bool = True
+    num_workers: int = Field(0, ge=0)
+    accelerator: str = "auto"
+    output: str = Field("runs", description="Run directories go here, relative to workdir.")
+    run_name: str | None = None
+
+
+class GuardConfig(_Model):
+    """Thresholds of the collapse guard."""
+
+    one_class_fraction: float = Field(
+        0.9, gt=0, le=1, description="Collapse if one class gets at least this share of predictions."
+    )
+    majority_margin: float = Field(
+        0.0, ge=0, description="Collapse if accuracy <= majority-class rate + this margin."
+    )
+
+
+class StudyConfig(_Model):
+    """A complete study: inputs, grid, labels, patches, splits and training."""
+
+    name: str = "study"
+    workdir: str = Field("work", description="Outputs go here, relative to the config file.")
+    seed: int = 42
+    modalities: list[ModalityConfig] = Field(min_length=1)
+    grid: GridConfig | None = None
+    prepare: PrepareConfig = PrepareConfig()
+    labels: LabelsConfig | None = None
+    extract: ExtractConfig = ExtractConfig()
+    splits: SplitConfig = SplitConfig()
+    train: TrainConfig = TrainConfig()
+    guards: GuardConfig = GuardConfig()
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _source: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> StudyConfig:
+        names = [m.name for m in self.modalities]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"modality names must be unique; repeated: {dupes}")
+        bands = [b for m in self.modalities for b in m.bands]
+        dup_bands = sorted({b for b in bands if bands.count(b) > 1})
+        if dup_bands:
+            raise ValueError(
+                f"band names must be unique across modalities; repeated: {dup_bands} "
+                "(prefix them, e.g. dem_elevation)"
+            )
+        for sub in self.train.modalities or []:
+            if sub not in names:
+                raise ValueError(f"train.modalities names unknown modality {sub!r}; known: {names}")
+        return self
+
+    # -- paths -----------------------------------------------------------------------------
+    @property
+    def base_dir(self) -> Path:
+        """Directory that relative paths are resolved against."""
+        return self._base_dir
+
+    @property
+    def source(self) -> Path | None:
+        """The YAML file this config was loaded from, if any."""
+        return self._source
+
+    def resolve(self, path: str | Path) -> Path:
+        """Resolve ``path`` against the config file's directory."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self._base_dir / p)
+
+    @property
+    def workdir_path(self) -> Path:
+        return self.resolve(self.workdir)
+
+    def in_workdir(self, path: str | Path) -> Path:
+        """Resolve an output path against the work directory."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.workdir_path / p)
+
+    @property
+    def stack_path(self) -> Path:
+        return self.in_workdir(self.prepare.output)
+
+    @property
+    def patches_path(self) -> Path:
+        return self.in_workdir(self.extract.output)
+
+    @property
+    def runs_path(self) -> Path:
+        return self.in_workdir(self.train.output)
+
+    def modality_files(self, modality: ModalityConfig) -> list[Path]:
+        """Expand a modality's file patterns; raise if any pattern matches nothing."""
+        out: list[Path] = []
+        for pattern in modality.files:
+            full = self.resolve(pattern)
+            if glob.has_magic(str(full)):
+                matches = sorted(Path(p) for p in glob.glob(str(full), recursive=True))
+                if not matches:
+                    raise DataNotFoundError(
+                        f"modality {modality.name!r}: pattern {str(full)!r} matches no file; "
+                        "fix the path in 'files' (relative paths start at the config's folder)"
+                    )
+                out.extend(matches)
+            else:
+                if not full.exists():
+                    raise DataNotFoundError(
+                        f"modality {modality.name!r}: file {str(full)!r} does not exist; "
+                        "fix the path in 'files' (relative paths start at the config's folder)"
+                    )
+                out.append(full)
+        return out
+
+    def modality(self, name: str) -> ModalityConfig:
+        for m in self.modalities:
+            if m.name == name:
+                return m
+        raise ConfigError(
+            f"unknown modality {name!r}; known: {[m.name for m in self.modalities]}"
+        )
+
+    @property
+    def band_names(self) -> list[str]:
+        return [b for m in self.modalities for b in m.bands]
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            key = str(e["loc"][-1])
+            model = _model_at(e["loc"][:-1])
+            valid = sorted(model.model_fields) if model is not None else []
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
+            parts.append(f"unknown key {loc!r}; {hint}")
+        elif e["type"] == "missing":
+            parts.append(f"missing required key {loc!r}; add it")
+        else:
+            value = e.get("input")
+            parts.append(f"{loc} = {value!r}: {e['msg']}")
+    return f"{source}: invalid config: " + "; ".join(parts)
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """Walk the StudyConfig schema along an error location (ignoring list indices)."""
+    model: Any = StudyConfig
+    for key in loc:
+        if isinstance(key, int):
+            continue
+        field = model.model_fields.get(key) if hasattr(model, "model_fields") else None
+        if field is None:
+            return None
+        ann = field.annotation
+        model = _first_model(ann)
+        if model is None:
+            return None
+    return model
+
+
+def _first_model(ann: Any) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        found = _first_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def parse_config(data: dict[str, Any], base_dir: Path, source: str = "config") -> StudyConfig:
+    """Validate a config mapping; relative paths resolve against ``base_dir``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a YAML mapping at the top level, got {type(data)}")
+    try:
+        cfg = StudyConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+    cfg._base_dir = base_dir.resolve()
+    return cfg
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Load and validate a study config from YAML."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(
+            f"config file {str(path)!r} does not exist; pass the path of your study YAML "
+            "(see configs/ for examples)"
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+    cfg = parse_config(data or {}, path.parent, source=str(path))
+    cfg._source = path.resolve()
+    return cfg
+
+
+def dump_config(cfg: StudyConfig, path: str | Path | None = None) -> str:
+    """Serialise a config to YAML (optionally writing it); paths are kept as written."""
+    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    if path is not None:
+        from geofuse.io_utils import atomic_write_text
+
+        atomic_write_text(Path(path), text)
+    return text
+
+
+def config_schema() -> dict[str, Any]:
+    """JSON schema of the study config, for docs and editors."""
+    return StudyConfig.model_json_schema()

@@ -1,0 +1,197 @@
+"""PatchSet: patches with labels, band names, groups, coordinates, splits and provenance.
+
+One compressed HDF5 file holds everything a training run needs; it loads back identically.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from geofuse.errors import BandError, DataNotFoundError
+from geofuse.io_utils import atomic_path
+
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+UNASSIGNED = 255
+FORMAT_VERSION = 1
+
+
+@dataclass
+class PatchSet:
+    """A set of ``N`` patches of ``C`` bands, ``patch_size`` x ``patch_size`` pixels.
+
+    Attributes:
+        x: float32 array (N, C, P, P) of physical values; NaN marks nodata.
+        y: int64 class indices (N,).
+        band_names: one name per channel.
+        modalities: modality name -> its band names, in channel order.
+        class_names: class names in index order.
+        groups: provenance group of each patch (e.g. ``polygon:17``), used for leakage-free splits.
+        coords: float64 (N, 2) centre x, y in ``crs`` units.
+        split: uint8 (N,) codes from :data:`SPLIT_CODES` (255 = unassigned).
+        nodata_fraction: float32 (N,) share of invalid pixels in each patch.
+        crs: CRS of ``coords`` (WKT or EPSG string).
+        provenance: free-form JSON-able record (sources, config, versions).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    band_names: list[str]
+    modalities: dict[str, list[str]]
+    class_names: list[str]
+    groups: np.ndarray
+    coords: np.ndarray
+    split: np.ndarray | None = None
+    nodata_fraction: np.ndarray | None = None
+    crs: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.x)
+        self.x = np.asarray(self.x, dtype=np.float32)
+        self.y = np.asarray(self.y, dtype=np.int64)
+        self.groups = np.asarray(self.groups).astype(str)
+        self.coords = np.asarray(self.coords, dtype=np.float64).reshape(n, 2)
+        if self.split is None:
+            self.split = np.full(n, UNASSIGNED, dtype=np.uint8)
+        self.split = np.asarray(self.split, dtype=np.uint8)
+        if self.nodata_fraction is None:
+            self.nodata_fraction = np.zeros(n, dtype=np.float32)
+        self.nodata_fraction = np.asarray(self.nodata_fraction, dtype=np.float32)
+        if self.x.ndim != 4 or self.x.shape[2] != self.x.shape[3]:
+            raise ValueError(f"x must be (N, C, P, P); got {self.x.shape}")
+        if self.x.shape[1] != len(self.band_names):
+            raise ValueError(f"{self.x.shape[1]} channels but {len(self.band_names)} band names")
+        flat = [b for bands in self.modalities.values() for b in bands]
+        if flat != list(self.band_names):
+            raise ValueError("modalities must list band_names in channel order")
+        for name, arr in [("y", self.y), ("groups", self.groups), ("split", self.split),
+                          ("nodata_fraction", self.nodata_fraction)]:
+            if len(arr) != n:
+                raise ValueError(f"{name} has {len(arr)} entries for {n} patches")
+
+    # -- basic views ------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.x.shape[-1])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def band_indices(self, names: list[str]) -> list[int]:
+        """Channel indices of ``names``; raises :class:`BandError` naming unknown bands."""
+        missing = [b for b in names if b not in self.band_names]
+        if missing:
+            raise BandError(
+                f"unknown band(s) {missing}; this PatchSet has {self.band_names}; "
+                "fix train.bands in the config"
+            )
+        return [self.band_names.index(b) for b in names]
+
+    def modality_bands(self, modalities: list[str]) -> list[str]:
+        """Band names of the given modalities, in channel order."""
+        unknown = [m for m in modalities if m not in self.modalities]
+        if unknown:
+            raise BandError(
+                f"unknown modality {unknown}; this PatchSet has {list(self.modalities)}; "
+                "fix train.modalities in the config"
+            )
+        return [b for m, bands in self.modalities.items() if m in modalities for b in bands]
+
+    def select_bands(self, names: list[str]) -> PatchSet:
+        """A PatchSet with only ``names`` (order of the original channels kept per modality)."""
+        self.band_indices(names)  # validates the names
+        keep = set(names)
+        mods = {m: [b for b in bands if b in keep] for m, bands in self.modalities.items()}
+        mods = {m: bands for m, bands in mods.items() if bands}
+        ordered = [b for bands in mods.values() for b in bands]
+        idx = [self.band_names.index(b) for b in ordered]
+        return self._replace(x=self.x[:, idx], band_names=ordered, modalities=mods)
+
+    def subset(self, mask_or_index: np.ndarray) -> PatchSet:
+        """A PatchSet with the selected patches."""
+        sel = np.asarray(mask_or_index)
+        return self._replace(
+            x=self.x[sel], y=self.y[sel], groups=self.groups[sel], coords=self.coords[sel],
+            split=self.split[sel], nodata_fraction=self.nodata_fraction[sel],
+        )
+
+    def split_indices(self, name: str) -> np.ndarray:
+        """Indices of the patches in split ``name`` (train, val or test)."""
+        return np.flatnonzero(self.split == SPLIT_CODES[name])
+
+    def class_counts(self, split: str | None = None) -> dict[str, int]:
+        """Patches per class name, over all patches or one split."""
+        y = self.y if split is None else self.y[self.split_indices(split)]
+        counts = np.bincount(y, minlength=self.num_classes)
+        return {c: int(n) for c, n in zip(self.class_names, counts, strict=True)}
+
+    def _replace(self, **changes: Any) -> PatchSet:
+        fields = dict(
+            x=self.x, y=self.y, band_names=list(self.band_names), modalities=dict(self.modalities),
+            class_names=list(self.class_names), groups=self.groups, coords=self.coords,
+            split=self.split, nodata_fraction=self.nodata_fraction, crs=self.crs,
+            provenance=dict(self.provenance),
+        )
+        fields.update(changes)
+        return PatchSet(**fields)
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write to one compressed HDF5 file, atomically."""
+        path = Path(path)
+        with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
+            f.attrs["format"] = "geofuse.PatchSet"
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["crs"] = self.crs
+            f.attrs["band_names"] = json.dumps(self.band_names)
+            f.attrs["modalities"] = json.dumps(self.modalities)
+            f.attrs["class_names"] = json.dumps(self.class_names)
+            f.attrs["provenance"] = json.dumps(self.provenance, default=str)
+            chunk = (min(len(self), 256), *self.x.shape[1:]) if len(self) else None
+            f.create_dataset("x", data=self.x, compression="gzip", compression_opts=4,
+                             shuffle=True, chunks=chunk)
+            f.create_dataset("y", data=self.y)
+            f.create_dataset("groups", data=self.groups.astype("S"))
+            f.create_dataset("coords", data=self.coords)
+            f.create_dataset("split", data=self.split)
+            f.create_dataset("nodata_fraction", data=self.nodata_fraction)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> PatchSet:
+        """Read a PatchSet written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataNotFoundError(
+                f"PatchSet {str(path)!r} does not exist; run 'geofuse extract -c CONFIG' first"
+            )
+        try:
+            with h5py.File(path, "r") as f:
+                if f.attrs.get("format") != "geofuse.PatchSet":
+                    raise DataNotFoundError(
+                        f"{str(path)!r} is not a geofuse PatchSet; pass the file written by "
+                        "'geofuse extract'"
+                    )
+                return cls(
+                    x=f["x"][()], y=f["y"][()],
+                    band_names=json.loads(f.attrs["band_names"]),
+                    modalities=json.loads(f.attrs["modalities"]),
+                    class_names=json.loads(f.attrs["class_names"]),
+                    groups=f["groups"][()].astype(str), coords=f["coords"][()],
+                    split=f["split"][()], nodata_fraction=f["nodata_fraction"][()],
+                    crs=str(f.attrs["crs"]), provenance=json.loads(f.attrs["provenance"]),
+                )
+        except OSError as err:
+            raise DataNotFoundError(
+                f"cannot read PatchSet {str(path)!r} ({err}); re-run 'geofuse extract'"
+            ) from None
