@@ -155,13 +155,15 @@ class GuardConfig(_Model):
 class StudyConfig(_Model):
     """A complete study: inputs, grid, labels, patches, splits and training."""
 
-    name: str = "study"
+    name: str = Field("study", description="Study name; used in run names and reports.")
     workdir: str = Field("work", description="Outputs go here, relative to the config file.")
-    seed: int = 42
-    modalities: list[ModalityConfig] = Field(min_length=1)
-    grid: GridConfig | None = None
+    seed: int = Field(42, description="Seed for sampling, splits and training.")
+    modalities: list[ModalityConfig] = Field(
+        min_length=1, description="Sensor inputs; the first defines the reference grid."
+    )
+    grid: GridConfig | None = Field(None, description="Explicit reference grid (optional).")
     prepare: PrepareConfig = PrepareConfig()
-    labels: LabelsConfig | None = None
+    labels: LabelsConfig | None = Field(None, description="Label polygons (needed by extract).")
     extract: ExtractConfig = ExtractConfig()
     splits: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()
