@@ -104,3 +104,10 @@ def test_cli_config_check_exit_codes(tmp_path: Path) -> None:
     assert "extrat" in result.output and "Traceback" not in result.output
     schema = runner.invoke(app, ["config", "--schema"])
     assert schema.exit_code == 0 and '"modalities"' in schema.output
+
+
+def test_docs_config_reference_is_up_to_date() -> None:
+    doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert doc.read_text().strip() == config_reference_markdown().strip(), (
+        "docs/config.md is stale: run `geofuse config --reference > docs/config.md`"
+    )

@@ -104,6 +104,10 @@ class ExtractConfig(_Model):
     min_distance: float = Field(0.0, ge=0, description="Minimum centre spacing, in pixels.")
     max_nodata_fraction: float = Field(0.0, ge=0, le=1)
     on_nodata: Literal["drop", "flag"] = "drop"
+    memory_limit_mb: int = Field(
+        2048, ge=0, description="Stacks up to this size are read into memory for fast patch "
+        "reads; larger ones (all, with 0) are read window by window."
+    )
 
 
 class SplitConfig(_Model):
@@ -137,6 +141,10 @@ class TrainConfig(_Model):
     augment: bool = True
     num_workers: int = Field(0, ge=0)
     accelerator: str = "auto"
+    deterministic: bool | Literal["warn"] = Field(
+        True, description="Deterministic kernels (same config, same metrics); 'warn' lets ops "
+        "without a deterministic GPU kernel run with a warning instead of failing."
+    )
     output: str = Field("runs", description="Run directories go here, relative to workdir.")
     run_name: str | None = None
 

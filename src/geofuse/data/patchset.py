@@ -161,7 +161,7 @@ class PatchSet:
             f.create_dataset("x", data=self.x, compression="gzip", compression_opts=4,
                              shuffle=True, chunks=chunk)
             f.create_dataset("y", data=self.y)
-            f.create_dataset("groups", data=self.groups.astype("S"))
+            f.create_dataset("groups", data=np.char.encode(self.groups, "utf-8"))
             f.create_dataset("coords", data=self.coords)
             f.create_dataset("split", data=self.split)
             f.create_dataset("nodata_fraction", data=self.nodata_fraction)
@@ -187,7 +187,7 @@ class PatchSet:
                     band_names=json.loads(f.attrs["band_names"]),
                     modalities=json.loads(f.attrs["modalities"]),
                     class_names=json.loads(f.attrs["class_names"]),
-                    groups=f["groups"][()].astype(str), coords=f["coords"][()],
+                    groups=np.char.decode(f["groups"][()], "utf-8"), coords=f["coords"][()],
                     split=f["split"][()], nodata_fraction=f["nodata_fraction"][()],
                     crs=str(f.attrs["crs"]), provenance=json.loads(f.attrs["provenance"]),
                 )

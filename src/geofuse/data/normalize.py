@@ -1,0 +1,90 @@
+"""Per-band normalisation from training statistics only.
+
+Statistics are computed over the training split (NaN-aware), stored as ``normalization.json`` in
+the run directory, and reused unchanged for validation, test and prediction. After
+normalisation, NaN pixels become 0, i.e. the band's training mean.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from geofuse.errors import BandError, RunDirError
+from geofuse.io_utils import atomic_write_json
+
+MIN_STD = 1e-6
+
+
+@dataclass(frozen=True)
+class BandStats:
+    """Mean and standard deviation of each band, in channel order.
+
+    Attributes:
+        bands: band names, one per channel.
+        mean: per-band mean over valid (non-NaN) training pixels.
+        std: per-band standard deviation; constant bands get 1.0.
+    """
+
+    bands: list[str]
+    mean: np.ndarray
+    std: np.ndarray
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", np.asarray(self.mean, dtype=np.float32))
+        object.__setattr__(self, "std", np.asarray(self.std, dtype=np.float32))
+        if not len(self.bands) == len(self.mean) == len(self.std):
+            raise ValueError("bands, mean and std must have one entry per channel")
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-able form: ``{"bands": [...], "mean": [...], "std": [...]}``."""
+        return {"bands": list(self.bands), "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the statistics to ``path`` as JSON, atomically."""
+        atomic_write_json(path, self.to_dict())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> BandStats:
+        """Read statistics written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise RunDirError(
+                f"normalisation file {str(path)!r} is missing; re-run 'geofuse train' for this run"
+            )
+        data = json.loads(path.read_text())
+        return cls(bands=list(data["bands"]), mean=data["mean"], std=data["std"])
+
+
+def compute_band_stats(x: np.ndarray, bands: list[str]) -> BandStats:
+    """NaN-aware per-band mean/std of ``x`` (N, C, P, P); pass training patches only.
+
+    Raises:
+        BandError: a band has no valid pixel in ``x``.
+    """
+    flat = np.moveaxis(np.asarray(x, dtype=np.float64), 1, 0).reshape(len(bands), -1)
+    valid = np.isfinite(flat).sum(axis=1)
+    empty = [b for b, n in zip(bands, valid, strict=True) if n == 0]
+    if empty:
+        raise BandError(
+            f"band(s) {empty} have no valid pixel in the training split; "
+            "drop them with train.bands in the config"
+        )
+    flat = np.where(np.isfinite(flat), flat, np.nan)
+    mean = np.nanmean(flat, axis=1)
+    std = np.nanstd(flat, axis=1)
+    std = np.where(std < MIN_STD, 1.0, std)
+    return BandStats(bands=list(bands), mean=mean, std=std)
+
+
+def normalize(x: np.ndarray, stats: BandStats) -> np.ndarray:
+    """Standardise ``x`` (..., C, H, W) band-wise; NaN/inf become 0 (the band mean)."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.shape[-3] != len(stats.bands):
+        raise ValueError(f"{x.shape[-3]} channels but statistics for {len(stats.bands)} bands")
+    out = (x - stats.mean[:, None, None]) / stats.std[:, None, None]
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32, copy=False)

@@ -1,0 +1,73 @@
+"""Sample transforms: each takes a sample dict and returns one.
+
+Spatial augmentations apply the same flip/rotation to every raster in the sample (``image``,
+per-modality tensors, ``mask``); scalar entries such as ``label`` and ``index`` pass through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from geofuse.data.normalize import BandStats, normalize
+
+Sample = dict[str, Any]
+Transform = Callable[[Sample], Sample]
+
+
+def _is_raster(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.ndim >= 2
+
+
+def flip_rotate(sample: Sample, k: int, flip: bool) -> Sample:
+    """Rotate every raster by ``k`` x 90 degrees (counter-clockwise), then optionally flip it
+    left-right. The last two dimensions are treated as (row, column)."""
+    out = dict(sample)
+    for key, value in sample.items():
+        if _is_raster(value):
+            value = torch.rot90(value, k, dims=(-2, -1))
+            out[key] = torch.flip(value, dims=(-1,)) if flip else value
+    return out
+
+
+class RandomFlipRotate:
+    """Random element of the dihedral group: one of 4 rotations times optional flip.
+
+    The 8 outcomes cover horizontal and vertical flips and transposes. Randomness comes from
+    torch's global generator, so ``lightning.seed_everything`` makes it reproducible.
+    """
+
+    def __call__(self, sample: Sample) -> Sample:
+        k = int(torch.randint(0, 4, (1,)).item())
+        flip = bool(torch.randint(0, 2, (1,)).item())
+        return flip_rotate(sample, k, flip)
+
+
+class Normalize:
+    """Standardise the ``image`` with training statistics (NaN -> 0, the band mean)."""
+
+    def __init__(self, stats: BandStats, key: str = "image") -> None:
+        self.stats = stats
+        self.key = key
+
+    def __call__(self, sample: Sample) -> Sample:
+        out = dict(sample)
+        image = sample[self.key]
+        array = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        out[self.key] = torch.from_numpy(normalize(array, self.stats))
+        return out
+
+
+class Compose:
+    """Apply transforms in order."""
+
+    def __init__(self, transforms: list[Transform]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, sample: Sample) -> Sample:
+        for transform in self.transforms:
+            sample = transform(sample)
+        return sample

@@ -1,0 +1,96 @@
+"""Evaluate the best checkpoint of a run directory on its validation and test splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from geofuse.config import load_config
+from geofuse.data.datamodule import PatchDataModule
+from geofuse.data.normalize import BandStats
+from geofuse.data.patchset import PatchSet
+from geofuse.errors import RunDirError
+from geofuse.evaluation.metrics import classification_metrics
+from geofuse.io_utils import atomic_write_json
+from geofuse.rundir import RunDir, read_history
+from geofuse.training.guards import print_verdict, run_guards
+from geofuse.training.task import ClassificationTask
+
+EVAL_SPLITS = ("val", "test")
+EVAL_BATCH_SIZE = 256
+
+
+def load_task(checkpoint: Path) -> tuple[ClassificationTask, int]:
+    """Rebuild the task stored in a Lightning checkpoint; returns it (eval mode) and its epoch."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    task = ClassificationTask(**ckpt["hyper_parameters"])
+    task.load_state_dict(ckpt["state_dict"])
+    return task.eval(), int(ckpt["epoch"])
+
+
+@torch.inference_mode()
+def predict(task: ClassificationTask, loader: DataLoader[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """True and predicted class indices over a loader."""
+    task.eval()
+    y_true, y_pred = [], []
+    for batch in loader:
+        y_pred.append(task(batch["image"].to(task.device)).argmax(dim=1).cpu().numpy())
+        y_true.append(np.asarray(batch["label"]))
+    if not y_true:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(y_true), np.concatenate(y_pred)
+
+
+def _load_run_patches(run: RunDir, info: dict[str, Any]) -> PatchSet:
+    patches = PatchSet.load(info["patches_path"]).select_bands(info["bands"])
+    if list(patches.class_names) != list(info["class_names"]):
+        raise RunDirError(
+            f"PatchSet {info['patches_path']!r} now has classes {patches.class_names}, the run "
+            f"in {str(run.path)!r} was trained on {info['class_names']}; re-run 'geofuse train'"
+        )
+    return patches
+
+
+def evaluate_run(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
+    """Compute metrics of the best checkpoint on val and test (when present).
+
+    Writes ``metrics.json`` atomically, prints the collapse-guard verdict (a red panel when the
+    model collapsed, always; a one-line pass note when ``verbose``).
+
+    Returns:
+        ``{"run_name", "checkpoint", "best_epoch", "val": {...}, "test": {...}, "guard": {...}}``
+        where each split holds :func:`~geofuse.evaluation.metrics.classification_metrics`.
+
+    Raises:
+        RunDirError: the folder is not a complete run directory.
+        DataNotFoundError: the PatchSet recorded in run.json is gone.
+    """
+    run = RunDir(Path(run_dir))
+    run.require(run.run_json, run.config, run.normalization, run.best_ckpt)
+    info = run.read_json(run.run_json)
+    cfg = load_config(run.config)
+    patches = _load_run_patches(run, info)
+    task, epoch = load_task(run.best_ckpt)
+    data = PatchDataModule(patches, batch_size=EVAL_BATCH_SIZE, augment=False,
+                           stats=BandStats.load(run.normalization))
+    results: dict[str, Any] = {}
+    for split in EVAL_SPLITS:
+        if len(patches.split_indices(split)):
+            y_true, y_pred = predict(task, data.loader(split))
+            results[split] = classification_metrics(y_true, y_pred, list(patches.class_names))
+    verdict = run_guards(results, read_history(run.history), cfg.guards)
+    metrics = {
+        "run_name": run.name,
+        "checkpoint": str(run.best_ckpt.relative_to(run.path)),
+        "best_epoch": epoch,
+        **results,
+        "guard": verdict.to_dict(),
+    }
+    atomic_write_json(run.metrics, metrics)
+    if verbose or verdict.collapsed:
+        print_verdict(verdict)
+    return metrics

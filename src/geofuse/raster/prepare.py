@@ -1,0 +1,191 @@
+"""``geofuse prepare``: align every modality onto one grid and write the fused stack.
+
+Outputs, beside ``cfg.stack_path`` (default ``work/stack.tif``):
+
+- ``stack.tif``: float32 physical values, NaN = nodata, DEFLATE-compressed COG, band
+  descriptions = band names;
+- ``stack.json``: the :class:`~geofuse.raster.manifest.StackManifest`;
+- ``stack_qc.json`` and ``stack_qc.md``: the QC report (see :mod:`geofuse.raster.qc`).
+
+The stack is built window by window in a hidden temporary folder beside the target and only
+renamed onto ``stack.tif`` once complete and checked, so a failed run never touches an
+existing stack.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from geofuse.config import StudyConfig
+from geofuse.errors import AlignmentError
+from geofuse.raster.align import ModalityPlan, plan_modality, reference_grid
+from geofuse.raster.io import Grid, StackWriter, read_info, read_stack_header, write_cog
+from geofuse.raster.manifest import StackManifest, manifest_path
+from geofuse.raster.qc import QCAccumulator, raise_if_failed, write_qc
+
+
+@dataclass
+class PrepareResult:
+    """Paths written by :func:`prepare_stack` and the QC report."""
+
+    stack_path: Path
+    manifest_path: Path
+    qc_path: Path
+    qc: dict[str, Any]
+
+
+def prepare_stack(cfg: StudyConfig, progress: bool = True) -> PrepareResult:
+    """Align and fuse all modalities of ``cfg`` into one COG with manifest and QC report.
+
+    Args:
+        cfg: The study config; ``cfg.modalities``, ``cfg.grid`` and ``cfg.prepare`` are used.
+        progress: Show a progress bar on stderr.
+
+    Returns:
+        The written paths and the QC report.
+
+    Raises:
+        DataNotFoundError: A configured file or pattern does not exist.
+        RasterError: A file is unreadable, has no CRS or the wrong band count, or a band has
+            more invalid pixels than ``prepare.max_nan_fraction`` (QC report still written).
+        AlignmentError: A modality does not overlap the reference grid.
+    """
+    plans, grid = plan_stack(cfg)
+    stack_path = cfg.stack_path
+    stack_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{stack_path.name}.", dir=stack_path.parent) as tmp:
+        raw, cog = Path(tmp) / "raw.tif", Path(tmp) / "cog.tif"
+        qc = _fuse(plans, grid, raw, _block_size(cfg.prepare.block_size), progress)
+        report = qc.report(stack_path, cfg.prepare.max_nan_fraction)
+        qc_path = write_qc(report, stack_path)
+        raise_if_failed(report, qc_path)
+        write_cog(raw, cog, overview_resampling=_overview_resampling(plans))
+        _verify_stack(cog, grid, cfg.band_names)
+        os.replace(cog, stack_path)
+    manifest = build_manifest(plans, grid, report)
+    man_path = manifest_path(stack_path)
+    manifest.save(man_path)
+    return PrepareResult(stack_path, man_path, qc_path, report)
+
+
+def plan_stack(cfg: StudyConfig) -> tuple[list[ModalityPlan], Grid]:
+    """Read every modality's file headers, pick the reference grid and check alignment."""
+    infos = {m.name: [read_info(p) for p in cfg.modality_files(m)] for m in cfg.modalities}
+    grid = reference_grid(cfg.grid, infos[cfg.modalities[0].name])
+    return [plan_modality(m, infos[m.name], grid) for m in cfg.modalities], grid
+
+
+def _block_size(block_size: int) -> int:
+    """Window size: ``block_size`` rounded down to a multiple of 16 (GeoTIFF tile rule)."""
+    return max(16, block_size // 16 * 16)
+
+
+def _fuse(
+    plans: list[ModalityPlan], grid: Grid, raw: Path, block: int, progress: bool
+) -> QCAccumulator:
+    """Write every window of every modality to ``raw``; return the accumulated QC."""
+    bands = [b for p in plans for b in p.config.bands]
+    qc = QCAccumulator(grid, [p.config for p in plans], {p.name: len(p.files) for p in plans})
+    with StackWriter(raw, grid, bands, tile=block) as writer, _progress_bar(progress) as bar:
+        task = bar.add_task(
+            f"prepare {len(bands)} bands, {grid.width}x{grid.height} px",
+            total=grid.n_windows(block),
+        )
+        for window in grid.windows(block):
+            parts = []
+            for plan in plans:
+                data = plan.read(grid, window)
+                qc.update(plan.name, data, plan.coverage(grid, window), window)
+                parts.append(data)
+            writer.write(window, np.concatenate(parts))
+            bar.advance(task)
+    return qc
+
+
+def _progress_bar(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=not enabled,
+    )
+
+
+def _overview_resampling(plans: list[ModalityPlan]) -> str:
+    """Nearest overviews when any modality is categorical, else average."""
+    categorical = any(p.config.resampling in ("nearest", "mode") for p in plans)
+    return "nearest" if categorical else "average"
+
+
+def _verify_stack(path: Path, grid: Grid, bands: list[str]) -> None:
+    """Check that the written stack has exactly the reference grid and the band names."""
+    header = read_stack_header(path)
+    problems = []
+    if header.grid != grid:
+        problems.append(f"grid {header.grid} differs from the reference grid {grid}")
+    if header.descriptions != tuple(bands):
+        problems.append(f"band descriptions {header.descriptions} differ from {bands}")
+    if header.layout != "COG" or header.dtype != "float32":
+        problems.append(f"layout {header.layout}/{header.dtype} is not COG/float32")
+    if problems:
+        raise AlignmentError(
+            f"internal check of the written stack {path} failed: {'; '.join(problems)}; "
+            "please report this with your config"
+        )
+
+
+def build_manifest(plans: list[ModalityPlan], grid: Grid, report: dict[str, Any]) -> StackManifest:
+    """The stack manifest: bands, grid, sources and per-band statistics."""
+    stat_keys = ("min", "max", "mean", "std", "valid_fraction")
+    return StackManifest(
+        bands=[b for p in plans for b in p.config.bands],
+        modalities={p.name: list(p.config.bands) for p in plans},
+        crs=grid.crs_string(),
+        transform=list(grid.transform)[:6],
+        width=grid.width,
+        height=grid.height,
+        sources={p.name: _source_entry(p, report["modalities"][p.name]) for p in plans},
+        band_stats={
+            name: {k: b[k] for k in stat_keys} for name, b in report["bands"].items()
+        },
+    )
+
+
+def _source_entry(plan: ModalityPlan, coverage: dict[str, Any]) -> dict[str, Any]:
+    m = plan.config
+    file_nodata = {_json_number(f.nodata) for f in plan.files}
+    return {
+        "files": [str(f.info.path) for f in plan.files],
+        "combine": m.combine,
+        "resampling": m.resampling,
+        "scale": m.scale,
+        "offset": m.offset,
+        "nodata": _json_number(m.nodata),
+        "file_nodata": sorted(file_nodata, key=str),
+        "sensor": m.sensor,
+        "valid_range": list(m.valid_range) if m.valid_range else None,
+        "covered_fraction": coverage["covered_fraction"],
+        "uncovered_bounds": coverage["uncovered_bounds"],
+    }
+
+
+def _json_number(value: float | None) -> float | str | None:
+    """JSON has no NaN: write a NaN nodata value as the string 'nan'."""
+    if value is not None and math.isnan(value):
+        return "nan"
+    return value

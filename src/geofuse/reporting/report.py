@@ -1,0 +1,148 @@
+"""report.md for a run directory: summary, metrics tables, guard verdict, data, plots, config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from geofuse.io_utils import atomic_path, atomic_write_text
+from geofuse.reporting.plots import plot_confusion_matrix, plot_training_curves
+from geofuse.rundir import RunDir, read_history
+
+SPLITS = ("train", "val", "test")
+EVAL_SPLITS = ("val", "test")
+
+
+def save_figure(fig: Figure, path: Path, dpi: int = 120) -> Path:
+    """Save ``fig`` as PNG atomically."""
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return path
+
+
+def _write_plots(run: RunDir, metrics: dict[str, Any], info: dict[str, Any]) -> dict[str, str]:
+    """Write every plot; returns plot key -> path relative to the run directory."""
+    plots: dict[str, Path] = {}
+    history = read_history(run.history)
+    if history:
+        plots["training_curves"] = save_figure(
+            plot_training_curves(history), run.plots / "training_curves.png")
+    for split in EVAL_SPLITS:
+        if split in metrics:
+            fig = plot_confusion_matrix(metrics[split]["confusion_matrix"], info["class_names"],
+                                        title=f"Confusion matrix ({split})")
+            plots[f"confusion_{split}"] = save_figure(
+                fig, run.plots / f"confusion_matrix_{split}.png")
+    return {key: path.relative_to(run.path).as_posix() for key, path in plots.items()}
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _guard_section(guard: dict[str, Any]) -> list[str]:
+    if guard.get("collapsed"):
+        lines = ["> [!CAUTION]", "> **MODEL COLLAPSE DETECTED: the metrics below are not "
+                 "meaningful.**", ">"]
+        lines += [f"> - {reason}" for reason in guard["reasons"]]
+        lines += [">", "> Check class balance and splits, the learning rate, input "
+                  "normalisation and frozen layers.", ""]
+        return lines
+    parts = [f"{split}: largest prediction share {d['max_prediction_share']:.0%}, accuracy "
+             f"{d['accuracy']:.3f} vs majority-class rate {d['majority_rate']:.3f}"
+             for split, d in guard.get("details", {}).items()]
+    return [f"**Collapse guard: passed** ({'; '.join(parts)}).", ""]
+
+
+def _summary_section(info: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
+    model = info["model"]
+    kwargs = ", ".join(f"{k}={v}" for k, v in model.get("kwargs", {}).items())
+    rows = [
+        ["model", f"`{model['name']}` ({kwargs}), {info.get('num_params', '?'):,} parameters"
+         if isinstance(info.get("num_params"), int) else f"`{model['name']}` ({kwargs})"],
+        ["inputs", f"{info['in_channels']} bands, {info['patch_size']}x{info['patch_size']} px"],
+        ["modalities", ", ".join(f"{m} ({len(b)})" for m, b in info["modalities"].items())],
+        ["classes", ", ".join(info["class_names"])],
+        ["seed", info["seed"]],
+        ["epochs", f"{info.get('epochs_trained', '?')} of max {info.get('max_epochs', '?')}"
+         + (" (early stopping)" if info.get("stopped_early") else "")],
+        ["best checkpoint", f"epoch {metrics.get('best_epoch')} (`{metrics.get('checkpoint')}`)"],
+        ["training time", f"{info.get('train_s_total', 0):.1f} s"],
+        ["PatchSet", f"`{info['patches_path']}`"],
+    ]
+    return ["## Run", "", *_table(["", ""], rows)]
+
+
+def _ratios(scores: dict[str, Any], predicted: int) -> list[str]:
+    """Precision, recall, F1 as text; n/a for a class neither present nor predicted."""
+    if scores["support"] == 0 and predicted == 0:
+        return ["n/a"] * 3
+    return [f"{scores[k]:.3f}" for k in ("precision", "recall", "f1")]
+
+
+def _metrics_section(metrics: dict[str, Any]) -> list[str]:
+    header = ["split", "n", "accuracy", "macro F1", "macro precision", "macro recall",
+              "majority-class rate"]
+    rows = [[split, m["n"], f"{m['accuracy']:.3f}", f"{m['f1_macro']:.3f}",
+             f"{m['precision_macro']:.3f}", f"{m['recall_macro']:.3f}",
+             f"{m['majority_rate']:.3f} ({m['majority_class']})"]
+            for split in EVAL_SPLITS if (m := metrics.get(split))]
+    lines = ["## Metrics (best checkpoint)", "", *_table(header, rows)]
+    for split in EVAL_SPLITS:
+        if (m := metrics.get(split)) is None:
+            continue
+        per_class = [[name, *_ratios(c, m["prediction_counts"][name]), c["support"],
+                      m["prediction_counts"][name]] for name, c in m["per_class"].items()]
+        lines += [f"### Per class ({split})", "",
+                  *_table(["class", "precision", "recall", "F1", "support", "predicted"],
+                          per_class)]
+    return lines
+
+
+def _data_section(info: dict[str, Any]) -> list[str]:
+    counts = info["class_counts"]
+    splits = [s for s in SPLITS if sum(counts.get(s, {}).values())]
+    rows = [[name, *[counts[s][name] for s in splits]] for name in info["class_names"]]
+    rows.append(["**total**", *[sum(counts[s].values()) for s in splits]])
+    bands = ", ".join(f"`{b}`" for b in info["bands"])
+    return ["## Data", "", "Patches per class and split:", "",
+            *_table(["class", *splits], rows), f"Bands used ({len(info['bands'])}): {bands}", ""]
+
+
+def _plots_section(plots: dict[str, str]) -> list[str]:
+    titles = {"training_curves": "Training curves", "confusion_val": "Confusion matrix (val)",
+              "confusion_test": "Confusion matrix (test)"}
+    lines = ["## Plots", ""]
+    for key, rel in plots.items():
+        lines += [f"### {titles.get(key, key)}", "", f"![{titles.get(key, key)}]({rel})", ""]
+    return lines
+
+
+def _config_section(run: RunDir) -> list[str]:
+    return ["## Reproduce", "",
+            "The resolved config of this run (absolute paths) is `config.yaml`; to train it "
+            "again under a new name:", "", "```bash",
+            f"geofuse train -c {run.config} --run-name {run.name}-repro", "```", "",
+            "```yaml", run.config.read_text().rstrip(), "```", ""]
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``report.md`` and its PNG plots into ``run_dir``; returns the report path.
+
+    Raises:
+        RunDirError: run.json, metrics.json or config.yaml is missing.
+    """
+    run = RunDir(Path(run_dir))
+    run.require(run.run_json, run.metrics, run.config)
+    info = run.read_json(run.run_json)
+    metrics = run.read_json(run.metrics)
+    plots = _write_plots(run, metrics, info)
+    lines = [f"# Run report: {run.name}", "", *_guard_section(metrics.get("guard", {})),
+             *_metrics_section(metrics), *_summary_section(info, metrics),
+             *_data_section(info), *_plots_section(plots), *_config_section(run)]
+    atomic_write_text(run.report, "\n".join(lines))
+    return run.report

@@ -1,0 +1,166 @@
+"""Run-directory layout: one place that knows every file name a run writes.
+
+```
+<runs>/<run_name>/
+  config.yaml           resolved study config (absolute paths): reproduces the run
+  run.json              provenance: PatchSet path, bands, classes, seed, versions, timings
+  normalization.json    per-band mean/std of the training split
+  history.csv           one row per epoch: losses, val metrics, learning rate
+  metrics.json          val/test metrics of the best checkpoint + collapse-guard verdict
+  checkpoints/best.ckpt lowest val_loss;  checkpoints/last.ckpt for --resume
+  plots/*.png           training curves, confusion matrices
+  report.md             human-readable summary embedding the plots
+```
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from geofuse.config import StudyConfig
+from geofuse.errors import RunDirError
+from geofuse.io_utils import atomic_write_text
+
+HISTORY_COLUMNS = (
+    "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_f1_macro", "lr",
+)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside one run directory."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def run_json(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def normalization(self) -> Path:
+        return self.path / "normalization.json"
+
+    @property
+    def history(self) -> Path:
+        return self.path / "history.csv"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def best_ckpt(self) -> Path:
+        return self.checkpoints / "best.ckpt"
+
+    @property
+    def last_ckpt(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+    @property
+    def plots(self) -> Path:
+        return self.path / "plots"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.md"
+
+    @property
+    def patches_copy(self) -> Path:
+        """Where a PatchSet passed in memory (not read from the config's path) is saved."""
+        return self.path / "patches.h5"
+
+    def require(self, *files: Path) -> None:
+        """Raise :class:`RunDirError` naming the first missing file."""
+        if not self.path.is_dir():
+            raise RunDirError(
+                f"run directory {str(self.path)!r} does not exist; pass a folder written by "
+                "'geofuse train'"
+            )
+        for f in files:
+            if not f.exists():
+                raise RunDirError(
+                    f"{str(f)!r} is missing from run directory {str(self.path)!r}; "
+                    "re-run 'geofuse train' (or 'geofuse evaluate' for metrics.json)"
+                )
+
+    def read_json(self, path: Path) -> dict[str, Any]:
+        """Load a JSON file of the run, raising :class:`RunDirError` when missing."""
+        self.require(path)
+        return json.loads(path.read_text())
+
+
+def default_run_name(cfg: StudyConfig) -> str:
+    """``cfg.train.run_name`` or ``{name}-{inputs}-seed{seed}``.
+
+    ``inputs`` joins the modalities used (``s2+dem``), or the bands when ``train.bands`` is set
+    (shortened to a count and a hash when long).
+    """
+    if cfg.train.run_name:
+        return cfg.train.run_name
+    if cfg.train.bands:
+        inputs = "+".join(cfg.train.bands)
+        if len(inputs) > 40:
+            digest = hashlib.sha1(inputs.encode()).hexdigest()[:6]
+            inputs = f"{len(cfg.train.bands)}bands-{digest}"
+    else:
+        inputs = "+".join(cfg.train.modalities or [m.name for m in cfg.modalities])
+    return f"{cfg.name}-{inputs}-seed{cfg.seed}"
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write epoch rows as CSV with :data:`HISTORY_COLUMNS`, atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(HISTORY_COLUMNS)
+    for row in rows:
+        writer.writerow([_format(row.get(c)) for c in HISTORY_COLUMNS])
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """Rows of history.csv; ``epoch`` as int, metrics as float (NaN kept), blanks as None."""
+    if not path.is_file():
+        return []
+    rows = []
+    with path.open(newline="") as f:
+        for raw in csv.DictReader(f):
+            row: dict[str, Any] = {}
+            for key, text in raw.items():
+                if key == "epoch":
+                    row[key] = int(text)
+                else:
+                    row[key] = float(text) if text not in ("", None) else None
+            rows.append(row)
+    return rows
+
+
+def is_finite(value: Any) -> bool:
+    """True for a finite float (None and NaN are not)."""
+    return isinstance(value, float) and math.isfinite(value)

@@ -1,0 +1,276 @@
+"""Train a model on a PatchSet and leave a complete, self-describing run directory."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import platform
+import shutil
+import time
+import warnings
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+import geofuse
+from geofuse.config import StudyConfig, dump_config, parse_config
+from geofuse.data.datamodule import PatchDataModule, check_splits, select_inputs, split_counts
+from geofuse.data.normalize import BandStats, compute_band_stats
+from geofuse.data.patchset import PatchSet
+from geofuse.errors import RunDirError
+from geofuse.io_utils import atomic_write_json
+from geofuse.models.registry import count_parameters
+from geofuse.rundir import HISTORY_COLUMNS, RunDir, default_run_name, read_history, write_history
+from geofuse.training.task import ClassificationTask
+
+_QUIET_WARNINGS = (
+    ".*does not have many workers.*",
+    ".*exists and is not empty.*",
+    ".*smaller than the logging interval.*",
+    ".*LeafSpec.*",
+)
+
+
+class HistoryWriter(Callback):
+    """Rewrite ``history.csv`` (atomically) after every epoch; on resume keep earlier rows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        start = trainer.current_epoch
+        self.rows = [row for row in read_history(self.path) if row["epoch"] < start]
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        row: dict[str, Any] = {"epoch": trainer.current_epoch}
+        for column in HISTORY_COLUMNS[1:-1]:
+            value = metrics.get(column)
+            row[column] = float(value) if value is not None else None
+        row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+        self.rows.append(row)
+        write_history(self.path, self.rows)
+
+
+def train_model(
+    cfg: StudyConfig,
+    resume: bool = False,
+    run_name: str | None = None,
+    progress: bool = True,
+    patchset: PatchSet | None = None,
+    epochs: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Train ``cfg.train.model`` on the PatchSet, then evaluate and write the report.
+
+    Args:
+        cfg: the study config.
+        resume: continue the run from ``checkpoints/last.ckpt``.
+        run_name: run directory name under ``cfg.runs_path``; default
+            :func:`geofuse.rundir.default_run_name`.
+        progress: show Lightning's progress bar and model summary.
+        patchset: use this PatchSet instead of reading ``cfg.patches_path``; it is saved as
+            ``patches.h5`` in the run directory so that the run stays self-describing.
+        epochs: override ``cfg.train.epochs`` (the maximum; early stopping may end sooner).
+        overwrite: replace an existing finished run of the same name.
+
+    Returns:
+        The run directory.
+
+    Raises:
+        DataNotFoundError: no PatchSet (run ``geofuse extract``).
+        SplitError: an empty split or a class missing from train/val.
+        BandError: unknown band or modality in ``cfg.train``.
+        RunDirError: nothing to resume, or the run exists and neither resume nor overwrite.
+    """
+    from geofuse.evaluation.evaluate import evaluate_run
+    from geofuse.reporting.report import write_report
+
+    run = RunDir(cfg.runs_path / (run_name or default_run_name(cfg)))
+    _prepare_run_dir(run, resume, overwrite)
+    patches, patches_path = _load_patches(cfg, run, patchset, resume)
+    max_epochs = epochs or cfg.train.epochs
+    stats = _band_stats(run, patches, resume)
+    _write_resolved_config(cfg, run, patches_path, max_epochs)
+    info = _run_info(cfg, run, patches, patches_path, resume)
+    atomic_write_json(run.run_json, info)
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = PatchDataModule(
+        patches, batch_size=cfg.train.batch_size, num_workers=cfg.train.num_workers,
+        augment=cfg.train.augment, stats=stats, seed=cfg.seed,
+    )
+    task = build_task(cfg, patches)
+    started = time.perf_counter()
+    with _quiet_lightning(progress):
+        trainer = _build_trainer(cfg, run, max_epochs, progress)
+        trainer.fit(task, datamodule=datamodule, ckpt_path=run.last_ckpt if resume else None)
+    _finish_run_info(run, info, trainer, time.perf_counter() - started, task)
+    evaluate_run(run.path, verbose=progress)
+    write_report(run.path)
+    return run.path
+
+
+def build_task(cfg: StudyConfig, patches: PatchSet) -> ClassificationTask:
+    """The Lightning task for ``cfg.train`` on ``patches`` (bands already selected)."""
+    t = cfg.train
+    return ClassificationTask(
+        model=t.model.name, in_channels=len(patches.band_names), num_classes=patches.num_classes,
+        patch_size=patches.patch_size, model_kwargs=t.model.model_dump(exclude={"name"}),
+        lr=t.lr, weight_decay=t.weight_decay, plateau_patience=t.plateau_patience,
+        plateau_factor=t.plateau_factor, class_names=list(patches.class_names),
+    )
+
+
+def _prepare_run_dir(run: RunDir, resume: bool, overwrite: bool) -> None:
+    if resume:
+        if not run.last_ckpt.is_file():
+            raise RunDirError(
+                f"cannot resume: {str(run.last_ckpt)!r} does not exist; start the run "
+                "without --resume (or pass the --run-name of an interrupted run)"
+            )
+        return
+    existing = [p for p in (run.last_ckpt, run.best_ckpt, run.metrics) if p.exists()]
+    if existing and not overwrite:
+        raise RunDirError(
+            f"run directory {str(run.path)!r} already holds a run; pass --resume to continue "
+            "it, --run-name NEW for a new run, or delete the folder"
+        )
+    if run.path.exists() and overwrite:
+        shutil.rmtree(run.path)
+    run.path.mkdir(parents=True, exist_ok=True)
+
+
+def _load_patches(
+    cfg: StudyConfig, run: RunDir, patchset: PatchSet | None, resume: bool
+) -> tuple[PatchSet, Path]:
+    """PatchSet restricted to the run's bands, with splits checked, and its file path.
+
+    A PatchSet passed in memory is saved into the run directory (kept as is on resume).
+    """
+    if patchset is None:
+        path = cfg.patches_path.resolve()
+    else:
+        path = run.patches_copy.resolve()
+        if not (resume and path.exists()):
+            patchset.save(path)
+    patches = select_inputs(PatchSet.load(path), cfg.train)
+    check_splits(patches, path)
+    return patches, path
+
+
+def _band_stats(run: RunDir, patches: PatchSet, resume: bool) -> BandStats:
+    if resume and run.normalization.is_file():
+        return BandStats.load(run.normalization)
+    stats = compute_band_stats(patches.x[patches.split_indices("train")], patches.band_names)
+    stats.save(run.normalization)
+    return stats
+
+
+def _write_resolved_config(
+    cfg: StudyConfig, run: RunDir, patches_path: Path, max_epochs: int
+) -> None:
+    """config.yaml with absolute paths, the effective epochs and run name."""
+    data = cfg.model_dump(mode="json")
+    data["workdir"] = str(cfg.workdir_path.resolve())
+    for mod in data["modalities"]:
+        mod["files"] = [str(cfg.resolve(f).resolve()) for f in mod["files"]]
+    if data.get("labels"):
+        data["labels"]["path"] = str(cfg.resolve(data["labels"]["path"]).resolve())
+    data["prepare"]["output"] = str(cfg.stack_path.resolve())
+    data["extract"]["output"] = str(patches_path)
+    data["train"].update(output=str(run.path.parent.resolve()), epochs=max_epochs,
+                         run_name=run.name)
+    dump_config(parse_config(data, cfg.base_dir, source=str(run.config)), run.config)
+
+
+def _versions() -> dict[str, str]:
+    import torchmetrics
+
+    return {
+        "geofuse": geofuse.__version__, "python": platform.python_version(),
+        "torch": torch.__version__, "lightning": L.__version__,
+        "torchmetrics": torchmetrics.__version__, "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _run_info(
+    cfg: StudyConfig, run: RunDir, patches: PatchSet, patches_path: Path, resume: bool
+) -> dict[str, Any]:
+    """Provenance record; on resume the earlier record is extended, not replaced."""
+    info: dict[str, Any] = run.read_json(run.run_json) if resume and run.run_json.is_file() else {}
+    info.update(
+        run_name=run.name, status="running", patches_path=str(patches_path),
+        bands=list(patches.band_names), modalities=dict(patches.modalities),
+        class_names=list(patches.class_names), num_classes=patches.num_classes,
+        patch_size=patches.patch_size, in_channels=len(patches.band_names), seed=cfg.seed,
+        model={"name": cfg.train.model.name,
+               "kwargs": cfg.train.model.model_dump(exclude={"name"})},
+        class_counts=split_counts(patches), versions=_versions(),
+    )
+    info.setdefault("created_at", _now())
+    info.setdefault("sessions", []).append({"started_at": _now(), "resumed": resume})
+    return info
+
+
+def _finish_run_info(
+    run: RunDir, info: dict[str, Any], trainer: L.Trainer, seconds: float,
+    task: ClassificationTask,
+) -> None:
+    history = read_history(run.history)
+    info["sessions"][-1].update(finished_at=_now(), train_s=round(seconds, 3),
+                                epochs_at_end=len(history))
+    info.update(
+        status="finished", epochs_trained=len(history), max_epochs=trainer.max_epochs,
+        stopped_early=bool(trainer.early_stopping_callback
+                           and trainer.early_stopping_callback.stopped_epoch > 0),
+        train_s_total=round(sum(s.get("train_s", 0.0) for s in info["sessions"]), 3),
+        num_params=count_parameters(task.model),
+        best_checkpoint=str(run.best_ckpt.relative_to(run.path)),
+    )
+    atomic_write_json(run.run_json, info)
+
+
+def _build_trainer(cfg: StudyConfig, run: RunDir, max_epochs: int, progress: bool) -> L.Trainer:
+    callbacks: list[Callback] = [
+        HistoryWriter(run.history),
+        EarlyStopping(monitor="val_loss", mode="min", patience=cfg.train.early_stopping_patience),
+        ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor="val_loss", mode="min",
+                        save_top_k=1, save_last=True, enable_version_counter=False),
+    ]
+    return L.Trainer(
+        max_epochs=max_epochs, accelerator=cfg.train.accelerator, devices=1,
+        deterministic=cfg.train.deterministic, logger=False, callbacks=callbacks,
+        default_root_dir=run.path,
+        enable_progress_bar=progress, enable_model_summary=progress, log_every_n_steps=1,
+    )
+
+
+@contextlib.contextmanager
+def _quiet_lightning(progress: bool) -> Iterator[None]:
+    """Hide Lightning's info lines (and known-harmless warnings) unless progress is shown."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        for pattern in _QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        if not progress:
+            for lg in loggers:
+                lg.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
