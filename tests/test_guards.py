@@ -82,6 +82,14 @@ def test_imbalanced_truth_predicted_correctly_is_not_collapse() -> None:
     assert not verdict.collapsed
 
 
+def test_single_class_split_predicted_correctly_is_not_collapse() -> None:
+    y = np.full(12, 3)
+    verdict = run_guards({"test": classification_metrics(y, y.copy(), NAMES)}, [], GUARD)
+    assert not verdict.collapsed
+    wrong = run_guards({"test": classification_metrics(y, np.zeros_like(y), NAMES)}, [], GUARD)
+    assert wrong.collapsed
+
+
 def test_nan_losses_are_flagged_with_their_epochs() -> None:
     history = [
         {"epoch": 0, "train_loss": 1.2, "val_loss": 1.1},

@@ -152,6 +152,22 @@ def test_explicit_grid_resolution_and_bounds(tmp_path: Path, original: np.ndarra
     )
 
 
+def test_reprojection_identical_for_any_block_size(tmp_path: Path) -> None:
+    """GDAL's default approximate transformer would make this depend on the window layout."""
+    noise = np.random.default_rng(2).random((300, 400), dtype=np.float32) * 100
+    write_raster(tmp_path / "noise.tif", noise, "EPSG:4326", from_origin(14.9, 45.13, 5e-4, 5e-4))
+    grid = {"crs": UTM, "resolution": 20, "bounds": [495_000, 4_983_000, 507_000, 4_995_000]}
+    mods = [{"name": "n", "files": ["noise.tif"], "bands": ["v"], "resampling": "bilinear"}]
+    arrays = []
+    for block in (64, 1024):
+        result = prepare_stack(parse_config(
+            {"workdir": f"w{block}", "modalities": mods, "grid": grid,
+             "prepare": {"block_size": block}}, tmp_path), progress=False)
+        arrays.append(read(result)[0])
+    assert arrays[0].shape == (1, 600, 600) and not np.isnan(arrays[0]).any()
+    np.testing.assert_array_equal(arrays[0], arrays[1])
+
+
 @pytest.mark.parametrize(
     ("grid", "pattern"),
     [

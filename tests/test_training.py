@@ -239,6 +239,9 @@ def test_resume_continues_interrupted_run(tmp_path: Path) -> None:
     assert [s["resumed"] for s in info["sessions"]] == [False, True]
     assert info["patches_path"] == str(run.patches_copy.resolve())
     assert load_config(run.config).train.epochs == 4
+    with pytest.raises(RunDirError, match="trained on bands"):
+        train_model(make_config(tmp_path, modalities=["dem"]), resume=True, progress=False,
+                    patchset=ps, run_name="r")
 
 
 def test_resume_without_checkpoint_is_a_run_dir_error(tmp_path: Path) -> None:

@@ -19,7 +19,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,7 +159,3 @@ def read_history(path: Path) -> list[dict[str, Any]]:
             rows.append(row)
     return rows
 
-
-def is_finite(value: Any) -> bool:
-    """True for a finite float (None and NaN are not)."""
-    return isinstance(value, float) and math.isfinite(value)

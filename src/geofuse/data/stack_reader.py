@@ -77,17 +77,18 @@ class StackPatchReader:
         max_memory_bytes: int = DEFAULT_MAX_MEMORY,
         block_size: int = 1024,
     ) -> None:
-        self.path = Path(stack_path)
-        if not self.path.is_file():
+        path = Path(stack_path)
+        if not path.is_file():
             raise DataNotFoundError(
-                f"fused stack {str(self.path)!r} does not exist; run 'geofuse prepare -c CONFIG'"
+                f"fused stack {str(path)!r} does not exist; run 'geofuse prepare -c CONFIG'"
             )
         try:
-            self._ds = rasterio.open(self.path)
+            self._ds: rasterio.DatasetReader | None = rasterio.open(path)
         except rasterio.errors.RasterioIOError as err:
             raise RasterError(
-                f"cannot read fused stack {str(self.path)!r} ({err}); re-run 'geofuse prepare'"
+                f"cannot read fused stack {str(path)!r} ({err}); re-run 'geofuse prepare'"
             ) from None
+        self.path: Path | None = path
         ds = self._ds
         self.band_names = [d or f"band_{i + 1}" for i, d in enumerate(ds.descriptions)]
         self.height, self.width, self.count = ds.height, ds.width, ds.count

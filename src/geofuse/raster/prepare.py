@@ -69,13 +69,18 @@ def prepare_stack(cfg: StudyConfig, progress: bool = True) -> PrepareResult:
     plans, grid = plan_stack(cfg)
     stack_path = cfg.stack_path
     stack_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{stack_path.name}.", dir=stack_path.parent) as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix=f".{stack_path.name}.", dir=stack_path.parent) as tmp,
+        _progress_bar(progress) as bar,
+    ):
         raw, cog = Path(tmp) / "raw.tif", Path(tmp) / "cog.tif"
-        qc = _fuse(plans, grid, raw, _block_size(cfg.prepare.block_size), progress)
+        qc = _fuse(plans, grid, raw, _block_size(cfg.prepare.block_size), bar)
         report = qc.report(stack_path, cfg.prepare.max_nan_fraction)
         qc_path = write_qc(report, stack_path)
         raise_if_failed(report, qc_path)
+        task = bar.add_task("write COG (compress, overviews)", total=1)
         write_cog(raw, cog, overview_resampling=_overview_resampling(plans))
+        bar.advance(task)
         _verify_stack(cog, grid, cfg.band_names)
         os.replace(cog, stack_path)
     manifest = build_manifest(plans, grid, report)
@@ -97,12 +102,12 @@ def _block_size(block_size: int) -> int:
 
 
 def _fuse(
-    plans: list[ModalityPlan], grid: Grid, raw: Path, block: int, progress: bool
+    plans: list[ModalityPlan], grid: Grid, raw: Path, block: int, bar: Progress
 ) -> QCAccumulator:
     """Write every window of every modality to ``raw``; return the accumulated QC."""
     bands = [b for p in plans for b in p.config.bands]
     qc = QCAccumulator(grid, [p.config for p in plans], {p.name: len(p.files) for p in plans})
-    with StackWriter(raw, grid, bands, tile=block) as writer, _progress_bar(progress) as bar:
+    with StackWriter(raw, grid, bands, tile=block) as writer:
         task = bar.add_task(
             f"prepare {len(bands)} bands, {grid.width}x{grid.height} px",
             total=grid.n_windows(block),

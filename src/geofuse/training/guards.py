@@ -43,6 +43,9 @@ class GuardVerdict:
 def check_predictions(metrics: Mapping[str, Any], guard: GuardConfig, split: str) -> list[str]:
     """Reasons to call the predictions of one split collapsed (empty list: fine).
 
+    One class taking ``one_class_fraction`` of the predictions counts only when that class is
+    rarer than this in the truth; the majority-rate check needs at least two true classes.
+
     Args:
         metrics: output of :func:`geofuse.evaluation.metrics.classification_metrics`.
         guard: thresholds.
@@ -61,8 +64,9 @@ def check_predictions(metrics: Mapping[str, Any], guard: GuardConfig, split: str
             f"{split}: predicts {top_class!r} for {top_share:.0%} of {n} samples "
             f"(threshold {guard.one_class_fraction:.0%}; true share {true_share:.0%})"
         )
+    classes_present = sum(1 for c in metrics["per_class"].values() if c["support"] > 0)
     limit = metrics["majority_rate"] + guard.majority_margin
-    if metrics["accuracy"] <= limit:
+    if classes_present > 1 and metrics["accuracy"] <= limit:
         reasons.append(
             f"{split}: accuracy {metrics['accuracy']:.3f} is no better than always predicting "
             f"{metrics['majority_class']!r} ({metrics['majority_rate']:.3f}"

@@ -17,6 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from rich.console import Console
 
 import geofuse
 from geofuse.config import StudyConfig, dump_config, parse_config
@@ -111,7 +112,11 @@ def train_model(
     started = time.perf_counter()
     with _quiet_lightning(progress):
         trainer = _build_trainer(cfg, run, max_epochs, progress)
-        trainer.fit(task, datamodule=datamodule, ckpt_path=run.last_ckpt if resume else None)
+        try:
+            trainer.fit(task, datamodule=datamodule, ckpt_path=run.last_ckpt if resume else None)
+        except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl+C into sys.exit(1)
+            _mark_interrupted(run, info)
+            raise
     _finish_run_info(run, info, trainer, time.perf_counter() - started, task)
     evaluate_run(run.path, verbose=progress)
     write_report(run.path)
@@ -168,7 +173,14 @@ def _load_patches(
 
 def _band_stats(run: RunDir, patches: PatchSet, resume: bool) -> BandStats:
     if resume and run.normalization.is_file():
-        return BandStats.load(run.normalization)
+        stats = BandStats.load(run.normalization)
+        if list(stats.bands) != list(patches.band_names):
+            raise RunDirError(
+                f"run {str(run.path)!r} was trained on bands {stats.bands}, the config now "
+                f"selects {patches.band_names}; resume with the run's own {run.config.name} "
+                "or start a new run with --run-name"
+            )
+        return stats
     stats = compute_band_stats(patches.x[patches.split_indices("train")], patches.band_names)
     stats.save(run.normalization)
     return stats
@@ -223,6 +235,17 @@ def _run_info(
     info.setdefault("created_at", _now())
     info.setdefault("sessions", []).append({"started_at": _now(), "resumed": resume})
     return info
+
+
+def _mark_interrupted(run: RunDir, info: dict[str, Any]) -> None:
+    """Record an interrupted session and say how to continue it."""
+    info.update(status="interrupted", epochs_trained=len(read_history(run.history)))
+    info["sessions"][-1].update(interrupted_at=_now())
+    atomic_write_json(run.run_json, info)
+    Console(stderr=True).print(
+        f"[yellow]training interrupted; continue it with: geofuse train -c CONFIG --resume "
+        f"--run-name {run.name}[/]", soft_wrap=True
+    )
 
 
 def _finish_run_info(
