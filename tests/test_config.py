@@ -72,7 +72,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
 
 def test_missing_modality_file_is_named(tmp_path: Path) -> None:
     cfg = parse_config(MINIMAL, tmp_path)
-    with pytest.raises(DataNotFoundError, match="s2.tif"):
+    with pytest.raises(DataNotFoundError, match=r"s2\.tif"):
         cfg.modality_files(cfg.modalities[0])
     (tmp_path / "a.tif").write_bytes(b"")
     cfg.modalities[0].files = ["*.tif"]

@@ -79,7 +79,7 @@ def extract(config: Path = ConfigOpt) -> None:
 @_friendly
 def train(
     config: Path = ConfigOpt,
-    resume: bool = typer.Option(False, "--resume", help="Continue the run from its last checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
     run_name: str | None = typer.Option(None, "--run-name", help="Run directory name."),
 ) -> None:
     """Train a model on the PatchSet; writes a self-describing run directory."""

@@ -129,7 +129,7 @@ class TrainConfig(_Model):
     """Lightning training settings."""
 
     modalities: list[str] | None = Field(None, description="Modalities to use; default all.")
-    bands: list[str] | None = Field(None, description="Explicit band subset (overrides modalities).")
+    bands: list[str] | None = Field(None, description="Band subset (overrides modalities).")
     model: ModelConfig = ModelConfig()
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -153,7 +153,7 @@ class GuardConfig(_Model):
     """Thresholds of the collapse guard."""
 
     one_class_fraction: float = Field(
-        0.9, gt=0, le=1, description="Collapse if one class gets at least this share of predictions."
+        0.9, gt=0, le=1, description="Collapse if one class gets this share of predictions."
     )
     majority_margin: float = Field(
         0.0, ge=0, description="Collapse if accuracy <= majority-class rate + this margin."

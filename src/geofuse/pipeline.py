@@ -21,7 +21,7 @@ def _train_variant(cfg: StudyConfig, modalities: list[str], epochs: int | None) 
     variant.train.modalities = modalities
     if epochs is not None:
         variant.train.epochs = epochs
-    return train_model(variant)
+    return train_model(variant, overwrite=True)
 
 
 def run_demo(workdir: str | Path, seed: int = 0, epochs: int | None = None) -> Path:
