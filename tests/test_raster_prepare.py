@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
+from rasterio.env import get_gdal_config
 from rasterio.transform import from_origin
 from rasterio.warp import transform as transform_coords
 from rasterio.warp import transform_bounds
@@ -253,3 +254,20 @@ def test_progress_bar_runs(scene: dict[str, Any], tmp_path: Path, capsys) -> Non
     result = prepare_stack(scene_config(scene["root"], tmp_path, block_size=64), progress=True)
     assert result.stack_path.is_file()
     assert "prepare 8 bands" in capsys.readouterr().err
+
+
+def test_gdal_cache_is_capped_while_preparing(scene: dict[str, Any], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import geofuse.raster.prepare as prepare_module
+
+    seen = []
+    original = prepare_module.write_cog
+
+    def spy(*args: Any, **kwargs: Any) -> None:
+        seen.append(get_gdal_config("GDAL_CACHEMAX"))
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(prepare_module, "write_cog", spy)
+    monkeypatch.setattr(prepare_module, "GDAL_CACHE_MB", 32)
+    prepare_stack(scene_config(scene["root"], tmp_path), progress=False)
+    assert seen == [32 * 1024 * 1024]

@@ -78,12 +78,15 @@ def _try_place(
     return Placed(cls, x, y, radius, _star_ring(rng, x, y, radius))
 
 
-def _star_ring(rng: np.random.Generator, x: float, y: float, radius: float) -> list[tuple[float, float]]:
+def _star_ring(
+    rng: np.random.Generator, x: float, y: float, radius: float
+) -> list[tuple[float, float]]:
     """A simple (non-self-intersecting) irregular ring within ``radius`` of the centre."""
     n = int(rng.integers(7, 12))
     theta = 2 * np.pi * (np.arange(n) + rng.uniform(-0.3, 0.3, n)) / n + rng.uniform(0, 2 * np.pi)
     r = radius * rng.uniform(0.7, 1.0, n)
-    pts = [(x + float(a) * np.cos(t), y + float(a) * np.sin(t)) for a, t in zip(r, theta, strict=True)]
+    pts = [(x + float(a * np.cos(t)), y + float(a * np.sin(t)))
+           for a, t in zip(r, theta, strict=True)]
     return [*pts, pts[0]]
 
 
@@ -121,6 +124,7 @@ def label_features(
     tiebreak = rng.random(len(rows))
     order = sorted(range(len(rows)), key=lambda i: (rows[i][0], tiebreak[i]))
     return [
-        {"type": "Feature", "properties": {"id": k + 1, "class": rows[i][0]}, "geometry": rows[i][1]}
+        {"type": "Feature", "properties": {"id": k + 1, "class": rows[i][0]},
+         "geometry": rows[i][1]}
         for k, i in enumerate(order)
     ]

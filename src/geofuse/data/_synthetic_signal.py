@@ -98,7 +98,9 @@ def _texture(rng: np.random.Generator, shape: tuple[int, int]) -> dict[str, np.n
     }
 
 
-def s2_reflectance(rng: np.random.Generator, world: World, params: dict[str, np.ndarray]) -> np.ndarray:
+def s2_reflectance(
+    rng: np.random.Generator, world: World, params: dict[str, np.ndarray]
+) -> np.ndarray:
     """Surface reflectance (6, H, W) float32 of the scene, before clouds and scaling."""
     classes, cells = world.crop(world.classes), world.crop(world.cells)
     tex = _texture(rng, classes.shape)
@@ -110,7 +112,8 @@ def s2_reflectance(rng: np.random.Generator, world: World, params: dict[str, np.
     out = np.empty((6, *classes.shape), dtype=np.float32)
     for b in range(6):
         green = GREEN[b] * (1 + (vigour - 1) * VIGOUR_RESPONSE[b])
-        imp = CONCRETE[b] + red_roof * (RED_ROOF[b] - CONCRETE[b]) + asphalt * (ASPHALT[b] - CONCRETE[b])
+        imp = CONCRETE[b] + red_roof * (RED_ROOF[b] - CONCRETE[b])
+        imp += asphalt * (ASPHALT[b] - CONCRETE[b])
         band = ab["tree"] * TREE[b] + ab["green"] * green + ab["soil"] * SOIL[b] * soil_gain
         band += ab["imp"] * imp
         band[water] = CLEAR_WATER[b] + tau * (TURBID_WATER[b] - CLEAR_WATER[b])

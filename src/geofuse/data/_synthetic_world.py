@@ -146,7 +146,9 @@ def _blob(
     return (1 - np.hypot(du, dv) / r).astype(np.float32)
 
 
-def _river_distance(rng: np.random.Generator, ext: Grid, scene: Grid, coast: np.ndarray) -> np.ndarray:
+def _river_distance(
+    rng: np.random.Generator, ext: Grid, scene: Grid, coast: np.ndarray
+) -> np.ndarray:
     """Distance (m) of each ext pixel to a meandering river from the eastern hills to the sea."""
     size = scene.width * RES
     end_u = rng.uniform(0.40, 0.50)
@@ -238,7 +240,7 @@ def build_world(rng: np.random.Generator, scene: Grid, ext: Grid) -> World:
                  float(np.clip(0.09 * size_m, 450, 1800)) / size_m, (2, 3))
     elevation = _lake_basin(elevation, lake)
     town = _blob(rng, u, v, (rng.uniform(0.58, 0.66), float(np.median(coast)) + 0.13),
-                 float(np.clip(0.13 * size_m, 500, 3200)) / size_m, (3, 5))
+                 float(np.clip(0.13 * size_m, 700, 3200)) / size_m, (3, 5))
     sea = v < coast
     water_kind = np.zeros(ext.shape, dtype=np.uint8)
     water_kind[river_d < RIVER_HALF_WIDTH] = RIVER

@@ -240,6 +240,11 @@ class StackWriter:
         self.close()
 
 
+def gdal_env(cache_mb: int) -> rasterio.Env:
+    """GDAL settings for a prepare run: a block cache capped at ``cache_mb`` megabytes."""
+    return rasterio.Env(GDAL_CACHEMAX=cache_mb * 1024 * 1024)
+
+
 def write_cog(src: Path, dst: Path, overview_resampling: str = "average") -> None:
     """Copy a GeoTIFF to ``dst`` as a DEFLATE-compressed Cloud-Optimized GeoTIFF."""
     rasterio.shutil.copy(

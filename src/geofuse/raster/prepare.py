@@ -35,9 +35,20 @@ from rich.progress import (
 from geofuse.config import StudyConfig
 from geofuse.errors import AlignmentError
 from geofuse.raster.align import ModalityPlan, plan_modality, reference_grid
-from geofuse.raster.io import Grid, StackWriter, read_info, read_stack_header, write_cog
+from geofuse.raster.io import (
+    Grid,
+    StackWriter,
+    gdal_env,
+    read_info,
+    read_stack_header,
+    write_cog,
+)
 from geofuse.raster.manifest import StackManifest, manifest_path
 from geofuse.raster.qc import QCAccumulator, raise_if_failed, write_qc
+
+# GDAL block cache while preparing (GDAL's default is 5 % of RAM). With the window size it
+# bounds memory use, whatever the size of the scene.
+GDAL_CACHE_MB = 256
 
 
 @dataclass
@@ -70,6 +81,7 @@ def prepare_stack(cfg: StudyConfig, progress: bool = True) -> PrepareResult:
     stack_path = cfg.stack_path
     stack_path.parent.mkdir(parents=True, exist_ok=True)
     with (
+        gdal_env(GDAL_CACHE_MB),
         tempfile.TemporaryDirectory(prefix=f".{stack_path.name}.", dir=stack_path.parent) as tmp,
         _progress_bar(progress) as bar,
     ):
