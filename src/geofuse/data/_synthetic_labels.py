@@ -8,6 +8,7 @@ deliberately broken, as in real digitised labels: one null geometry, one self-in
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,22 +46,48 @@ def class_quotas(n_regular: int) -> list[int]:
 def place_polygons(
     rng: np.random.Generator, class_map: np.ndarray, grid: Grid, quotas: list[int]
 ) -> list[Placed]:
-    """Place up to ``quotas[k]`` non-overlapping polygons inside regions of class ``k``."""
+    """Place ``quotas[k]`` non-overlapping polygons inside regions of class ``k``.
+
+    A class whose regions are too small for its quota hands the shortfall to the classes that
+    still have room, so the total is met whenever the scene can hold it.
+    """
     coarse = class_map[STEP // 2 :: STEP, STEP // 2 :: STEP]
+    dists = [_edge_distance(coarse == k) for k in range(len(quotas))]
+    queues = [iter(rng.permutation(np.flatnonzero(d >= MIN_RADIUS + BUFFER))[:MAX_TRIES])
+              for d in dists]
     placed: list[Placed] = []
+    shortfall = 0
     for cls, quota in enumerate(quotas):
-        inside = np.pad(coarse == cls, 1)  # the raster edge counts as a region edge
-        dist = ndimage.distance_transform_edt(inside)[1:-1, 1:-1] * RES * STEP - RES * STEP
-        cand = np.flatnonzero(dist >= MIN_RADIUS + BUFFER)
-        taken = 0
-        for idx in rng.permutation(cand)[:MAX_TRIES]:
-            if taken == quota:
-                break
-            poly = _try_place(rng, cls, idx, dist, grid, placed)
-            if poly is not None:
-                placed.append(poly)
-                taken += 1
+        got = _fill(rng, cls, quota, queues[cls], dists[cls], grid, placed)
+        shortfall += quota - got
+    for cls in np.argsort([-np.sum(d > 0) for d in dists]):
+        if shortfall == 0:
+            break
+        shortfall -= _fill(rng, int(cls), shortfall, queues[cls], dists[cls], grid, placed)
     return placed
+
+
+def _edge_distance(inside: np.ndarray) -> np.ndarray:
+    """Distance (m) from each lattice cell to the nearest cell outside (the edge counts)."""
+    dist = ndimage.distance_transform_edt(np.pad(inside, 1))[1:-1, 1:-1]
+    return dist * RES * STEP - RES * STEP
+
+
+def _fill(
+    rng: np.random.Generator, cls: int, n: int, queue: Iterator[int], dist: np.ndarray,
+    grid: Grid, placed: list[Placed],
+) -> int:
+    """Place up to ``n`` polygons of ``cls`` from candidate cells in ``queue``; return the count."""
+    got = 0
+    while got < n:
+        idx = next(queue, None)
+        if idx is None:
+            break
+        poly = _try_place(rng, cls, int(idx), dist, grid, placed)
+        if poly is not None:
+            placed.append(poly)
+            got += 1
+    return got
 
 
 def _try_place(
@@ -69,7 +96,7 @@ def _try_place(
 ) -> Placed | None:
     radius = min(rng.uniform(*RADIUS), float(dist.flat[idx]) - BUFFER)
     row, col = divmod(int(idx), dist.shape[1])
-    x, y = grid.transform * ((col + 0.5) * STEP, (row + 0.5) * STEP)
+    x, y = grid.transform @ ((col + 0.5) * STEP, (row + 0.5) * STEP)
     if radius < MIN_RADIUS:
         return None
     for p in placed:

@@ -76,7 +76,7 @@ def abundances(
     urban = classes == URBAN
     tree, soil, imp = (params[k][cells] for k in ("tree", "soil", "imperv"))
     tree[urban], soil[urban] = 0.08, 0.06
-    imp[urban] = 0.3 + 0.45 * core[urban]
+    imp[urban] = 0.45 + 0.4 * core[urban]
     if texture is not None:
         tree += 0.12 * texture["tree"]
         soil += 0.10 * texture["soil"]
@@ -156,7 +156,7 @@ def modis_ndvi(
     ndvi = (nir - red) / (nir + red)
     ndvi[classes == WATER] = -0.12
     ndvi += 0.02 * smooth_noise(rng, ndvi.shape, 10)
-    src_transform = world.ext.transform * Affine.scale(MODIS_STEP)
+    src_transform = world.ext.transform @ Affine.scale(MODIS_STEP)
     out = _warp(ndvi, src_transform, world.ext.crs, grid, Resampling.average)
     out += rng.normal(0, 0.015, out.shape).astype(np.float32)
     return np.clip(out, -0.2, 1.0)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from rasterio.crs import CRS
-from rasterio.transform import Affine, from_origin
+from rasterio.transform import Affine
 from rasterio.warp import transform_bounds
 from scipy import ndimage
 from scipy.spatial import cKDTree
@@ -71,6 +71,11 @@ class World:
         return array[..., r : r + self.scene.height, c : c + self.scene.width]
 
 
+def _north_up(left: float, top: float, xres: float, yres: float) -> Affine:
+    """Affine transform of a north-up grid (rasterio's from_origin without its warning)."""
+    return Affine(xres, 0.0, left, 0.0, -yres, top)
+
+
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
     """Gaussian-correlated noise (mean 0, std 1) with correlation length ``sigma`` pixels.
 
@@ -96,14 +101,14 @@ def geographic_grid(scene: Grid, res: float) -> Grid:
     s = math.floor((s - GEO_MARGIN) / res) * res
     e = math.ceil((e + GEO_MARGIN) / res) * res
     n = math.ceil((n + GEO_MARGIN) / res) * res
-    return Grid(WGS84, from_origin(w, n, res, res), round((n - s) / res), round((e - w) / res))
+    return Grid(WGS84, _north_up(w, n, res, res), round((n - s) / res), round((e - w) / res))
 
 
 def build_grids(size_m: float, dem_res: float, modis_res: float) -> tuple[Grid, Grid, Grid, Grid]:
     """Scene (S2), DEM and MODIS grids, and the ext grid that covers them all."""
     n = round(size_m / RES)
     left, bottom = ORIGIN
-    scene = Grid(UTM, from_origin(left, bottom + n * RES, RES, RES), n, n)
+    scene = Grid(UTM, _north_up(left, bottom + n * RES, RES, RES), n, n)
     dem, modis = geographic_grid(scene, dem_res), geographic_grid(scene, modis_res)
     boxes = [transform_bounds(WGS84, UTM, *g.bounds, densify_pts=51) for g in (dem, modis)]
     pad = 200.0
@@ -111,7 +116,7 @@ def build_grids(size_m: float, dem_res: float, modis_res: float) -> tuple[Grid, 
     y0 = bottom + math.floor((min(b[1] for b in boxes) - pad - bottom) / RES) * RES
     x1 = left + math.ceil((max(b[2] for b in boxes) + pad - left) / RES) * RES
     y1 = bottom + math.ceil((max(b[3] for b in boxes) + pad - bottom) / RES) * RES
-    ext = Grid(UTM, from_origin(x0, y1, RES, RES), round((y1 - y0) / RES), round((x1 - x0) / RES))
+    ext = Grid(UTM, _north_up(x0, y1, RES, RES), round((y1 - y0) / RES), round((x1 - x0) / RES))
     return scene, ext, dem, modis
 
 
@@ -151,16 +156,17 @@ def _river_distance(
 ) -> np.ndarray:
     """Distance (m) of each ext pixel to a meandering river from the eastern hills to the sea."""
     size = scene.width * RES
+    left, bottom = scene.bounds[:2]
     end_u = rng.uniform(0.40, 0.50)
-    col_end = int(np.clip((ORIGIN[0] + end_u * size - ext.transform.c) / RES, 0, ext.width - 1))
+    col_end = int(np.clip((left + end_u * size - ext.transform.c) / RES, 0, ext.width - 1))
     a, b = np.array([1.06, rng.uniform(0.7, 0.85)]), np.array([end_u, coast[0, col_end] - 0.03])
     t = np.linspace(0, 1, 4000)[:, None]
     normal = np.array([-(b - a)[1], (b - a)[0]]) / np.linalg.norm(b - a)
     meander = 0.05 * np.sin(2 * np.pi * 2.3 * t + rng.uniform(0, 2 * np.pi)) * np.sin(np.pi * t)
     pts = a + t * (b - a) + meander * normal
     step = 2  # work on a 20 m lattice, then upsample
-    cols = ((ORIGIN[0] + pts[:, 0] * size - ext.transform.c) / (RES * step)).astype(int)
-    rows = ((ext.transform.f - (ORIGIN[1] + pts[:, 1] * size)) / (RES * step)).astype(int)
+    cols = ((left + pts[:, 0] * size - ext.transform.c) / (RES * step)).astype(int)
+    rows = ((ext.transform.f - (bottom + pts[:, 1] * size)) / (RES * step)).astype(int)
     shape = (-(-ext.height // step), -(-ext.width // step))
     ok = (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
     free = np.ones(shape, dtype=bool)
@@ -235,7 +241,7 @@ def build_world(rng: np.random.Generator, scene: Grid, ext: Grid) -> World:
     coast = _coastline(rng, u)
     elevation = _terrain(rng, ext, u, v, coast, size_m)
     river_d = _river_distance(rng, ext, scene, coast)
-    elevation -= 22 * np.exp(-((river_d / 300) ** 2)) * (elevation > 30)
+    elevation -= np.clip((elevation - 10) / 2, 0, 22) * np.exp(-((river_d / 300) ** 2))
     lake = _blob(rng, u, v, (rng.uniform(0.22, 0.32), rng.uniform(0.52, 0.62)),
                  float(np.clip(0.09 * size_m, 450, 1800)) / size_m, (2, 3))
     elevation = _lake_basin(elevation, lake)
