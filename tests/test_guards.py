@@ -12,13 +12,13 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader
 
+from factories import make_config, make_patchset
 from geofuse.config import GuardConfig
 from geofuse.evaluation.evaluate import predict
 from geofuse.evaluation.metrics import classification_metrics
 from geofuse.training.guards import check_losses, print_verdict, run_guards
 from geofuse.training.task import ClassificationTask
 from geofuse.training.train import train_model
-from test_training import make_config, make_patchset
 
 NAMES = ["forest", "water", "urban", "crop"]
 GUARD = GuardConfig()

@@ -12,13 +12,13 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from factories import make_config, make_patchset
 from geofuse.errors import RunDirError
 from geofuse.evaluation.evaluate import evaluate_run
 from geofuse.reporting.plots import plot_confusion_matrix, plot_training_curves
 from geofuse.reporting.report import write_report
 from geofuse.rundir import RunDir
 from geofuse.training.train import train_model
-from test_training import make_config, make_patchset
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +38,18 @@ def _friendly(func: F) -> F:
             raise typer.Exit(code=err.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kw: Any) -> None:
+    """Print a warning on one line, without the source line Python shows by default."""
+    text = " ".join(str(message).split())
+    console.print(f"[yellow]warning:[/] {text}", soft_wrap=True, highlight=False)
+
+
+@app.callback()
+def _setup() -> None:
+    """geofuse: multi-sensor fusion deep learning for Earth-observation imagery."""
+    warnings.showwarning = _show_warning
 
 
 @app.command()

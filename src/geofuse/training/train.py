@@ -110,7 +110,7 @@ def train_model(
     )
     task = build_task(cfg, patches)
     started = time.perf_counter()
-    with _quiet_lightning(progress):
+    with _quiet_lightning():
         trainer = _build_trainer(cfg, run, max_epochs, progress)
         try:
             trainer.fit(task, datamodule=datamodule, ckpt_path=run.last_ckpt if resume else None)
@@ -277,21 +277,20 @@ def _build_trainer(cfg: StudyConfig, run: RunDir, max_epochs: int, progress: boo
         max_epochs=max_epochs, accelerator=cfg.train.accelerator, devices=1,
         deterministic=cfg.train.deterministic, logger=False, callbacks=callbacks,
         default_root_dir=run.path,
-        enable_progress_bar=progress, enable_model_summary=progress, log_every_n_steps=1,
+        enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=1,
     )
 
 
 @contextlib.contextmanager
-def _quiet_lightning(progress: bool) -> Iterator[None]:
-    """Hide Lightning's info lines (and known-harmless warnings) unless progress is shown."""
+def _quiet_lightning() -> Iterator[None]:
+    """Hide Lightning's info lines (and known-harmless warnings); the progress bar stays."""
     loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
     levels = [lg.level for lg in loggers]
     with warnings.catch_warnings():
         for pattern in _QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
-        if not progress:
-            for lg in loggers:
-                lg.setLevel(logging.WARNING)
+        for lg in loggers:  # GPU/TPU availability lines and tips; the report has the facts
+            lg.setLevel(logging.WARNING)
         try:
             yield
         finally:

@@ -1,0 +1,43 @@
+"""Small in-memory study objects shared by the training, guard and report tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geofuse.config import StudyConfig, parse_config
+from geofuse.data.patchset import PatchSet
+
+CLASSES = ["forest", "water", "urban", "crop"]
+S2 = ["s2_b", "s2_g", "s2_r", "s2_nir"]
+DEM = ["dem_elev", "dem_slope"]
+
+
+def make_patchset(n: int = 200, patch_size: int = 8, seed: int = 0) -> PatchSet:
+    """Learnable PatchSet: class-dependent band means + noise; 70/20/10 split, NaN sprinkled."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % len(CLASSES)
+    means = rng.normal(0, 1.0, (len(CLASSES), len(S2) + len(DEM)))
+    x = means[y][:, :, None, None] + rng.normal(0, 0.6, (n, len(S2) + len(DEM), patch_size,
+                                                           patch_size))
+    x = x * 800 + 1500  # physical-looking scale: normalisation must matter
+    x[rng.random(x.shape) < 0.01] = np.nan
+    split = np.zeros(n, dtype=np.uint8)
+    split[(np.arange(n) // len(CLASSES)) % 10 >= 7] = 1
+    split[(np.arange(n) // len(CLASSES)) % 10 == 9] = 2
+    return PatchSet(x=x, y=y, band_names=S2 + DEM, modalities={"s2": S2, "dem": DEM},
+                    class_names=CLASSES, groups=[f"polygon:{i}" for i in range(n)],
+                    coords=np.zeros((n, 2)), split=split)
+
+
+def make_config(root: Path, **train: Any) -> StudyConfig:
+    """Study config rooted at ``root`` (workdir ``root/work``), small fast training."""
+    data = {
+        "name": "toy", "workdir": "work", "seed": 7,
+        "modalities": [{"name": "s2", "files": ["s2.tif"], "bands": S2},
+                       {"name": "dem", "files": ["dem.tif"], "bands": DEM}],
+        "train": {"epochs": 8, "batch_size": 32, "early_stopping_patience": 20, **train},
+    }
+    return parse_config(data, root)
