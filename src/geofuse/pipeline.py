@@ -24,7 +24,9 @@ def _train_variant(cfg: StudyConfig, modalities: list[str], epochs: int | None) 
     return train_model(variant, overwrite=True)
 
 
-def run_demo(workdir: str | Path, seed: int = 0, epochs: int | None = None) -> Path:
+def run_demo(
+    workdir: str | Path, seed: int = 0, epochs: int | None = None, size_m: float = 20_000.0
+) -> Path:
     """Run the whole flow on the synthetic scene; return the path of the fusion run's report.
 
     Trains the reference SimpleCNN twice on the same grouped split, on Sentinel-2 alone and on
@@ -36,7 +38,7 @@ def run_demo(workdir: str | Path, seed: int = 0, epochs: int | None = None) -> P
 
     workdir = Path(workdir)
     console.rule("[bold]1/4 synth: generating the synthetic scene")
-    cfg_path = generate_scene(workdir / "scene", seed=seed)
+    cfg_path = generate_scene(workdir / "scene", seed=seed, size_m=size_m)
     cfg = load_config(cfg_path)
     console.rule("[bold]2/4 prepare: aligning S2, MODIS and DEM onto one grid")
     prepared = prepare_stack(cfg)
