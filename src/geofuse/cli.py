@@ -165,6 +165,20 @@ def config_cmd(
         raise typer.BadParameter("give --schema, --reference or --check FILE")
 
 
+@app.command("models")
+@_friendly
+def models_cmd() -> None:
+    """List the registered models and the train.model options each takes (with defaults)."""
+    from rich.table import Table
+
+    from geofuse.models.registry import describe_models
+
+    table = Table("train.model.name", "options (default)")
+    for name, options in describe_models().items():
+        table.add_row(name, ", ".join(f"{k}={v!r}" for k, v in options.items()) or "-")
+    Console().print(table)
+
+
 def main() -> None:  # pragma: no cover - entry point
     app()
 

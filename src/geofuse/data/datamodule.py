@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from geofuse.config import TrainConfig
-from geofuse.data.normalize import BandStats, compute_band_stats
+from geofuse.data.normalize import MIN_STD, BandStats, compute_band_stats
 from geofuse.data.patchset import SPLIT_CODES, PatchSet
 from geofuse.data.transforms import Compose, Normalize, RandomFlipRotate, Sample, Transform
 from geofuse.errors import SplitError
@@ -58,21 +58,44 @@ def split_counts(patches: PatchSet) -> dict[str, dict[str, int]]:
     return {split: patches.class_counts(split) for split in SPLIT_CODES}
 
 
+def normalized_tabular(patches: PatchSet) -> np.ndarray | None:
+    """The PatchSet's tabular attributes standardised with train-split mean/std (NaN -> 0).
+
+    ``None`` when the set has no tabular attributes; constant or all-missing columns get
+    std 1 (and mean 0 when no train value is known).
+    """
+    if patches.tabular is None:
+        return None
+    train = patches.tabular[patches.split_indices("train")].astype(np.float64)
+    finite = np.isfinite(train)
+    count = finite.sum(axis=0)
+    mean = np.where(count > 0, np.where(finite, train, 0).sum(axis=0) / np.maximum(count, 1), 0)
+    var = np.where(finite, (train - mean) ** 2, 0).sum(axis=0) / np.maximum(count, 1)
+    std = np.where(np.sqrt(var) > MIN_STD, np.sqrt(var), 1.0)
+    out = (patches.tabular - mean) / std
+    return np.where(np.isfinite(out), out, 0.0).astype(np.float32)
+
+
 class PatchDataset(Dataset[Sample]):
     """Samples ``{"image": (C, P, P) float tensor, "label": int, "index": int}``.
+
+    With ``tabular``, samples also hold ``"tab"``: the row's (F,) float32 attributes.
 
     Args:
         patches: the PatchSet (already restricted to the run's bands).
         indices: which patches this dataset serves; ``index`` is the PatchSet row.
         transform: applied to every sample dict (normalisation, augmentation).
+        tabular: (N, F) attributes aligned with ``patches`` (already normalised), or None.
     """
 
     def __init__(
-        self, patches: PatchSet, indices: np.ndarray, transform: Transform | None = None
+        self, patches: PatchSet, indices: np.ndarray, transform: Transform | None = None,
+        tabular: np.ndarray | None = None,
     ) -> None:
         self.patches = patches
         self.indices = np.asarray(indices, dtype=np.int64)
         self.transform = transform
+        self.tabular = tabular
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -84,6 +107,8 @@ class PatchDataset(Dataset[Sample]):
             "label": int(self.patches.y[row]),
             "index": row,
         }
+        if self.tabular is not None:
+            sample["tab"] = torch.from_numpy(self.tabular[row].copy())
         return self.transform(sample) if self.transform else sample
 
 
@@ -119,13 +144,15 @@ class PatchDataModule(L.LightningDataModule):
         )
         if list(self.stats.bands) != list(patches.band_names):
             raise ValueError(f"statistics for {self.stats.bands}, data has {patches.band_names}")
+        self.tabular = normalized_tabular(patches)
 
     def dataset(self, split: str) -> PatchDataset:
         """Dataset of one split; only ``train`` is augmented."""
         steps: list[Transform] = [Normalize(self.stats)]
         if split == "train" and self.augment:
             steps.append(RandomFlipRotate())
-        return PatchDataset(self.patches, self.patches.split_indices(split), Compose(steps))
+        return PatchDataset(self.patches, self.patches.split_indices(split), Compose(steps),
+                            tabular=self.tabular)
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader[Sample]:
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None

@@ -37,6 +37,9 @@ class PatchSet:
         nodata_fraction: float32 (N,) share of invalid pixels in each patch.
         crs: CRS of ``coords`` (WKT or EPSG string).
         provenance: free-form JSON-able record (sources, config, versions).
+        tabular: optional float32 (N, F) attributes per patch (NaN = missing), e.g. census
+            or metadata columns; ``None`` when the set has none.
+        tabular_names: one name per ``tabular`` column.
     """
 
     x: np.ndarray
@@ -50,6 +53,8 @@ class PatchSet:
     nodata_fraction: np.ndarray | None = None
     crs: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
+    tabular: np.ndarray | None = None
+    tabular_names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.x)
@@ -74,6 +79,21 @@ class PatchSet:
                           ("nodata_fraction", self.nodata_fraction)]:
             if len(arr) != n:
                 raise ValueError(f"{name} has {len(arr)} entries for {n} patches")
+        self._check_tabular()
+
+    def _check_tabular(self) -> None:
+        self.tabular_names = list(self.tabular_names)
+        if self.tabular is None:
+            if self.tabular_names:
+                raise ValueError("tabular_names given without a tabular array")
+            return
+        self.tabular = np.asarray(self.tabular, dtype=np.float32)
+        if self.tabular.ndim != 2 or len(self.tabular) != len(self.x):
+            raise ValueError(f"tabular must be (N={len(self.x)}, F); got {self.tabular.shape}")
+        if len(self.tabular_names) != self.tabular.shape[1]:
+            raise ValueError(
+                f"{self.tabular.shape[1]} tabular columns but {len(self.tabular_names)} names"
+            )
 
     # -- basic views ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -123,6 +143,7 @@ class PatchSet:
         return self._replace(
             x=self.x[sel], y=self.y[sel], groups=self.groups[sel], coords=self.coords[sel],
             split=self.split[sel], nodata_fraction=self.nodata_fraction[sel],
+            tabular=None if self.tabular is None else self.tabular[sel],
         )
 
     def split_indices(self, name: str) -> np.ndarray:
@@ -140,7 +161,8 @@ class PatchSet:
             x=self.x, y=self.y, band_names=list(self.band_names), modalities=dict(self.modalities),
             class_names=list(self.class_names), groups=self.groups, coords=self.coords,
             split=self.split, nodata_fraction=self.nodata_fraction, crs=self.crs,
-            provenance=dict(self.provenance),
+            provenance=dict(self.provenance), tabular=self.tabular,
+            tabular_names=list(self.tabular_names),
         )
         fields.update(changes)
         return PatchSet(**fields)
@@ -165,6 +187,9 @@ class PatchSet:
             f.create_dataset("coords", data=self.coords)
             f.create_dataset("split", data=self.split)
             f.create_dataset("nodata_fraction", data=self.nodata_fraction)
+            if self.tabular is not None:  # optional: files without it still load
+                f.attrs["tabular_names"] = json.dumps(self.tabular_names)
+                f.create_dataset("tabular", data=self.tabular)
         return path
 
     @classmethod
@@ -190,6 +215,8 @@ class PatchSet:
                     groups=np.char.decode(f["groups"][()], "utf-8"), coords=f["coords"][()],
                     split=f["split"][()], nodata_fraction=f["nodata_fraction"][()],
                     crs=str(f.attrs["crs"]), provenance=json.loads(f.attrs["provenance"]),
+                    tabular=f["tabular"][()] if "tabular" in f else None,
+                    tabular_names=json.loads(f.attrs.get("tabular_names", "[]")),
                 )
         except OSError as err:
             raise DataNotFoundError(

@@ -16,6 +16,7 @@ from geofuse.data.patchset import PatchSet
 from geofuse.errors import RunDirError
 from geofuse.evaluation.metrics import classification_metrics
 from geofuse.io_utils import atomic_write_json
+from geofuse.models.forest import evaluate_baseline, is_baseline
 from geofuse.rundir import RunDir, read_history
 from geofuse.training.guards import print_verdict, run_guards
 from geofuse.training.task import ClassificationTask
@@ -38,7 +39,8 @@ def predict(task: ClassificationTask, loader: DataLoader[Any]) -> tuple[np.ndarr
     task.eval()
     y_true, y_pred = [], []
     for batch in loader:
-        y_pred.append(task(batch["image"].to(task.device)).argmax(dim=1).cpu().numpy())
+        tab = batch["tab"].to(task.device) if "tab" in batch else None
+        y_pred.append(task(batch["image"].to(task.device), tab).argmax(dim=1).cpu().numpy())
         y_true.append(np.asarray(batch["label"]))
     if not y_true:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
@@ -70,8 +72,10 @@ def evaluate_run(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
         DataNotFoundError: the PatchSet recorded in run.json is gone.
     """
     run = RunDir(Path(run_dir))
-    run.require(run.run_json, run.config, run.normalization, run.best_ckpt)
     info = run.read_json(run.run_json)
+    if is_baseline(info.get("model", {}).get("name", "")):
+        return evaluate_baseline(run.path, verbose=verbose)
+    run.require(run.run_json, run.config, run.normalization, run.best_ckpt)
     cfg = load_config(run.config)
     patches = _load_run_patches(run, info)
     task, epoch = load_task(run.best_ckpt)
@@ -82,7 +86,9 @@ def evaluate_run(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
         if len(patches.split_indices(split)):
             y_true, y_pred = predict(task, data.loader(split))
             results[split] = classification_metrics(y_true, y_pred, list(patches.class_names))
-    verdict = run_guards(results, read_history(run.history), cfg.guards)
+    verdict = run_guards(results, read_history(run.history), cfg.guards,
+                         frozen=info.get("frozen_fraction"),
+                         stop_reason=info.get("collapse_stop", {}).get("reason"))
     metrics = {
         "run_name": run.name,
         "checkpoint": str(run.best_ckpt.relative_to(run.path)),

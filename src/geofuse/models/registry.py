@@ -1,28 +1,43 @@
 """Model registry: YAML names (``train.model.name``) mapped to model constructors.
 
 Every constructor takes ``in_channels``, ``num_classes`` and ``patch_size`` plus its own keyword
-arguments and returns an ``nn.Module`` mapping (B, C, P, P) to logits (B, num_classes). New
-models (resnet, fusion models) slot in by adding one entry to :data:`MODELS`.
+arguments and returns an ``nn.Module`` mapping (B, C, P, P) to logits (B, num_classes). A
+constructor that also takes ``band_names`` gets the input band names. New models (fusion
+models) slot in by adding one entry to :data:`MODELS`; :func:`describe_models` lists every
+model's options with their defaults.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import nn
 
 from geofuse.errors import ConfigError
+from geofuse.models.backbones import backbone_builders
+from geofuse.models.fusion import DecisionFusion, LateFusion
+from geofuse.models.progressive import ProgressiveFusion
 from geofuse.models.simple_cnn import SimpleCNN
+from geofuse.models.tabular import TabularFusion
 
 ModelBuilder = Callable[..., nn.Module]
 
 MODELS: dict[str, ModelBuilder] = {
     "simple_cnn": SimpleCNN,
+    **backbone_builders(),
+    # fusion models (models/fusion.py): one network on the stacked bands *is* early fusion
+    "early_fusion": SimpleCNN,
+    "late_fusion": LateFusion,
+    "decision_fusion": DecisionFusion,
+    "progressive_fusion": ProgressiveFusion,
+    "tabular_fusion": TabularFusion,
 }
 
 _REQUIRED = ("in_channels", "num_classes", "patch_size")
+_SUPPLIED = (*_REQUIRED, "band_names")  # given by geofuse, not options of the config
 
 
 def list_models() -> list[str]:
@@ -30,8 +45,48 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
+def _options(builder: ModelBuilder) -> dict[str, Any]:
+    """Option name -> default of a builder (``inspect.Parameter.empty`` when it has none)."""
+    bound = set(builder.keywords) if isinstance(builder, functools.partial) else set()
+    return {
+        name: param.default for name, param in inspect.signature(builder).parameters.items()
+        if name not in _SUPPLIED and name not in bound
+        and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+    }
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """Options (``train.model`` keys) that model ``name`` accepts, with their defaults.
+
+    Raises:
+        ConfigError: unknown name.
+    """
+    return _options(_builder(name))
+
+
+def takes_band_names(name: str) -> bool:
+    """Whether model ``name`` wants the input band names (e.g. for band-aware adaptation)."""
+    return "band_names" in inspect.signature(_builder(name)).parameters
+
+
+def describe_models() -> dict[str, dict[str, Any]]:
+    """Every registered model name -> its options and their defaults, sorted by name."""
+    return {name: _options(MODELS[name]) for name in list_models()}
+
+
+def _builder(name: str) -> ModelBuilder:
+    builder = MODELS.get(name)
+    if builder is None:
+        raise ConfigError(
+            f"unknown model {name!r}; valid names: {', '.join(list_models())}; "
+            "fix train.model.name in the config"
+        )
+    return builder
+
+
 def create_model(
-    name: str, in_channels: int, num_classes: int, patch_size: int, **kwargs: Any
+    name: str, in_channels: int, num_classes: int, patch_size: int,
+    band_names: Sequence[str] | None = None, **kwargs: Any,
 ) -> nn.Module:
     """Build the registered model ``name``.
 
@@ -40,24 +95,22 @@ def create_model(
         in_channels: number of input bands.
         num_classes: number of classes.
         patch_size: patch height/width in pixels.
+        band_names: input band names; passed on only to models that take them.
         **kwargs: model-specific options (e.g. ``hidden``, ``dropout``).
 
     Raises:
         ConfigError: unknown name, or an option the model does not take.
     """
-    builder = MODELS.get(name)
-    if builder is None:
-        raise ConfigError(
-            f"unknown model {name!r}; valid names: {', '.join(list_models())}; "
-            "fix train.model.name in the config"
-        )
-    accepted = set(inspect.signature(builder).parameters) - set(_REQUIRED)
+    builder = _builder(name)
+    accepted = set(_options(builder))
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise ConfigError(
             f"model {name!r} does not take option(s) {unknown}; it takes {sorted(accepted)}; "
             "fix train.model in the config"
         )
+    if band_names is not None and takes_band_names(name):
+        kwargs["band_names"] = list(band_names)
     return builder(in_channels=in_channels, num_classes=num_classes, patch_size=patch_size,
                    **kwargs)
 

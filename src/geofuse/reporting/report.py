@@ -49,6 +49,8 @@ def _guard_section(guard: dict[str, Any]) -> list[str]:
         lines = ["> [!CAUTION]", "> **MODEL COLLAPSE DETECTED: the metrics below are not "
                  "meaningful.**", ">"]
         lines += [f"> - {reason}" for reason in guard["reasons"]]
+        if guard.get("diagnosis"):
+            lines += [">", f"> **Diagnosis:** {guard['diagnosis']}."]
         lines += [">", "> Check class balance and splits, the learning rate, input "
                   "normalisation and frozen layers.", ""]
         return lines

@@ -2,7 +2,10 @@
 
 The Week 4 ResNet50 fusion runs reported 0-13% accuracy because the network predicted a single
 class for every input; nothing in the pipeline said so. This guard checks every evaluated split
-and the training history, and reports loudly (console panel, metrics.json, report).
+and the training history (NaN losses, a validation loss that stays flat), and reports loudly
+(console panel, metrics.json, report) with a diagnosis such as "98% of the network frozen;
+validation loss flat for 10 epochs". :class:`CollapseStopper` applies the same checks during
+training and stops a run that has collapsed (``guards.stop_on_collapse``).
 """
 
 from __future__ import annotations
@@ -12,12 +15,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
 from rich.console import Console
 from rich.panel import Panel
+from torch import nn
 
 from geofuse.config import GuardConfig
+from geofuse.evaluation.metrics import classification_metrics
 
 LOSS_COLUMNS = ("train_loss", "val_loss")
+FROZEN_NOTE_FRACTION = 0.5  # the diagnosis names the frozen share from here on
 
 
 @dataclass
@@ -28,16 +37,21 @@ class GuardVerdict:
         collapsed: True when any check fired.
         reasons: one human-readable sentence per fired check.
         details: per-split numbers the checks looked at.
+        diagnosis: short likely cause of a collapse (frozen share, flat loss), or "".
+        frozen_fraction: share of frozen parameters of the network, when known.
     """
 
     collapsed: bool
     reasons: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    diagnosis: str = ""
+    frozen_fraction: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form stored under ``"guard"`` in metrics.json."""
         return {"collapsed": self.collapsed, "reasons": list(self.reasons),
-                "details": dict(self.details)}
+                "details": dict(self.details), "diagnosis": self.diagnosis,
+                "frozen_fraction": self.frozen_fraction}
 
 
 def check_predictions(metrics: Mapping[str, Any], guard: GuardConfig, split: str) -> list[str]:
@@ -54,16 +68,7 @@ def check_predictions(metrics: Mapping[str, Any], guard: GuardConfig, split: str
     n = metrics["n"]
     if n == 0:
         return []
-    reasons = []
-    counts = metrics["prediction_counts"]
-    top_class = max(counts, key=counts.get)
-    top_share = counts[top_class] / n
-    true_share = metrics["per_class"][top_class]["support"] / n
-    if top_share >= guard.one_class_fraction and true_share < guard.one_class_fraction:
-        reasons.append(
-            f"{split}: predicts {top_class!r} for {top_share:.0%} of {n} samples "
-            f"(threshold {guard.one_class_fraction:.0%}; true share {true_share:.0%})"
-        )
+    reasons = check_one_class(metrics, guard, split)
     classes_present = sum(1 for c in metrics["per_class"].values() if c["support"] > 0)
     limit = metrics["majority_rate"] + guard.majority_margin
     if classes_present > 1 and metrics["accuracy"] <= limit:
@@ -73,6 +78,23 @@ def check_predictions(metrics: Mapping[str, Any], guard: GuardConfig, split: str
             f"{f' + margin {guard.majority_margin:.3f}' if guard.majority_margin else ''})"
         )
     return reasons
+
+
+def check_one_class(metrics: Mapping[str, Any], guard: GuardConfig, split: str) -> list[str]:
+    """The one-class reason of :func:`check_predictions` alone (empty list: fine)."""
+    n = metrics["n"]
+    if n == 0:
+        return []
+    counts = metrics["prediction_counts"]
+    top_class = max(counts, key=counts.get)
+    top_share = counts[top_class] / n
+    true_share = metrics["per_class"][top_class]["support"] / n
+    if top_share >= guard.one_class_fraction and true_share < guard.one_class_fraction:
+        return [
+            f"{split}: predicts {top_class!r} for {top_share:.0%} of {n} samples "
+            f"(threshold {guard.one_class_fraction:.0%}; true share {true_share:.0%})"
+        ]
+    return []
 
 
 def check_losses(history: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -87,13 +109,81 @@ def check_losses(history: Sequence[Mapping[str, Any]]) -> list[str]:
     return reasons
 
 
+def longest_flat_run(values: Sequence[float | None], tolerance: float) -> tuple[int, int]:
+    """(start index, length) of the longest run of finite values with max - min within
+    ``tolerance`` times their mean magnitude."""
+    best = (0, 0)
+    for i in range(len(values)):
+        lo = hi = None
+        for j in range(i, len(values)):
+            v = values[j]
+            if v is None or not math.isfinite(v):
+                break
+            lo, hi = min(v, lo if lo is not None else v), max(v, hi if hi is not None else v)
+            if hi - lo > tolerance * max(abs(hi + lo) / 2, 1e-12):
+                break
+            if j - i + 1 > best[1]:
+                best = (i, j - i + 1)
+    return best
+
+
+def check_flat_loss(history: Sequence[Mapping[str, Any]], guard: GuardConfig) -> list[str]:
+    """Reason when val_loss stays flat (within ``flat_tolerance``) for ``flat_epochs`` epochs."""
+    values = [row.get("val_loss") for row in history]
+    start, length = longest_flat_run(values, guard.flat_tolerance)
+    if length < guard.flat_epochs:
+        return []
+    first, last = history[start]["epoch"], history[start + length - 1]["epoch"]
+    return [f"val_loss flat for {length} epochs ({first}-{last}, at {values[start]:.4f}; "
+            f"threshold {guard.flat_epochs} epochs within {guard.flat_tolerance:.1e}); the "
+            "network is not learning: unfreeze layers or raise train.lr"]
+
+
+def frozen_fraction(model: nn.Module) -> float:
+    """Share of the parameters (elements) of ``model`` with ``requires_grad`` False."""
+    total = sum(p.numel() for p in model.parameters())
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    return frozen / total if total else 0.0
+
+
+def diagnose(
+    history: Sequence[Mapping[str, Any]], guard: GuardConfig,
+    frozen: float | None = None, stop_reason: str | None = None,
+) -> str:
+    """Likely causes in one line, e.g. ``98% of the network frozen; validation loss flat for
+    10 epochs``; "" when nothing stands out."""
+    parts = []
+    if frozen is not None and frozen >= FROZEN_NOTE_FRACTION:
+        parts.append(f"{frozen:.0%} of the network frozen")
+    _, flat = longest_flat_run([row.get("val_loss") for row in history], guard.flat_tolerance)
+    if flat >= guard.flat_epochs:
+        parts.append(f"validation loss flat for {flat} epochs")
+    if check_losses(history):
+        parts.append("non-finite losses (learning rate too high or extreme inputs)")
+    if stop_reason:
+        parts.append(f"training stopped early: {stop_reason}")
+    return "; ".join(parts)
+
+
 def run_guards(
     split_metrics: Mapping[str, Mapping[str, Any]],
     history: Sequence[Mapping[str, Any]],
     guard: GuardConfig,
+    frozen: float | None = None,
+    stop_reason: str | None = None,
 ) -> GuardVerdict:
-    """Apply every check to the evaluated splits and the history."""
-    reasons = check_losses(history)
+    """Apply every check to the evaluated splits and the history.
+
+    Args:
+        split_metrics: split name -> :func:`~geofuse.evaluation.metrics.classification_metrics`.
+        history: rows of history.csv.
+        guard: thresholds.
+        frozen: share of frozen parameters (:func:`frozen_fraction`), for the diagnosis.
+        stop_reason: why :class:`CollapseStopper` ended training, if it did.
+    """
+    reasons = check_losses(history) + check_flat_loss(history, guard)
+    if stop_reason:
+        reasons.append(f"training stopped by the collapse guard: {stop_reason}")
     details = {}
     for split, metrics in split_metrics.items():
         reasons += check_predictions(metrics, guard, split)
@@ -104,7 +194,9 @@ def run_guards(
             "majority_rate": metrics["majority_rate"],
             "max_prediction_share": max(counts.values()) / n,
         }
-    return GuardVerdict(collapsed=bool(reasons), reasons=reasons, details=details)
+    diagnosis = diagnose(history, guard, frozen, stop_reason) if reasons else ""
+    return GuardVerdict(collapsed=bool(reasons), reasons=reasons, details=details,
+                        diagnosis=diagnosis, frozen_fraction=frozen)
 
 
 def print_verdict(verdict: GuardVerdict, console: Console | None = None) -> None:
@@ -114,7 +206,77 @@ def print_verdict(verdict: GuardVerdict, console: Console | None = None) -> None
         console.print("[green]collapse guard: passed[/]")
         return
     body = "\n".join(f"• {r}" for r in verdict.reasons)
+    if verdict.diagnosis:
+        body += f"\n\nDiagnosis: {verdict.diagnosis}."
     body += ("\n\nThe metrics of this run are not meaningful. Check class balance and splits, "
              "the learning rate, input normalisation and frozen layers.")
     console.print(Panel(body, title="[bold]MODEL COLLAPSE DETECTED[/]", border_style="bold red",
                         style="red"))
+
+
+class CollapseStopper(Callback):
+    """Stop training at a validation epoch that shows collapse (``guards.stop_on_collapse``).
+
+    Fires on a non-finite ``val_loss``, a ``val_loss`` flat for ``flat_epochs`` epochs, or
+    one-class validation predictions (as :func:`check_one_class`) for ``flat_epochs`` epochs
+    in a row; sets ``trainer.should_stop`` and records :attr:`reason` and :attr:`epoch`.
+    """
+
+    def __init__(self, guard: GuardConfig) -> None:
+        self.guard = guard
+        self.reason: str | None = None
+        self.epoch: int | None = None
+        self._losses: list[float | None] = []
+        self._one_class_epochs = 0
+        self._preds: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+        self._hook: Any = None
+
+    def _record(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        self._preds.append(output.detach().argmax(dim=1).flatten().cpu())
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._preds, self._labels = [], []
+        if not trainer.sanity_checking:
+            self._hook = pl_module.register_forward_hook(self._record)
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:
+        if self._hook is not None:
+            self._labels.append(torch.as_tensor(batch["label"]).flatten().cpu())
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._hook is None:
+            return
+        self._hook.remove()
+        self._hook = None
+        reason = self._check(trainer, pl_module)
+        if reason and self.reason is None:
+            self.reason, self.epoch = reason, trainer.current_epoch
+            trainer.should_stop = True
+
+    def _check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
+        value = trainer.callback_metrics.get("val_loss")
+        loss = float(value) if value is not None else None
+        self._losses.append(loss)
+        epoch = trainer.current_epoch
+        if loss is not None and not math.isfinite(loss):
+            return f"non-finite val_loss at epoch {epoch}"
+        _, flat = longest_flat_run(self._losses[-self.guard.flat_epochs:],
+                                   self.guard.flat_tolerance)
+        if flat >= self.guard.flat_epochs:
+            return f"val_loss flat for {flat} epochs at epoch {epoch}"
+        if self._preds and self._labels:
+            y_pred = torch.cat(self._preds).numpy()
+            y_true = torch.cat(self._labels).numpy()
+            k = int(pl_module.hparams.get("num_classes", max(y_pred.max(), y_true.max()) + 1))
+            names = pl_module.hparams.get("class_names") or [str(i) for i in range(k)]
+            one = check_one_class(classification_metrics(y_true, y_pred, list(names)),
+                                  self.guard, "val")
+            self._one_class_epochs = self._one_class_epochs + 1 if one else 0
+            if self._one_class_epochs >= self.guard.flat_epochs:
+                return (f"{one[0]} for {self._one_class_epochs} epochs in a row, at "
+                        f"epoch {epoch}")
+        return None

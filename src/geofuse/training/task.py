@@ -6,18 +6,20 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from geofuse.config import TrainConfig
 from geofuse.models.registry import create_model
+from geofuse.training.losses import build_loss
+from geofuse.training.optim import build_optimizer, build_scheduler
 
 STAGES = ("train", "val", "test")
 
 
 class ClassificationTask(L.LightningModule):
-    """Cross-entropy classification of ``batch["image"]`` into ``num_classes`` classes.
+    """Classification of ``batch["image"]`` into ``num_classes`` classes.
 
     Logs ``{stage}_loss``, ``{stage}_accuracy`` (overall) and ``{stage}_f1_macro`` per epoch.
 
@@ -32,6 +34,9 @@ class ClassificationTask(L.LightningModule):
         plateau_patience: epochs without val_loss improvement before the LR is reduced.
         plateau_factor: LR multiplier on a plateau.
         class_names: class names, stored with the checkpoint for provenance.
+        train_config: ``train`` section (JSON dump, without ``model``) for the loss,
+            optimiser and scheduler; the explicit arguments above override its values.
+        class_counts: training-split count per class (for balanced class weights).
     """
 
     def __init__(
@@ -46,6 +51,8 @@ class ClassificationTask(L.LightningModule):
         plateau_patience: int = 4,
         plateau_factor: float = 0.5,
         class_names: list[str] | None = None,
+        train_config: dict[str, Any] | None = None,
+        class_counts: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -53,6 +60,7 @@ class ClassificationTask(L.LightningModule):
             model, in_channels=in_channels, num_classes=num_classes, patch_size=patch_size,
             **(model_kwargs or {}),
         )
+        self.loss_fn = build_loss(self.train_config.loss, num_classes, class_counts)
         self.metrics = nn.ModuleDict(
             {f"{stage}_metrics": self._metric_collection(stage, num_classes) for stage in STAGES}
         )
@@ -67,14 +75,26 @@ class ClassificationTask(L.LightningModule):
             prefix=f"{stage}_",
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits (B, num_classes) of a batch of images (B, C, P, P)."""
+    @property
+    def train_config(self) -> TrainConfig:
+        """The effective training settings (loss, optimiser, scheduler)."""
+        hp = self.hparams
+        return TrainConfig.model_validate({
+            **(hp.get("train_config") or {}), "lr": hp.lr, "weight_decay": hp.weight_decay,
+            "plateau_patience": hp.plateau_patience, "plateau_factor": hp.plateau_factor,
+        })
+
+    def forward(self, x: torch.Tensor, tab: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits (B, num_classes) of images (B, C, P, P) and, for models with
+        ``uses_tabular`` (e.g. ``tabular_fusion``), their tabular attributes (B, F)."""
+        if getattr(self.model, "uses_tabular", False):
+            return self.model(x, tab)
         return self.model(x)
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
-        logits = self(batch["image"])
+        logits = self(batch["image"], batch.get("tab"))
         target = batch["label"]
-        loss = F.cross_entropy(logits, target)
+        loss = self.loss_fn(logits, target)
         metrics = self.metrics[f"{stage}_metrics"]
         metrics.update(logits.argmax(dim=1), target)
         size = len(target)
@@ -94,16 +114,15 @@ class ClassificationTask(L.LightningModule):
         return self._shared_step(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self(batch["image"]).argmax(dim=1)
+        return self(batch["image"], batch.get("tab")).argmax(dim=1)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """Adam with ReduceLROnPlateau on ``val_loss``."""
-        hp = self.hparams
-        optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=hp.plateau_factor, patience=hp.plateau_patience
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss", "interval": "epoch"},
-        }
+        """Optimiser and LR schedule of ``train_config`` (default: Adam + plateau on val_loss)."""
+        cfg = self.train_config
+        optimizer = build_optimizer(self.model, cfg)
+        max_epochs = self.trainer.max_epochs if self._trainer is not None else None
+        epochs = max_epochs if max_epochs and max_epochs > 0 else cfg.epochs
+        scheduler = build_scheduler(optimizer, cfg, epochs)
+        if scheduler is None:
+            return {"optimizer": optimizer}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -24,10 +24,11 @@ from geofuse.config import StudyConfig, dump_config, parse_config
 from geofuse.data.datamodule import PatchDataModule, check_splits, select_inputs, split_counts
 from geofuse.data.normalize import BandStats, compute_band_stats
 from geofuse.data.patchset import PatchSet
-from geofuse.errors import RunDirError
+from geofuse.errors import ConfigError, RunDirError
 from geofuse.io_utils import atomic_write_json
 from geofuse.models.registry import count_parameters
 from geofuse.rundir import HISTORY_COLUMNS, RunDir, default_run_name, read_history, write_history
+from geofuse.training.guards import CollapseStopper, frozen_fraction
 from geofuse.training.task import ClassificationTask
 
 _QUIET_WARNINGS = (
@@ -44,10 +45,15 @@ class HistoryWriter(Callback):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.rows: list[dict[str, Any]] = []
+        self.lr: float | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         start = trainer.current_epoch
         self.rows = [row for row in read_history(self.path) if row["epoch"] < start]
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # per-epoch schedulers step before on_train_epoch_end: keep the LR this epoch used
+        self.lr = float(trainer.optimizers[0].param_groups[0]["lr"])
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
@@ -55,7 +61,7 @@ class HistoryWriter(Callback):
         for column in HISTORY_COLUMNS[1:-1]:
             value = metrics.get(column)
             row[column] = float(value) if value is not None else None
-        row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+        row["lr"] = self.lr
         self.rows.append(row)
         write_history(self.path, self.rows)
 
@@ -92,6 +98,7 @@ def train_model(
         RunDirError: nothing to resume, or the run exists and neither resume nor overwrite.
     """
     from geofuse.evaluation.evaluate import evaluate_run
+    from geofuse.models.forest import fit_baseline, is_baseline
     from geofuse.reporting.report import write_report
 
     run = RunDir(cfg.runs_path / (run_name or default_run_name(cfg)))
@@ -102,6 +109,11 @@ def train_model(
     _write_resolved_config(cfg, run, patches_path, max_epochs)
     info = _run_info(cfg, run, patches, patches_path, resume)
     atomic_write_json(run.run_json, info)
+    if is_baseline(cfg.train.model.name):  # scikit-learn: fit, then the same evaluation/report
+        fit_baseline(cfg, run, patches, stats, info)
+        evaluate_run(run.path, verbose=progress)
+        write_report(run.path)
+        return run.path
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = PatchDataModule(
@@ -128,10 +140,41 @@ def build_task(cfg: StudyConfig, patches: PatchSet) -> ClassificationTask:
     t = cfg.train
     return ClassificationTask(
         model=t.model.name, in_channels=len(patches.band_names), num_classes=patches.num_classes,
-        patch_size=patches.patch_size, model_kwargs=t.model.model_dump(exclude={"name"}),
+        patch_size=patches.patch_size, model_kwargs=model_kwargs(cfg, patches),
         lr=t.lr, weight_decay=t.weight_decay, plateau_patience=t.plateau_patience,
         plateau_factor=t.plateau_factor, class_names=list(patches.class_names),
+        train_config=t.model_dump(mode="json", exclude={"model"}),
+        class_counts=list(patches.class_counts("train").values()),
     )
+
+
+def model_kwargs(cfg: StudyConfig, patches: PatchSet) -> dict[str, Any]:
+    """``create_model`` options from ``cfg.train.model``, plus the input band names.
+
+    An option is passed when the model takes it or when it differs from its default (so that
+    the model rejects it with a ConfigError); ``pretrained_path`` is resolved against the
+    config file's folder.
+    """
+    from geofuse.models.registry import model_options
+
+    model = cfg.train.model
+    accepted = model_options(model.name)
+    defaults = type(model)().model_dump()
+    out = {k: v for k, v in model.model_dump(exclude={"name"}).items()
+           if k in accepted or v != defaults.get(k)}
+    if out.get("pretrained_path"):
+        out["pretrained_path"] = str(cfg.resolve(out["pretrained_path"]).resolve())
+    out["band_names"] = list(patches.band_names)
+    if "modalities" in accepted:  # fusion models split the stacked bands themselves
+        out["modalities"] = {m: len(bands) for m, bands in patches.modalities.items()}
+    if "num_tabular" in accepted:  # image + tabular models
+        if patches.tabular is None:
+            raise ConfigError(
+                f"model {model.name!r} needs tabular attributes per patch, but the PatchSet has "
+                "none; add a tabular array to the PatchSet or pick an image-only model"
+            )
+        out["num_tabular"] = int(patches.tabular.shape[1])
+    return out
 
 
 def _prepare_run_dir(run: RunDir, resume: bool, overwrite: bool) -> None:
@@ -255,12 +298,15 @@ def _finish_run_info(
     history = read_history(run.history)
     info["sessions"][-1].update(finished_at=_now(), train_s=round(seconds, 3),
                                 epochs_at_end=len(history))
+    stopper = next((c for c in trainer.callbacks if isinstance(c, CollapseStopper)), None)
+    if stopper is not None and stopper.reason:
+        info["collapse_stop"] = {"epoch": stopper.epoch, "reason": stopper.reason}
     info.update(
         status="finished", epochs_trained=len(history), max_epochs=trainer.max_epochs,
         stopped_early=bool(trainer.early_stopping_callback
                            and trainer.early_stopping_callback.stopped_epoch > 0),
         train_s_total=round(sum(s.get("train_s", 0.0) for s in info["sessions"]), 3),
-        num_params=count_parameters(task.model),
+        num_params=count_parameters(task.model), frozen_fraction=frozen_fraction(task.model),
         best_checkpoint=str(run.best_ckpt.relative_to(run.path)),
     )
     atomic_write_json(run.run_json, info)
@@ -273,6 +319,8 @@ def _build_trainer(cfg: StudyConfig, run: RunDir, max_epochs: int, progress: boo
         ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor="val_loss", mode="min",
                         save_top_k=1, save_last=True, enable_version_counter=False),
     ]
+    if cfg.guards.stop_on_collapse:
+        callbacks.append(CollapseStopper(cfg.guards))
     return L.Trainer(
         max_epochs=max_epochs, accelerator=cfg.train.accelerator, devices=1,
         deterministic=cfg.train.deterministic, logger=False, callbacks=callbacks,

@@ -1,0 +1,166 @@
+"""Seconds per epoch of geofuse training against a plain PyTorch loop on the same inputs.
+
+geofuse: the ClassificationTask + PatchDataModule under the Trainer that ``train_model`` builds
+(history, early-stopping and checkpoint callbacks, torchmetrics, Adam + ReduceLROnPlateau).
+Plain:   the same model class, seed, loaders (same PatchDataModule, so the same normalisation
+and augmentation), batch size, Adam + ReduceLROnPlateau, a train pass and a validation pass
+(loss and accuracy) per epoch, nothing else. The ratio is therefore the framework overhead.
+
+Models: SimpleCNN on 8x8 patches; ResNet-50 (timm, from scratch) on 32x32 patches.
+Each runs ``--warmup`` epochs untimed, then ``--epochs`` timed epochs.
+
+Run: ``.venv/bin/python benchmarks/train_overhead.py [--n 2000] [--epochs 3] [--models ...]``.
+Target (issue #3): geofuse <= 1.15x the plain loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+
+from geofuse.config import StudyConfig, parse_config
+from geofuse.data.datamodule import PatchDataModule
+from geofuse.data.patchset import PatchSet
+from geofuse.models.registry import MODELS
+from geofuse.rundir import RunDir
+from geofuse.training.train import _build_trainer, _quiet_lightning, build_task
+
+CASES = {"simple_cnn": 8, "resnet50": 32}  # model -> patch size
+CLASSES = ["a", "b", "c", "d"]
+
+
+def make_patches(n: int, patch_size: int, seed: int = 0) -> PatchSet:
+    """Learnable 6-band PatchSet, 70/20/10 split."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % len(CLASSES)
+    means = rng.normal(0, 1, (len(CLASSES), 6))
+    x = means[y][:, :, None, None] + rng.normal(0, 0.6, (n, 6, patch_size, patch_size))
+    split = np.zeros(n, dtype=np.uint8)
+    split[(np.arange(n) // len(CLASSES)) % 10 >= 7] = 1
+    split[(np.arange(n) // len(CLASSES)) % 10 == 9] = 2
+    bands = [f"b{i}" for i in range(6)]
+    return PatchSet(x=x, y=y, band_names=bands, modalities={"s2": bands},
+                    class_names=CLASSES, groups=[str(i) for i in range(n)],
+                    coords=np.zeros((n, 2)), split=split)
+
+
+def make_config(root: Path, model: str, batch_size: int, device: str) -> StudyConfig:
+    return parse_config({
+        "name": "bench", "workdir": str(root),
+        "modalities": [{"name": "s2", "files": ["s2.tif"], "bands": [f"b{i}" for i in range(6)]}],
+        "train": {"model": {"name": model}, "batch_size": batch_size,
+                  "accelerator": "gpu" if device == "cuda" else "cpu",
+                  "early_stopping_patience": 100},
+    }, root)
+
+
+class EpochTimer(Callback):
+    """Wall-clock time at the start of every training epoch and at the end of training."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+        self.end = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.starts.append(time.perf_counter())
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.end = time.perf_counter()
+
+
+def time_geofuse(cfg: StudyConfig, patches: PatchSet, warmup: int, epochs: int) -> float:
+    """Seconds per timed epoch (train + validation + callbacks) of geofuse training."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = PatchDataModule(patches, batch_size=cfg.train.batch_size, seed=cfg.seed)
+    task = build_task(cfg, patches)
+    timer = EpochTimer()
+    with _quiet_lightning():
+        trainer = _build_trainer(cfg, RunDir(cfg.runs_path / "bench"), warmup + epochs, False)
+        trainer.callbacks.append(timer)
+        trainer.fit(task, datamodule=data)
+    return (timer.end - timer.starts[warmup]) / epochs
+
+
+def _plain_epoch(
+    model: torch.nn.Module, data: PatchDataModule, opt: Any, sched: Any, device: str
+) -> None:
+    model.train()
+    for batch in data.train_dataloader():
+        x, y = batch["image"].to(device), batch["label"].to(device)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    total, correct, n = 0.0, 0, 0
+    with torch.no_grad():
+        for batch in data.val_dataloader():
+            x, y = batch["image"].to(device), batch["label"].to(device)
+            logits = model(x)
+            total += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            n += len(y)
+    sched.step(total / n)
+
+
+def time_plain(
+    cfg: StudyConfig, patches: PatchSet, warmup: int, epochs: int, device: str
+) -> float:
+    """Seconds per timed epoch of a plain PyTorch loop over the same model and loaders."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch.use_deterministic_algorithms(bool(cfg.train.deterministic))
+    data = PatchDataModule(patches, batch_size=cfg.train.batch_size, seed=cfg.seed)
+    model = build_task(cfg, patches).model.to(device)  # same constructor and options
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.train.plateau_factor,
+                                                       patience=cfg.train.plateau_patience)
+    for _ in range(warmup):
+        _plain_epoch(model, data, opt, sched, device)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        _plain_epoch(model, data, opt, sched, device)
+    return (time.perf_counter() - start) / epochs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1000, help="patches (SimpleCNN)")
+    parser.add_argument("--n-resnet", type=int, default=160, help="patches (ResNet-50)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
+    args = parser.parse_args()
+    rows = []
+    for model, size in CASES.items():
+        if model not in args.models:
+            continue
+        if model not in MODELS:
+            print(f"{model}: not registered in this checkout (geofuse.models.registry); skipped")
+            continue
+        n = args.n if model == "simple_cnn" else args.n_resnet
+        patches = make_patches(n, size)
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = make_config(Path(tmp), model, args.batch_size, args.device)
+            plain = time_plain(cfg, patches, args.warmup, args.epochs, args.device)
+            geo = time_geofuse(cfg, patches, args.warmup, args.epochs)
+        rows.append((model, f"{size}x{size}", n, plain, geo))
+    print(f"\n{'model':<12}{'patch':>7}{'patches':>9}{'plain s/epoch':>15}{'geofuse s/epoch':>17}"
+          f"{'ratio':>8}")
+    for model, size, n, plain, geo in rows:
+        print(f"{model:<12}{size:>7}{n:>9}{plain:>15.3f}{geo:>17.3f}{geo / plain:>7.2f}x")
+    print(f"\n{args.epochs} timed epochs after {args.warmup} warm-up, batch {args.batch_size}, "
+          f"{args.device} ({torch.get_num_threads()} CPU threads); target geofuse <= 1.15x plain")
+
+
+if __name__ == "__main__":
+    main()

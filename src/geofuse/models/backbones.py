@@ -1,0 +1,284 @@
+"""timm backbones (ResNet, MobileNetV2, EfficientNet) as classifiers for any number of bands.
+
+A :class:`BackboneClassifier` is ``[upsample] -> [1x1 reduce] -> timm feature extractor ->
+dropout -> linear``. The timm network is built with ``pretrained=False, num_classes=0`` (it
+returns pooled features); pretrained weights come only from a local state-dict file, are loaded
+into the RGB network first and then adapted to the input bands (:mod:`geofuse.models.adapt`).
+Freezing (:mod:`geofuse.models.freeze`) applies to the timm network only; the head is always
+trainable. ``features(x)`` gives the (B, feature_dim) vectors that fusion models reuse.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geofuse.errors import ConfigError, DataNotFoundError
+from geofuse.models.adapt import InputAdaptation, adapt_first_conv, check_adaptation, reduce_adapter
+from geofuse.models.freeze import (
+    COLLAPSE_RISK_FRACTION,
+    freeze_by_fraction,
+    freeze_named_stages,
+    frozen_batchnorm_eval,
+    frozen_fraction,
+)
+
+BACKBONES: tuple[str, ...] = ("resnet18", "resnet50", "mobilenetv2_100", "efficientnet_b0")
+_WRAPPERS = ("state_dict", "model", "state_dict_ema")
+_PREFIXES = ("module.", "model.", "backbone.")
+_DROPPED_TOP = ("head", "adapter")
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a local torch state dict, unwrapping ``state_dict``/``model`` and key prefixes.
+
+    ``module.``, ``model.`` and ``backbone.`` prefixes are removed, so timm state dicts,
+    Lightning checkpoints and geofuse models all load.
+
+    Raises:
+        DataNotFoundError: the file does not exist.
+        ConfigError: the file holds no tensors under string keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(
+            f"pretrained weights file {str(path)!r} does not exist; fix "
+            "train.model.pretrained_path (relative paths start at the config's folder; "
+            "geofuse never downloads weights)"
+        )
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any unreadable file is the same user error
+        raise ConfigError(
+            f"pretrained weights file {str(path)!r} is not a torch state dict "
+            f"({type(err).__name__}); save one with torch.save(model.state_dict(), path)"
+        ) from None
+    for key in _WRAPPERS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} \
+        if isinstance(obj, dict) else {}
+    if not tensors:
+        raise ConfigError(
+            f"pretrained weights file {str(path)!r} holds no tensors; save one with "
+            "torch.save(model.state_dict(), path)"
+        )
+    out: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        while key.startswith(_PREFIXES):
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out
+
+
+def _stage_paths(model: nn.Module) -> dict[str, list[str]]:
+    """Named stages of a timm backbone, in forward order, as module paths."""
+    if hasattr(model, "layer1"):  # resnet family
+        return {"conv1": ["conv1", "bn1"], **{f"layer{i}": [f"layer{i}"] for i in range(1, 5)}}
+    blocks = model.get_submodule("blocks")
+    return {
+        "conv_stem": ["conv_stem", "bn1"],
+        **{f"blocks.{i}": [f"blocks.{i}"] for i in range(len(blocks))},  # type: ignore[arg-type]
+        "conv_head": ["conv_head", "bn2"],
+    }
+
+
+class BackboneClassifier(nn.Module):
+    """A timm backbone with its own head, for (B, C, P, P) patches of any band count.
+
+    Args:
+        in_channels: number of input bands.
+        num_classes: number of classes.
+        patch_size: patch height/width in pixels.
+        backbone: timm model name, one of :data:`BACKBONES`.
+        band_names: the input bands in channel order (needed by ``band_aware``).
+        dropout: dropout probability before the linear head.
+        pretrained_path: local state-dict file of the timm RGB network; ``None`` trains from
+            scratch (timm's initialisation for ``in_channels`` bands).
+        input_adaptation: ``cycle``, ``band_aware`` or ``reduce`` (see :mod:`.adapt`).
+        rgb_bands: names of the red, green and blue bands for ``band_aware``.
+        freeze_fraction: share of the backbone's parameterised layers to freeze, first first.
+        freeze_stages: named stages to freeze (see :meth:`stage_names`).
+        upsample_to: bilinear upsampling of the input to this size (warned against).
+        backbone_lr_scale: learning-rate multiplier of the backbone's parameter group.
+
+    Raises:
+        ConfigError: an invalid option; DataNotFoundError: a missing weights file.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        patch_size: int,
+        backbone: str = "resnet18",
+        band_names: Sequence[str] | None = None,
+        dropout: float = 0.5,
+        pretrained_path: str | Path | None = None,
+        input_adaptation: InputAdaptation = "cycle",
+        rgb_bands: Sequence[str] | None = None,
+        freeze_fraction: float = 0.0,
+        freeze_stages: Sequence[str] | None = None,
+        upsample_to: int | None = None,
+        backbone_lr_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self._check(backbone, in_channels, num_classes, patch_size, upsample_to,
+                    backbone_lr_scale, input_adaptation)
+        self.backbone_name = backbone
+        self.input_adaptation = input_adaptation
+        self.backbone_lr_scale = backbone_lr_scale
+        self.upsample_to = upsample_to
+        self.backbone = self._build_backbone(backbone, in_channels, pretrained_path,
+                                             input_adaptation, band_names, rgb_bands)
+        self.adapter: nn.Module = (
+            reduce_adapter(in_channels) if input_adaptation == "reduce" else nn.Identity()
+        )
+        self.feature_dim = int(self.backbone.num_features)  # type: ignore[arg-type]
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.feature_dim, num_classes))
+        freeze_by_fraction(self.backbone, freeze_fraction)
+        freeze_named_stages(self.stages(), freeze_stages or [])
+        frozen_batchnorm_eval(self.backbone)
+        share = frozen_fraction(self)
+        if share > COLLAPSE_RISK_FRACTION:
+            warnings.warn(
+                f"{backbone}: {share:.0%} of the layers are frozen; the reference ResNet-50 with "
+                "85% frozen collapsed to one class on small EO datasets; freeze less "
+                "(freeze_fraction <= 0.5) or train from scratch", stacklevel=2,
+            )
+
+    @staticmethod
+    def _check(
+        backbone: str, in_channels: int, num_classes: int, patch_size: int,
+        upsample_to: int | None, lr_scale: float, adaptation: str,
+    ) -> None:
+        if backbone not in BACKBONES:
+            raise ConfigError(f"unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
+        check_adaptation(adaptation)
+        if in_channels < 1 or num_classes < 2 or patch_size < 1:
+            raise ConfigError(
+                f"{backbone} needs >= 1 band, >= 2 classes and patch_size >= 1, got "
+                f"in_channels={in_channels}, num_classes={num_classes}, patch_size={patch_size}; "
+                "check train.bands, the label classes and extract.patch_size"
+            )
+        if lr_scale < 0:
+            raise ConfigError(f"backbone_lr_scale must be >= 0, got {lr_scale}; fix "
+                              "train.model.backbone_lr_scale (0 keeps the backbone fixed)")
+        if upsample_to is None:
+            return
+        if upsample_to <= patch_size:
+            raise ConfigError(
+                f"upsample_to={upsample_to} must exceed patch_size={patch_size}; remove "
+                "train.model.upsample_to or raise it"
+            )
+        warnings.warn(
+            f"upsample_to={upsample_to}: patches of {patch_size}x{patch_size} are bilinearly "
+            "interpolated; the new pixels carry no new information and the smooth artefacts "
+            "are unlike the textures pretrained filters expect (8x8 -> 32x32 was part of the "
+            "reference course's ResNet-50 collapse); prefer larger native patches "
+            "(extract.patch_size >= 32)", stacklevel=3,
+        )
+
+    @staticmethod
+    def _build_backbone(
+        name: str, in_channels: int, pretrained_path: str | Path | None,
+        adaptation: InputAdaptation, band_names: Sequence[str] | None,
+        rgb_bands: Sequence[str] | None,
+    ) -> nn.Module:
+        """timm network: pretrained RGB weights loaded, then adapted to ``in_channels``."""
+        if pretrained_path is None:
+            chans = 3 if adaptation == "reduce" else in_channels
+            return timm.create_model(name, pretrained=False, num_classes=0, in_chans=chans)
+        state = load_state_dict_file(pretrained_path)
+        probe = timm.create_model(name, pretrained=False, num_classes=0, in_chans=3)
+        first = str(probe.pretrained_cfg["first_conv"])
+        src = state.get(f"{first}.weight")
+        src_chans = int(src.shape[1]) if src is not None and src.ndim == 4 else 3
+        if src_chans not in (3, in_channels) or (adaptation == "reduce" and src_chans != 3):
+            raise ConfigError(
+                f"pretrained weights {str(pretrained_path)!r} have a first convolution for "
+                f"{src_chans} bands; geofuse adapts 3-band (RGB) weights, or uses weights for "
+                f"exactly {in_channels} bands as they are; use RGB weights"
+            )
+        model = probe if src_chans == 3 else timm.create_model(
+            name, pretrained=False, num_classes=0, in_chans=src_chans)
+        classifier = str(model.pretrained_cfg.get("classifier", "fc"))
+        state = {k: v for k, v in state.items()
+                 if k.split(".", 1)[0] not in (classifier, *_DROPPED_TOP)}
+        _load_strict(model, state, name, pretrained_path)
+        if adaptation != "reduce" and src_chans == 3:
+            adapt_first_conv(model, first, in_channels, adaptation, band_names, rgb_bands)
+        return model
+
+    # -- contract ---------------------------------------------------------------------------
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features (B, feature_dim) of a batch (B, C, P, P)."""
+        if self.upsample_to is not None:
+            x = F.interpolate(x, size=(self.upsample_to, self.upsample_to), mode="bilinear",
+                              align_corners=False)
+        return self.backbone(self.adapter(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, num_classes) of a batch (B, C, P, P)."""
+        return self.head(self.features(x))
+
+    def train(self, mode: bool = True) -> BackboneClassifier:
+        """Set train/eval mode; frozen batch-norm layers always stay in eval mode."""
+        super().train(mode)
+        frozen_batchnorm_eval(self.backbone)
+        return self
+
+    def stages(self) -> dict[str, list[nn.Module]]:
+        """Backbone stages by name (``conv1``, ``layer1``.. or ``conv_stem``, ``blocks.0``..)."""
+        return {stage: [self.backbone.get_submodule(p) for p in paths]
+                for stage, paths in _stage_paths(self.backbone).items()}
+
+    def stage_names(self) -> list[str]:
+        """Names accepted by ``freeze_stages``, in forward order."""
+        return list(_stage_paths(self.backbone))
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Optimizer groups: head (lr x 1) first, then adapter (x 1) and backbone (x scale).
+
+        Frozen parameters stay in their group (they get no gradient, so no update).
+        """
+        groups = [{"name": "head", "params": list(self.head.parameters()), "lr_scale": 1.0},
+                  {"name": "adapter", "params": list(self.adapter.parameters()),
+                   "lr_scale": 1.0},
+                  {"name": "backbone", "params": list(self.backbone.parameters()),
+                   "lr_scale": self.backbone_lr_scale}]
+        return [g for g in groups if g["params"]]
+
+
+def _load_strict(
+    model: nn.Module, state: dict[str, torch.Tensor], name: str, path: str | Path
+) -> None:
+    """Load ``state`` into ``model``; ConfigError naming a few keys when they do not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+             for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = [f"{label} {keys[:4]}" + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+                 for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                     ("shape mismatch", wrong)) if keys]
+        raise ConfigError(
+            f"pretrained weights {str(path)!r} do not fit timm {name}: {'; '.join(parts)}; "
+            f"use a state dict saved from timm.create_model({name!r})"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def backbone_builders() -> dict[str, Any]:
+    """Registry entries: one builder per backbone, named as in YAML (= the timm name)."""
+    return {name: functools.partial(BackboneClassifier, backbone=name) for name in BACKBONES}
