@@ -237,3 +237,12 @@ def test_cli_train_writes_a_run(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", "-c", str(cfg_path), "--run-name", "cli"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "work" / "runs" / "cli" / "report.md").is_file()
+
+
+def test_training_loader_drops_a_last_batch_of_one() -> None:
+    ps = make_patchset()
+    n_train = len(ps.split_indices("train"))
+    dm = PatchDataModule(ps, batch_size=n_train - 1)
+    assert len(dm.train_dataloader()) == 1  # the lone remainder sample would break batch norm
+    assert len(PatchDataModule(ps, batch_size=n_train - 2).train_dataloader()) == 2
+    assert len(dm.val_dataloader().dataset) == len(ps.split_indices("val"))

@@ -156,8 +156,11 @@ class PatchDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader[Sample]:
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        dataset = self.dataset(split)
+        # A last training batch of one sample breaks batch-norm statistics: drop only that one.
+        drop_last = shuffle and len(dataset) % self.batch_size == 1 and len(dataset) > 1
         return DataLoader(
-            self.dataset(split), batch_size=self.batch_size, shuffle=shuffle,
+            dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last,
             num_workers=self.num_workers, generator=generator,
             persistent_workers=self.num_workers > 0,
         )

@@ -28,7 +28,12 @@ EVAL_BATCH_SIZE = 256
 def load_task(checkpoint: Path) -> tuple[ClassificationTask, int]:
     """Rebuild the task stored in a Lightning checkpoint; returns it (eval mode) and its epoch."""
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    task = ClassificationTask(**ckpt["hyper_parameters"])
+    hparams = dict(ckpt["hyper_parameters"])
+    # The checkpoint holds every weight: the pretrained file is not needed (it may have moved).
+    model_kwargs = dict(hparams.get("model_kwargs") or {})
+    model_kwargs.pop("pretrained_path", None)
+    hparams["model_kwargs"] = model_kwargs
+    task = ClassificationTask(**hparams)
     task.load_state_dict(ckpt["state_dict"])
     return task.eval(), int(ckpt["epoch"])
 
