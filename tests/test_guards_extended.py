@@ -21,11 +21,11 @@ from factories import make_config, make_patchset
 from geofuse.config import GuardConfig, StudyConfig
 from geofuse.data.patchset import PatchSet
 from geofuse.evaluation.metrics import classification_metrics
+from geofuse.models.freeze import frozen_fraction, frozen_parameter_fraction
 from geofuse.rundir import RunDir, read_history
 from geofuse.training.guards import (
     CollapseStopper,
     check_flat_loss,
-    frozen_fraction,
     longest_flat_run,
     run_guards,
 )
@@ -56,21 +56,23 @@ def test_diagnosis_names_the_frozen_share_and_the_flat_loss() -> None:
     metrics = {"val": classification_metrics(y, np.zeros_like(y), NAMES)}
     verdict = run_guards(metrics, _history([1.386] * 10), GuardConfig(), frozen=0.98)
     assert verdict.collapsed
-    assert verdict.diagnosis == "98% of the network frozen; validation loss flat for 10 epochs"
+    assert verdict.diagnosis == (
+        "98% of the network's layers frozen; validation loss flat for 10 epochs")
     assert verdict.to_dict()["frozen_fraction"] == 0.98
     good = {"val": classification_metrics(y, y.copy(), NAMES)}
     passed = run_guards(good, _history([1.0, 0.5]), GuardConfig(), frozen=0.98)
     assert not passed.collapsed and passed.diagnosis == ""
 
 
-def test_frozen_fraction_counts_parameter_elements() -> None:
+def test_frozen_fractions_count_layers_and_parameter_elements() -> None:
     task = ClassificationTask("simple_cnn", in_channels=6, num_classes=4, patch_size=8)
-    assert frozen_fraction(task.model) == 0.0
+    assert frozen_fraction(task.model) == frozen_parameter_fraction(task.model) == 0.0
     for p in task.model.features.parameters():
         p.requires_grad_(False)
     frozen = sum(p.numel() for p in task.model.features.parameters())
     total = sum(p.numel() for p in task.model.parameters())
-    assert frozen_fraction(task.model) == pytest.approx(frozen / total)
+    assert frozen_parameter_fraction(task.model) == pytest.approx(frozen / total)
+    assert frozen_fraction(task.model) == pytest.approx(4 / 6)  # 2 conv + 2 BN of 6 layers
 
 
 def _freeze_all_but_output(task: ClassificationTask) -> ClassificationTask:
@@ -100,7 +102,7 @@ def test_heavily_frozen_network_collapses_and_is_stopped_with_diagnosis(
     run = RunDir(train_mod.train_model(cfg, progress=False))
 
     info = json.loads(run.run_json.read_text())
-    assert info["frozen_fraction"] > 0.85
+    assert info["frozen_fraction"] > 0.8 and info["frozen_parameter_fraction"] > 0.95
     assert info["collapse_stop"] == {"epoch": 9, "reason": "val_loss flat for 10 epochs at "
                                                            "epoch 9"}
     assert len(read_history(run.history)) == 10  # stopped, not 30 epochs
@@ -109,9 +111,9 @@ def test_heavily_frozen_network_collapses_and_is_stopped_with_diagnosis(
     assert any(r.startswith("val_loss flat for 10 epochs") for r in guard["reasons"])
     share = f"{info['frozen_fraction']:.0%}"
     assert guard["diagnosis"].startswith(
-        f"{share} of the network frozen; validation loss flat for 10 epochs; training "
+        f"{share} of the network's layers frozen; validation loss flat for 10 epochs; training "
         "stopped early")
-    assert f"**Diagnosis:** {share} of the network frozen" in run.report.read_text()
+    assert f"**Diagnosis:** {share} of the network's layers frozen" in run.report.read_text()
     assert "Diagnosis:" in capsys.readouterr().err
 
 

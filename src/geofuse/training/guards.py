@@ -38,7 +38,7 @@ class GuardVerdict:
         reasons: one human-readable sentence per fired check.
         details: per-split numbers the checks looked at.
         diagnosis: short likely cause of a collapse (frozen share, flat loss), or "".
-        frozen_fraction: share of frozen parameters of the network, when known.
+        frozen_fraction: share of frozen layers of the network, when known.
     """
 
     collapsed: bool
@@ -139,22 +139,17 @@ def check_flat_loss(history: Sequence[Mapping[str, Any]], guard: GuardConfig) ->
             "network is not learning: unfreeze layers or raise train.lr"]
 
 
-def frozen_fraction(model: nn.Module) -> float:
-    """Share of the parameters (elements) of ``model`` with ``requires_grad`` False."""
-    total = sum(p.numel() for p in model.parameters())
-    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    return frozen / total if total else 0.0
-
-
 def diagnose(
     history: Sequence[Mapping[str, Any]], guard: GuardConfig,
     frozen: float | None = None, stop_reason: str | None = None,
 ) -> str:
-    """Likely causes in one line, e.g. ``98% of the network frozen; validation loss flat for
-    10 epochs``; "" when nothing stands out."""
+    """Likely causes in one line; "" when nothing stands out.
+
+    Example: ``98% of the network's layers frozen; validation loss flat for 10 epochs``.
+    """
     parts = []
     if frozen is not None and frozen >= FROZEN_NOTE_FRACTION:
-        parts.append(f"{frozen:.0%} of the network frozen")
+        parts.append(f"{frozen:.0%} of the network's layers frozen")
     _, flat = longest_flat_run([row.get("val_loss") for row in history], guard.flat_tolerance)
     if flat >= guard.flat_epochs:
         parts.append(f"validation loss flat for {flat} epochs")
@@ -178,7 +173,7 @@ def run_guards(
         split_metrics: split name -> :func:`~geofuse.evaluation.metrics.classification_metrics`.
         history: rows of history.csv.
         guard: thresholds.
-        frozen: share of frozen parameters (:func:`frozen_fraction`), for the diagnosis.
+        frozen: share of frozen layers (:func:`geofuse.models.freeze.frozen_fraction`).
         stop_reason: why :class:`CollapseStopper` ended training, if it did.
     """
     reasons = check_losses(history) + check_flat_loss(history, guard)

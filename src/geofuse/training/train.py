@@ -26,9 +26,10 @@ from geofuse.data.normalize import BandStats, compute_band_stats
 from geofuse.data.patchset import PatchSet
 from geofuse.errors import ConfigError, RunDirError
 from geofuse.io_utils import atomic_write_json
+from geofuse.models.freeze import frozen_fraction, frozen_parameter_fraction
 from geofuse.models.registry import count_parameters
 from geofuse.rundir import HISTORY_COLUMNS, RunDir, default_run_name, read_history, write_history
-from geofuse.training.guards import CollapseStopper, frozen_fraction
+from geofuse.training.guards import CollapseStopper
 from geofuse.training.task import ClassificationTask
 
 _QUIET_WARNINGS = (
@@ -307,6 +308,7 @@ def _finish_run_info(
                            and trainer.early_stopping_callback.stopped_epoch > 0),
         train_s_total=round(sum(s.get("train_s", 0.0) for s in info["sessions"]), 3),
         num_params=count_parameters(task.model), frozen_fraction=frozen_fraction(task.model),
+        frozen_parameter_fraction=frozen_parameter_fraction(task.model),
         best_checkpoint=str(run.best_ckpt.relative_to(run.path)),
     )
     atomic_write_json(run.run_json, info)
