@@ -1,13 +1,8 @@
 """So2Sat-POP city folder -> a PatchSet with one sample per 1 km cell, plus tabular attributes.
 
-Layout of one city (e.g. ``so2sat_pop/gdansk``)::
-
-    <layer>/Class_<k>/<cell>_<layer>.tif   layer: sen2_rgb_{spring,summer,autumn,winter}, dem,
-                                           viirs (lcz, a label raster, is not read)
-    *_features.csv                         GRD_ID + per-cell attributes (and the target itself)
-    *_<city>.csv                           GRD_ID, Class, POP (optional; cross-checked)
-
-How the reader builds each sample, and why:
+Layout of a city folder: ``<layer>/Class_<k>/<cell>_<layer>.tif`` (layer: sen2_rgb_<season>,
+dem, viirs; lcz is a label raster and not read), ``*_features.csv`` (GRD_ID + per-cell attributes
+and the target itself) and optionally ``*_<city>.csv`` (GRD_ID, Class, POP; cross-checked).
 
 - Grid: the layers of one cell sit on slightly different 10 m grids (origins a few metres apart,
   112-114 px; cells on the city edge are clipped, down to ~96 px). Every layer is read in one
@@ -26,17 +21,13 @@ How the reader builds each sample, and why:
   around the rotated 1 km LAEA cell, and outside the cell every S2 band is 0: those pixels
   become NaN. DEM and VIIRS have no nodata value and 0 is a valid value for them, so they are
   masked with the cell footprint of the first S2 season.
-- Band order follows the files' band descriptions (B4, B3, B2 -> ``<season>_R``, ``_G``,
-  ``_B``). The CSV's ``SEN2_*_R``/``_B`` statistics correlate with the blue/red rasters instead,
-  i.e. their names look swapped; they are kept as published.
+- Bands follow the files' descriptions (B4, B3, B2 -> ``<season>_R``, ``_G``, ``_B``); the
+  CSV's ``SEN2_*_R``/``_B`` statistics match the blue/red rasters (names swapped; kept as is).
 - Tabular: every numeric column of ``*_features.csv`` except the id (``GRD_ID``) and the target
   or values derived from it (``CLASS``, ``POP``, ``POP_DENS``, ``LOG_POP_DENS``); NaN kept.
 
-Usage (``configs/so2sat_pop_tabular.yaml`` names these modalities; it reads the saved set)::
-
-    patches = assign_so2sat_splits(load_so2sat_pop(city, patch_size=32, target="bins"))
-    patches.save("work/so2sat_pop_gdansk/patches.h5")  # geofuse train -c that config
-    # or in Python: train_model(load_config(path), patchset=patches)
+Usage: ``assign_so2sat_splits(load_so2sat_pop(city, patch_size=32, target="bins"))``, then
+``train_model(cfg, patchset=...)`` or save it where ``configs/so2sat_pop_tabular.yaml`` reads it.
 """
 
 from __future__ import annotations
@@ -85,18 +76,9 @@ DEFAULT_CLASS_BINS: dict[str, tuple[int, ...]] = {
 @dataclass(frozen=True)
 class _Cell:
     """One 1 km cell: its id, population class and a file per layer folder."""
-
     id: str
     label: int
     files: dict[str, Path]
-
-
-def _check_choice(name: str, values: Sequence[str], valid: Sequence[str]) -> None:
-    bad = [v for v in values if v not in valid]
-    if bad or len(set(values)) != len(values):
-        raise ConfigError(
-            f"{name}={list(values)} is invalid; pick distinct values from {list(valid)}"
-        )
 
 
 def _scan_layer(city: Path, layer: str) -> dict[str, tuple[int, Path]]:
@@ -182,7 +164,11 @@ def _read_features(city: Path, cell_ids: list[str]) -> tuple[np.ndarray, list[st
             f"{str(path)!r} has no {ID_COLUMN!r} column (has {list(table.columns)[:6]}...); "
             "use the So2Sat-POP features table, whose GRD_ID matches the cell file names"
         )
-    table = table.drop_duplicates(ID_COLUMN).set_index(ID_COLUMN)
+    if table[ID_COLUMN].duplicated().any():
+        raise LabelError(f"{str(path)!r} repeats GRD_ID(s) "
+                         f"{table[ID_COLUMN][table[ID_COLUMN].duplicated()].tolist()[:5]}; "
+                         "keep one row per cell")
+    table = table.set_index(ID_COLUMN)
     missing = [c for c in cell_ids if c not in table.index]
     if missing:
         raise LabelError(
@@ -222,12 +208,10 @@ def _common_grid(cells: list[_Cell], layer_dirs: list[str]) -> tuple[int, str, f
 def _check_s2_bands(path: Path) -> None:
     with rasterio.open(path) as src:
         descriptions, count = src.descriptions, src.count
-    if count != 3 or any(d not in (None, e) for d, e in zip(descriptions, S2_DESCRIPTIONS,
-                                                             strict=True)):
-        raise AlignmentError(
-            f"{str(path)!r} has {count} bands {descriptions}; expected 3 bands "
-            f"{S2_DESCRIPTIONS} (R, G, B); restore the So2Sat-POP sen2_rgb files"
-        )
+    expected = zip(descriptions, S2_DESCRIPTIONS, strict=True) if count == 3 else ()
+    if count != 3 or any(d not in (None, e) for d, e in expected):
+        raise AlignmentError(f"{str(path)!r} has {count} bands {descriptions}; expected 3 bands "
+                             f"{S2_DESCRIPTIONS} (R, G, B); restore the So2Sat-POP sen2_rgb files")
 
 
 def _window(src: rasterio.DatasetReader, centre: tuple[float, float], side: int
@@ -305,8 +289,10 @@ def _read_cells(cells: list[_Cell], layer_dirs: list[str], side: int, size: int,
 
 def _check_arguments(seasons: Sequence[str], layers: Sequence[str], target: str,
                      class_bins: Mapping[str, Sequence[int]] | None) -> None:
-    _check_choice("seasons", seasons, SEASONS)
-    _check_choice("layers", layers, tuple(EXTRA_LAYERS))
+    for name, values, valid in [("seasons", seasons, SEASONS), ("layers", layers, EXTRA_LAYERS)]:
+        if any(v not in valid for v in values) or len(set(values)) != len(values):
+            raise ConfigError(f"{name}={list(values)} is invalid; pick distinct values from "
+                              f"{list(valid)}")
     if not seasons:
         raise ConfigError(f"seasons is empty; pick at least one of {list(SEASONS)} (the S2 "
                           "raster defines each cell's centre and footprint)")
@@ -349,10 +335,8 @@ def load_so2sat_pop(
     """
     city = Path(city_dir)
     if not city.is_dir():
-        raise DataNotFoundError(
-            f"So2Sat-POP city folder {str(city)!r} does not exist; pass e.g. "
-            "../shared/data/so2sat_pop/gdansk"
-        )
+        raise DataNotFoundError(f"So2Sat-POP city folder {str(city)!r} does not exist; pass e.g. "
+                                "../shared/data/so2sat_pop/gdansk")
     _check_arguments(seasons, layers, target, class_bins)
     layer_dirs = [f"sen2_rgb_{s}" for s in seasons] + list(layers)
     cells = _scan_cells(city, layer_dirs)
@@ -419,8 +403,8 @@ def bin_classes(patches: PatchSet, bins: Mapping[str, Sequence[int]]) -> PatchSe
                          "them to class_bins")
     present = [name for name in bins if name in {lookup[k] for k in numbers}]
     remap = np.array([present.index(lookup[k]) for k in numbers])
-    provenance = dict(patches.provenance)
-    provenance["class_bins"] = {name: [int(k) for k in bins[name]] for name in present}
+    provenance = {**patches.provenance,
+                  "class_bins": {name: [int(k) for k in bins[name]] for name in present}}
     return dataclasses.replace(patches, y=remap[patches.y], class_names=present,
                                provenance=provenance)
 
@@ -437,10 +421,8 @@ def assign_so2sat_splits(
         split = assign_splits(patches.y, patches.groups, val_fraction, test_fraction, seed,
                               list(patches.class_names))
     except SplitError as err:
-        raise SplitError(
-            f"{err.one_line()}; for So2Sat-POP, merge sparse population classes with "
-            "load_so2sat_pop(..., target='bins')"
-        ) from None
+        raise SplitError(f"{err.one_line()}; for So2Sat-POP, merge sparse population classes with "
+                         "load_so2sat_pop(..., target='bins')") from None
     provenance = dict(patches.provenance)
     provenance["splits"] = {
         "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
