@@ -120,9 +120,16 @@ def evaluate(
 @app.command()
 @_friendly
 def report(
-    run_dir: Path = typer.Argument(..., help="A run directory written by 'geofuse train'."),
+    run_dir: Path = typer.Argument(
+        ..., help="A run directory ('geofuse train') or a study directory (has study.json)."),
 ) -> None:
-    """Write report.md (with plots) for a run directory."""
+    """Write report.md (with plots) for a run, or report.md + report.html for a study."""
+    if (run_dir / "study.json").is_file():
+        from geofuse.reporting.study_report import write_study_report
+
+        path = write_study_report(run_dir)
+        console.print(f"study report: [bold]{path}[/] and {path.with_suffix('.html')}")
+        return
     from geofuse.reporting.report import write_report
 
     path = write_report(run_dir)
@@ -141,6 +148,41 @@ def demo(
 
     report_path = run_demo(workdir, seed=seed, epochs=epochs)
     console.print(f"\n[bold green]demo finished.[/] report: [bold]{report_path}[/]")
+
+
+@app.command()
+@_friendly
+def ablate(
+    config: Path = ConfigOpt,
+    name: str | None = typer.Option(None, "--name", help="Study folder name (default: name)."),
+    workers: int | None = typer.Option(None, "--workers", "-w", min=1,
+                                       help="Cells trained in parallel (ablation.workers)."),
+    ray: str | None = typer.Option(None, "--ray", help="Ray address, or 'local' to start one."),
+) -> None:
+    """Cross-validate the sensor-subset x model x seed grid (resumable: re-run to continue)."""
+    from geofuse.config import load_config
+    from geofuse.experiments.ablation import run_ablation
+
+    study_dir = run_ablation(load_config(config), study_name=name, workers=workers,
+                             ray_address=ray)
+    console.print(f"study folder: [bold]{study_dir}[/]")
+
+
+@app.command()
+@_friendly
+def search(
+    config: Path = ConfigOpt,
+    name: str | None = typer.Option(None, "--name", help="Folder name (default: NAME-search)."),
+    workers: int | None = typer.Option(None, "--workers", "-w", min=1,
+                                       help="Cells trained in parallel (ablation.workers)."),
+    ray: str | None = typer.Option(None, "--ray", help="Ray address, or 'local' to start one."),
+) -> None:
+    """Search hyperparameters on one fold, then cross-validate the winner and the baseline."""
+    from geofuse.config import load_config
+    from geofuse.experiments.search import run_search
+
+    out = run_search(load_config(config), study_name=name, workers=workers, ray_address=ray)
+    console.print(f"search folder: [bold]{out}[/]")
 
 
 @app.command("config")

@@ -291,6 +291,113 @@ class GuardConfig(_Model):
     )
 
 
+class RayConfig(_Model):
+    """Run ablation cells as Ray tasks (``ablation.ray``)."""
+
+    address: str | None = Field(
+        None, description="Ray cluster address (auto, ray://host:10001) or 'local' to start a "
+        "local Ray instance; default: no Ray (local processes, see ablation.workers)."
+    )
+    num_cpus_per_cell: float = Field(1.0, gt=0, description="CPUs Ray reserves per cell.")
+
+
+class AblationModelConfig(_Model):
+    """One model/fusion strategy of the ablation grid (``ablation.models`` entry)."""
+
+    name: str = Field(description="Registered model, e.g. simple_cnn, late_fusion.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="train.model keys for this entry, e.g. {merge: "
+        "attention}."
+    )
+    label: str | None = Field(None, description="Name in config ids; default name[+options].")
+
+
+class AblationConfig(_Model):
+    """Sensor-subset x model x seed grid, cross-validated over grouped folds (geofuse ablate)."""
+
+    folds: int = Field(5, ge=2, description="Number of cross-validation folds.")
+    group_by: Literal["polygon", "tile", "block"] = Field(
+        "polygon", description="Unit that never straddles folds: polygon (PatchSet groups), "
+        "tile (tile_regex on the group) or block (square spatial blocks of block_size)."
+    )
+    block_size: float | None = Field(
+        None, gt=0, description="group_by block: block side in CRS units (use at least a few "
+        "patch footprints); blocks are also merged with the polygons they cut."
+    )
+    tile_regex: str = Field(
+        r"^([^/]+)/", description="group_by tile: regex whose first group (or match) in a "
+        "patch's group gives its tile, e.g. 'tile_03/polygon:17' -> tile_03."
+    )
+    stratify: Literal["class", "change_level"] = Field(
+        "class", description="Stratify folds by class, or by change level (low <5%, moderate "
+        "5-30%, high >=30% positive pixels; segmentation)."
+    )
+    test_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Held-out test share carved out first (grouped, "
+        "stratified); evaluated per cell, never used for selection."
+    )
+    sensors: list[list[str]] | None = Field(
+        None, description="Modality subsets; default: primary alone, primary + each other, all."
+    )
+    primary: str | None = Field(None, description="Primary modality; default the first one.")
+    models: list[str | AblationModelConfig] | None = Field(
+        None, description="Model names or {name, options, label}; default: train.model."
+    )
+    seeds: list[int] | None = Field(None, description="Training seeds; default [seed].")
+    epochs: int | None = Field(None, ge=1, description="Override train.epochs per cell.")
+    workers: int = Field(1, ge=1, description="Cells trained in parallel (local processes).")
+    ray: RayConfig = RayConfig()
+    importance: bool = Field(
+        False, description="Per-modality and per-band permutation importance on each "
+        "validation fold."
+    )
+    importance_repeats: int = Field(5, ge=1, description="Permutations per band/modality.")
+    keep_checkpoints: bool = Field(
+        False, description="Keep each cell's checkpoints (default: deleted once recorded)."
+    )
+    output: str = Field("studies", description="Study folders go here, relative to workdir.")
+
+    @model_validator(mode="after")
+    def _check_grouping(self) -> AblationConfig:
+        if self.group_by == "block" and self.block_size is None:
+            raise ValueError("group_by 'block' needs ablation.block_size (CRS units); set it")
+        return self
+
+
+class SearchConfig(_Model):
+    """Pilot-fold hyperparameter search, then CV of winner and baseline (geofuse search)."""
+
+    space: dict[str, list[Any]] = Field(
+        default_factory=dict, description="Dotted config keys -> values to try, e.g. "
+        "{train.lr: [0.001, 0.0003], train.optimizer: [adam, sgd]}."
+    )
+    method: Literal["grid", "random"] = Field(
+        "grid", description="grid: every combination; random: n_trials sampled combinations."
+    )
+    n_trials: int | None = Field(
+        None, ge=1, description="random: trials to sample; grid: cap on combinations."
+    )
+    fold: int = Field(0, ge=0, description="Pilot fold (index into ablation.folds).")
+    epochs: int | None = Field(None, ge=1, description="Override train.epochs in trials.")
+    cross_validate: bool = Field(
+        True, description="Then run full CV of the winner and the baseline config."
+    )
+
+    @model_validator(mode="after")
+    def _check_space(self) -> SearchConfig:
+        for key, values in self.space.items():
+            parts = key.split(".")
+            model = _model_at(tuple(parts[:-1])) if len(parts) > 1 else None
+            if model is None or parts[-1] not in model.model_fields:
+                raise ValueError(
+                    f"search.space key {key!r} is not a config key; use dotted keys such as "
+                    "train.lr, train.optimizer, train.model.hidden"
+                )
+            if not values:
+                raise ValueError(f"search.space[{key!r}] is empty; list at least one value")
+        return self
+
+
 class StudyConfig(_Model):
     """A complete study: inputs, grid, labels, patches, splits and training."""
 
@@ -307,6 +414,8 @@ class StudyConfig(_Model):
     splits: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()
     guards: GuardConfig = GuardConfig()
+    ablation: AblationConfig = AblationConfig()
+    search: SearchConfig = SearchConfig()
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: Path | None = PrivateAttr(default=None)

@@ -1,0 +1,235 @@
+"""``geofuse ablate``: the sensor-subset x model x seed grid, cross-validated over grouped folds.
+
+:func:`run_ablation` builds the folds (:mod:`~geofuse.experiments.folds`) and the grid
+(:mod:`~geofuse.experiments.grid`), runs the cells (:mod:`~geofuse.experiments.runner`, whose
+docstring defines the study folder and result schema) and writes ``results.csv`` and, when
+:mod:`geofuse.reporting.study_report` is available, the study report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+import geofuse
+from geofuse.config import StudyConfig
+from geofuse.data.patchset import PatchSet
+from geofuse.errors import SplitError
+from geofuse.experiments.folds import FoldAssignment, change_level_strata, fold_summary, make_folds
+from geofuse.experiments.grid import Cell, build_grid
+from geofuse.experiments.runner import (
+    SCHEMA_VERSION,
+    StudyContext,
+    cell_fingerprint,
+    load_cells,
+    pending_cells,
+    results_frame,
+    run_cells,
+    write_results,
+)
+from geofuse.io_utils import atomic_write_json
+
+console = Console(stderr=True)
+
+
+def study_path(cfg: StudyConfig, name: str) -> Path:
+    """``<workdir>/<ablation.output>/<name>``."""
+    return cfg.in_workdir(cfg.ablation.output) / name
+
+
+def study_folds(cfg: StudyConfig, patches: PatchSet) -> FoldAssignment:
+    """The study's folds from ``cfg.ablation`` (stratified by class or change level)."""
+    a = cfg.ablation
+    strata = None
+    if a.stratify == "change_level":
+        if "positive_fraction" not in patches.tabular_names or patches.tabular is None:
+            raise SplitError(
+                "ablation.stratify 'change_level' needs the share of changed pixels per patch "
+                "(a tabular column 'positive_fraction'); add it or use stratify: class"
+            )
+        column = patches.tabular_names.index("positive_fraction")
+        strata = change_level_strata(patches.tabular[:, column])
+    return make_folds(patches, a.folds, a.group_by, a.block_size, a.tile_regex,
+                      a.test_fraction, cfg.seed, strata=strata)
+
+
+def _data_fingerprint(patches: PatchSet, folds: FoldAssignment) -> str:
+    h = hashlib.sha1()
+    for arr in (patches.x, patches.y, folds.fold):
+        h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
+    h.update(json.dumps([patches.band_names, patches.class_names,
+                         folds.units.tolist()]).encode())
+    return h.hexdigest()[:16]
+
+
+def _write_fold_sets(
+    study_dir: Path, patches: PatchSet, folds: FoldAssignment, fingerprint: str,
+    needed: set[int],
+) -> dict[int, str]:
+    """One PatchSet per fold with its split codes (rewritten only when the folds changed)."""
+    folds_json = study_dir / "folds.json"
+    old = json.loads(folds_json.read_text()).get("fingerprint") if folds_json.is_file() else None
+    paths = {k: study_dir / "folds" / f"fold{k}.h5" for k in sorted(needed)}
+    for k, path in paths.items():
+        if old != fingerprint or not path.is_file():
+            patches._replace(split=folds.split_codes(k)).save(path)
+    atomic_write_json(folds_json, {**folds.to_json(patches.groups), "fingerprint": fingerprint})
+    return {k: str(p.resolve()) for k, p in paths.items()}
+
+
+def run_study(
+    cfg: StudyConfig, study_dir: Path, cells: list[Cell], patches: PatchSet,
+    folds: FoldAssignment, kind: str = "ablation", epochs: int | None = None,
+    workers: int | None = None, ray_address: str | None = None, progress: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Write study.json/folds.json, run the cells still to do, write results.csv.
+
+    Returns:
+        The finished cell results of the grid (see :mod:`geofuse.experiments.runner`).
+    """
+    study_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = _data_fingerprint(patches, folds)
+    fold_paths = _write_fold_sets(study_dir, patches, folds, fingerprint, {c.fold for c in cells})
+    epochs = epochs or cfg.ablation.epochs
+    cell_dicts = [{**c.to_dict(), "fingerprint": cell_fingerprint(cfg, c, epochs, fingerprint)}
+                  for c in cells]
+    _write_study_json(cfg, study_dir, kind, cell_dicts, folds, patches, fingerprint, extra)
+    todo = pending_cells(study_dir, cell_dicts)
+    workers = workers or cfg.ablation.workers
+    ray_address = ray_address or cfg.ablation.ray.address
+    where = f"Ray ({ray_address})" if ray_address else f"{workers} worker(s)"
+    if progress:
+        console.print(f"study [bold]{study_dir.name}[/]: {len(cells)} cells, "
+                      f"{len(cells) - len(todo)} done, {len(todo)} to run on {where}")
+    ctx = StudyContext(
+        config=cfg.model_dump(mode="json"), base_dir=str(cfg.base_dir),
+        study_dir=str(study_dir.resolve()), fold_paths=fold_paths, epochs=epochs,
+        keep_checkpoints=cfg.ablation.keep_checkpoints, importance=cfg.ablation.importance,
+        importance_repeats=cfg.ablation.importance_repeats,
+    )
+    counter = {"n": len(cells) - len(todo)}
+
+    def _report(result: dict[str, Any]) -> None:
+        counter["n"] += 1
+        if progress:
+            val = result.get("val") or {}
+            console.print(
+                f"[{counter['n']}/{len(cells)}] {result['config_id']} seed {result['seed']} "
+                f"fold {result['fold']}: val macro F1 {val.get('f1_macro', float('nan')):.3f}, "
+                f"accuracy {val.get('accuracy', float('nan')):.3f} ({result['duration_s']:.1f} s)",
+                highlight=False, soft_wrap=True,
+            )
+
+    if todo:
+        run_cells(ctx, todo, workers=workers, ray_address=ray_address,
+                  ray_cpus=cfg.ablation.ray.num_cpus_per_cell, on_done=_report)
+    write_results(study_dir)
+    return load_cells(study_dir)
+
+
+def _write_study_json(
+    cfg: StudyConfig, study_dir: Path, kind: str, cells: list[dict[str, Any]],
+    folds: FoldAssignment, patches: PatchSet, fingerprint: str, extra: dict[str, Any] | None,
+) -> None:
+    path = study_dir / "study.json"
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    created = json.loads(path.read_text()).get("created_at", now) if path.is_file() else now
+    config_ids = list(dict.fromkeys(c["config_id"] for c in cells))
+    atomic_write_json(path, {
+        "schema_version": SCHEMA_VERSION, "kind": kind, "name": study_dir.name,
+        "created_at": created, "updated_at": now, "geofuse_version": geofuse.__version__,
+        "primary_metric": "f1_macro", "baseline_config_id": None, **(extra or {}),
+        "grid": {
+            "config_ids": config_ids,
+            "seeds": sorted({c["seed"] for c in cells}),
+            "folds": sorted({c["fold"] for c in cells}),
+            "cells": [{k: v for k, v in c.items() if k != "fingerprint"} for c in cells],
+        },
+        "folds": {"n_folds": folds.n_folds, "group_by": folds.group_by,
+                  "fingerprint": fingerprint,
+                  "summary": fold_summary(folds, patches.y, list(patches.class_names))},
+        "class_names": list(patches.class_names),
+        "config": cfg.model_dump(mode="json"),
+    })
+
+
+def load_patches(cfg: StudyConfig, patchset: PatchSet | None) -> PatchSet:
+    """The PatchSet given, or the one at ``cfg.patches_path``."""
+    return patchset if patchset is not None else PatchSet.load(cfg.patches_path)
+
+
+def run_ablation(
+    cfg: StudyConfig, study_name: str | None = None, workers: int | None = None,
+    ray_address: str | None = None, progress: bool = True, patchset: PatchSet | None = None,
+) -> Path:
+    """Cross-validate the ablation grid of ``cfg``; resumable (finished cells are kept).
+
+    Args:
+        cfg: the study config (``ablation`` section: folds, sensors, models, seeds, ...).
+        study_name: folder name under ``<workdir>/<ablation.output>``; default ``cfg.name``.
+        workers: parallel local processes (default ``ablation.workers``).
+        ray_address: Ray address or 'local' (default ``ablation.ray.address``).
+        progress: print one line per finished cell and the results table.
+        patchset: use this PatchSet instead of reading ``cfg.patches_path``.
+
+    Returns:
+        The study folder.
+
+    Raises:
+        SplitError: the folds are impossible (too few groups for a class).
+        ConfigError: unknown modalities or invalid model options in the grid.
+    """
+    patches = load_patches(cfg, patchset)
+    folds = study_folds(cfg, patches)
+    cells = build_grid(cfg)
+    study_dir = study_path(cfg, study_name or cfg.name)
+    run_study(cfg, study_dir, cells, patches, folds, epochs=cfg.ablation.epochs,
+              workers=workers, ray_address=ray_address, progress=progress)
+    finish_study(study_dir, progress)
+    return study_dir
+
+
+def finish_study(study_dir: Path, progress: bool = True) -> Path | None:
+    """Write the study report if the reporting module exists, else print the results table."""
+    try:
+        from geofuse.reporting.study_report import write_study_report
+    except ModuleNotFoundError as err:
+        if not (err.name or "").startswith("geofuse.reporting"):
+            raise
+        if progress:
+            print_results(study_dir)
+        return None
+    try:
+        report = write_study_report(study_dir)
+    except Exception as err:  # results are saved; a report bug must not lose the study
+        console.print(f"[yellow]warning:[/] study report failed ({type(err).__name__}: {err}); "
+                      f"results are in {study_dir / 'results.csv'}", soft_wrap=True)
+        if progress:
+            print_results(study_dir)
+        return None
+    if progress:
+        console.print(f"study report: [bold]{report}[/]")
+    return Path(report)
+
+
+def print_results(study_dir: Path, console_out: Console | None = None) -> None:
+    """Mean ± std of val macro F1 and accuracy per config over seeds and folds."""
+    frame = results_frame(study_dir)
+    if frame.empty:
+        return
+    table = Table("config", "cells", "val macro F1", "val accuracy", "train-val gap")
+    for config_id, rows in frame.groupby("config_id", sort=False):
+        def ms(col: str, rows: Any = rows) -> str:
+            v = rows[col].astype(float)
+            return f"{v.mean():.3f} ± {v.std(ddof=0):.3f}" if v.notna().any() else "-"
+        table.add_row(str(config_id), str(len(rows)), ms("val_f1_macro"), ms("val_accuracy"),
+                      ms("gap_accuracy"))
+    (console_out or Console()).print(table)

@@ -1,0 +1,281 @@
+"""Leakage-free k-fold cross-validation folds: stratified, grouped, optional held-out test set.
+
+Patches are gathered into *units* that never straddle folds: their polygon group, their tile
+(a regex on the group) or square spatial blocks of their centre coordinates (merged with the
+polygons that cut across blocks). A held-out test set of whole units is carved out first
+(stratified); the remaining units are divided into ``k`` folds with scikit-learn's
+``StratifiedGroupKFold``, falling back to a per-class balanced division when that leaves a
+class out of some fold.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from sklearn.model_selection import StratifiedGroupKFold
+
+from geofuse.data.patchset import SPLIT_CODES, PatchSet
+from geofuse.data.splits import divide_groups, group_table
+from geofuse.errors import SplitError
+
+GroupBy = Literal["polygon", "tile", "block"]
+CHANGE_LEVELS = ("low", "moderate", "high")
+TEST_FOLD = -1
+
+
+def change_level_strata(positive_fraction: np.ndarray) -> np.ndarray:
+    """Change level per sample from its share of positive pixels: 0 low (<5%), 1 moderate
+    (5-30%), 2 high (>=30%); names in :data:`CHANGE_LEVELS`.
+
+    Raises:
+        SplitError: a fraction is outside [0, 1] or not finite.
+    """
+    frac = np.asarray(positive_fraction, dtype=np.float64)
+    bad = frac[~np.isfinite(frac) | (frac < 0) | (frac > 1)]
+    if bad.size:
+        raise SplitError(
+            f"positive fractions must lie in [0, 1]; got {bad[:3].tolist()}; pass the share of "
+            "changed pixels per sample (e.g. mask.mean())"
+        )
+    return np.digitize(frac, [0.05, 0.30]).astype(np.int64)
+
+
+def _block_units(patches: PatchSet, block_size: float) -> np.ndarray:
+    """Spatial block of each patch, merged with every polygon group that spans blocks."""
+    cells = np.floor(patches.coords / block_size).astype(np.int64)
+    blocks = np.array([f"block:{i},{j}" for i, j in cells.tolist()], dtype=str)
+    _, b_idx = np.unique(blocks, return_inverse=True)
+    _, g_idx = np.unique(patches.groups, return_inverse=True)
+    n_b = int(b_idx.max()) + 1 if len(b_idx) else 0
+    n_g = int(g_idx.max()) + 1 if len(g_idx) else 0
+    # bipartite graph block <-> group: a connected component is one unit
+    graph = coo_matrix((np.ones(len(b_idx)), (b_idx, n_b + g_idx)), shape=(n_b + n_g,) * 2)
+    _, comp = connected_components(graph, directed=False)
+    first_block = {}
+    for c, name in zip(comp[b_idx].tolist(), blocks.tolist(), strict=True):
+        first_block.setdefault(c, name)
+    return np.array([first_block[c] for c in comp[b_idx].tolist()], dtype=str)
+
+
+def _tile_units(groups: np.ndarray, tile_regex: str) -> np.ndarray:
+    pattern = re.compile(tile_regex)
+    out = []
+    for group in groups.tolist():
+        match = pattern.search(group)
+        if match is None:
+            raise SplitError(
+                f"group {group!r} does not match ablation.tile_regex {tile_regex!r}; fix the "
+                "regex (its first group should capture the tile) or use group_by: polygon"
+            )
+        out.append(match.group(1) if match.groups() else match.group(0))
+    return np.array(out, dtype=str)
+
+
+def fold_units(
+    patches: PatchSet, group_by: GroupBy = "polygon", block_size: float | None = None,
+    tile_regex: str = r"^([^/]+)/",
+) -> np.ndarray:
+    """The unit of each patch that must stay within one fold (polygon, tile or block)."""
+    if group_by == "polygon":
+        return np.asarray(patches.groups).astype(str)
+    if group_by == "tile":
+        return _tile_units(np.asarray(patches.groups).astype(str), tile_regex)
+    if group_by == "block":
+        if block_size is None or block_size <= 0:
+            raise SplitError(
+                f"group_by 'block' needs a positive block_size, got {block_size}; set "
+                "ablation.block_size in CRS units"
+            )
+        return _block_units(patches, float(block_size))
+    raise SplitError(f"unknown group_by {group_by!r}; use polygon, tile or block")
+
+
+@dataclass
+class FoldAssignment:
+    """Fold of every patch (``-1`` = held-out test) and of every unit.
+
+    Attributes:
+        fold: int64 (N,) fold index per patch, :data:`TEST_FOLD` for the test set.
+        units: (N,) unit name per patch (polygon group, tile or block).
+        n_folds: number of folds.
+        group_by: how units were formed.
+    """
+
+    fold: np.ndarray
+    units: np.ndarray
+    n_folds: int
+    group_by: str
+
+    def split_codes(self, k: int) -> np.ndarray:
+        """PatchSet split codes for fold ``k``: val = fold k, test = held out, train = rest."""
+        if not 0 <= k < self.n_folds:
+            raise SplitError(f"fold {k} does not exist; folds are 0..{self.n_folds - 1}")
+        codes = np.full(len(self.fold), SPLIT_CODES["train"], dtype=np.uint8)
+        codes[self.fold == k] = SPLIT_CODES["val"]
+        codes[self.fold == TEST_FOLD] = SPLIT_CODES["test"]
+        return codes
+
+    def to_json(self, groups: np.ndarray | None = None) -> dict[str, Any]:
+        """``{"n_folds", "group_by", "units": {unit: fold}, "groups": {group: fold},
+        "test_units", "test_groups"}`` (fold ``-1`` = test)."""
+        unit_fold = dict(zip(self.units.tolist(), self.fold.tolist(), strict=True))
+        out: dict[str, Any] = {
+            "n_folds": self.n_folds, "group_by": self.group_by,
+            "units": dict(sorted(unit_fold.items())),
+            "test_units": sorted(u for u, f in unit_fold.items() if f == TEST_FOLD),
+        }
+        if groups is not None:
+            group_fold = dict(zip(np.asarray(groups).astype(str).tolist(), self.fold.tolist(),
+                                  strict=True))
+            out["groups"] = dict(sorted(group_fold.items()))
+            out["test_groups"] = sorted(g for g, f in group_fold.items() if f == TEST_FOLD)
+        return out
+
+
+def _units_per_class(
+    strata: np.ndarray, units: np.ndarray, n_strata: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(patch -> unit index, unit majority stratum, unit size, units containing each stratum)."""
+    inverse, major, sizes = group_table(strata, units, n_strata)
+    present = np.zeros((len(major), n_strata), dtype=bool)
+    present[inverse, strata] = True
+    return inverse, major, sizes, present.sum(axis=0)
+
+
+def _too_few_message(
+    counts: np.ndarray, names: list[str], need: int, n_folds: int, group_by: str, test: bool
+) -> str:
+    short = "; ".join(f"{names[k]!r} has {n}" for k, n in enumerate(counts) if n < need)
+    all_counts = ", ".join(f"{names[k]} {n}" for k, n in enumerate(counts))
+    fix = "lower ablation.folds, add labelled polygons"
+    fix += ", use a smaller ablation.block_size" if group_by == "block" else ""
+    fix += ", set ablation.test_fraction to 0" if test else ""
+    return (
+        f"cannot make {n_folds} leakage-free folds grouped by {group_by}: every class needs at "
+        f"least {need} {group_by} groups ({n_folds} folds{' + test' if test else ''}), but "
+        f"{short}; {group_by} groups per class: {all_counts}. Fix: {fix}"
+    )
+
+
+def _carve_test(
+    major: np.ndarray, sizes: np.ndarray, test_fraction: float, seed: int
+) -> np.ndarray:
+    """Boolean per unit: held out for test (per majority class, ~test_fraction of patches)."""
+    test = np.zeros(len(major), dtype=bool)
+    for k in np.unique(major):
+        idx = np.flatnonzero(major == k)
+        rng = np.random.default_rng([seed % 2**63, int(k), 7])
+        assign = divide_groups(sizes[idx].astype(float), [1 - test_fraction, test_fraction], rng)
+        test[idx[assign == 1]] = True
+    return test
+
+
+def _sklearn_folds(
+    strata: np.ndarray, unit_idx: np.ndarray, n_folds: int, seed: int
+) -> np.ndarray:
+    """Fold per patch from StratifiedGroupKFold."""
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed % 2**32)
+    fold = np.zeros(len(strata), dtype=np.int64)
+    for k, (_, val) in enumerate(splitter.split(np.zeros(len(strata)), strata, unit_idx)):
+        fold[val] = k
+    return fold
+
+
+def _balanced_folds(
+    major: np.ndarray, sizes: np.ndarray, n_folds: int, seed: int
+) -> np.ndarray:
+    """Fold per unit: each majority class's units divided evenly (every fold gets one)."""
+    fold = np.zeros(len(major), dtype=np.int64)
+    for k in np.unique(major):
+        idx = np.flatnonzero(major == k)
+        rng = np.random.default_rng([seed % 2**63, int(k), 11])
+        fold[idx] = divide_groups(sizes[idx].astype(float), [1 / n_folds] * n_folds, rng)
+    return fold
+
+
+def _covers_all(strata: np.ndarray, fold: np.ndarray, n_folds: int, wanted: np.ndarray) -> bool:
+    return all(set(wanted.tolist()) <= set(strata[fold == k].tolist()) for k in range(n_folds))
+
+
+def make_folds(
+    patches: PatchSet,
+    n_folds: int = 5,
+    group_by: GroupBy = "polygon",
+    block_size: float | None = None,
+    tile_regex: str = r"^([^/]+)/",
+    test_fraction: float = 0.0,
+    seed: int = 42,
+    strata: np.ndarray | None = None,
+    strata_names: list[str] | None = None,
+) -> FoldAssignment:
+    """Assign every patch to one of ``n_folds`` folds or the held-out test set.
+
+    Args:
+        patches: the PatchSet (its ``groups``, ``coords`` and ``y`` are used).
+        n_folds: number of folds (>= 2).
+        group_by: unit kept within one fold: polygon, tile or block.
+        block_size: block side in CRS units (group_by block).
+        tile_regex: regex giving the tile of a group (group_by tile).
+        test_fraction: share of patches held out first for testing (0 = none).
+        seed: seed of the fold assignment.
+        strata: stratification label per patch (default ``patches.y``), e.g.
+            :func:`change_level_strata`.
+        strata_names: names of the strata for messages (default the class names).
+
+    Raises:
+        SplitError: a class (stratum) occurs in fewer units than folds (+1 with a test set);
+            the message lists the units per class.
+    """
+    if n_folds < 2:
+        raise SplitError(f"ablation.folds = {n_folds}: cross-validation needs at least 2 folds")
+    if not 0 <= test_fraction < 1:
+        raise SplitError(f"test_fraction = {test_fraction} must be in [0, 1); fix the config")
+    y = np.asarray(patches.y if strata is None else strata, dtype=np.int64)
+    names = list(strata_names or (patches.class_names if strata is None else CHANGE_LEVELS))
+    n_strata = max(len(names), int(y.max()) + 1 if len(y) else 0)
+    names += [str(k) for k in range(len(names), n_strata)]
+    units = fold_units(patches, group_by, block_size, tile_regex)
+    unit_idx, major, sizes, with_class = _units_per_class(y, units, n_strata)
+    wanted = np.flatnonzero(np.bincount(y, minlength=n_strata) > 0)
+    need = n_folds + (1 if test_fraction > 0 else 0)
+    if (with_class[wanted] < need).any():
+        counts = np.where(np.isin(np.arange(n_strata), wanted), with_class, need)
+        raise SplitError(_too_few_message(counts, names, need, n_folds, group_by,
+                                          test_fraction > 0))
+    test_unit = _carve_test(major, sizes, test_fraction, seed) if test_fraction > 0 else (
+        np.zeros(len(major), dtype=bool))
+    rest = ~test_unit[unit_idx]
+    fold = np.full(len(y), TEST_FOLD, dtype=np.int64)
+    fold[rest] = _sklearn_folds(y[rest], unit_idx[rest], n_folds, seed)
+    if not _covers_all(y[rest], fold[rest], n_folds, np.unique(y[rest])):
+        rest_units = np.flatnonzero(~test_unit)
+        unit_fold = np.full(len(major), TEST_FOLD, dtype=np.int64)
+        unit_fold[rest_units] = _balanced_folds(major[rest_units], sizes[rest_units], n_folds,
+                                                seed)
+        fold = unit_fold[unit_idx]
+        if not _covers_all(y[rest], fold[rest], n_folds, np.unique(y[rest])):
+            counts = np.bincount(major[rest_units], minlength=n_strata)
+            raise SplitError(_too_few_message(counts, names, n_folds, n_folds, group_by, False))
+    return FoldAssignment(fold=fold, units=units, n_folds=n_folds, group_by=group_by)
+
+
+def fold_summary(
+    assignment: FoldAssignment, y: np.ndarray, class_names: list[str]
+) -> dict[str, Any]:
+    """Patches, units and patches per class of every fold and the test set."""
+    out: dict[str, Any] = {}
+    for k in [*range(assignment.n_folds), TEST_FOLD]:
+        sel = assignment.fold == k
+        if k == TEST_FOLD and not sel.any():
+            continue
+        counts = np.bincount(np.asarray(y)[sel], minlength=len(class_names))
+        out["test" if k == TEST_FOLD else f"fold{k}"] = {
+            "patches": int(sel.sum()), "units": len(np.unique(assignment.units[sel])),
+            "per_class": {c: int(n) for c, n in zip(class_names, counts, strict=True)},
+        }
+    return out
