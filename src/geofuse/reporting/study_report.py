@@ -1,0 +1,396 @@
+"""Study report of an ablation study directory: stats.json, report.md and report.html.
+
+A study directory (written by the ablation runner) holds ``study.json`` and one
+``cells/<slug>.json`` per (configuration, seed, fold). :func:`load_study` reads it, tolerating
+missing optional keys and listing unreadable cells; :func:`compute_study_stats` turns it into
+statistics (:mod:`geofuse.evaluation.stats`); :func:`write_study_report` writes everything.
+
+Two spellings of the layout are read: the flat one (``baseline``, ``grid.configs``, ``data``;
+cells with ``best_val_f1_macro``, ``final_val_f1_macro``, ``train_val_gap``, ``best_epoch``)
+and the runner's (``baseline_config_id``, ``grid.config_ids``/``grid.cells``, ``folds``,
+``class_names``; cells with an ``overfitting`` block). When ``grid.cells`` lists slugs, only
+those cell files are read and missing ones are reported as unfinished.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from matplotlib.figure import Figure as MplFigure
+
+from geofuse.errors import RunDirError
+from geofuse.evaluation import stats as st
+from geofuse.evaluation.importance import aggregate_importance
+from geofuse.io_utils import atomic_path, atomic_write_json, atomic_write_text
+from geofuse.reporting import html as doc
+from geofuse.reporting import study_plots as sp
+from geofuse.reporting.plots import plot_confusion_matrix
+
+CELL_DEFAULTS: dict[str, Any] = {
+    "modalities": [], "model": None, "options": {}, "test": None, "guard": {}, "history": [],
+    "best_epoch": None, "final_epoch": None, "best_val_f1_macro": None,
+    "final_val_f1_macro": None, "train_val_gap": None, "duration_s": None, "importance": None,
+}
+
+
+@dataclass
+class Study:
+    """A loaded study directory; ``skipped`` lists cells that could not be used, with why."""
+
+    path: Path
+    name: str
+    config: dict[str, Any]
+    grid: dict[str, Any]
+    baseline: str | None
+    data: dict[str, Any]
+    cells: list[dict[str, Any]]
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def config_ids(self) -> list[str]:
+        """Configurations in grid order, then any others found among the cells."""
+        ids = [c["config_id"] for c in self.grid.get("configs", []) if "config_id" in c]
+        return ids + sorted({c["config_id"] for c in self.cells} - set(ids))
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names from study.json, else from the first cell's per-class metrics."""
+        names = self.data.get("class_names")
+        if names:
+            return list(names)
+        return list(self.cells[0]["val"].get("per_class", {})) if self.cells else []
+
+
+def _read_cell(path: Path) -> dict[str, Any]:
+    """One cell with defaults filled in; ValueError names what is wrong."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"unreadable JSON ({err})") from None
+    missing = [k for k in ("config_id", "seed", "fold") if k not in raw]
+    if missing:
+        raise ValueError(f"missing keys {missing}")
+    if not isinstance(raw.get("val"), dict) or "f1_macro" not in raw["val"]:
+        raise ValueError("no validation metrics ('val')")
+    over = raw.get("overfitting") or {}
+    best, final = over.get("best") or {}, over.get("final") or {}
+    runner = {"best_epoch": over.get("best_epoch"), "final_epoch": over.get("final_epoch"),
+              "best_val_f1_macro": best.get("val_f1_macro"),
+              "final_val_f1_macro": final.get("val_f1_macro"),
+              "train_val_gap": best.get("gap_accuracy")}
+    return {**CELL_DEFAULTS, **{k: v for k, v in runner.items() if v is not None},
+            **{k: v for k, v in raw.items() if v is not None}}
+
+
+def _normalise_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """study.json in the flat spelling (see the module docstring), whichever was written."""
+    grid = dict(meta.get("grid") or {})
+    folds = meta.get("folds") if isinstance(meta.get("folds"), dict) else {}
+    if "configs" not in grid and grid.get("config_ids"):
+        grid["configs"] = [{"config_id": cid} for cid in grid["config_ids"]]
+    if isinstance(grid.get("folds"), list) or "folds" not in grid:
+        grid["folds"] = folds.get("n_folds", len(grid.get("folds") or []) or "?")
+    grid.setdefault("group_by", folds.get("group_by", "?"))
+    data = dict(meta.get("data") or {})
+    data.setdefault("class_names", meta.get("class_names"))
+    return {"name": meta.get("name"), "config": meta.get("config") or {}, "grid": grid,
+            "baseline": meta.get("baseline", meta.get("baseline_config_id")), "data": data}
+
+
+def load_study(study_dir: str | Path) -> Study:
+    """Read ``study.json`` and ``cells/*.json``.
+
+    Raises:
+        RunDirError: study.json is missing or unreadable, or no cell is usable.
+    """
+    path = Path(study_dir)
+    meta_path = path / "study.json"
+    if not meta_path.is_file():
+        raise RunDirError(f"{path}: no study.json; pass a study directory written by the "
+                          "ablation runner")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise RunDirError(f"{meta_path}: not valid JSON ({err}); re-run the study") from None
+    meta = _normalise_meta(meta)
+    slugs = [c["slug"] for c in meta["grid"].get("cells") or [] if isinstance(c, dict)
+             and c.get("slug")]
+    files = ([path / "cells" / f"{slug}.json" for slug in slugs] if slugs
+             else sorted((path / "cells").glob("*.json")))
+    cells, skipped = [], []
+    for cell_path in files:
+        if not cell_path.is_file():
+            skipped.append(f"`{cell_path.name}`: not finished (no result file)")
+            continue
+        try:
+            cells.append(_read_cell(cell_path))
+        except ValueError as err:
+            skipped.append(f"`{cell_path.name}`: {err}")
+    if not cells:
+        raise RunDirError(f"{path / 'cells'}: no usable cell results ({len(skipped)} skipped); "
+                          "run the study first")
+    return Study(path=path, name=meta["name"] or path.name, config=meta["config"],
+                 grid=meta["grid"], baseline=meta["baseline"], data=meta["data"], cells=cells,
+                 skipped=skipped)
+
+
+def cell_scores(study: Study, metric: str, split: str = "val") -> dict[str, dict[st.Key, float]]:
+    """config_id -> (seed, fold) -> metric of ``split`` (cells without that split left out)."""
+    out: dict[str, dict[st.Key, float]] = {cid: {} for cid in study.config_ids}
+    for c in study.cells:
+        if isinstance(c.get(split), Mapping) and c[split].get(metric) is not None:
+            out[c["config_id"]][(int(c["seed"]), int(c["fold"]))] = float(c[split][metric])
+    return {cid: s for cid, s in out.items() if s}
+
+
+def _class_f1(cells: list[dict[str, Any]], split: str, name: str) -> float:
+    """Mean F1 of class ``name`` over the cells where it occurs or is predicted."""
+    values = [c[split]["per_class"][name]["f1"] for c in cells
+              if name in c[split].get("per_class", {}) and (
+                  c[split]["per_class"][name].get("support", 1) > 0
+                  or c[split].get("prediction_counts", {}).get(name, 1) > 0)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def compute_study_stats(
+    study: Study, metric: str = "f1_macro", split: str = "val", alpha: float = 0.05,
+    unit: st.Unit = "fold", baseline: str | None = None,
+) -> dict[str, Any]:
+    """Everything the report shows, as one JSON-able dict (NaN kept; see finite_or_none)."""
+    scores = cell_scores(study, metric, split)
+    baseline = baseline if baseline is not None else study.baseline
+    notes = []
+    if baseline is not None and baseline not in scores:
+        notes.append(f"baseline {baseline!r} has no {split} results; no comparisons made")
+        baseline = None
+    summary = st.summarize_configs(scores, unit)
+    comparisons = st.compare_to_baseline(scores, baseline, alpha, unit) if baseline else []
+    by_config = {cid: [c for c in study.cells if c["config_id"] == cid] for cid in scores}
+    evaluated = {cid: [c for c in cells if isinstance(c.get(split), Mapping)]
+                 for cid, cells in by_config.items()}
+    classes = study.class_names
+    best = max(summary, key=lambda c: np.nan_to_num(summary[c]["mean"], nan=-np.inf))
+    return {
+        "metric": metric, "split": split, "unit": unit, "alpha": alpha, "baseline": baseline,
+        "best": best, "notes": notes, "configs": summary, "comparisons": comparisons,
+        "accuracy": st.summarize_configs(cell_scores(study, "accuracy", split), unit),
+        "test": st.summarize_configs(cell_scores(study, metric, "test"), unit),
+        "overfitting": {cid: st.overfitting_summary(cells) for cid, cells in by_config.items()},
+        "per_class_f1": {cid: {k: _class_f1(cells, split, k) for k in classes}
+                         for cid, cells in evaluated.items()},
+        "confusion": {cid: np.sum([c[split]["confusion_matrix"] for c in cells
+                                   if c[split].get("confusion_matrix")], axis=0).tolist()
+                      for cid, cells in evaluated.items()
+                      if any(c[split].get("confusion_matrix") for c in cells)},
+        "curves": {cid: st.mean_curve([c["history"] for c in cells], "val_f1_macro")
+                   for cid, cells in by_config.items()},
+        "importance": {cid: imp for cid, cells in by_config.items()
+                       if (imp := aggregate_importance([c["importance"] for c in cells]))},
+        "collapsed": [{"config_id": c["config_id"], "seed": c["seed"], "fold": c["fold"],
+                       "reasons": list(c["guard"].get("reasons") or []),
+                       "diagnosis": c["guard"].get("diagnosis") or ""}
+                      for c in study.cells if c["guard"].get("collapsed")],
+        "skipped": list(study.skipped),
+    }
+
+
+# -- report blocks ---------------------------------------------------------------------------
+
+def _f(x: Any, digits: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) \
+        else f"{x:.{digits}f}"
+
+
+def _p(x: Any) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else "<0.001" if x < 0.001 else f"{x:.3f}"
+
+
+def _figure(fig: MplFigure, study: Study, name: str, title: str) -> doc.Figure:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    png = buf.getvalue()
+    target = study.path / "plots" / f"{name}.png"
+    with atomic_path(target, suffix=".png") as tmp:
+        tmp.write_bytes(png)
+    return doc.Figure(title=title, png=png, path=f"plots/{name}.png")
+
+
+def _guard_blocks(s: dict[str, Any]) -> list[doc.Block]:
+    blocks: list[doc.Block] = []
+    if s["collapsed"]:
+        items = [f"**{c['config_id']}** seed {c['seed']} fold {c['fold']}: "
+                 + "; ".join(c["reasons"]) + (f" (diagnosis: {c['diagnosis']})"
+                                              if c["diagnosis"] else "") for c in s["collapsed"]]
+        blocks.append(doc.Alert("caution", f"MODEL COLLAPSE DETECTED in {len(items)} cell(s): "
+                                "their metrics are not meaningful and pull the means down.",
+                                items))
+    else:
+        blocks.append(doc.Alert("ok", "Collapse guard: passed in every cell."))
+    if s["skipped"]:
+        blocks.append(doc.Alert("note", f"{len(s['skipped'])} cell file(s) skipped", s["skipped"]))
+    return blocks
+
+
+def _results_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
+    m, collapsed = s["metric"], [c["config_id"] for c in s["collapsed"]]
+    rows = [[cid + (" (baseline)" if cid == s["baseline"] else ""), f"{d['n']} / {d['n_cells']}",
+             _f(d["mean"]), _f(d["std"]), f"[{_f(d['ci_low'])}, {_f(d['ci_high'])}]", _f(d["cv"]),
+             _f(s["accuracy"].get(cid, {}).get("mean")), collapsed.count(cid)]
+            for cid, d in s["configs"].items()]
+    unit = "fold (seeds averaged within each fold)" if s["unit"] == "fold" else "(seed, fold) cell"
+    sig = [c["config_id"] for c in s["comparisons"] if c["significant"]]
+    blocks: list[doc.Block] = [
+        doc.Heading("Results"),
+        doc.Para(f"Main metric: **{m}** on the **{s['split']}** split. Unit of analysis: {unit}; "
+                 "std uses ddof=1, the 95% CI is a t interval over the units, CV = std / mean. "
+                 f"Best configuration: **{s['best']}**."),
+        doc.Table(["configuration", "units / cells", f"mean {m}", "std", "95% CI", "CV",
+                   "mean accuracy", "collapsed cells"], rows),
+        _figure(sp.plot_ablation_bars(s["configs"], m, s["baseline"], sig), study, "ablation",
+                f"Ablation: mean {m} with 95% CI"),
+    ]
+    if s["test"]:
+        blocks += [doc.Heading("Test split", 3), doc.Table(
+            ["configuration", "units", f"mean {m}", "std", "95% CI"],
+            [[cid, d["n"], _f(d["mean"]), _f(d["std"]), f"[{_f(d['ci_low'])}, {_f(d['ci_high'])}]"]
+             for cid, d in s["test"].items()])]
+    return blocks
+
+
+def _significance_blocks(s: dict[str, Any]) -> list[doc.Block]:
+    blocks: list[doc.Block] = [doc.Heading("Significance against the baseline")]
+    if not s["baseline"]:
+        return [*blocks, doc.Para("No baseline configuration named: no paired tests."),
+                *[doc.Para(n) for n in s["notes"]]]
+    rows = [[c["config_id"], c["n"], _f(c["diff"], 4), f"[{_f(c['ci_low'], 4)}, "
+             f"{_f(c['ci_high'], 4)}]", _p(c["p_t"]), _p(c["p_wilcoxon"]), _p(c["p_holm"]),
+             _f(c["d"], 2), ("**yes** (" + ("better" if c["diff"] > 0 else "worse") + ")")
+             if c["significant"] else "no"] for c in s["comparisons"]]
+    notes = [f"{c['config_id']}: {c['note']}" for c in s["comparisons"] if c["note"]]
+    return [*blocks, doc.Para(
+        f"Differences are configuration - baseline (**{s['baseline']}**), paired on the same "
+        "(seed, fold) cells. p_t: paired t-test; p_wilcoxon: Wilcoxon signed-rank; p_holm: "
+        "t-test p-values Holm-corrected over all comparisons; d: paired Cohen's d (mean "
+        f"difference / sd of differences). Significant: p_holm < {s['alpha']}."),
+        doc.Table(["configuration", "n", "diff", "95% CI of diff", "p_t", "p_wilcoxon",
+                   "p_holm", "d", "significant"], rows),
+        *([doc.BulletList(notes + s["notes"])] if notes or s["notes"] else [])]
+
+
+def _detail_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
+    classes, ids = study.class_names, list(s["per_class_f1"])
+    matrix = [[s["per_class_f1"][cid][k] for k in classes] for cid in ids]
+    blocks: list[doc.Block] = [
+        doc.Heading("Per-class F1"),
+        _figure(sp.plot_per_class_heatmap(matrix, ids, classes), study, "per_class_f1",
+                "Per-class F1 across configurations"),
+        doc.Heading("Confusion matrices (summed over folds and seeds)")]
+    for role, cid in (("baseline", s["baseline"]), ("best", s["best"])):
+        if cid in s["confusion"] and not (role == "best" and cid == s["baseline"]):
+            blocks.append(_figure(plot_confusion_matrix(s["confusion"][cid], classes,
+                                                        title=f"{role}: {cid}"), study,
+                                  f"confusion_{role}", f"Confusion matrix, {role}: {cid}"))
+    rows = [[cid, _f(o["best"]), _f(o["final"]), _f(o["drop"]), _f(o["worst_drop"]),
+             _f(o["gap"]), _f(o["max_gap"]), _f(o["best_epoch"], 1), _f(o["final_epoch"], 1),
+             o["flag"] or "-"] for cid, o in s["overfitting"].items()]
+    blocks += [
+        doc.Heading("Training curves and overfitting"),
+        _figure(sp.plot_curves_by_config({k: v for k, v in s["curves"].items() if v[0]}),
+                study, "training_curves", "Mean validation macro F1 per epoch"),
+        doc.Para("Per configuration, means over cells: macro F1 at the best and at the final "
+                 "epoch, drop = final - best, and the train - validation accuracy gap at the "
+                 f"best epoch. Flagged: drop below -{st.DROP_WARN} or gap above {st.GAP_WARN}."),
+        doc.Table(["configuration", "best F1", "final F1", "drop", "worst drop", "gap",
+                   "max gap", "best epoch", "final epoch", "flag"], rows)]
+    return blocks
+
+
+def _importance_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
+    blocks: list[doc.Block] = [doc.Heading("Sensor contribution (permutation importance)")]
+    if not s["importance"]:
+        return [*blocks, doc.Para("Not computed for this study.")]
+    blocks.append(doc.Para("Drop of the metric when a modality's bands (jointly) or one band "
+                           "are permuted across patches; mean over cells ± std across cells."))
+    for kind in ("modality", "band"):
+        per = {cid: imp[kind] for cid, imp in s["importance"].items() if kind in imp}
+        if not per:
+            continue
+        names = sorted({n for v in per.values() for n in v})
+        rows = [[cid, *(f"{_f(v[n]['mean'])} ± {_f(v[n]['std'])}" if n in v else "-"
+                        for n in names)] for cid, v in per.items()]
+        blocks += [doc.Table(["configuration", *names], rows, caption=f"Per {kind}"),
+                   _figure(sp.plot_importance(per, f"Permutation importance per {kind}"),
+                           study, f"importance_{kind}", f"Permutation importance per {kind}")]
+    return blocks
+
+
+def _data_blocks(study: Study) -> list[doc.Block]:
+    d, g = study.data, study.grid
+    counts = d.get("class_counts") or {}
+    rows = [[k, counts.get(k, "?")] for k in study.class_names]
+    bands = d.get("bands") or study.cells[0].get("bands") or []
+    modalities = d.get("modalities") or {m.get("name"): m.get("bands") for m in
+                                         study.config.get("modalities") or []}
+    sensors = [f"`{m}`: {', '.join(map(str, b)) if isinstance(b, list) else b}"
+               for m, b in modalities.items()]
+    grid = d.get("grid") or {}
+    return [doc.Heading("Data"), doc.Table(["class", "patches"], rows),
+            doc.BulletList([f"patches: {d.get('n_patches', '?')}",
+                            f"bands ({len(bands)}): " + ", ".join(f"`{b}`" for b in bands),
+                            "grid: " + (", ".join(f"{k} {v}" for k, v in grid.items()) or "n/a"),
+                            f"folds: {g.get('folds', '?')}, grouped by "
+                            f"`{g.get('group_by', '?')}`, seeds: {g.get('seeds', '?')}, "
+                            f"held-out test split: {g.get('test', '?')}"]),
+            *([doc.Para("Sensors:"), doc.BulletList(sensors)] if sensors else [])]
+
+
+def _reproduce_blocks(study: Study) -> list[doc.Block]:
+    return [doc.Heading("Reproduce"),
+            doc.Para("The resolved study config (also in `study.json`); run the ablation "
+                     "with it again to reproduce every cell."),
+            doc.Code(yaml.safe_dump(study.config, sort_keys=False) or "{}", "yaml"),
+            doc.Para("Ablation grid:"),
+            doc.Code(yaml.safe_dump({k: v for k, v in study.grid.items() if k != "cells"},
+                                    sort_keys=False) or "{}", "yaml")]
+
+
+def write_study_report(
+    study_dir: str | Path, metric: str = "f1_macro", split: str = "val", alpha: float = 0.05,
+    unit: st.Unit = "fold", baseline: str | None = None,
+) -> Path:
+    """Write ``stats.json``, ``report.md``, ``report.html`` and ``plots/*.png``.
+
+    Args:
+        study_dir: study directory (``study.json`` + ``cells/``).
+        metric: main metric of the cell metrics dicts.
+        split: ``val`` (cross-validation folds) or ``test``.
+        alpha: significance level after Holm correction.
+        unit: ``fold`` (seeds averaged per fold) or ``cell``; see :mod:`geofuse.evaluation.stats`.
+        baseline: overrides the study's baseline configuration.
+
+    Returns:
+        Path of report.md (report.html lies beside it).
+    """
+    study = load_study(study_dir)
+    s = compute_study_stats(study, metric, split, alpha, unit, baseline)
+    atomic_write_json(study.path / "stats.json", st.finite_or_none(s))
+    blocks: list[doc.Block] = [
+        doc.Heading(f"Study report: {study.name}", 1),
+        doc.Para(f"{len(s['configs'])} configurations, {len(study.cells)} cells; baseline: "
+                 f"**{s['baseline'] or 'none'}**; best: **{s['best']}**."),
+        *_guard_blocks(s), *_results_blocks(s, study), *_significance_blocks(s),
+        *_detail_blocks(s, study), *_importance_blocks(s, study), *_data_blocks(study),
+        *_reproduce_blocks(study)]
+    md_path = study.path / "report.md"
+    atomic_write_text(md_path, doc.to_markdown(blocks))
+    atomic_write_text(study.path / "report.html", doc.to_html(f"Study report: {study.name}",
+                                                              blocks))
+    return md_path
