@@ -198,6 +198,9 @@ def _study_dict(seed: int) -> dict[str, Any]:
         "labels": {"path": "labels.geojson", "class_field": "class", "classes": list(CLASSES),
                    "id_field": "id"},
         "extract": {"patch_size": 8, "per_polygon": PER_POLYGON},
+        # The demo study: S2, S2+MODIS, S2+DEM, all; early (stacked bands) and late fusion;
+        # 3 folds grouped by polygon.
+        "ablation": {"folds": 3, "models": ["simple_cnn", "late_fusion"], "epochs": 30},
     }
 
 
