@@ -5,11 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from geofuse.pipeline import run_demo
 
 
-def test_demo_runs_the_sensor_ablation_and_writes_the_study_report(tmp_path: Path) -> None:
-    report = run_demo(tmp_path / "demo", seed=2, epochs=2, size_m=6000.0)
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("demo")
+
+
+def test_demo_runs_the_sensor_ablation_and_writes_the_study_report(demo_dir: Path) -> None:
+    report = run_demo(demo_dir, seed=2, epochs=2, size_m=6000.0)
     assert report.is_file() and report.name == "report.html"
     study = report.parent
     assert (study / "report.md").is_file() and (study / "results.csv").is_file()
@@ -24,5 +31,15 @@ def test_demo_runs_the_sensor_ablation_and_writes_the_study_report(tmp_path: Pat
     assert "data:image/png;base64," in html and "s2+modis+dem/late_fusion" in html
     # Re-running in the same folder reuses the finished cells and writes the same report.
     mtimes = {p: p.stat().st_mtime for p in (study / "cells").glob("*.json")}
-    assert run_demo(tmp_path / "demo", seed=2, epochs=2, size_m=6000.0) == report
+    assert run_demo(demo_dir, seed=2, epochs=2, size_m=6000.0) == report
     assert {p: p.stat().st_mtime for p in mtimes} == mtimes
+
+
+def test_demo_study_tests_every_configuration_against_sentinel2_alone(demo_dir: Path) -> None:
+    report = run_demo(demo_dir, seed=2, epochs=2, size_m=6000.0)  # finished cells are reused
+    study = json.loads((report.parent / "study.json").read_text())
+    assert study["baseline_config_id"] == "s2/simple_cnn"
+    stats = json.loads((report.parent / "stats.json").read_text())
+    text = json.dumps(stats)
+    assert "s2+modis+dem/late_fusion" in text and "p_holm" in text
+    assert "Significance against the baseline" in (report.parent / "report.md").read_text()

@@ -336,6 +336,10 @@ class AblationConfig(_Model):
         0.0, ge=0, lt=1, description="Held-out test share carved out first (grouped, "
         "stratified); evaluated per cell, never used for selection."
     )
+    baseline: str | None = Field(
+        None, description="config_id the others are tested against (paired tests), e.g. "
+        "'s2/simple_cnn'; default: the primary modality alone with the first model."
+    )
     sensors: list[list[str]] | None = Field(
         None, description="Modality subsets; default: primary alone, primary + each other, all."
     )

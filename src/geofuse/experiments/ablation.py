@@ -21,7 +21,7 @@ from rich.table import Table
 import geofuse
 from geofuse.config import StudyConfig
 from geofuse.data.patchset import PatchSet
-from geofuse.errors import SplitError
+from geofuse.errors import ConfigError, SplitError
 from geofuse.experiments.folds import FoldAssignment, change_level_strata, fold_summary, make_folds
 from geofuse.experiments.grid import Cell, build_grid
 from geofuse.experiments.runner import (
@@ -192,9 +192,25 @@ def run_ablation(
     cells = build_grid(cfg)
     study_dir = study_path(cfg, study_name or cfg.name)
     run_study(cfg, study_dir, cells, patches, folds, epochs=cfg.ablation.epochs,
-              workers=workers, ray_address=ray_address, progress=progress)
+              workers=workers, ray_address=ray_address, progress=progress,
+              extra={"baseline_config_id": baseline_config_id(cfg, cells)})
     finish_study(study_dir, progress)
     return study_dir
+
+
+def baseline_config_id(cfg: StudyConfig, cells: list[Cell]) -> str:
+    """The configuration every other one is tested against (see ``ablation.baseline``).
+
+    Raises:
+        ConfigError: the named baseline is not a configuration of the grid.
+    """
+    ids = list(dict.fromkeys(c.config_id for c in cells))
+    baseline = cfg.ablation.baseline or ids[0]  # the grid starts with primary alone, 1st model
+    if baseline not in ids:
+        raise ConfigError(
+            f"ablation.baseline {baseline!r} is not in the grid; choose one of {ids}"
+        )
+    return baseline
 
 
 def finish_study(study_dir: Path, progress: bool = True) -> Path | None:
