@@ -111,3 +111,10 @@ def test_docs_config_reference_is_up_to_date() -> None:
     assert doc.read_text().strip() == config_reference_markdown().strip(), (
         "docs/config.md is stale: run `geofuse config --reference > docs/config.md`"
     )
+
+
+def test_readme_example_config_is_valid(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("A minimal study config", 1)[1].split("```yaml", 1)[1].split("```")[0]
+    cfg = parse_config(yaml.safe_load(block), tmp_path, source="README.md")
+    assert cfg.train.model.name == "late_fusion" and cfg.ablation.folds == 5
