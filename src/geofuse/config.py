@@ -251,6 +251,10 @@ class TrainConfig(_Model):
     )
     baseline: BaselineConfig = BaselineConfig()
     augment: bool = True
+    checkpoint_interval_s: float = Field(
+        300.0, gt=0, description="Write the resumable last.ckpt at most this often (seconds); "
+        "it is always written when training ends or is interrupted."
+    )
     num_workers: int = Field(0, ge=0)
     accelerator: str = "auto"
     deterministic: bool | Literal["warn"] = Field(

@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 from rich.console import Console
 
 import geofuse
@@ -29,6 +29,7 @@ from geofuse.io_utils import atomic_write_json
 from geofuse.models.freeze import frozen_fraction, frozen_parameter_fraction
 from geofuse.models.registry import count_parameters
 from geofuse.rundir import HISTORY_COLUMNS, RunDir, default_run_name, read_history, write_history
+from geofuse.training.checkpoints import BestAndLastCheckpoint
 from geofuse.training.guards import CollapseStopper
 from geofuse.training.task import ClassificationTask
 
@@ -318,14 +319,14 @@ def _build_trainer(cfg: StudyConfig, run: RunDir, max_epochs: int, progress: boo
     callbacks: list[Callback] = [
         HistoryWriter(run.history),
         EarlyStopping(monitor="val_loss", mode="min", patience=cfg.train.early_stopping_patience),
-        ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor="val_loss", mode="min",
-                        save_top_k=1, save_last=True, enable_version_counter=False),
+        BestAndLastCheckpoint(run.best_ckpt, run.last_ckpt, cfg.train.checkpoint_interval_s),
     ]
     if cfg.guards.stop_on_collapse:
         callbacks.append(CollapseStopper(cfg.guards))
     return L.Trainer(
         max_epochs=max_epochs, accelerator=cfg.train.accelerator, devices=1,
         deterministic=cfg.train.deterministic, logger=False, callbacks=callbacks,
+        enable_checkpointing=False,  # BestAndLastCheckpoint writes the files
         default_root_dir=run.path,
         enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=1,
     )
