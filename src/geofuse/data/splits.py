@@ -3,7 +3,9 @@
 Every group (e.g. ``polygon:17``) goes wholly into one split, so no two splits share pixels of
 the same polygon. Each group is assigned by its majority class, and each class's groups are
 divided so that its patch counts per split follow the requested fractions, with at least one
-group of every class in every split.
+group of every class in every split. Where a class is the majority in too few groups (groups
+holding several classes, e.g. 1 km cells), the groups are divided by iterative stratification
+over all of their classes (:mod:`geofuse.data._multilabel`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from geofuse.data._multilabel import stratify_units, unit_class_table
 from geofuse.data.patchset import SPLIT_CODES
 from geofuse.errors import SplitError
 
@@ -52,7 +55,7 @@ def _impossible_message(
     return (
         f"cannot split without leakage: every class needs at least {need} polygon groups (one "
         f"each for {'/'.join(split_names)}), but {'; '.join(short)}; groups per class "
-        f"(polygons where it is the majority class): {all_counts}. Fix: {fix}, or drop the "
+        f"(polygons holding it): {all_counts}. Fix: {fix}, or drop the "
         "class from labels.classes"
     )
 
@@ -132,7 +135,15 @@ def assign_splits(
     inverse, major, sizes = group_table(y, groups, num_classes)
     n_groups = np.bincount(major, minlength=num_classes)
     if (n_groups < len(fractions)).any():
-        raise SplitError(_impossible_message(n_groups, names, len(fractions), split_names))
+        # groups holding several classes (cells, tiles): stratify on all of their classes
+        _, table = unit_class_table(y, groups, num_classes)
+        present = (table > 0).sum(axis=0)
+        found = None
+        if (present >= len(fractions)).all():
+            found = stratify_units(table, fractions, seed)
+        if found is None:
+            raise SplitError(_impossible_message(present, names, len(fractions), split_names))
+        return found[inverse].astype(np.uint8)
     group_split = np.zeros(len(major), dtype=np.uint8)
     for k in range(num_classes):
         idx = np.flatnonzero(major == k)

@@ -19,6 +19,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
+from geofuse.data._multilabel import covers, stratify_units
 from geofuse.data.patchset import SPLIT_CODES, PatchSet
 from geofuse.data.splits import divide_groups, group_table
 from geofuse.errors import SplitError
@@ -169,6 +170,8 @@ def _carve_test(
     test = np.zeros(len(major), dtype=bool)
     for k in np.unique(major):
         idx = np.flatnonzero(major == k)
+        if len(idx) < 2:  # a lone unit stays for cross-validation
+            continue
         rng = np.random.default_rng([seed % 2**63, int(k), 7])
         assign = divide_groups(sizes[idx].astype(float), [1 - test_fraction, test_fraction], rng)
         test[idx[assign == 1]] = True
@@ -202,6 +205,43 @@ def _covers_all(strata: np.ndarray, fold: np.ndarray, n_folds: int, wanted: np.n
     return all(set(wanted.tolist()) <= set(strata[fold == k].tolist()) for k in range(n_folds))
 
 
+def _rest_folds(
+    y: np.ndarray, unit_idx: np.ndarray, major: np.ndarray, sizes: np.ndarray,
+    rest_units: np.ndarray, n_folds: int, n_strata: int, seed: int,
+) -> np.ndarray | None:
+    """Fold per unit of ``rest_units`` when StratifiedGroupKFold left a fold without a class.
+
+    Units of one class (polygons) are divided per class; units holding several classes
+    (cells, tiles) by iterative stratification. ``None`` when neither covers every class.
+    """
+    table = np.zeros((len(major), n_strata), dtype=np.int64)
+    np.add.at(table, (unit_idx, y), 1)
+    table = table[rest_units]
+    per_major = np.bincount(major[rest_units], minlength=n_strata)
+    if (per_major[per_major > 0] >= n_folds).all():
+        fold = _balanced_folds(major[rest_units], sizes[rest_units], n_folds, seed)
+        if covers(table, fold, n_folds):
+            return fold
+    return stratify_units(table, [1 / n_folds] * n_folds, seed)
+
+
+def _fixed_test_units(fixed_test: np.ndarray, unit_idx: np.ndarray, n_units: int,
+                      test_fraction: float) -> np.ndarray:
+    """Boolean per unit: all its patches are in the external test set."""
+    if test_fraction > 0:
+        raise SplitError(
+            f"ablation.test_fraction = {test_fraction} but the patches carry an external test "
+            "set (dataset.test_city_dir); set ablation.test_fraction to 0"
+        )
+    fixed = np.asarray(fixed_test, dtype=bool)
+    test_unit = np.zeros(n_units, dtype=bool)
+    test_unit[unit_idx[fixed]] = True
+    if (test_unit[unit_idx] != fixed).any():
+        raise SplitError("a fold unit mixes external-test and training patches; group by "
+                         "polygon (cell) or use group ids that differ between the two datasets")
+    return test_unit
+
+
 def make_folds(
     patches: PatchSet,
     n_folds: int = 5,
@@ -212,6 +252,7 @@ def make_folds(
     seed: int = 42,
     strata: np.ndarray | None = None,
     strata_names: list[str] | None = None,
+    fixed_test: np.ndarray | None = None,
 ) -> FoldAssignment:
     """Assign every patch to one of ``n_folds`` folds or the held-out test set.
 
@@ -226,6 +267,8 @@ def make_folds(
         strata: stratification label per patch (default ``patches.y``), e.g.
             :func:`change_level_strata`.
         strata_names: names of the strata for messages (default the class names).
+        fixed_test: boolean per patch: an external test set (e.g. another city), held out
+            as the test set instead of carving one by ``test_fraction``.
 
     Raises:
         SplitError: a class (stratum) occurs in fewer units than folds (+1 with a test set);
@@ -241,26 +284,34 @@ def make_folds(
     names += [str(k) for k in range(len(names), n_strata)]
     units = fold_units(patches, group_by, block_size, tile_regex)
     unit_idx, major, sizes, with_class = _units_per_class(y, units, n_strata)
-    wanted = np.flatnonzero(np.bincount(y, minlength=n_strata) > 0)
+    if fixed_test is not None:
+        test_unit = _fixed_test_units(fixed_test, unit_idx, len(major), test_fraction)
+        pool = ~test_unit[unit_idx]
+        _, _, _, with_class = _units_per_class(y[pool], units[pool], n_strata)
+        wanted = np.flatnonzero(np.bincount(y[pool], minlength=n_strata) > 0)
+    else:
+        wanted = np.flatnonzero(np.bincount(y, minlength=n_strata) > 0)
     need = n_folds + (1 if test_fraction > 0 else 0)
     if (with_class[wanted] < need).any():
         counts = np.where(np.isin(np.arange(n_strata), wanted), with_class, need)
         raise SplitError(_too_few_message(counts, names, need, n_folds, group_by,
                                           test_fraction > 0))
-    test_unit = _carve_test(major, sizes, test_fraction, seed) if test_fraction > 0 else (
-        np.zeros(len(major), dtype=bool))
+    if fixed_test is None:
+        test_unit = _carve_test(major, sizes, test_fraction, seed) if test_fraction > 0 else (
+            np.zeros(len(major), dtype=bool))
     rest = ~test_unit[unit_idx]
     fold = np.full(len(y), TEST_FOLD, dtype=np.int64)
     fold[rest] = _sklearn_folds(y[rest], unit_idx[rest], n_folds, seed)
     if not _covers_all(y[rest], fold[rest], n_folds, np.unique(y[rest])):
         rest_units = np.flatnonzero(~test_unit)
         unit_fold = np.full(len(major), TEST_FOLD, dtype=np.int64)
-        unit_fold[rest_units] = _balanced_folds(major[rest_units], sizes[rest_units], n_folds,
-                                                seed)
-        fold = unit_fold[unit_idx]
-        if not _covers_all(y[rest], fold[rest], n_folds, np.unique(y[rest])):
-            counts = np.bincount(major[rest_units], minlength=n_strata)
-            raise SplitError(_too_few_message(counts, names, n_folds, n_folds, group_by, False))
+        found = _rest_folds(y, unit_idx, major, sizes, rest_units, n_folds, n_strata, seed)
+        if found is not None:
+            unit_fold[rest_units] = found
+            fold = unit_fold[unit_idx]
+        if found is None or not _covers_all(y[rest], fold[rest], n_folds, np.unique(y[rest])):
+            _, _, _, in_rest = _units_per_class(y[rest], units[rest], n_strata)
+            raise SplitError(_too_few_message(in_rest, names, n_folds, n_folds, group_by, False))
     return FoldAssignment(fold=fold, units=units, n_folds=n_folds, group_by=group_by)
 
 
