@@ -12,52 +12,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
 
+from geofuse._config_base import ModalityConfig, _Model
+from geofuse.config_dataset import DatasetConfig
 from geofuse.errors import ConfigError, DataNotFoundError
-
-Resampling = Literal[
-    "nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode", "min", "max",
-    "med", "q1", "q3", "sum", "rms",
-]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ModalityConfig(_Model):
-    """One sensor input: its files, band names, scaling and how it is resampled."""
-
-    name: str = Field(description="Short key used everywhere else, e.g. s2, dem, modis, s1, viirs.")
-    files: list[str] = Field(
-        min_length=1, description="Raster files or glob patterns, relative to the config file."
-    )
-    bands: list[str] = Field(min_length=1, description="One name per output band, in order.")
-    combine: Literal["mosaic", "stack"] = Field(
-        "mosaic",
-        description="mosaic: files are tiles with the same bands; stack: files hold different "
-        "bands, concatenated in file order.",
-    )
-    sensor: str | None = Field(
-        None, description="Catalogue key (sentinel2, sentinel1, modis_ndvi, dem, viirs, landsat8) "
-        "for default valid ranges."
-    )
-    scale: float = Field(1.0, description="Physical value = raw * scale + offset.")
-    offset: float = 0.0
-    nodata: float | None = Field(None, description="Raw nodata value; default: the file's own.")
-    resampling: Resampling = Field(
-        "bilinear", description="GDAL resampling onto the reference grid (nearest for classes)."
-    )
-    valid_range: tuple[float, float] | None = Field(
-        None, description="Expected physical range; values outside are counted by the QC report."
-    )
-
-    @model_validator(mode="after")
-    def _name_is_key(self) -> ModalityConfig:
-        if not self.name.isidentifier():
-            raise ValueError(f"modality name {self.name!r} must be a simple key such as 's2'")
-        return self
 
 
 class GridConfig(_Model):
@@ -320,8 +279,9 @@ class AblationConfig(_Model):
     """Sensor-subset x model x seed grid, cross-validated over grouped folds (geofuse ablate)."""
 
     folds: int = Field(5, ge=2, description="Number of cross-validation folds.")
-    group_by: Literal["polygon", "tile", "block"] = Field(
-        "polygon", description="Unit that never straddles folds: polygon (PatchSet groups), "
+    group_by: Literal["polygon", "cell", "tile", "block"] = Field(
+        "polygon", description="Unit that never straddles folds: polygon or cell (the "
+        "PatchSet's groups: label polygons, or 1 km cells of So2Sat-POP), "
         "tile (tile_regex on the group) or block (square spatial blocks of block_size)."
     )
     block_size: float | None = Field(
@@ -413,7 +373,12 @@ class StudyConfig(_Model):
     workdir: str = Field("work", description="Outputs go here, relative to the config file.")
     seed: int = Field(42, description="Seed for sampling, splits and training.")
     modalities: list[ModalityConfig] = Field(
-        min_length=1, description="Sensor inputs; the first defines the reference grid."
+        default_factory=list, description="Sensor inputs; the first defines the reference grid. "
+        "Required unless a dataset section provides them."
+    )
+    dataset: DatasetConfig | None = Field(
+        None, description="Read a published dataset layout (So2Sat-POP) instead of prepare + "
+        "labels; its modalities fill 'modalities'."
     )
     grid: GridConfig | None = Field(None, description="Explicit reference grid (optional).")
     prepare: PrepareConfig = PrepareConfig()
@@ -430,6 +395,7 @@ class StudyConfig(_Model):
 
     @model_validator(mode="after")
     def _check_names(self) -> StudyConfig:
+        self._fill_dataset_modalities()
         names = [m.name for m in self.modalities]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -445,6 +411,24 @@ class StudyConfig(_Model):
             if sub not in names:
                 raise ValueError(f"train.modalities names unknown modality {sub!r}; known: {names}")
         return self
+
+    def _fill_dataset_modalities(self) -> None:
+        if self.dataset is None:
+            if not self.modalities:
+                raise ValueError("'modalities' is empty; list at least one sensor input (or add "
+                                 "a dataset section)")
+            return
+        derived = self.dataset.modality_configs()
+        if not self.modalities:
+            self.__dict__["modalities"] = derived  # bypass validate_assignment (no re-entry)
+            return
+        given = [(m.name, m.bands) for m in self.modalities]
+        if given != [(m.name, m.bands) for m in derived]:
+            raise ValueError(
+                f"modalities {[n for n, _ in given]} differ from what dataset "
+                f"{self.dataset.name!r} produces {[m.name for m in derived]}; remove "
+                "'modalities' (the dataset section defines them)"
+            )
 
     # -- paths -----------------------------------------------------------------------------
     @property

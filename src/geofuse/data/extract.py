@@ -165,6 +165,9 @@ def _read_patches(
 def extract_patches(cfg: StudyConfig, progress: bool = True) -> PatchSet:
     """Sample patches inside the label polygons and write a PatchSet to ``cfg.patches_path``.
 
+    With a ``dataset`` section the dataset's own layout is read instead
+    (:func:`~geofuse.data.datasets.build.build_dataset_patches`).
+
     Raises:
         ConfigError: the config has no labels section.
         DataNotFoundError: the stack, its manifest or the label file is missing.
@@ -173,6 +176,10 @@ def extract_patches(cfg: StudyConfig, progress: bool = True) -> PatchSet:
         SamplingError: no usable patches.
         SplitError: a class has too few polygons for every split.
     """
+    if cfg.dataset is not None:  # a published layout: read it directly (no stack, no polygons)
+        from geofuse.data.datasets.build import build_dataset_patches
+
+        return build_dataset_patches(cfg)
     labels = cfg.resolve(_labels_config(cfg).path)
     manifest = StackManifest.load(manifest_path(cfg.stack_path))
     x, coords, polygons, centres = _read_patches(cfg, labels, manifest, progress)

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
 from rich.console import Console
 from rich.table import Table
 
@@ -22,7 +24,13 @@ import geofuse
 from geofuse.config import StudyConfig
 from geofuse.data.patchset import PatchSet
 from geofuse.errors import ConfigError, SplitError
-from geofuse.experiments.folds import FoldAssignment, change_level_strata, fold_summary, make_folds
+from geofuse.experiments.folds import (
+    TEST_FOLD,
+    FoldAssignment,
+    change_level_strata,
+    fold_summary,
+    make_folds,
+)
 from geofuse.experiments.grid import Cell, build_grid
 from geofuse.experiments.runner import (
     SCHEMA_VERSION,
@@ -157,8 +165,39 @@ def _write_study_json(
                   "fingerprint": fingerprint,
                   "summary": fold_summary(folds, patches.y, list(patches.class_names))},
         "class_names": list(patches.class_names),
+        "data": study_data(patches, folds),
         "config": cfg.model_dump(mode="json"),
     })
+
+
+def _short_crs(crs: str) -> str:
+    try:
+        return CRS.from_user_input(crs).to_string() if crs else "n/a"
+    except CRSError:
+        return crs[:40]
+
+
+def study_data(patches: PatchSet, folds: FoldAssignment) -> dict[str, Any]:
+    """Data summary for the report: patches and class counts per fold, bands, grid, test set."""
+    per_split = {name: d["per_class"] for name, d in
+                 fold_summary(folds, patches.y, list(patches.class_names)).items()}
+    n_test = int((folds.fold == TEST_FOLD).sum())
+    external = patches.provenance.get("external_test")
+    if external:
+        test = f"external: {external['name']} ({n_test} patches, never used for training)"
+    elif n_test:
+        test = f"{n_test} patches ({len(np.unique(folds.units[folds.fold == TEST_FOLD]))} units)"
+    else:
+        test = "none"
+    grid = {"crs": _short_crs(patches.crs), "patch_size": f"{patches.patch_size} px"}
+    if "pixel_size_m" in patches.provenance:
+        grid["pixel_size"] = f"{patches.provenance['pixel_size_m']:g} m"
+    return {
+        "n_patches": len(patches), "class_counts": patches.class_counts(),
+        "split_counts": per_split, "bands": list(patches.band_names),
+        "modalities": dict(patches.modalities), "grid": grid, "test": test,
+        "dataset": patches.provenance.get("dataset"),
+    }
 
 
 def load_patches(cfg: StudyConfig, patchset: PatchSet | None) -> PatchSet:

@@ -20,11 +20,12 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
 from geofuse.data._multilabel import covers, stratify_units
+from geofuse.data.external_test import external_test_mask
 from geofuse.data.patchset import SPLIT_CODES, PatchSet
 from geofuse.data.splits import divide_groups, group_table
 from geofuse.errors import SplitError
 
-GroupBy = Literal["polygon", "tile", "block"]
+GroupBy = Literal["polygon", "cell", "tile", "block"]
 CHANGE_LEVELS = ("low", "moderate", "high")
 TEST_FOLD = -1
 
@@ -82,7 +83,7 @@ def fold_units(
     tile_regex: str = r"^([^/]+)/",
 ) -> np.ndarray:
     """The unit of each patch that must stay within one fold (polygon, tile or block)."""
-    if group_by == "polygon":
+    if group_by in ("polygon", "cell"):  # the PatchSet's own groups
         return np.asarray(patches.groups).astype(str)
     if group_by == "tile":
         return _tile_units(np.asarray(patches.groups).astype(str), tile_regex)
@@ -268,7 +269,8 @@ def make_folds(
             :func:`change_level_strata`.
         strata_names: names of the strata for messages (default the class names).
         fixed_test: boolean per patch: an external test set (e.g. another city), held out
-            as the test set instead of carving one by ``test_fraction``.
+            as the test set instead of carving one by ``test_fraction``; default the
+            PatchSet's own external test set (:func:`external_test_mask`), if any.
 
     Raises:
         SplitError: a class (stratum) occurs in fewer units than folds (+1 with a test set);
@@ -284,6 +286,7 @@ def make_folds(
     names += [str(k) for k in range(len(names), n_strata)]
     units = fold_units(patches, group_by, block_size, tile_regex)
     unit_idx, major, sizes, with_class = _units_per_class(y, units, n_strata)
+    fixed_test = external_test_mask(patches) if fixed_test is None else fixed_test
     if fixed_test is not None:
         test_unit = _fixed_test_units(fixed_test, unit_idx, len(major), test_fraction)
         pool = ~test_unit[unit_idx]

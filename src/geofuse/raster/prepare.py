@@ -33,7 +33,7 @@ from rich.progress import (
 )
 
 from geofuse.config import StudyConfig
-from geofuse.errors import AlignmentError
+from geofuse.errors import AlignmentError, ConfigError
 from geofuse.raster.align import ModalityPlan, plan_modality, reference_grid
 from geofuse.raster.io import (
     Grid,
@@ -76,7 +76,13 @@ def prepare_stack(cfg: StudyConfig, progress: bool = True) -> PrepareResult:
         RasterError: A file is unreadable, has no CRS or the wrong band count, or a band has
             more invalid pixels than ``prepare.max_nan_fraction`` (QC report still written).
         AlignmentError: A modality does not overlap the reference grid.
+        ConfigError: The config reads a dataset layout (no stack to prepare).
     """
+    if cfg.dataset is not None:
+        raise ConfigError(
+            f"{cfg.source or 'config'}: dataset {cfg.dataset.name!r} is read directly into "
+            "patches; skip prepare and run 'geofuse extract -c CONFIG'"
+        )
     plans, grid = plan_stack(cfg)
     stack_path = cfg.stack_path
     stack_path.parent.mkdir(parents=True, exist_ok=True)

@@ -335,20 +335,22 @@ def _importance_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
 def _data_blocks(study: Study) -> list[doc.Block]:
     d, g = study.data, study.grid
     counts = d.get("class_counts") or {}
-    rows = [[k, counts.get(k, "?")] for k in study.class_names]
+    splits = d.get("split_counts") or {}
+    rows = [[k, counts.get(k, "?"), *[splits[s].get(k, 0) for s in splits]]
+            for k in study.class_names]
     bands = d.get("bands") or study.cells[0].get("bands") or []
     modalities = d.get("modalities") or {m.get("name"): m.get("bands") for m in
                                          study.config.get("modalities") or []}
     sensors = [f"`{m}`: {', '.join(map(str, b)) if isinstance(b, list) else b}"
                for m, b in modalities.items()]
     grid = d.get("grid") or {}
-    return [doc.Heading("Data"), doc.Table(["class", "patches"], rows),
+    return [doc.Heading("Data"), doc.Table(["class", "patches", *splits], rows),
             doc.BulletList([f"patches: {d.get('n_patches', '?')}",
                             f"bands ({len(bands)}): " + ", ".join(f"`{b}`" for b in bands),
                             "grid: " + (", ".join(f"{k} {v}" for k, v in grid.items()) or "n/a"),
                             f"folds: {g.get('folds', '?')}, grouped by "
                             f"`{g.get('group_by', '?')}`, seeds: {g.get('seeds', '?')}, "
-                            f"held-out test split: {g.get('test', '?')}"]),
+                            f"held-out test set: {d.get('test', g.get('test', '?'))}"]),
             *([doc.Para("Sensors:"), doc.BulletList(sensors)] if sensors else [])]
 
 

@@ -76,7 +76,7 @@ def _cell_patches(read: CellRead, patch_size: int, stride: int, max_nodata: floa
                 continue
             xs.append(patch)
             ys.append(code)
-            coords.append(tuple(read.transform * (c0 + patch_size / 2, r0 + patch_size / 2)))
+            coords.append(tuple(read.transform @ (c0 + patch_size / 2, r0 + patch_size / 2)))
             nodata.append(frac)
     return xs, ys, coords, nodata
 

@@ -1,0 +1,79 @@
+"""An external test set: patches from another place (e.g. a second city) appended as ``test``.
+
+Training on one city and testing on another measures how a model transfers, which a random
+or even a grouped split of one city cannot. The external patches are marked in the
+provenance (``external_test``) and by a group prefix, so that cross-validation keeps them out
+of every fold (:func:`external_test_mask`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from geofuse.data.patchset import SPLIT_CODES, PatchSet
+from geofuse.errors import BandError, ConfigError, SamplingError
+
+_SOURCE_KEYS = ("dataset", "city", "city_dir", "cells", "dropped_cells", "patch_size", "stride")
+
+
+def with_external_test(train: PatchSet, test: PatchSet, name: str) -> PatchSet:
+    """``train`` plus ``test`` as the test split (groups ``<name>/<group>``).
+
+    Test patches of classes the training set lacks are dropped with a warning (a model cannot
+    predict them); classes follow the training set's order.
+
+    Raises:
+        BandError: the two sets have different bands or tabular columns.
+        ConfigError: ``train`` already holds test patches.
+        SamplingError: no test patch has a class known to the training set.
+    """
+    if list(test.band_names) != list(train.band_names):
+        raise BandError(f"external test set {name!r} has bands {test.band_names}, the training "
+                        f"set {train.band_names}; read both with the same seasons/layers")
+    if (test.tabular is None) != (train.tabular is None) or (
+            list(test.tabular_names) != list(train.tabular_names)):
+        raise BandError(f"external test set {name!r} has other tabular columns than the "
+                        "training set; use the same attribute table layout for both")
+    if (train.split == SPLIT_CODES["test"]).any():
+        raise ConfigError("the training city already has a test split while an external test "
+                          "set is given; set splits.test_fraction to 0")
+    known = {c: k for k, c in enumerate(train.class_names)}
+    test_classes = np.array(test.class_names)[test.y]
+    keep = np.isin(test_classes, list(known))
+    dropped = {str(c): int((test_classes == c).sum()) for c in sorted(set(test_classes[~keep]))}
+    if not keep.any():
+        raise SamplingError(f"external test set {name!r} has no patch of a class of the training "
+                            f"set {train.class_names}; check the test city folder")
+    if dropped:
+        warnings.warn(f"external test set {name!r}: dropped patches of classes the training set "
+                      f"lacks: {dropped}", stacklevel=2)
+    test = test.subset(keep)
+    y = np.array([known[c] for c in test_classes[keep]], dtype=np.int64)
+    prefix = f"{name}/"
+    tab = None if train.tabular is None else np.concatenate([train.tabular, test.tabular])
+    info: dict[str, Any] = {
+        "name": name, "group_prefix": prefix, "patches": len(test), "crs": test.crs,
+        "dropped_classes": dropped,
+        "per_class": {c: int(n) for c, n in zip(
+            train.class_names, np.bincount(y, minlength=len(known)), strict=True)},
+        "source": {k: test.provenance[k] for k in _SOURCE_KEYS if k in test.provenance},
+    }
+    return train._replace(
+        x=np.concatenate([train.x, test.x]), y=np.concatenate([train.y, y]),
+        groups=np.concatenate([train.groups, np.char.add(prefix, test.groups)]),
+        coords=np.concatenate([train.coords, test.coords]),
+        split=np.concatenate([train.split, np.full(len(test), SPLIT_CODES["test"], np.uint8)]),
+        nodata_fraction=np.concatenate([train.nodata_fraction, test.nodata_fraction]),
+        tabular=tab, provenance={**train.provenance, "external_test": info},
+    )
+
+
+def external_test_mask(patches: PatchSet) -> np.ndarray | None:
+    """Boolean per patch: part of the external test set; ``None`` when there is none."""
+    info = patches.provenance.get("external_test")
+    if not info:
+        return None
+    return np.char.startswith(patches.groups.astype(str), str(info["group_prefix"]))
