@@ -20,6 +20,7 @@ from geofuse.data.datasets import (
     load_so2sat_pop,
     tabular_columns,
 )
+from geofuse.data.extract import extract_patches
 from geofuse.data.patchset import PatchSet
 from geofuse.errors import ConfigError, DataNotFoundError, LabelError, SplitError
 from geofuse.evaluation.metrics import majority_rate
@@ -161,11 +162,18 @@ def test_bad_input_raises_actionable_errors(gdansk_dir: Path, tmp_path: Path) ->
         load_so2sat_pop(city, seasons=("summer",))
 
 
-def test_config_describes_the_loader_output(cells: PatchSet) -> None:
+def test_config_extract_gives_the_loader_output(cells: PatchSet, tmp_path: Path) -> None:
     cfg = load_config(CONFIG)
     assert {m.name: m.bands for m in cfg.modalities} == cells.modalities
     assert all(len(cfg.modality_files(m)) == len(cells) for m in cfg.modalities)
     assert cfg.train.model.name == "tabular_fusion" and cfg.extract.patch_size == 32
+    cfg.workdir = str(tmp_path)
+    built = extract_patches(cfg)
+    assert cfg.patches_path.is_file()
+    np.testing.assert_array_equal(built.x, cells.x)
+    assert built.groups.tolist() == cells.groups.tolist()
+    assert built.split.tolist() == cells.split.tolist() and built.y.tolist() == cells.y.tolist()
+    assert built.tabular_names == cells.tabular_names
 
 
 def _train(cfg: StudyConfig, cells: PatchSet, model: str) -> dict:
