@@ -111,6 +111,13 @@ def test_ablation_writes_cells_results_and_study_files(serial: tuple[StudyConfig
     assert meta["folds"]["n_folds"] == 2 and meta["config"]["ablation"]["folds"] == 2
     folds = json.loads((study / "folds.json").read_text())
     assert len(folds["groups"]) == 48 and set(folds["groups"].values()) == {0, 1}
+    data = meta["data"]  # the report's data summary: counts per class and fold, test set
+    assert data["n_patches"] == 48 and data["class_counts"] == {c: 12 for c in meta["class_names"]}
+    per_fold = [sum(data["split_counts"][f"fold{k}"].values()) for k in (0, 1)]
+    assert sum(per_fold) == 48 and min(per_fold) > 0 and data["test"] == "none"
+    report = (study / "report.md").read_text()
+    assert "- patches: 48" in report and "| forest | 12 |" in report
+    assert "held-out test set: none" in report
 
 
 def test_resume_retrains_only_the_missing_cell(
