@@ -7,7 +7,9 @@ started and is raised again.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from multiprocessing import get_context
@@ -58,23 +60,112 @@ def _import_ray() -> Any:
     return ray
 
 
+#: Seconds to wait for the Ray head to accept a connection before giving up.
+CONNECT_TIMEOUT_S = 10.0
+_RAY_CLIENT_PORT = 10001
+_FIX = ("start the cluster with `ray start --head` (and `ray start --address=HEAD:PORT` on "
+        "the other nodes) or check ablation.ray.address / --ray")
+
+
+def _unreachable(address: str, why: str) -> ConfigError:
+    return ConfigError(f"cannot connect to the Ray cluster at {address!r} ({why}); {_FIX}")
+
+
+def _split_host_port(address: str, hostport: str, default_port: int | None) -> tuple[str, int]:
+    host, sep, port = hostport.rpartition(":")
+    if not sep or "]" in port:  # no port (an IPv6 literal has ':' inside brackets)
+        host, port = hostport, ""
+    host = host.strip("[]")
+    if not port and default_port is not None:
+        return host, default_port
+    if not host or not port.isdigit():
+        raise ConfigError(
+            f"Ray address {address!r} is not HOST:PORT (e.g. 10.0.0.5:6379, ray://HOST:10001, "
+            "auto or local); give the address `ray start --head` printed in "
+            "ablation.ray.address / --ray"
+        )
+    return host, int(port)
+
+
+def _bootstrap_address(address: str) -> tuple[str, int]:
+    """Host and port that ``ray.init(address=address)`` will connect to first."""
+    try:  # resolve 'auto' / RAY_ADDRESS and localhost the way ray.init does
+        from ray._private import services
+    except ImportError:  # pragma: no cover - private module moved: check what we can
+        services = None
+    given = address
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS") or address
+    if address == "auto" and services is not None:
+        try:
+            address = services.canonicalize_bootstrap_address_or_die(address)
+        except (ConnectionError, ValueError) as err:
+            raise _unreachable(given, " ".join(str(err).split())) from None
+    if address.startswith("ray://"):  # Ray Client server of the head
+        return _split_host_port(given, address[len("ray://"):].rstrip("/"), _RAY_CLIENT_PORT)
+    host, port = _split_host_port(given, address, None)
+    if services is not None:
+        with contextlib.suppress(Exception):  # keep the host as given
+            host = services.resolve_ip_for_localhost(host)
+    return host, port
+
+
+def check_ray_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast when nothing listens at a Ray ``address`` (ray.init would retry for minutes).
+
+    Raises:
+        ConfigError: the address is malformed, or no Ray head answers within ``timeout`` s.
+    """
+    host, port = _bootstrap_address(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except TimeoutError:
+        raise _unreachable(address, f"no answer from {host}:{port} within {timeout:g} s") from None
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise _unreachable(address, f"{host}:{port}: {reason.lower()}") from None
+
+
+def _connect(ray: Any, address: str, local_cpus: int | None) -> None:
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    if address == "local":
+        ray.init(num_cpus=local_cpus or os.cpu_count(), **kwargs)
+        return
+    # Workers of a running cluster import geofuse from their own environment (``pip
+    # install`` it on every node); no runtime_env is shipped with the job, so one given by
+    # ``ray job submit --runtime-env-json`` applies. Cell paths are absolute: the study
+    # folder must be on a filesystem that every node mounts at the same path.
+    check_ray_address(address)
+    kwargs.pop("include_dashboard")  # only for a cluster started by ray.init
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        why = " ".join(str(err).split())[:300]
+        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            why += ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token and "
+                    "its token in RAY_AUTH_TOKEN or ~/.ray/auth_token")
+        raise _unreachable(address, why) from None
+
+
 def run_ray(
     fn: CellFn, ctx: Any, cells: list[dict[str, Any]], address: str, num_cpus: float,
     on_done: OnDone, local_cpus: int | None = None,
 ) -> None:
-    """Cells as Ray tasks on ``address`` ('local' starts a local instance).
+    """Cells as Ray tasks on ``address``: 'local' starts a Ray instance in this process;
+    HOST:PORT, 'auto' or ray://HOST:PORT connect to a running cluster (``ray start``).
 
     An already initialised Ray session is used as is (and left running); a session started
-    here is shut down at the end.
+    here is shut down at the end (a cluster connected to keeps running).
+
+    Raises:
+        ConfigError: the cluster at ``address`` cannot be reached (checked within
+            :data:`CONNECT_TIMEOUT_S` seconds instead of Ray's minutes of retries).
     """
     ray = _import_ray()
     started = False
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-        if address == "local":
-            ray.init(num_cpus=local_cpus or os.cpu_count(), **kwargs)
-        else:
-            ray.init(address=address, **kwargs)
+        _connect(ray, address, local_cpus)
         started = True
     try:
         remote = ray.remote(num_cpus=num_cpus, max_retries=0)(fn)

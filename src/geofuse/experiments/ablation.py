@@ -24,6 +24,7 @@ import geofuse
 from geofuse.config import StudyConfig
 from geofuse.data.patchset import PatchSet
 from geofuse.errors import ConfigError, SplitError
+from geofuse.experiments._parallel import check_ray_address
 from geofuse.experiments.folds import (
     TEST_FOLD,
     FoldAssignment,
@@ -103,6 +104,9 @@ def run_study(
     Returns:
         The finished cell results of the grid (see :mod:`geofuse.experiments.runner`).
     """
+    ray_address = ray_address or cfg.ablation.ray.address
+    if ray_address and ray_address != "local":
+        check_ray_address(ray_address)  # fail before anything is written
     study_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = _data_fingerprint(patches, folds)
     fold_paths = _write_fold_sets(study_dir, patches, folds, fingerprint, {c.fold for c in cells})
@@ -112,7 +116,6 @@ def run_study(
     _write_study_json(cfg, study_dir, kind, cell_dicts, folds, patches, fingerprint, extra)
     todo = pending_cells(study_dir, cell_dicts)
     workers = workers or cfg.ablation.workers
-    ray_address = ray_address or cfg.ablation.ray.address
     where = f"Ray ({ray_address})" if ray_address else f"{workers} worker(s)"
     if progress:
         console.print(f"study [bold]{study_dir.name}[/]: {len(cells)} cells, "
