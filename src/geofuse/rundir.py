@@ -5,6 +5,7 @@
   config.yaml           resolved study config (absolute paths): reproduces the run
   run.json              provenance: PatchSet path, bands, classes, seed, versions, timings
   normalization.json    per-band mean/std of the training split
+  tabular_normalization.json  per-attribute mean/std of the training split (tabular PatchSets)
   history.csv           one row per epoch: losses, val metrics, learning rate
   metrics.json          val/test metrics of the best checkpoint + collapse-guard verdict
   checkpoints/best.ckpt lowest val_loss;  checkpoints/last.ckpt for --resume
@@ -53,6 +54,11 @@ class RunDir:
     @property
     def normalization(self) -> Path:
         return self.path / "normalization.json"
+
+    @property
+    def tabular_normalization(self) -> Path:
+        """Mean/std of the tabular attributes; written only when the PatchSet has them."""
+        return self.path / "tabular_normalization.json"
 
     @property
     def history(self) -> Path:

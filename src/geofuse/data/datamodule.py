@@ -10,7 +10,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from geofuse.config import TrainConfig
-from geofuse.data.normalize import MIN_STD, BandStats, compute_band_stats
+from geofuse.data.normalize import (
+    BandStats,
+    TabularStats,
+    compute_band_stats,
+    compute_tabular_stats,
+    normalize_tabular,
+)
 from geofuse.data.patchset import SPLIT_CODES, PatchSet
 from geofuse.data.transforms import Compose, Normalize, RandomFlipRotate, Sample, Transform
 from geofuse.errors import SplitError
@@ -58,22 +64,36 @@ def split_counts(patches: PatchSet) -> dict[str, dict[str, int]]:
     return {split: patches.class_counts(split) for split in SPLIT_CODES}
 
 
-def normalized_tabular(patches: PatchSet) -> np.ndarray | None:
-    """The PatchSet's tabular attributes standardised with train-split mean/std (NaN -> 0).
+def train_tabular_stats(patches: PatchSet) -> TabularStats | None:
+    """Train-split statistics of the PatchSet's tabular attributes (None: it has none)."""
+    if patches.tabular is None:
+        return None
+    return compute_tabular_stats(patches.tabular[patches.split_indices("train")],
+                                 list(patches.tabular_names))
 
-    ``None`` when the set has no tabular attributes; constant or all-missing columns get
-    std 1 (and mean 0 when no train value is known).
+
+def normalized_tabular(
+    patches: PatchSet, stats: TabularStats | None = None
+) -> np.ndarray | None:
+    """The PatchSet's tabular attributes standardised (NaN -> 0), as float32.
+
+    ``None`` when the set has no tabular attributes. ``stats`` are those saved with a run
+    (``tabular_normalization.json``); by default they are computed from the train split
+    (:func:`train_tabular_stats`: constant or all-missing columns get std 1, and mean 0 when no
+    train value is known).
+
+    Raises:
+        ValueError: ``stats`` are for other columns than the PatchSet's.
     """
     if patches.tabular is None:
         return None
-    train = patches.tabular[patches.split_indices("train")].astype(np.float64)
-    finite = np.isfinite(train)
-    count = finite.sum(axis=0)
-    mean = np.where(count > 0, np.where(finite, train, 0).sum(axis=0) / np.maximum(count, 1), 0)
-    var = np.where(finite, (train - mean) ** 2, 0).sum(axis=0) / np.maximum(count, 1)
-    std = np.where(np.sqrt(var) > MIN_STD, np.sqrt(var), 1.0)
-    out = (patches.tabular - mean) / std
-    return np.where(np.isfinite(out), out, 0.0).astype(np.float32)
+    if stats is None:
+        stats = compute_tabular_stats(patches.tabular[patches.split_indices("train")],
+                                      list(patches.tabular_names))
+    if list(stats.columns) != list(patches.tabular_names):
+        raise ValueError(f"tabular statistics for {stats.columns}, data has "
+                         f"{patches.tabular_names}")
+    return normalize_tabular(patches.tabular, stats)
 
 
 class PatchDataset(Dataset[Sample]):
@@ -122,6 +142,8 @@ class PatchDataModule(L.LightningDataModule):
         augment: random flips and 90-degree rotations on the training split.
         stats: normalisation statistics; computed from the train split when None.
         seed: seed of the training shuffle order.
+        tabular_stats: statistics of the tabular attributes (when the PatchSet has them);
+            computed from the train split when None.
     """
 
     def __init__(
@@ -132,6 +154,7 @@ class PatchDataModule(L.LightningDataModule):
         augment: bool = True,
         stats: BandStats | None = None,
         seed: int = 0,
+        tabular_stats: TabularStats | None = None,
     ) -> None:
         super().__init__()
         self.patches = patches
@@ -144,7 +167,8 @@ class PatchDataModule(L.LightningDataModule):
         )
         if list(self.stats.bands) != list(patches.band_names):
             raise ValueError(f"statistics for {self.stats.bands}, data has {patches.band_names}")
-        self.tabular = normalized_tabular(patches)
+        self.tabular_stats = tabular_stats or train_tabular_stats(patches)
+        self.tabular = normalized_tabular(patches, self.tabular_stats)
 
     def dataset(self, split: str) -> PatchDataset:
         """Dataset of one split; only ``train`` is augmented."""

@@ -1,8 +1,9 @@
-"""Per-band normalisation from training statistics only.
+"""Per-band and per-attribute normalisation from training statistics only.
 
-Statistics are computed over the training split (NaN-aware), stored as ``normalization.json`` in
-the run directory, and reused unchanged for validation, test and prediction. After
-normalisation, NaN pixels become 0, i.e. the band's training mean.
+Statistics are computed over the training split (NaN-aware), stored in the run directory
+(``normalization.json`` for the bands, ``tabular_normalization.json`` for tabular attributes),
+and reused unchanged for validation, test and prediction. After normalisation, NaN pixels and
+missing attribute values become 0, i.e. the training mean.
 """
 
 from __future__ import annotations
@@ -88,3 +89,72 @@ def normalize(x: np.ndarray, stats: BandStats) -> np.ndarray:
         raise ValueError(f"{x.shape[-3]} channels but statistics for {len(stats.bands)} bands")
     out = (x - stats.mean[:, None, None]) / stats.std[:, None, None]
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class TabularStats:
+    """Mean and standard deviation of each tabular attribute (column) of the training split.
+
+    Kept in float64, as computed, so that saving and loading them changes no normalised value.
+
+    Attributes:
+        columns: attribute names, one per column (``PatchSet.tabular_names``).
+        mean: per-column mean over finite training values; 0 when none is finite.
+        std: per-column standard deviation; constant or all-missing columns get 1.0.
+    """
+
+    columns: list[str]
+    mean: np.ndarray
+    std: np.ndarray
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", np.asarray(self.mean, dtype=np.float64))
+        object.__setattr__(self, "std", np.asarray(self.std, dtype=np.float64))
+        if not len(self.columns) == len(self.mean) == len(self.std):
+            raise ValueError("columns, mean and std must have one entry per tabular column")
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-able form: ``{"columns": [...], "mean": [...], "std": [...]}``."""
+        return {"columns": list(self.columns), "mean": self.mean.tolist(),
+                "std": self.std.tolist()}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the statistics to ``path`` as JSON, atomically."""
+        atomic_write_json(path, self.to_dict())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TabularStats:
+        """Read statistics written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise RunDirError(
+                f"tabular normalisation file {str(path)!r} is missing; re-run 'geofuse train' "
+                "for this run"
+            )
+        data = json.loads(path.read_text())
+        return cls(columns=list(data["columns"]), mean=data["mean"], std=data["std"])
+
+
+def compute_tabular_stats(tabular: np.ndarray, columns: list[str]) -> TabularStats:
+    """NaN-aware per-column mean/std of ``tabular`` (N, F); pass training rows only.
+
+    Non-finite values are missing; a column without any finite value gets mean 0 and std 1.
+    """
+    train = np.asarray(tabular, dtype=np.float64)
+    finite = np.isfinite(train)
+    count = finite.sum(axis=0)
+    mean = np.where(count > 0, np.where(finite, train, 0).sum(axis=0) / np.maximum(count, 1), 0)
+    var = np.where(finite, (train - mean) ** 2, 0).sum(axis=0) / np.maximum(count, 1)
+    std = np.where(np.sqrt(var) > MIN_STD, np.sqrt(var), 1.0)
+    return TabularStats(columns=list(columns), mean=mean, std=std)
+
+
+def normalize_tabular(tabular: np.ndarray, stats: TabularStats) -> np.ndarray:
+    """Standardise ``tabular`` (N, F) column-wise as float32; missing values become 0."""
+    tabular = np.asarray(tabular)
+    if tabular.shape[-1] != len(stats.columns):
+        raise ValueError(f"{tabular.shape[-1]} tabular columns but statistics for "
+                         f"{len(stats.columns)}")
+    out = (tabular - stats.mean) / stats.std
+    return np.where(np.isfinite(out), out, 0.0).astype(np.float32)

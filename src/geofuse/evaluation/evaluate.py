@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from geofuse.config import load_config
 from geofuse.data.datamodule import PatchDataModule
-from geofuse.data.normalize import BandStats
+from geofuse.data.normalize import BandStats, TabularStats
 from geofuse.data.patchset import PatchSet
 from geofuse.errors import RunDirError
 from geofuse.evaluation.metrics import classification_metrics
@@ -62,6 +62,28 @@ def _load_run_patches(run: RunDir, info: dict[str, Any]) -> PatchSet:
     return patches
 
 
+def load_tabular_stats(run: RunDir, patches: PatchSet) -> TabularStats | None:
+    """The tabular statistics saved with the run (``tabular_normalization.json``).
+
+    ``None`` when the PatchSet has no tabular attributes, or for runs written before these
+    statistics were saved; the data module then computes them from the train split, as those
+    runs did.
+
+    Raises:
+        RunDirError: the PatchSet's tabular columns are not those the run was trained on.
+    """
+    if patches.tabular is None or not run.tabular_normalization.is_file():
+        return None
+    stats = TabularStats.load(run.tabular_normalization)
+    if list(stats.columns) != list(patches.tabular_names):
+        raise RunDirError(
+            f"PatchSet has tabular columns {list(patches.tabular_names)}, the run in "
+            f"{str(run.path)!r} was trained on {stats.columns}; evaluate it on a PatchSet with "
+            "the same attribute table or re-run 'geofuse train'"
+        )
+    return stats
+
+
 def evaluate_run(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
     """Compute metrics of the best checkpoint on val and test (when present).
 
@@ -85,7 +107,8 @@ def evaluate_run(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
     patches = _load_run_patches(run, info)
     task, epoch = load_task(run.best_ckpt)
     data = PatchDataModule(patches, batch_size=EVAL_BATCH_SIZE, augment=False,
-                           stats=BandStats.load(run.normalization))
+                           stats=BandStats.load(run.normalization),
+                           tabular_stats=load_tabular_stats(run, patches))
     results: dict[str, Any] = {}
     for split in EVAL_SPLITS:
         if len(patches.split_indices(split)):

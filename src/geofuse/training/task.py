@@ -1,4 +1,19 @@
-"""Lightning task for patch classification: model, loss, optimiser and per-stage metrics."""
+"""Lightning task for patch classification: model, loss, optimiser and per-stage metrics.
+
+Per-step work is kept to the forward/backward pass, so that small, fast models are not slowed
+down by the framework (``benchmarks/train_overhead.py``):
+
+- a step only keeps its loss, predicted and true classes
+  (:class:`~geofuse.training._epoch.EpochAccumulator`); each stage's epoch values are computed
+  and logged once, at the stage's last batch, so that every callback sees them in its
+  epoch-end hooks as it did when they were logged at every step. ``{stage}_loss`` is the
+  sample-weighted mean of the batch losses, bit for bit what ``self.log(..., on_epoch=True,
+  batch_size=len(batch))`` gave; accuracy and macro F1 come from torchmetrics, once over the
+  epoch's predictions, which gives the same counts and so the same values;
+- the optimisation step is written out (manual optimisation, :meth:`training_step`), with the
+  LR schedulers stepped when Lightning's automatic optimisation would step them
+  (:mod:`geofuse.training._schedulers`): the same losses, learning rates and weights.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +21,20 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from geofuse.config import TrainConfig
 from geofuse.models.registry import create_model
+from geofuse.training._epoch import EpochAccumulator, epoch_scores
+from geofuse.training._schedulers import EpochSchedule
 from geofuse.training.losses import build_loss
 from geofuse.training.optim import build_optimizer, build_scheduler
 
 STAGES = ("train", "val", "test")
+
+
+def _is_last(batch_idx: int, dataloader_idx: int, counts: list[int | float]) -> bool:
+    """Whether this is the last batch of the last loader, given the batches per loader."""
+    return dataloader_idx == len(counts) - 1 and batch_idx + 1 >= counts[dataloader_idx]
 
 
 class ClassificationTask(L.LightningModule):
@@ -61,19 +80,21 @@ class ClassificationTask(L.LightningModule):
             **(model_kwargs or {}),
         )
         self.loss_fn = build_loss(self.train_config.loss, num_classes, class_counts)
-        self.metrics = nn.ModuleDict(
-            {f"{stage}_metrics": self._metric_collection(stage, num_classes) for stage in STAGES}
-        )
+        self._epoch = {stage: EpochAccumulator() for stage in STAGES}
+        # the same zero_grad/backward/step as Lightning's automatic optimisation, without its
+        # per-step closure and hook machinery (see training_step)
+        self.automatic_optimization = False
+        self._train_epoch_done = False
+        self._schedule: EpochSchedule | None = None  # set by configure_optimizers
 
-    @staticmethod
-    def _metric_collection(stage: str, num_classes: int) -> MetricCollection:
-        return MetricCollection(
-            {
-                "accuracy": MulticlassAccuracy(num_classes, average="micro"),
-                "f1_macro": MulticlassF1Score(num_classes, average="macro"),
-            },
-            prefix=f"{stage}_",
-        )
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets ``_current_fx_name`` (a str or None) around every hook call, dozens of
+        # times a step; nn.Module.__setattr__'s parameter/module/buffer checks made that ~3 ms
+        # an epoch of SimpleCNN on CPU. It is never a parameter, module or buffer: set it plainly.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     @property
     def train_config(self) -> TrainConfig:
@@ -95,23 +116,103 @@ class ClassificationTask(L.LightningModule):
         logits = self(batch["image"], batch.get("tab"))
         target = batch["label"]
         loss = self.loss_fn(logits, target)
-        metrics = self.metrics[f"{stage}_metrics"]
-        metrics.update(logits.argmax(dim=1), target)
-        size = len(target)
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=size,
-                 prog_bar=stage != "test")
-        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=size,
-                      prog_bar=stage == "val")
+        self._epoch[stage].update(loss, logits.argmax(dim=1), target)
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
+        """One optimisation step, written out (manual optimisation).
+
+        Lightning's automatic loop does the same work in the same order (forward, zero_grad,
+        backward, optimizer step, with the same callback hooks around backward and step)
+        through a closure and more hook calls, ~0.2 ms a step. The epoch-interval LR
+        schedulers step as Lightning would (:mod:`geofuse.training._schedulers`).
+        """
+        optimizer = self.optimizers()
+        if isinstance(optimizer, list):  # configure_optimizers returns a single optimizer
+            optimizer = optimizer[0]
+        loss = self._shared_step(batch, "train")
+        optimizer.zero_grad()  # after the forward pass, as Lightning's automatic loop
+        self.manual_backward(loss)
+        optimizer.step()
+        if self._is_last_train_batch(batch_idx):
+            self._train_epoch_done = True
+            if self._schedule is not None:
+                self._schedule.step(self, reduce_on_plateau=False)
+        return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "test")
+
+    def _is_last_train_batch(self, batch_idx: int) -> bool:
+        """Whether the step is the epoch's last (as Lightning's ``_num_ready_batches_reached``)."""
+        trainer = self.trainer
+        return (batch_idx + 1 >= trainer.num_training_batches
+                or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+
+    # -- epoch values: reset at the start, logged once at the last batch -----------------------
+    def on_train_epoch_start(self) -> None:
+        self._epoch["train"].reset()
+        self._train_epoch_done = False
+
+    def on_validation_epoch_start(self) -> None:
+        self._epoch["val"].reset()
+
+    def on_test_epoch_start(self) -> None:
+        self._epoch["test"].reset()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._is_last_train_batch(batch_idx):
+            self._log_epoch("train")
+
+    def on_validation_batch_end(
+        self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        trainer = self.trainer
+        counts = trainer.num_sanity_val_batches if trainer.sanity_checking else \
+            trainer.num_val_batches
+        if _is_last(batch_idx, dataloader_idx, counts):
+            self._log_epoch("val")
+
+    def on_test_batch_end(
+        self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if _is_last(batch_idx, dataloader_idx, self.trainer.num_test_batches):
+            self._log_epoch("test")
+
+    # an epoch cut short (trainer.should_stop, unsized loaders) is logged at its end instead
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+        # after the epoch-end hooks of the callbacks, as Lightning's automatic optimisation
+        # (before EarlyStopping's, which does not read the learning rate)
+        restarting = self.trainer.fit_loop.restarting
+        if self._schedule is not None and self._train_epoch_done and not restarting:
+            self._schedule.step(self, reduce_on_plateau=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def _log_epoch(self, stage: str) -> None:
+        """Log ``{stage}_loss`` and the stage's metrics of the epoch so far, then reset them;
+        nothing when no step ran since the last reset."""
+        epoch = self._epoch[stage]
+        if epoch.empty:
+            return
+        loss = epoch.loss()
+        preds, target = epoch.predictions()
+        epoch.reset()
+        scores = epoch_scores(preds, target, int(self.hparams["num_classes"]))
+        values = {f"{stage}_{name}": value for name, value in scores.items()}
+        # logged once per epoch: batch_size=1 leaves the value as it is (x * 1 / 1)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=1,
+                 prog_bar=stage != "test")
+        self.log_dict(values, on_step=False, on_epoch=True, batch_size=1,
+                      prog_bar=stage == "val")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self(batch["image"], batch.get("tab")).argmax(dim=1)
@@ -124,5 +225,8 @@ class ClassificationTask(L.LightningModule):
         epochs = max_epochs if max_epochs and max_epochs > 0 else cfg.epochs
         scheduler = build_scheduler(optimizer, cfg, epochs)
         if scheduler is None:
+            self._schedule = None
             return {"optimizer": optimizer}
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        # Lightning keeps (saves, restores) the scheduler; the task steps it (training_step)
+        self._schedule = EpochSchedule.from_lightning(scheduler)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self._schedule.scheduler}}

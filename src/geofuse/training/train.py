@@ -21,14 +21,21 @@ from rich.console import Console
 
 import geofuse
 from geofuse.config import StudyConfig, dump_config, parse_config
-from geofuse.data.datamodule import PatchDataModule, check_splits, select_inputs, split_counts
-from geofuse.data.normalize import BandStats, compute_band_stats
+from geofuse.data.datamodule import (
+    PatchDataModule,
+    check_splits,
+    select_inputs,
+    split_counts,
+    train_tabular_stats,
+)
+from geofuse.data.normalize import BandStats, TabularStats, compute_band_stats
 from geofuse.data.patchset import PatchSet
 from geofuse.errors import ConfigError, RunDirError
 from geofuse.io_utils import atomic_write_json
 from geofuse.models.freeze import frozen_fraction, frozen_parameter_fraction
 from geofuse.models.registry import count_parameters
 from geofuse.rundir import HISTORY_COLUMNS, RunDir, default_run_name, read_history, write_history
+from geofuse.training._progress import ThrottledProgressBar
 from geofuse.training.checkpoints import BestAndLastCheckpoint
 from geofuse.training.guards import CollapseStopper
 from geofuse.training.task import ClassificationTask
@@ -108,6 +115,7 @@ def train_model(
     patches, patches_path = _load_patches(cfg, run, patchset, resume)
     max_epochs = epochs or cfg.train.epochs
     stats = _band_stats(run, patches, resume)
+    tab_stats = _tabular_stats(run, patches, resume)
     _write_resolved_config(cfg, run, patches_path, max_epochs)
     info = _run_info(cfg, run, patches, patches_path, resume)
     atomic_write_json(run.run_json, info)
@@ -120,7 +128,7 @@ def train_model(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = PatchDataModule(
         patches, batch_size=cfg.train.batch_size, num_workers=cfg.train.num_workers,
-        augment=cfg.train.augment, stats=stats, seed=cfg.seed,
+        augment=cfg.train.augment, stats=stats, seed=cfg.seed, tabular_stats=tab_stats,
     )
     task = build_task(cfg, patches)
     started = time.perf_counter()
@@ -231,6 +239,25 @@ def _band_stats(run: RunDir, patches: PatchSet, resume: bool) -> BandStats:
     return stats
 
 
+def _tabular_stats(run: RunDir, patches: PatchSet, resume: bool) -> TabularStats | None:
+    """Train-split statistics of the tabular attributes, saved in the run directory (None and
+    no file when the PatchSet has none); on resume the saved ones."""
+    if patches.tabular is None:
+        return None
+    if resume and run.tabular_normalization.is_file():
+        stats = TabularStats.load(run.tabular_normalization)
+        if list(stats.columns) != list(patches.tabular_names):
+            raise RunDirError(
+                f"run {str(run.path)!r} was trained on tabular columns {stats.columns}, the "
+                f"PatchSet now has {list(patches.tabular_names)}; start a new run with --run-name"
+            )
+        return stats
+    stats = train_tabular_stats(patches)
+    if stats is not None:
+        stats.save(run.tabular_normalization)
+    return stats
+
+
 def _write_resolved_config(
     cfg: StudyConfig, run: RunDir, patches_path: Path, max_epochs: int
 ) -> None:
@@ -323,6 +350,8 @@ def _build_trainer(cfg: StudyConfig, run: RunDir, max_epochs: int, progress: boo
     ]
     if cfg.guards.stop_on_collapse:
         callbacks.append(CollapseStopper(cfg.guards))
+    if progress:
+        callbacks.append(ThrottledProgressBar())
     return L.Trainer(
         max_epochs=max_epochs, accelerator=cfg.train.accelerator, devices=1,
         deterministic=cfg.train.deterministic, logger=False, callbacks=callbacks,

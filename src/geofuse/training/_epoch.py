@@ -1,0 +1,89 @@
+"""Per-epoch accumulation of a stage's losses and predictions, with almost no work per step.
+
+:class:`~geofuse.training.task.ClassificationTask` used to call ``self.log`` for the loss and
+the torchmetrics collection at every step. Each of those three calls cost Lightning ~0.4 ms (it
+moves its result state to the value's device), together a third of a SimpleCNN step on CPU. A
+step now only keeps references to its loss, predictions and targets; the epoch values are
+computed once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
+
+class EpochAccumulator:
+    """Losses, batch sizes, predicted and true classes of one stage since the last reset.
+
+    :meth:`loss` reproduces bit for bit what Lightning computes for a value logged with
+    ``self.log(name, loss, on_step=False, on_epoch=True, batch_size=len(batch))``: the running
+    sum ``total + value * batch_size``, started at 0 in the default dtype (float32; float64
+    losses promote it), divided by the int64 sample count. The sum is only deferred to the
+    epoch's end, where it runs on the host in numpy scalars of the same dtypes (IEEE-754
+    multiplication and addition round alike in torch and numpy), after one transfer instead of
+    two device operations per step.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the epoch so far."""
+        self.losses: list[torch.Tensor] = []
+        self.sizes: list[int] = []
+        self.preds: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+
+    @property
+    def empty(self) -> bool:
+        """True when no step was added since the last reset."""
+        return not self.sizes
+
+    def update(self, loss: torch.Tensor, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """Add one batch: its mean loss (a scalar), predicted and true class indices."""
+        self.losses.append(loss.detach())
+        self.sizes.append(len(target))
+        self.preds.append(preds.detach())
+        self.targets.append(target.detach())
+
+    def loss(self) -> torch.Tensor:
+        """Sample-weighted mean of the batch losses (0-dim tensor on the host).
+
+        Raises:
+            RuntimeError: no batch was added since the last reset.
+        """
+        if self.empty:
+            raise RuntimeError("no batch was added since the last reset")
+        values = torch.stack(self.losses)
+        if values.dtype not in (torch.float32, torch.float64):  # as Lightning: half -> default
+            values = values.to(torch.get_default_dtype())
+        default = torch.zeros((), dtype=torch.get_default_dtype()).numpy().dtype
+        total = np.zeros((), dtype=default)[()]
+        for value, size in zip(values.cpu().numpy(), self.sizes, strict=True):
+            total = total + value * value.dtype.type(size)
+        count = torch.tensor(sum(self.sizes), dtype=torch.int64)
+        return torch.from_numpy(np.asarray(total)) / count
+
+    def predictions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All predicted and true class indices added since the last reset."""
+        return torch.cat(self.preds), torch.cat(self.targets)
+
+
+def epoch_scores(preds: torch.Tensor, target: torch.Tensor, num_classes: int
+                 ) -> dict[str, torch.Tensor]:
+    """``accuracy`` (overall) and ``f1_macro`` of a stage's epoch, as torchmetrics computes them.
+
+    The values equal those of ``MulticlassAccuracy(num_classes, average="micro")`` and
+    ``MulticlassF1Score(num_classes, average="macro")`` updated batch by batch (the same counts,
+    reduced by the same functions), at a fraction of the cost of the stateful metric objects.
+    Inputs are not validated again: the loss of every step already required valid targets, and
+    the predictions are arg-maxes over ``num_classes`` logits.
+    """
+    return {
+        "accuracy": multiclass_accuracy(preds, target, num_classes, average="micro",
+                                        validate_args=False),
+        "f1_macro": multiclass_f1_score(preds, target, num_classes, average="macro",
+                                        validate_args=False),
+    }
