@@ -19,6 +19,7 @@ import torch
 from geofuse.data.datamodule import normalized_tabular
 from geofuse.data.normalize import BandStats, normalize
 from geofuse.data.patchset import PatchSet
+from geofuse.evaluation.evaluate import load_tabular_stats
 from geofuse.rundir import RunDir
 
 BATCH = 256
@@ -78,7 +79,7 @@ def cell_importance(run_dir: Path, n_repeats: int, seed: int) -> dict[str, Any] 
     info = run.read_json(run.run_json)
     patches = PatchSet.load(info["patches_path"]).select_bands(info["bands"])
     val = patches.split_indices("val")
-    tab = normalized_tabular(patches)
+    tab = normalized_tabular(patches, load_tabular_stats(run, patches))  # the run's own stats
     predict_fn = make_predict_fn(run.path, None if tab is None else tab[val])
     result = permutation_importance(
         predict_fn, patches.x[val], patches.y[val], list(patches.band_names),
