@@ -16,6 +16,9 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_valid
 
 from geofuse._config_base import ModalityConfig, _Model
 from geofuse.config_dataset import DatasetConfig
+from geofuse.config_experiments import AblationConfig, GuardConfig
+from geofuse.config_experiments import AblationModelConfig as AblationModelConfig  # re-export
+from geofuse.config_experiments import RayConfig as RayConfig  # re-export
 from geofuse.errors import ConfigError, DataNotFoundError
 
 
@@ -230,105 +233,6 @@ class TrainConfig(_Model):
                 f"warmup_epochs={self.warmup_epochs} cannot be combined with scheduler "
                 "'plateau'; pick another scheduler (e.g. cosine) or set warmup_epochs: 0"
             )
-        return self
-
-
-class GuardConfig(_Model):
-    """Thresholds of the collapse guard."""
-
-    one_class_fraction: float = Field(
-        0.9, gt=0, le=1, description="Collapse if one class gets this share of predictions."
-    )
-    majority_margin: float = Field(
-        0.0, ge=0, description="Collapse if accuracy <= majority-class rate + this margin."
-    )
-    flat_epochs: int = Field(
-        10, ge=2, description="Collapse if val_loss stays flat for this many epochs."
-    )
-    flat_tolerance: float = Field(
-        1e-3, ge=0, description="Flat: max - min of val_loss <= this share of its mean."
-    )
-    stop_on_collapse: bool = Field(
-        False, description="Stop training at the first validation epoch with a NaN or flat "
-        "loss or one-class predictions (the reason is recorded in run.json)."
-    )
-
-
-class RayConfig(_Model):
-    """Run ablation cells as Ray tasks (``ablation.ray``)."""
-
-    address: str | None = Field(
-        None, description="Ray cluster address (auto, ray://host:10001) or 'local' to start a "
-        "local Ray instance; default: no Ray (local processes, see ablation.workers)."
-    )
-    num_cpus_per_cell: float = Field(1.0, gt=0, description="CPUs Ray reserves per cell.")
-
-
-class AblationModelConfig(_Model):
-    """One model/fusion strategy of the ablation grid (``ablation.models`` entry)."""
-
-    name: str = Field(description="Registered model, e.g. simple_cnn, late_fusion.")
-    options: dict[str, Any] = Field(
-        default_factory=dict, description="train.model keys for this entry, e.g. {merge: "
-        "attention}."
-    )
-    label: str | None = Field(None, description="Name in config ids; default name[+options].")
-
-
-class AblationConfig(_Model):
-    """Sensor-subset x model x seed grid, cross-validated over grouped folds (geofuse ablate)."""
-
-    folds: int = Field(5, ge=2, description="Number of cross-validation folds.")
-    group_by: Literal["polygon", "cell", "tile", "block"] = Field(
-        "polygon", description="Unit that never straddles folds: polygon or cell (the "
-        "PatchSet's groups: label polygons, or 1 km cells of So2Sat-POP), "
-        "tile (tile_regex on the group) or block (square spatial blocks of block_size)."
-    )
-    block_size: float | None = Field(
-        None, gt=0, description="group_by block: block side in CRS units (use at least a few "
-        "patch footprints); blocks are also merged with the polygons they cut."
-    )
-    tile_regex: str = Field(
-        r"^([^/]+)/", description="group_by tile: regex whose first group (or match) in a "
-        "patch's group gives its tile, e.g. 'tile_03/polygon:17' -> tile_03."
-    )
-    stratify: Literal["class", "change_level"] = Field(
-        "class", description="Stratify folds by class, or by change level (low <5%, moderate "
-        "5-30%, high >=30% positive pixels; segmentation)."
-    )
-    test_fraction: float = Field(
-        0.0, ge=0, lt=1, description="Held-out test share carved out first (grouped, "
-        "stratified); evaluated per cell, never used for selection."
-    )
-    baseline: str | None = Field(
-        None, description="config_id the others are tested against (paired tests), e.g. "
-        "'s2/simple_cnn'; default: the primary modality alone with the first model."
-    )
-    sensors: list[list[str]] | None = Field(
-        None, description="Modality subsets; default: primary alone, primary + each other, all."
-    )
-    primary: str | None = Field(None, description="Primary modality; default the first one.")
-    models: list[str | AblationModelConfig] | None = Field(
-        None, description="Model names or {name, options, label}; default: train.model."
-    )
-    seeds: list[int] | None = Field(None, description="Training seeds; default [seed].")
-    epochs: int | None = Field(None, ge=1, description="Override train.epochs per cell.")
-    workers: int = Field(1, ge=1, description="Cells trained in parallel (local processes).")
-    ray: RayConfig = RayConfig()
-    importance: bool = Field(
-        False, description="Per-modality and per-band permutation importance on each "
-        "validation fold."
-    )
-    importance_repeats: int = Field(5, ge=1, description="Permutations per band/modality.")
-    keep_checkpoints: bool = Field(
-        False, description="Keep each cell's checkpoints (default: deleted once recorded)."
-    )
-    output: str = Field("studies", description="Study folders go here, relative to workdir.")
-
-    @model_validator(mode="after")
-    def _check_grouping(self) -> AblationConfig:
-        if self.group_by == "block" and self.block_size is None:
-            raise ValueError("group_by 'block' needs ablation.block_size (CRS units); set it")
         return self
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pydantic import BaseModel
@@ -14,7 +15,8 @@ from geofuse.config import StudyConfig
 def _type_name(ann: Any) -> str:
     text = getattr(ann, "__name__", None) if isinstance(ann, type) else None
     text = text or str(ann).replace("typing.", "")
-    return text.replace("geofuse.config.", "").replace("|", "or")
+    text = re.sub(r"geofuse\.(?:\w+\.)*(?=[A-Z])", "", text)  # geofuse.config.X -> X
+    return text.replace("|", "or")
 
 
 def _default(field: Any) -> str:
