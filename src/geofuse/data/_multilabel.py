@@ -13,14 +13,21 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def class_table(inverse: np.ndarray, y: np.ndarray, n_units: int, num_classes: int
+                ) -> np.ndarray:
+    """(U, K) patch counts per unit and class, given each patch's unit index."""
+    table = np.zeros((n_units, num_classes), dtype=np.int64)
+    np.add.at(table, (inverse, np.asarray(y, dtype=np.int64)), 1)
+    return table
+
+
 def unit_class_table(
     y: np.ndarray, units: np.ndarray, num_classes: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(unit index of each patch, (U, K) patch counts per unit and class)."""
     _, inverse = np.unique(np.asarray(units).astype(str), return_inverse=True)
-    table = np.zeros((inverse.max() + 1 if len(inverse) else 0, num_classes), dtype=np.int64)
-    np.add.at(table, (inverse, np.asarray(y, dtype=np.int64)), 1)
-    return inverse, table
+    n_units = int(inverse.max()) + 1 if len(inverse) else 0
+    return inverse, class_table(inverse, y, n_units, num_classes)
 
 
 def covers(table: np.ndarray, split: np.ndarray, n_splits: int) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Self
 
 import numpy as np
 
@@ -20,8 +21,47 @@ from geofuse.io_utils import atomic_write_json
 MIN_STD = 1e-6
 
 
+class _MeanStd:
+    """Named mean/std per channel or column, saved as JSON ``{<names>: [...], "mean", "std"}``.
+
+    Subclasses are frozen dataclasses with the fields ``<names>``, ``mean`` and ``std``.
+    """
+
+    _NAMES: ClassVar[str]  # field holding the names
+    _DTYPE: ClassVar[type]  # dtype of mean and std
+    _FILE: ClassVar[str]  # what the file is, for the missing-file message
+    _UNIT: ClassVar[str]  # what one entry is, for the length message
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", np.asarray(self.mean, dtype=self._DTYPE))
+        object.__setattr__(self, "std", np.asarray(self.std, dtype=self._DTYPE))
+        if not len(getattr(self, self._NAMES)) == len(self.mean) == len(self.std):
+            raise ValueError(f"{self._NAMES}, mean and std must have one entry per {self._UNIT}")
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-able form: ``{<names>: [...], "mean": [...], "std": [...]}``."""
+        return {self._NAMES: list(getattr(self, self._NAMES)), "mean": self.mean.tolist(),
+                "std": self.std.tolist()}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the statistics to ``path`` as JSON, atomically."""
+        atomic_write_json(path, self.to_dict())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        """Read statistics written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise RunDirError(
+                f"{cls._FILE} {str(path)!r} is missing; re-run 'geofuse train' for this run"
+            )
+        data = json.loads(path.read_text())
+        return cls(**{cls._NAMES: list(data[cls._NAMES])}, mean=data["mean"], std=data["std"])
+
+
 @dataclass(frozen=True)
-class BandStats:
+class BandStats(_MeanStd):
     """Mean and standard deviation of each band, in channel order.
 
     Attributes:
@@ -34,31 +74,10 @@ class BandStats:
     mean: np.ndarray
     std: np.ndarray
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "mean", np.asarray(self.mean, dtype=np.float32))
-        object.__setattr__(self, "std", np.asarray(self.std, dtype=np.float32))
-        if not len(self.bands) == len(self.mean) == len(self.std):
-            raise ValueError("bands, mean and std must have one entry per channel")
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON-able form: ``{"bands": [...], "mean": [...], "std": [...]}``."""
-        return {"bands": list(self.bands), "mean": self.mean.tolist(), "std": self.std.tolist()}
-
-    def save(self, path: str | Path) -> Path:
-        """Write the statistics to ``path`` as JSON, atomically."""
-        atomic_write_json(path, self.to_dict())
-        return Path(path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> BandStats:
-        """Read statistics written by :meth:`save`."""
-        path = Path(path)
-        if not path.is_file():
-            raise RunDirError(
-                f"normalisation file {str(path)!r} is missing; re-run 'geofuse train' for this run"
-            )
-        data = json.loads(path.read_text())
-        return cls(bands=list(data["bands"]), mean=data["mean"], std=data["std"])
+    _NAMES: ClassVar[str] = "bands"
+    _DTYPE: ClassVar[type] = np.float32
+    _FILE: ClassVar[str] = "normalisation file"
+    _UNIT: ClassVar[str] = "channel"
 
 
 def compute_band_stats(x: np.ndarray, bands: list[str]) -> BandStats:
@@ -92,7 +111,7 @@ def normalize(x: np.ndarray, stats: BandStats) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class TabularStats:
+class TabularStats(_MeanStd):
     """Mean and standard deviation of each tabular attribute (column) of the training split.
 
     Kept in float64, as computed, so that saving and loading them changes no normalised value.
@@ -107,33 +126,10 @@ class TabularStats:
     mean: np.ndarray
     std: np.ndarray
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "mean", np.asarray(self.mean, dtype=np.float64))
-        object.__setattr__(self, "std", np.asarray(self.std, dtype=np.float64))
-        if not len(self.columns) == len(self.mean) == len(self.std):
-            raise ValueError("columns, mean and std must have one entry per tabular column")
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON-able form: ``{"columns": [...], "mean": [...], "std": [...]}``."""
-        return {"columns": list(self.columns), "mean": self.mean.tolist(),
-                "std": self.std.tolist()}
-
-    def save(self, path: str | Path) -> Path:
-        """Write the statistics to ``path`` as JSON, atomically."""
-        atomic_write_json(path, self.to_dict())
-        return Path(path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> TabularStats:
-        """Read statistics written by :meth:`save`."""
-        path = Path(path)
-        if not path.is_file():
-            raise RunDirError(
-                f"tabular normalisation file {str(path)!r} is missing; re-run 'geofuse train' "
-                "for this run"
-            )
-        data = json.loads(path.read_text())
-        return cls(columns=list(data["columns"]), mean=data["mean"], std=data["std"])
+    _NAMES: ClassVar[str] = "columns"
+    _DTYPE: ClassVar[type] = np.float64
+    _FILE: ClassVar[str] = "tabular normalisation file"
+    _UNIT: ClassVar[str] = "tabular column"
 
 
 def compute_tabular_stats(tabular: np.ndarray, columns: list[str]) -> TabularStats:

@@ -38,9 +38,7 @@ def group_table(
     y: np.ndarray, groups: np.ndarray, num_classes: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-group class counts: (inverse index of each patch, majority class, patch count)."""
-    _, inverse = np.unique(groups, return_inverse=True)
-    table = np.zeros((inverse.max() + 1 if len(inverse) else 0, num_classes), dtype=np.int64)
-    np.add.at(table, (inverse, y), 1)
+    inverse, table = unit_class_table(y, groups, num_classes)
     return inverse, table.argmax(axis=1), table.sum(axis=1)
 
 
@@ -132,11 +130,11 @@ def assign_splits(
     fractions = [1 - val_fraction - test_fraction, val_fraction]
     fractions += [test_fraction] if test_fraction > 0 else []
     split_names = [SPLIT_NAMES[s] for s in range(len(fractions))]
-    inverse, major, sizes = group_table(y, groups, num_classes)
+    inverse, table = unit_class_table(y, groups, num_classes)
+    major, sizes = table.argmax(axis=1), table.sum(axis=1)
     n_groups = np.bincount(major, minlength=num_classes)
     if (n_groups < len(fractions)).any():
         # groups holding several classes (cells, tiles): stratify on all of their classes
-        _, table = unit_class_table(y, groups, num_classes)
         present = (table > 0).sum(axis=0)
         found = None
         if (present >= len(fractions)).all():

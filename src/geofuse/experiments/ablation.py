@@ -154,6 +154,7 @@ def _write_study_json(
     now = datetime.now(UTC).isoformat(timespec="seconds")
     created = json.loads(path.read_text()).get("created_at", now) if path.is_file() else now
     config_ids = list(dict.fromkeys(c["config_id"] for c in cells))
+    summary = fold_summary(folds, patches.y, list(patches.class_names))
     atomic_write_json(path, {
         "schema_version": SCHEMA_VERSION, "kind": kind, "name": study_dir.name,
         "created_at": created, "updated_at": now, "geofuse_version": geofuse.__version__,
@@ -166,9 +167,9 @@ def _write_study_json(
         },
         "folds": {"n_folds": folds.n_folds, "group_by": folds.group_by,
                   "fingerprint": fingerprint,
-                  "summary": fold_summary(folds, patches.y, list(patches.class_names))},
+                  "summary": summary},
         "class_names": list(patches.class_names),
-        "data": study_data(patches, folds),
+        "data": study_data(patches, folds, summary),
         "config": cfg.model_dump(mode="json"),
     })
 
@@ -180,10 +181,11 @@ def _short_crs(crs: str) -> str:
         return crs[:40]
 
 
-def study_data(patches: PatchSet, folds: FoldAssignment) -> dict[str, Any]:
-    """Data summary for the report: patches and class counts per fold, bands, grid, test set."""
-    per_split = {name: d["per_class"] for name, d in
-                 fold_summary(folds, patches.y, list(patches.class_names)).items()}
+def study_data(patches: PatchSet, folds: FoldAssignment, summary: dict[str, Any]
+               ) -> dict[str, Any]:
+    """Data summary for the report: patches and class counts per fold (``summary``, from
+    :func:`fold_summary`), bands, grid, test set."""
+    per_split = {name: d["per_class"] for name, d in summary.items()}
     n_test = int((folds.fold == TEST_FOLD).sum())
     external = patches.provenance.get("external_test")
     if external:

@@ -19,7 +19,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
-from geofuse.data._multilabel import covers, stratify_units
+from geofuse.data._multilabel import class_table, covers, stratify_units
 from geofuse.data.external_test import external_test_mask
 from geofuse.data.patchset import SPLIT_CODES, PatchSet
 from geofuse.data.splits import divide_groups, group_table
@@ -215,9 +215,7 @@ def _rest_folds(
     Units of one class (polygons) are divided per class; units holding several classes
     (cells, tiles) by iterative stratification. ``None`` when neither covers every class.
     """
-    table = np.zeros((len(major), n_strata), dtype=np.int64)
-    np.add.at(table, (unit_idx, y), 1)
-    table = table[rest_units]
+    table = class_table(unit_idx, y, len(major), n_strata)[rest_units]
     per_major = np.bincount(major[rest_units], minlength=n_strata)
     if (per_major[per_major > 0] >= n_folds).all():
         fold = _balanced_folds(major[rest_units], sizes[rest_units], n_folds, seed)
