@@ -7,17 +7,26 @@ and augmentation), batch size, Adam + ReduceLROnPlateau, a train pass and a vali
 (loss and accuracy) per epoch, nothing else. The ratio is therefore the framework overhead.
 
 Models: SimpleCNN on 8x8 patches; ResNet-50 (timm, from scratch) on 32x32 patches.
-Each runs ``--warmup`` epochs untimed, then ``--epochs`` timed epochs.
+Each runs ``--warmup`` epochs untimed, then ``--epochs`` timed epochs, and counts its median
+epoch; ``--pairs`` plain and geofuse runs alternate, and the medians over the pairs are
+reported, so that a burst of load on a shared machine does not decide the ratio. The plain
+loop runs in the environment of a script that never imports Lightning
+(:func:`without_lightning_environment`).
 
-Run: ``.venv/bin/python benchmarks/train_overhead.py [--n 2000] [--epochs 3] [--models ...]``.
+Run: ``.venv/bin/python benchmarks/train_overhead.py [--n 2000] [--epochs 9] [--pairs 5]``.
 Target (issue #3): geofuse <= 1.15x the plain loop.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
+import os
+import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +41,7 @@ from geofuse.data.datamodule import PatchDataModule
 from geofuse.data.patchset import PatchSet
 from geofuse.models.registry import MODELS
 from geofuse.rundir import RunDir
+from geofuse.training._step_costs import NVML_CHECK_VARIABLE, cuda_check_without_missing_nvml
 from geofuse.training.train import _build_trainer, _quiet_lightning, build_task
 
 CASES = {"simple_cnn": 8, "resnet50": 32}  # model -> patch size
@@ -85,17 +95,21 @@ class EpochTimer(Callback):
 def time_geofuse(
     cfg: StudyConfig, patches: PatchSet, warmup: int, epochs: int
 ) -> tuple[float, float]:
-    """Seconds per timed epoch (train + validation + callbacks) of geofuse training, and the
-    one-off seconds after the last epoch (final best/last checkpoint writes)."""
+    """Median seconds of the timed epochs of geofuse training (start to start: train,
+    validation, callbacks, Lightning's epoch-end work), and the one-off seconds after the last
+    epoch (final best/last checkpoint writes)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = PatchDataModule(patches, batch_size=cfg.train.batch_size, seed=cfg.seed)
     task = build_task(cfg, patches)
     timer = EpochTimer()
-    with _quiet_lightning():
+    with _quiet_lightning(), cuda_check_without_missing_nvml():  # as train_model
         trainer = _build_trainer(cfg, RunDir(cfg.runs_path / "bench"), warmup + epochs, False)
         trainer.callbacks.append(timer)
         trainer.fit(task, datamodule=data)
-    return (timer.ends[-1] - timer.starts[warmup]) / epochs, timer.end - timer.ends[-1]
+    starts = timer.starts[warmup:]
+    seconds = [b - a for a, b in itertools.pairwise(starts)]
+    seconds.append(timer.ends[-1] - starts[-1])
+    return statistics.median(seconds), timer.end - timer.ends[-1]
 
 
 def _plain_epoch(
@@ -119,10 +133,31 @@ def _plain_epoch(
     sched.step(total / n)
 
 
+@contextlib.contextmanager
+def without_lightning_environment() -> Iterator[None]:
+    """The environment of a script that never imports Lightning: without the
+    ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` that importing Lightning sets (which makes every Adam
+    step on a machine without NVML try to load it, ~0.2 ms)."""
+    value = os.environ.pop(NVML_CHECK_VARIABLE, None)
+    try:
+        yield
+    finally:
+        if value is not None:
+            os.environ[NVML_CHECK_VARIABLE] = value
+
+
 def time_plain(
     cfg: StudyConfig, patches: PatchSet, warmup: int, epochs: int, device: str
 ) -> float:
-    """Seconds per timed epoch of a plain PyTorch loop over the same model and loaders."""
+    """Median seconds of the timed epochs of a plain PyTorch loop over the same model and
+    loaders."""
+    with without_lightning_environment():
+        return _time_plain(cfg, patches, warmup, epochs, device)
+
+
+def _time_plain(
+    cfg: StudyConfig, patches: PatchSet, warmup: int, epochs: int, device: str
+) -> float:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.use_deterministic_algorithms(bool(cfg.train.deterministic))
     data = PatchDataModule(patches, batch_size=cfg.train.batch_size, seed=cfg.seed)
@@ -132,10 +167,12 @@ def time_plain(
                                                        patience=cfg.train.plateau_patience)
     for _ in range(warmup):
         _plain_epoch(model, data, opt, sched, device)
-    start = time.perf_counter()
+    seconds = []
     for _ in range(epochs):
+        start = time.perf_counter()
         _plain_epoch(model, data, opt, sched, device)
-    return (time.perf_counter() - start) / epochs
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
 
 
 def main() -> None:
@@ -143,10 +180,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000, help="patches (SimpleCNN)")
     parser.add_argument("--n-resnet", type=int, default=160, help="patches (ResNet-50)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="interleaved plain/geofuse runs per model; medians are reported")
     args = parser.parse_args()
     rows = []
     for model, size in CASES.items():
@@ -157,20 +196,28 @@ def main() -> None:
             continue
         n = args.n if model == "simple_cnn" else args.n_resnet
         patches = make_patches(n, size)
+        plain, geo, final, ratios = [], [], [], []
         with tempfile.TemporaryDirectory() as tmp:
             cfg = make_config(Path(tmp), model, args.batch_size, args.device)
-            plain = time_plain(cfg, patches, args.warmup, args.epochs, args.device)
-            geo, final = time_geofuse(cfg, patches, args.warmup, args.epochs)
-        rows.append((model, f"{size}x{size}", n, plain, geo, final))
+            for _ in range(args.pairs):  # alternated, so both sides see the same machine load
+                plain.append(time_plain(cfg, patches, args.warmup, args.epochs, args.device))
+                seconds, end_seconds = time_geofuse(cfg, patches, args.warmup, args.epochs)
+                geo.append(seconds)
+                final.append(end_seconds)
+                ratios.append(seconds / plain[-1])
+        rows.append((model, f"{size}x{size}", n, statistics.median(plain),
+                     statistics.median(geo), ratios, statistics.median(final)))
     print(f"\n{'model':<12}{'patch':>7}{'patches':>9}{'plain s/epoch':>15}{'geofuse s/epoch':>17}"
-          f"{'ratio':>8}{'one-off end s':>15}")
-    for model, size, n, plain, geo, final in rows:
-        print(f"{model:<12}{size:>7}{n:>9}{plain:>15.3f}{geo:>17.3f}{geo / plain:>7.2f}x"
-              f"{final:>15.2f}")
-    print(f"\n{args.epochs} timed epochs after {args.warmup} warm-up, batch {args.batch_size}, "
-          f"{args.device} ({torch.get_num_threads()} CPU threads); target geofuse <= 1.15x plain")
+          f"{'ratio':>8}{'ratio range':>14}{'one-off end s':>15}")
+    for model, size, n, plain_s, geo_s, ratios, final_s in rows:
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+        print(f"{model:<12}{size:>7}{n:>9}{plain_s:>15.3f}{geo_s:>17.3f}"
+              f"{statistics.median(ratios):>7.2f}x{spread:>14}{final_s:>15.2f}")
+    print(f"\n{args.pairs} alternated pairs of runs, each {args.epochs} timed epochs after "
+          f"{args.warmup} warm-up, batch {args.batch_size}, {args.device} "
+          f"({torch.get_num_threads()} CPU threads). s/epoch: median epoch of a run, median over "
+          "the runs; ratio: median over the pairs; target geofuse <= 1.15x plain")
     print("one-off end: writing best.ckpt and last.ckpt once when training ends (not per epoch)")
-
 
 if __name__ == "__main__":
     main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -201,3 +202,15 @@ class PatchDataModule(L.LightningDataModule):
     def loader(self, split: str) -> DataLoader[Sample]:
         """Unshuffled, unaugmented loader of any split (for evaluation)."""
         return self._loader(split)
+
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
+        """The batch itself when all its values are tensors on ``device`` already (CPU
+        training); otherwise Lightning's move. Lightning's generic move walks the batch and
+        rebuilds it, ~50 us a step, to return equal tensors."""
+        if isinstance(batch, dict) and all(
+            isinstance(v, torch.Tensor) and v.device == device for v in batch.values()
+        ):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)

@@ -26,6 +26,7 @@ from geofuse.config import TrainConfig
 from geofuse.models.registry import create_model
 from geofuse.training._epoch import EpochAccumulator, epoch_scores
 from geofuse.training._schedulers import EpochSchedule
+from geofuse.training._step_costs import direct_backward_allowed
 from geofuse.training.losses import build_loss
 from geofuse.training.optim import build_optimizer, build_scheduler
 
@@ -86,6 +87,7 @@ class ClassificationTask(L.LightningModule):
         self.automatic_optimization = False
         self._train_epoch_done = False
         self._schedule: EpochSchedule | None = None  # set by configure_optimizers
+        self._direct_backward = False  # set by on_train_start
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets ``_current_fx_name`` (a str or None) around every hook call, dozens of
@@ -124,7 +126,9 @@ class ClassificationTask(L.LightningModule):
 
         Lightning's automatic loop does the same work in the same order (forward, zero_grad,
         backward, optimizer step, with the same callback hooks around backward and step)
-        through a closure and more hook calls, ~0.2 ms a step. The epoch-interval LR
+        through a closure and more hook calls, ~0.2 ms a step. When no callback hooks the
+        backward pass, ``loss.backward()`` replaces ``manual_backward``
+        (:func:`~geofuse.training._step_costs.direct_backward_allowed`). The epoch-interval LR
         schedulers step as Lightning would (:mod:`geofuse.training._schedulers`).
         """
         optimizer = self.optimizers()
@@ -132,7 +136,10 @@ class ClassificationTask(L.LightningModule):
             optimizer = optimizer[0]
         loss = self._shared_step(batch, "train")
         optimizer.zero_grad()  # after the forward pass, as Lightning's automatic loop
-        self.manual_backward(loss)
+        if self._direct_backward:  # nothing hooks the backward pass (on_train_start)
+            loss.backward()
+        else:
+            self.manual_backward(loss)
         optimizer.step()
         if self._is_last_train_batch(batch_idx):
             self._train_epoch_done = True
@@ -151,6 +158,9 @@ class ClassificationTask(L.LightningModule):
         trainer = self.trainer
         return (batch_idx + 1 >= trainer.num_training_batches
                 or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+
+    def on_train_start(self) -> None:
+        self._direct_backward = direct_backward_allowed(self.trainer, self)
 
     # -- epoch values: reset at the start, logged once at the last batch -----------------------
     def on_train_epoch_start(self) -> None:

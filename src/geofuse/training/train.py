@@ -36,6 +36,7 @@ from geofuse.models.freeze import frozen_fraction, frozen_parameter_fraction
 from geofuse.models.registry import count_parameters
 from geofuse.rundir import HISTORY_COLUMNS, RunDir, default_run_name, read_history, write_history
 from geofuse.training._progress import ThrottledProgressBar
+from geofuse.training._step_costs import cuda_check_without_missing_nvml
 from geofuse.training.checkpoints import BestAndLastCheckpoint
 from geofuse.training.guards import CollapseStopper
 from geofuse.training.task import ClassificationTask
@@ -132,7 +133,7 @@ def train_model(
     )
     task = build_task(cfg, patches)
     started = time.perf_counter()
-    with _quiet_lightning():
+    with _quiet_lightning(), cuda_check_without_missing_nvml():
         trainer = _build_trainer(cfg, run, max_epochs, progress)
         try:
             trainer.fit(task, datamodule=datamodule, ckpt_path=run.last_ckpt if resume else None)
