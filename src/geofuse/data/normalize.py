@@ -38,6 +38,11 @@ class _MeanStd:
         if not len(getattr(self, self._NAMES)) == len(self.mean) == len(self.std):
             raise ValueError(f"{self._NAMES}, mean and std must have one entry per {self._UNIT}")
 
+    @property
+    def names(self) -> list[str]:
+        """The band or column names, one per entry."""
+        return list(getattr(self, self._NAMES))
+
     def to_dict(self) -> dict[str, object]:
         """JSON-able form: ``{<names>: [...], "mean": [...], "std": [...]}``."""
         return {self._NAMES: list(getattr(self, self._NAMES)), "mean": self.mean.tolist(),

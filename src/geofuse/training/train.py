@@ -8,10 +8,10 @@ import platform
 import shutil
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning as L
 import numpy as np
@@ -40,6 +40,8 @@ from geofuse.training._step_costs import cuda_check_without_missing_nvml
 from geofuse.training.checkpoints import BestAndLastCheckpoint
 from geofuse.training.guards import CollapseStopper
 from geofuse.training.task import ClassificationTask
+
+StatsT = TypeVar("StatsT", BandStats, TabularStats)
 
 _QUIET_WARNINGS = (
     ".*does not have many workers.*",
@@ -226,18 +228,13 @@ def _load_patches(
 
 
 def _band_stats(run: RunDir, patches: PatchSet, resume: bool) -> BandStats:
-    if resume and run.normalization.is_file():
-        stats = BandStats.load(run.normalization)
-        if list(stats.bands) != list(patches.band_names):
-            raise RunDirError(
-                f"run {str(run.path)!r} was trained on bands {stats.bands}, the config now "
-                f"selects {patches.band_names}; resume with the run's own {run.config.name} "
-                "or start a new run with --run-name"
-            )
-        return stats
-    stats = compute_band_stats(patches.x[patches.split_indices("train")], patches.band_names)
-    stats.save(run.normalization)
-    return stats
+    return _run_stats(
+        run, BandStats, run.normalization, list(patches.band_names), resume,
+        lambda: compute_band_stats(patches.x[patches.split_indices("train")],
+                                   patches.band_names),
+        f"bands {{saved}}, the config now selects {{now}}; resume with the run's own "
+        f"{run.config.name} or start a new run with --run-name",
+    )
 
 
 def _tabular_stats(run: RunDir, patches: PatchSet, resume: bool) -> TabularStats | None:
@@ -245,17 +242,27 @@ def _tabular_stats(run: RunDir, patches: PatchSet, resume: bool) -> TabularStats
     no file when the PatchSet has none); on resume the saved ones."""
     if patches.tabular is None:
         return None
-    if resume and run.tabular_normalization.is_file():
-        stats = TabularStats.load(run.tabular_normalization)
-        if list(stats.columns) != list(patches.tabular_names):
-            raise RunDirError(
-                f"run {str(run.path)!r} was trained on tabular columns {stats.columns}, the "
-                f"PatchSet now has {list(patches.tabular_names)}; start a new run with --run-name"
-            )
+    return _run_stats(
+        run, TabularStats, run.tabular_normalization, list(patches.tabular_names), resume,
+        lambda: train_tabular_stats(patches),
+        "tabular columns {saved}, the PatchSet now has {now}; start a new run with --run-name",
+    )
+
+
+def _run_stats(
+    run: RunDir, kind: type[StatsT], path: Path, names: list[str], resume: bool,
+    compute: Callable[[], StatsT], mismatch: str,
+) -> StatsT:
+    """On resume the statistics saved at ``path`` (RunDirError, with ``mismatch`` filled in,
+    when they are for other names); otherwise ``compute()``, saved at ``path``."""
+    if resume and path.is_file():
+        stats = kind.load(path)
+        if stats.names != names:
+            raise RunDirError(f"run {str(run.path)!r} was trained on "
+                              + mismatch.format(saved=stats.names, now=names))
         return stats
-    stats = train_tabular_stats(patches)
-    if stats is not None:
-        stats.save(run.tabular_normalization)
+    stats = compute()
+    stats.save(path)
     return stats
 
 
