@@ -16,7 +16,11 @@ import geofuse.training._step_costs as step_costs
 from factories import make_config, make_patchset
 from geofuse.data.datamodule import PatchDataModule
 from geofuse.rundir import RunDir
-from geofuse.training._step_costs import NVML_CHECK_VARIABLE, cuda_check_without_missing_nvml
+from geofuse.training._step_costs import (
+    NVML_CHECK_VARIABLE,
+    NoOpProfiler,
+    cuda_check_without_missing_nvml,
+)
 from geofuse.training.train import _build_trainer, _quiet_lightning, build_task, train_model
 
 
@@ -111,3 +115,13 @@ def test_transfer_keeps_a_batch_already_on_the_device() -> None:
     assert moved is not batch
     assert {v.device.type for v in moved.values()} == {"meta"}
     assert moved.keys() == batch.keys()
+
+
+def test_trainer_profiler_records_nothing_and_reuses_one_context(tmp_path: Path) -> None:
+    trainer = _build_trainer(make_config(tmp_path), RunDir(tmp_path / "run"), 1, False)
+    assert isinstance(trainer.profiler, NoOpProfiler)
+    first = trainer.profiler.profile("[Callback]a.on_train_batch_end")
+    assert trainer.profiler.profile("training_step") is first
+    with first, first:  # reusable, also nested
+        pass
+    assert trainer.profiler.summary() == ""

@@ -7,6 +7,8 @@ value, learning rate and weight as it was.
 
 from __future__ import annotations
 
+import csv
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -129,10 +132,18 @@ def test_epoch_values_lrs_and_weights_equal_the_per_step_version(
     names = {f"{s}_{m}" for s in ("train", "val") for m in ("loss", "accuracy", "f1_macro")}
     assert set(new[-1][1]) == set(old[-1][1]) == names | {"lr"}
     for (when, got), (_, want) in zip(new, old, strict=True):
+        if when.startswith("val_end"):
+            # during validation Lightning still showed the previous epoch's train values;
+            # published at the last training batch, they are the current epoch's (below)
+            got = {k: v for k, v in got.items() if not k.startswith("train_")}
+            want = {k: v for k, v in want.items() if not k.startswith("train_")}
         assert got.keys() == want.keys(), when
         for key in want:
             assert got[key].dtype == want[key].dtype, (when, key)
             assert torch.equal(got[key], want[key]), (when, key, got[key], want[key])
+    for (when, during_val), (_, at_end) in itertools.pairwise(new):
+        if when.startswith("val_end"):
+            assert all(torch.equal(during_val[k], at_end[k]) for k in names), when
     assert {float(m["val_f1_macro"]) for _, m in new} - {1.0}, "degenerate check: all F1 = 1"
     assert len({float(m["lr"]) for _, m in new}) > 1, "degenerate check: the lr never changed"
     assert new_state.keys() == old_state.keys()
@@ -170,3 +181,36 @@ def test_epoch_scores_equal_torchmetrics_updated_per_batch() -> None:
     got = epoch_scores(*acc.predictions(), 5)
     for name in ("accuracy", "f1_macro"):
         assert torch.equal(got[name], want[f"val_{name}"]), name
+
+
+def _trainer_with_csv_logger(tmp_path: Path, epochs: int) -> tuple[L.Trainer, Any, Any]:
+    cfg = make_config(tmp_path, epochs=epochs)
+    patches = make_patchset(n=70, seed=2)
+    task = build_task(cfg, patches)
+    data = PatchDataModule(patches, batch_size=cfg.train.batch_size, seed=cfg.seed)
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1,
+                        logger=CSVLogger(tmp_path / "logs", name="csv"),
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    return trainer, task, data
+
+
+def test_epoch_values_reach_loggers_progress_bar_and_validate(tmp_path: Path) -> None:
+    trainer, task, data = _trainer_with_csv_logger(tmp_path, epochs=2)
+    with _quiet_lightning():
+        trainer.fit(task, datamodule=data)
+    assert set(trainer.progress_bar_metrics) == {"train_loss", "val_loss", "val_accuracy",
+                                                 "val_f1_macro"}
+    rows = list(csv.DictReader((Path(trainer.logger.log_dir) / "metrics.csv").open()))
+    val_rows = [r for r in rows if r.get("val_loss")]
+    train_rows = [r for r in rows if r.get("train_loss")]
+    assert [int(r["epoch"]) for r in val_rows] == [int(r["epoch"]) for r in train_rows] == [0, 1]
+    last = {k: v for row in (train_rows[-1], val_rows[-1]) for k, v in row.items() if v}
+    for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_f1_macro"):
+        assert float(last[name]) == pytest.approx(float(trainer.callback_metrics[name]))
+    assert int(val_rows[-1]["step"]) == trainer.global_step
+    # outside fit the values go through self.log, so that validate returns them
+    with _quiet_lightning():
+        (result,) = trainer.validate(task, datamodule=data, verbose=False)
+    assert set(result) == {"val_loss", "val_accuracy", "val_f1_macro"}
+    assert 0.0 <= result["val_accuracy"] <= 1.0 and result["val_loss"] > 0

@@ -4,11 +4,15 @@
 the torchmetrics collection at every step. Each of those three calls cost Lightning ~0.4 ms (it
 moves its result state to the value's device), together a third of a SimpleCNN step on CPU. A
 step now only keeps references to its loss, predictions and targets; the epoch values are
-computed once.
+computed once, and during ``fit`` handed to the callbacks, the progress bar and the loggers
+directly (:func:`publish_epoch_values`) instead of through ``self.log``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import lightning as L
 import numpy as np
 import torch
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
@@ -87,3 +91,25 @@ def epoch_scores(preds: torch.Tensor, target: torch.Tensor, num_classes: int
         "f1_macro": multiclass_f1_score(preds, target, num_classes, average="macro",
                                         validate_args=False),
     }
+
+
+def publish_epoch_values(
+    trainer: L.Trainer, values: dict[str, torch.Tensor], prog_bar: Iterable[str]
+) -> None:
+    """Hand a stage's epoch values to the trainer as ``self.log(..., on_epoch=True)`` would:
+    ``trainer.callback_metrics`` (read by early stopping, checkpoints, schedulers, the history),
+    ``trainer.progress_bar_metrics`` (the names in ``prog_bar``, as floats) and every logger
+    (not while sanity checking; at ``trainer.global_step``, with the epoch).
+
+    ``self.log`` costs ~0.6 ms a value: Lightning registers each value anew every epoch and
+    deep-copies its metadata to move it to the value's device. During ``fit`` nothing reads
+    the values from Lightning's result collection, so they are published directly; Lightning
+    clears both dictionaries where it would clear logged values (after the sanity check).
+    """
+    trainer.callback_metrics.update(values)
+    trainer.progress_bar_metrics.update({name: float(values[name]) for name in prog_bar})
+    if trainer.loggers and not trainer.sanity_checking:
+        scalars = {name: float(value) for name, value in values.items()}
+        scalars["epoch"] = trainer.current_epoch
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=trainer.global_step)

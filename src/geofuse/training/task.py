@@ -5,8 +5,11 @@ down by the framework (``benchmarks/train_overhead.py``):
 
 - a step only keeps its loss, predicted and true classes
   (:class:`~geofuse.training._epoch.EpochAccumulator`); each stage's epoch values are computed
-  and logged once, at the stage's last batch, so that every callback sees them in its
-  epoch-end hooks as it did when they were logged at every step. ``{stage}_loss`` is the
+  once, at the stage's last batch, so that every callback sees them in its epoch-end hooks as
+  it did when they were logged at every step. During ``fit`` they go straight to
+  ``trainer.callback_metrics``, the progress bar and the loggers
+  (:func:`~geofuse.training._epoch.publish_epoch_values`); ``trainer.validate`` and
+  ``trainer.test`` log them with ``self.log``, so that they return them. ``{stage}_loss`` is the
   sample-weighted mean of the batch losses, bit for bit what ``self.log(..., on_epoch=True,
   batch_size=len(batch))`` gave; accuracy and macro F1 come from torchmetrics, once over the
   epoch's predictions, which gives the same counts and so the same values;
@@ -21,10 +24,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 
 from geofuse.config import TrainConfig
 from geofuse.models.registry import create_model
-from geofuse.training._epoch import EpochAccumulator, epoch_scores
+from geofuse.training._epoch import EpochAccumulator, epoch_scores, publish_epoch_values
 from geofuse.training._schedulers import EpochSchedule
 from geofuse.training._step_costs import direct_backward_allowed
 from geofuse.training.losses import build_loss
@@ -41,7 +45,8 @@ def _is_last(batch_idx: int, dataloader_idx: int, counts: list[int | float]) -> 
 class ClassificationTask(L.LightningModule):
     """Classification of ``batch["image"]`` into ``num_classes`` classes.
 
-    Logs ``{stage}_loss``, ``{stage}_accuracy`` (overall) and ``{stage}_f1_macro`` per epoch.
+    Reports ``{stage}_loss``, ``{stage}_accuracy`` (overall) and ``{stage}_f1_macro`` per epoch
+    (in ``trainer.callback_metrics``, the progress bar and the loggers).
 
     Args:
         model: registry name of the network, e.g. ``simple_cnn``.
@@ -208,8 +213,8 @@ class ClassificationTask(L.LightningModule):
         self._log_epoch("test")
 
     def _log_epoch(self, stage: str) -> None:
-        """Log ``{stage}_loss`` and the stage's metrics of the epoch so far, then reset them;
-        nothing when no step ran since the last reset."""
+        """Publish ``{stage}_loss`` and the stage's metrics of the epoch so far, then reset
+        them; nothing when no step ran since the last reset."""
         epoch = self._epoch[stage]
         if epoch.empty:
             return
@@ -217,12 +222,17 @@ class ClassificationTask(L.LightningModule):
         preds, target = epoch.predictions()
         epoch.reset()
         scores = epoch_scores(preds, target, int(self.hparams["num_classes"]))
-        values = {f"{stage}_{name}": value for name, value in scores.items()}
+        values = {f"{stage}_loss": loss}
+        values.update({f"{stage}_{name}": value for name, value in scores.items()})
+        prog_bar = [name for name in values
+                    if stage == "val" or (stage == "train" and name == "train_loss")]
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            publish_epoch_values(self.trainer, values, prog_bar)
+            return
         # logged once per epoch: batch_size=1 leaves the value as it is (x * 1 / 1)
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=1,
-                 prog_bar=stage != "test")
-        self.log_dict(values, on_step=False, on_epoch=True, batch_size=1,
-                      prog_bar=stage == "val")
+        for name, value in values.items():
+            self.log(name, value, on_step=False, on_epoch=True, batch_size=1,
+                     prog_bar=name in prog_bar)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self(batch["image"], batch.get("tab")).argmax(dim=1)

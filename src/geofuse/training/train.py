@@ -36,7 +36,7 @@ from geofuse.models.freeze import frozen_fraction, frozen_parameter_fraction
 from geofuse.models.registry import count_parameters
 from geofuse.rundir import HISTORY_COLUMNS, RunDir, default_run_name, read_history, write_history
 from geofuse.training._progress import ThrottledProgressBar
-from geofuse.training._step_costs import cuda_check_without_missing_nvml
+from geofuse.training._step_costs import NoOpProfiler, cuda_check_without_missing_nvml
 from geofuse.training.checkpoints import BestAndLastCheckpoint
 from geofuse.training.guards import CollapseStopper
 from geofuse.training.task import ClassificationTask
@@ -366,6 +366,7 @@ def _build_trainer(cfg: StudyConfig, run: RunDir, max_epochs: int, progress: boo
         enable_checkpointing=False,  # BestAndLastCheckpoint writes the files
         default_root_dir=run.path,
         enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=1,
+        profiler=NoOpProfiler(),
     )
 
 
