@@ -139,29 +139,48 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write epoch rows as CSV with :data:`HISTORY_COLUMNS`, atomically."""
+def _history_lines(rows: list[dict[str, Any]], header: bool) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(HISTORY_COLUMNS)
+    if header:
+        writer.writerow(HISTORY_COLUMNS)
     for row in rows:
         writer.writerow([_format(row.get(c)) for c in HISTORY_COLUMNS])
-    atomic_write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write epoch rows as CSV with :data:`HISTORY_COLUMNS`, atomically."""
+    atomic_write_text(path, _history_lines(rows, header=True))
+
+
+def append_history(path: Path, row: dict[str, Any]) -> None:
+    """Add one epoch row to history.csv (started with its header if missing or empty).
+
+    One short write per epoch, instead of rewriting the file: a process that is killed leaves
+    the row whole or absent; only a machine crash can cut it short, and :func:`read_history`
+    drops such a row.
+    """
+    header = not path.is_file() or path.stat().st_size == 0
+    with path.open("a", newline="") as f:
+        f.write(_history_lines([row], header=header))
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
-    """Rows of history.csv; ``epoch`` as int, metrics as float (NaN kept), blanks as None."""
+    """Rows of history.csv; ``epoch`` as int, metrics as float (NaN kept), blanks as None.
+
+    A last row cut short (a machine crash while it was appended: no line end) is dropped.
+    """
     if not path.is_file():
         return []
+    text = path.read_text()
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
     rows = []
-    with path.open(newline="") as f:
-        for raw in csv.DictReader(f):
-            row: dict[str, Any] = {}
-            for key, text in raw.items():
-                if key == "epoch":
-                    row[key] = int(text)
-                else:
-                    row[key] = float(text) if text not in ("", None) else None
-            rows.append(row)
+    for raw in csv.DictReader(io.StringIO(text, newline="")):
+        if None in raw or None in raw.values():  # too many or too few fields
+            continue
+        rows.append({key: int(value) if key == "epoch" else
+                     (float(value) if value != "" else None) for key, value in raw.items()})
     return rows
 

@@ -34,7 +34,14 @@ from geofuse.errors import ConfigError, RunDirError
 from geofuse.io_utils import atomic_write_json
 from geofuse.models.freeze import frozen_fraction, frozen_parameter_fraction
 from geofuse.models.registry import count_parameters
-from geofuse.rundir import HISTORY_COLUMNS, RunDir, default_run_name, read_history, write_history
+from geofuse.rundir import (
+    HISTORY_COLUMNS,
+    RunDir,
+    append_history,
+    default_run_name,
+    read_history,
+    write_history,
+)
 from geofuse.training._progress import ThrottledProgressBar
 from geofuse.training._step_costs import NoOpProfiler, cuda_check_without_missing_nvml
 from geofuse.training.checkpoints import BestAndLastCheckpoint
@@ -52,16 +59,16 @@ _QUIET_WARNINGS = (
 
 
 class HistoryWriter(Callback):
-    """Rewrite ``history.csv`` (atomically) after every epoch; on resume keep earlier rows."""
+    """Append a row to ``history.csv`` after every epoch. At the start the file is rewritten
+    (atomically) with the rows of earlier epochs only: those before the resumed epoch."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.rows: list[dict[str, Any]] = []
         self.lr: float | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         start = trainer.current_epoch
-        self.rows = [row for row in read_history(self.path) if row["epoch"] < start]
+        write_history(self.path, [row for row in read_history(self.path) if row["epoch"] < start])
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # per-epoch schedulers step before on_train_epoch_end: keep the LR this epoch used
@@ -74,8 +81,7 @@ class HistoryWriter(Callback):
             value = metrics.get(column)
             row[column] = float(value) if value is not None else None
         row["lr"] = self.lr
-        self.rows.append(row)
-        write_history(self.path, self.rows)
+        append_history(self.path, row)
 
 
 def train_model(
