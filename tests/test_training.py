@@ -146,6 +146,8 @@ def test_training_learns_and_writes_complete_run_dir(trained_run: Path) -> None:
     assert list(history[0]) == list(HISTORY_COLUMNS)
     assert [r["epoch"] for r in history] == list(range(8))
     assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert all(0 <= r[k] <= 1 for r in history for k in ("train_f1_macro", "val_f1_macro"))
+    assert history[-1]["train_f1_macro"] > history[0]["train_f1_macro"]
     assert metrics["best_epoch"] == min(history, key=lambda r: r["val_loss"])["epoch"]
 
 

@@ -29,7 +29,8 @@ from geofuse.errors import RunDirError
 from geofuse.io_utils import atomic_write_text
 
 HISTORY_COLUMNS = (
-    "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_f1_macro", "lr",
+    "epoch", "train_loss", "train_accuracy", "train_f1_macro", "val_loss", "val_accuracy",
+    "val_f1_macro", "lr",
 )
 
 

@@ -27,9 +27,11 @@ Cell result JSON (``slug = <config_id with / -> __>__seed<seed>__fold<fold>``)::
           confusion_matrix (rows = true), prediction_counts
     test  same as val, or null without a held-out test set
     guard collapse-guard verdict (GuardVerdict.to_dict(): collapsed, reasons, ...)
-    history  [{epoch, train_loss, train_accuracy, val_loss, val_accuracy, val_f1_macro, lr}]
+    history  [{epoch, train_loss, train_accuracy, train_f1_macro, val_loss, val_accuracy,
+              val_f1_macro, lr}]
     overfitting {best_epoch, final_epoch, epochs_trained, best {epoch, train_loss, val_loss,
-          train_accuracy, val_accuracy, val_f1_macro, gap_accuracy, gap_loss}, final {...},
+          train_accuracy, val_accuracy, train_f1_macro, val_f1_macro, gap_accuracy, gap_loss},
+          final {...},
           f1_drop_after_best}   gap_accuracy = train - val accuracy, gap_loss = val - train loss
     epochs_trained, max_epochs, stopped_early, num_params, duration_s, finished_at,
     importance  null, or {"modality": {name: {"mean", "std"}}, "band": {name: {...}}}
@@ -63,7 +65,8 @@ from geofuse.rundir import RunDir, read_history
 from geofuse.training.train import train_model
 
 SCHEMA_VERSION = 1
-HISTORY_KEYS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_f1_macro")
+HISTORY_KEYS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "train_f1_macro",
+                "val_f1_macro")
 
 
 @dataclass(frozen=True)

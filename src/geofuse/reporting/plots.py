@@ -34,9 +34,13 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]]) -> Figure:
     ax_loss, ax_score, ax_lr = fig.subplots(1, 3)
     for key, label in (("train_loss", "train"), ("val_loss", "val")):
         ax_loss.plot(*_series(history, key), marker="o", ms=3, label=label)
-    for key, label in (("train_accuracy", "train accuracy"), ("val_accuracy", "val accuracy"),
-                       ("val_f1_macro", "val macro F1")):
-        ax_score.plot(*_series(history, key), marker="o", ms=3, label=label)
+    for key, label, style in (("train_accuracy", "train accuracy", "C0-"),
+                              ("val_accuracy", "val accuracy", "C1-"),
+                              ("train_f1_macro", "train macro F1", "C0--"),
+                              ("val_f1_macro", "val macro F1", "C1--")):
+        epochs, values = _series(history, key)
+        if epochs:  # runs written before train macro F1 was recorded lack it
+            ax_score.plot(epochs, values, style, marker="o", ms=3, label=label)
     ax_lr.plot(*_series(history, "lr"), marker="o", ms=3, color="tab:gray")
     epochs, val_loss = _series(history, "val_loss")
     finite = [(e, v) for e, v in zip(epochs, val_loss, strict=True) if np.isfinite(v)]
@@ -44,7 +48,7 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]]) -> Figure:
         best = min(finite, key=lambda p: p[1])[0]
         for ax in (ax_loss, ax_score):
             ax.axvline(best, color="tab:red", ls="--", lw=1, label=f"best epoch {best}")
-    ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
+    ax_loss.set(title="Loss", xlabel="epoch", ylabel="training loss (train.loss)")
     ax_score.set(title="Accuracy and macro F1", xlabel="epoch", ylim=(0, 1.02))
     ax_lr.set(title="Learning rate", xlabel="epoch", yscale="log")
     for ax in (ax_loss, ax_score):
