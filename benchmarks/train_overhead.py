@@ -13,7 +13,12 @@ reported, so that a burst of load on a shared machine does not decide the ratio.
 loop runs in the environment of a script that never imports Lightning
 (:func:`without_lightning_environment`).
 
-Run: ``.venv/bin/python benchmarks/train_overhead.py [--n 2000] [--epochs 9] [--pairs 5]``.
+``--floor`` adds a third run to each pair: a bare LightningModule (the same model, Adam, loss
+returned from ``training_step``; no metrics, callbacks, scheduler or logging) under a plain
+Trainer, the least any Lightning training costs.
+
+Run: ``.venv/bin/python benchmarks/train_overhead.py [--n 2000] [--epochs 9] [--pairs 5]
+[--floor]``.
 Target (issue #3): geofuse <= 1.15x the plain loop.
 """
 
@@ -106,10 +111,47 @@ def time_geofuse(
         trainer = _build_trainer(cfg, RunDir(cfg.runs_path / "bench"), warmup + epochs, False)
         trainer.callbacks.append(timer)
         trainer.fit(task, datamodule=data)
+    return _median_epoch(timer, warmup), timer.end - timer.ends[-1]
+
+
+class BareTask(L.LightningModule):
+    """The least a LightningModule does: forward, cross-entropy, Adam."""
+
+    def __init__(self, model: torch.nn.Module, lr: float) -> None:
+        super().__init__()
+        self.model, self.lr = model, lr
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return F.cross_entropy(self.model(batch["image"]), batch["label"])
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return F.cross_entropy(self.model(batch["image"]), batch["label"])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+def time_bare_lightning(cfg: StudyConfig, patches: PatchSet, warmup: int, epochs: int) -> float:
+    """Median seconds of the timed epochs of :class:`BareTask` under a Trainer without
+    logger, checkpointing, progress bar or model summary."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = PatchDataModule(patches, batch_size=cfg.train.batch_size, seed=cfg.seed)
+    task = BareTask(build_task(cfg, patches).model, cfg.train.lr)
+    timer = EpochTimer()
+    with _quiet_lightning(), cuda_check_without_missing_nvml():
+        trainer = L.Trainer(max_epochs=warmup + epochs, accelerator=cfg.train.accelerator,
+                            devices=1, deterministic=cfg.train.deterministic, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, callbacks=[timer])
+        trainer.fit(task, datamodule=data)
+    return _median_epoch(timer, warmup)
+
+
+def _median_epoch(timer: EpochTimer, warmup: int) -> float:
     starts = timer.starts[warmup:]
     seconds = [b - a for a, b in itertools.pairwise(starts)]
     seconds.append(timer.ends[-1] - starts[-1])
-    return statistics.median(seconds), timer.end - timer.ends[-1]
+    return statistics.median(seconds)
 
 
 def _plain_epoch(
@@ -184,8 +226,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--pairs", type=int, default=3,
+    parser.add_argument("--pairs", type=int, default=5,
                         help="interleaved plain/geofuse runs per model; medians are reported")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time a bare LightningModule in each pair (Lightning's floor)")
     args = parser.parse_args()
     rows = []
     for model, size in CASES.items():
@@ -196,7 +240,7 @@ def main() -> None:
             continue
         n = args.n if model == "simple_cnn" else args.n_resnet
         patches = make_patches(n, size)
-        plain, geo, final, ratios = [], [], [], []
+        plain, geo, final, ratios, floor = [], [], [], [], []
         with tempfile.TemporaryDirectory() as tmp:
             cfg = make_config(Path(tmp), model, args.batch_size, args.device)
             for _ in range(args.pairs):  # alternated, so both sides see the same machine load
@@ -205,19 +249,27 @@ def main() -> None:
                 geo.append(seconds)
                 final.append(end_seconds)
                 ratios.append(seconds / plain[-1])
+                if args.floor:
+                    bare = time_bare_lightning(cfg, patches, args.warmup, args.epochs)
+                    floor.append(bare / plain[-1])
         rows.append((model, f"{size}x{size}", n, statistics.median(plain),
-                     statistics.median(geo), ratios, statistics.median(final)))
+                     statistics.median(geo), ratios, statistics.median(final), floor))
     print(f"\n{'model':<12}{'patch':>7}{'patches':>9}{'plain s/epoch':>15}{'geofuse s/epoch':>17}"
-          f"{'ratio':>8}{'ratio range':>14}{'one-off end s':>15}")
-    for model, size, n, plain_s, geo_s, ratios, final_s in rows:
+          f"{'ratio':>8}{'ratio range':>14}{'one-off end s':>15}"
+          + (f"{'bare Lightning':>16}" if args.floor else ""))
+    for model, size, n, plain_s, geo_s, ratios, final_s, floor in rows:
         spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+        bare = f"{statistics.median(floor):>15.2f}x" if floor else ""
         print(f"{model:<12}{size:>7}{n:>9}{plain_s:>15.3f}{geo_s:>17.3f}"
-              f"{statistics.median(ratios):>7.2f}x{spread:>14}{final_s:>15.2f}")
+              f"{statistics.median(ratios):>7.2f}x{spread:>14}{final_s:>15.2f}{bare}")
     print(f"\n{args.pairs} alternated pairs of runs, each {args.epochs} timed epochs after "
           f"{args.warmup} warm-up, batch {args.batch_size}, {args.device} "
           f"({torch.get_num_threads()} CPU threads). s/epoch: median epoch of a run, median over "
           "the runs; ratio: median over the pairs; target geofuse <= 1.15x plain")
     print("one-off end: writing best.ckpt and last.ckpt once when training ends (not per epoch)")
+    if args.floor:
+        print("bare Lightning: a LightningModule that only returns the loss, under a plain "
+              "Trainer, against the same plain loop (median over the pairs)")
 
 if __name__ == "__main__":
     main()

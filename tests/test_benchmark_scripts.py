@@ -1,0 +1,28 @@
+"""The benchmark scripts run (figures are not checked: tests check behaviour, not timings)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_train_overhead_prints_ratios_against_plain_loop_and_lightning_floor() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_overhead.py"), "--models",
+         "simple_cnn", "--n", "80", "--epochs", "2", "--warmup", "0", "--pairs", "1",
+         "--floor"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    row = next(line for line in out.splitlines() if line.startswith("simple_cnn"))
+    numbers = re.findall(r"\d+\.\d+", row)
+    assert len(numbers) == 7, row  # plain, geofuse, ratio, range (2), one-off end, floor
+    plain, geofuse, ratio = (float(x) for x in numbers[:3])
+    assert plain > 0 and geofuse > 0
+    half = 0.0005  # seconds are printed to 3 decimals, ratios to 2
+    low, high = (geofuse - half) / (plain + half), (geofuse + half) / (plain - half)
+    assert low - 0.005 <= ratio <= high + 0.005, row
+    assert float(numbers[6]) > 0
