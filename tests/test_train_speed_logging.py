@@ -209,6 +209,7 @@ def test_epoch_values_reach_loggers_progress_bar_and_validate(tmp_path: Path) ->
     for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_f1_macro"):
         assert float(last[name]) == pytest.approx(float(trainer.callback_metrics[name]))
     assert int(val_rows[-1]["step"]) == trainer.global_step
+    assert set(trainer.logged_metrics) >= {"train_loss", "val_loss", "val_f1_macro"}
     # outside fit the values go through self.log, so that validate returns them
     with _quiet_lightning():
         (result,) = trainer.validate(task, datamodule=data, verbose=False)
