@@ -208,10 +208,25 @@ def test_epoch_values_reach_loggers_progress_bar_and_validate(tmp_path: Path) ->
     last = {k: v for row in (train_rows[-1], val_rows[-1]) for k, v in row.items() if v}
     for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_f1_macro"):
         assert float(last[name]) == pytest.approx(float(trainer.callback_metrics[name]))
-    assert int(val_rows[-1]["step"]) == trainer.global_step
+    # as Lightning: at the step of the epoch's last batch (steps so far minus one)
+    steps = [int(r["step"]) for r in val_rows] + [int(r["step"]) for r in train_rows]
+    assert steps == [trainer.global_step // 2 - 1, trainer.global_step - 1] * 2
     assert set(trainer.logged_metrics) >= {"train_loss", "val_loss", "val_f1_macro"}
     # outside fit the values go through self.log, so that validate returns them
     with _quiet_lightning():
         (result,) = trainer.validate(task, datamodule=data, verbose=False)
     assert set(result) == {"val_loss", "val_accuracy", "val_f1_macro"}
     assert 0.0 <= result["val_accuracy"] <= 1.0 and result["val_loss"] > 0
+
+
+def test_logged_metrics_filled_without_loggers_as_lightning_does(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, epochs=1)
+    patches = make_patchset(n=70, seed=2)
+    task = build_task(cfg, patches)
+    data = PatchDataModule(patches, batch_size=cfg.train.batch_size, seed=cfg.seed)
+    with _quiet_lightning():
+        trainer = _build_trainer(cfg, RunDir(tmp_path / "run"), 1, False)  # logger=False
+        trainer.fit(task, datamodule=data)
+    assert not trainer.loggers
+    names = {f"{s}_{m}" for s in ("train", "val") for m in ("loss", "accuracy", "f1_macro")}
+    assert set(trainer.logged_metrics) == names

@@ -98,9 +98,9 @@ def publish_epoch_values(
 ) -> None:
     """Hand a stage's epoch values to the trainer as ``self.log(..., on_epoch=True)`` would:
     ``trainer.callback_metrics`` (read by early stopping, checkpoints, schedulers, the history),
-    ``trainer.progress_bar_metrics`` (the names in ``prog_bar``, as floats) and, where there
-    are loggers, ``trainer.logged_metrics`` and every logger (not while sanity checking; at
-    ``trainer.global_step``, with the epoch).
+    ``trainer.progress_bar_metrics`` (the names in ``prog_bar``, as floats) and, not while
+    sanity checking, ``trainer.logged_metrics`` and every logger (at the step of the epoch's
+    last batch, with the epoch).
 
     ``self.log`` costs ~0.6 ms a value: Lightning registers each value anew every epoch and
     deep-copies its metadata to move it to the value's device. During ``fit`` nothing reads
@@ -109,10 +109,15 @@ def publish_epoch_values(
     """
     trainer.callback_metrics.update(values)
     trainer.progress_bar_metrics.update({name: float(values[name]) for name in prog_bar})
-    if trainer.loggers and not trainer.sanity_checking:
-        trainer.logged_metrics.update(values)
+    if trainer.sanity_checking:
+        return
+    trainer.logged_metrics.update(values)
+    if trainer.loggers:
         scalars = {name: float(value) for name, value in values.items()}
         scalars["epoch"] = trainer.current_epoch
+        # Lightning logs epoch values at the step of the epoch's last batch: one optimiser
+        # step a batch, so the steps taken so far minus one
+        step = max(trainer.global_step - 1, 0)
         for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=trainer.global_step)
+            logger.log_metrics(scalars, step=step)
             logger.save()

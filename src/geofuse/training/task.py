@@ -232,7 +232,7 @@ class ClassificationTask(L.LightningModule):
         # logged once per epoch: batch_size=1 leaves the value as it is (x * 1 / 1)
         for name, value in values.items():
             self.log(name, value, on_step=False, on_epoch=True, batch_size=1,
-                     prog_bar=name in prog_bar)
+                     prog_bar=name in prog_bar, add_dataloader_idx=False)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self(batch["image"], batch.get("tab")).argmax(dim=1)
