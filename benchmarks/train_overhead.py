@@ -31,7 +31,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,14 +103,10 @@ def time_geofuse(
     """Median seconds of the timed epochs of geofuse training (start to start: train,
     validation, callbacks, Lightning's epoch-end work), and the one-off seconds after the last
     epoch (final best/last checkpoint writes)."""
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = PatchDataModule(patches, batch_size=cfg.train.batch_size, seed=cfg.seed)
-    task = build_task(cfg, patches)
-    timer = EpochTimer()
-    with _quiet_lightning(), cuda_check_without_missing_nvml():  # as train_model
-        trainer = _build_trainer(cfg, RunDir(cfg.runs_path / "bench"), warmup + epochs, False)
-        trainer.callbacks.append(timer)
-        trainer.fit(task, datamodule=data)
+    timer = _timed_fit(
+        cfg, patches, lambda: build_task(cfg, patches),
+        lambda: _build_trainer(cfg, RunDir(cfg.runs_path / "bench"), warmup + epochs, False),
+    )
     return _median_epoch(timer, warmup), timer.end - timer.ends[-1]
 
 
@@ -134,17 +130,31 @@ class BareTask(L.LightningModule):
 def time_bare_lightning(cfg: StudyConfig, patches: PatchSet, warmup: int, epochs: int) -> float:
     """Median seconds of the timed epochs of :class:`BareTask` under a Trainer without
     logger, checkpointing, progress bar or model summary."""
+    timer = _timed_fit(
+        cfg, patches, lambda: BareTask(build_task(cfg, patches).model, cfg.train.lr),
+        lambda: L.Trainer(max_epochs=warmup + epochs, accelerator=cfg.train.accelerator,
+                          devices=1, deterministic=cfg.train.deterministic, logger=False,
+                          enable_checkpointing=False, enable_progress_bar=False,
+                          enable_model_summary=False),
+    )
+    return _median_epoch(timer, warmup)
+
+
+def _timed_fit(
+    cfg: StudyConfig, patches: PatchSet, make_task: Callable[[], L.LightningModule],
+    make_trainer: Callable[[], L.Trainer],
+) -> EpochTimer:
+    """Seed, build the task and trainer (in that order, so both sides draw the same initial
+    weights), fit with an :class:`EpochTimer` added, as ``train_model`` runs the fit."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = PatchDataModule(patches, batch_size=cfg.train.batch_size, seed=cfg.seed)
-    task = BareTask(build_task(cfg, patches).model, cfg.train.lr)
+    task = make_task()
     timer = EpochTimer()
     with _quiet_lightning(), cuda_check_without_missing_nvml():
-        trainer = L.Trainer(max_epochs=warmup + epochs, accelerator=cfg.train.accelerator,
-                            devices=1, deterministic=cfg.train.deterministic, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, callbacks=[timer])
+        trainer = make_trainer()
+        trainer.callbacks.append(timer)
         trainer.fit(task, datamodule=data)
-    return _median_epoch(timer, warmup)
+    return timer
 
 
 def _median_epoch(timer: EpochTimer, warmup: int) -> float:
