@@ -95,8 +95,9 @@ def test_reference_lists_every_section() -> None:
 
 def test_cli_config_check_exit_codes(tmp_path: Path) -> None:
     runner = CliRunner()
-    good = _write(tmp_path, MINIMAL)
-    assert runner.invoke(app, ["config", "--check", str(good)]).exit_code == 0
+    good = _write(tmp_path, MINIMAL)  # a valid schema, but no input file exists (preflight)
+    missing = runner.invoke(app, ["config", "--check", str(good)])
+    assert missing.exit_code == 2 and "3 problems" in missing.output  # exit 0: test_preflight
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**MINIMAL, "extrat": {}}))
     result = runner.invoke(app, ["config", "--check", str(bad)])

@@ -161,7 +161,8 @@ def test_qc_report_names_uncovered_modality(prepared: dict[str, Any]) -> None:
     assert band["valid_fraction"] == pytest.approx(1 - np.isnan(ndvi).mean())
     assert any("'ndvi'" in w for w in qc["warnings"])
     md = result.qc_path.with_suffix(".md").read_text()
-    assert "NDVI" in md and "ndvi" in md and "passed" in md
+    assert "NDVI" in md and "ndvi" in md and "Status: **WARNING**" in md  # partly uncovered
+    assert qc["status"] == "warning" and qc["passed"]
 
 
 def test_qc_band_statistics(prepared: dict[str, Any]) -> None:

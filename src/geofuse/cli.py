@@ -12,8 +12,10 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from typer.exceptions import TyperException
 
-from geofuse.errors import GeofuseError
+from geofuse._signals import install_stop_handlers
+from geofuse.errors import friendly_error
 
 app = typer.Typer(
     add_completion=False,
@@ -26,16 +28,33 @@ F = TypeVar("F", bound=Callable[..., Any])
 ConfigOpt = typer.Option(..., "--config", "-c", help="Study YAML file.", show_default=False)
 
 
+#: Set by ``geofuse --debug``: let tracebacks through for bug reports.
+_DEBUG = False
+
+
 def _friendly(func: F) -> F:
-    """Print GeofuseError on one line and exit 2 instead of a traceback."""
+    """Print errors on one line and exit instead of showing a traceback.
+
+    GeofuseError, a full disk, read-only outputs, GDAL and HDF5 errors exit 2; Ctrl+C exits
+    130 (128 + the signal); anything else is a bug: exit 1 with a hint to re-run with --debug.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except GeofuseError as err:
-            console.print(f"[bold red]error:[/] {err.one_line()}", soft_wrap=True, highlight=False)
-            raise typer.Exit(code=err.exit_code) from None
+        except (typer.Exit, typer.Abort, TyperException):
+            raise
+        except (Exception, KeyboardInterrupt) as err:
+            if _DEBUG or type(err).__module__.startswith(("click", "typer")):
+                raise
+            known = friendly_error(err)
+            text = known.one_line() if known is not None else (
+                f"unexpected {type(err).__name__}: {' '.join(str(err).split())}; this is a bug "
+                "in geofuse: re-run with 'geofuse --debug ...' and report the traceback"
+            )
+            console.print(f"[bold red]error:[/] {text}", soft_wrap=True, highlight=False)
+            raise typer.Exit(code=known.exit_code if known is not None else 1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -46,10 +65,30 @@ def _show_warning(message: Warning | str, category: type[Warning], *args: Any, *
     console.print(f"[yellow]warning:[/] {text}", soft_wrap=True, highlight=False)
 
 
+def _print_version(value: bool) -> None:
+    """``--version``: print geofuse's version and exit."""
+    if value:
+        import geofuse
+
+        sys.stdout.write(f"geofuse {geofuse.__version__}\n")
+        raise typer.Exit()
+
+
 @app.callback()
-def _setup() -> None:
+def _setup(
+    debug: bool = typer.Option(
+        False, "--debug", help="Show full tracebacks instead of one-line errors (for bug reports)."
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True,
+        help="Print the geofuse version and exit.",
+    ),
+) -> None:
     """geofuse: multi-sensor fusion deep learning for Earth-observation imagery."""
+    global _DEBUG
+    _DEBUG = debug
     warnings.showwarning = _show_warning
+    install_stop_handlers()  # SIGTERM stops as cleanly as Ctrl+C, with the command to go on
 
 
 @app.command()
@@ -70,20 +109,25 @@ def synth(
 def prepare(config: Path = ConfigOpt) -> None:
     """Align every modality onto the reference grid and write the fused stack + QC report."""
     from geofuse.config import load_config
+    from geofuse.preflight import preflight
     from geofuse.raster.prepare import prepare_stack
 
-    result = prepare_stack(load_config(config))
+    cfg = load_config(config)
+    preflight(cfg, "prepare")
+    result = prepare_stack(cfg)
     console.print(f"fused stack: [bold]{result.stack_path}[/]; QC report: {result.qc_path}")
 
 
 @app.command()
 @_friendly
 def extract(config: Path = ConfigOpt) -> None:
-    """Sample patches inside label polygons and write a PatchSet with grouped splits."""
+    """Sample patches in label polygons (or a dataset folder) into a PatchSet with splits."""
     from geofuse.config import load_config
     from geofuse.data.extract import extract_patches
+    from geofuse.preflight import preflight
 
     cfg = load_config(config)
+    preflight(cfg, "extract")
     patches = extract_patches(cfg)
     console.print(f"{len(patches)} patches written to [bold]{cfg.patches_path}[/]")
 
@@ -95,11 +139,14 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
     run_name: str | None = typer.Option(None, "--run-name", help="Run directory name."),
 ) -> None:
-    """Train a model on the PatchSet; writes a self-describing run directory."""
+    """Train a network or baseline on the PatchSet; writes a self-describing run directory."""
     from geofuse.config import load_config
+    from geofuse.preflight import preflight
     from geofuse.training.train import train_model
 
-    run_dir = train_model(load_config(config), resume=resume, run_name=run_name)
+    cfg = load_config(config)
+    preflight(cfg, "train")
+    run_dir = train_model(cfg, resume=resume, run_name=run_name)
     console.print(f"run directory: [bold]{run_dir}[/]")
 
 
@@ -142,11 +189,18 @@ def demo(
     workdir: Path = typer.Option(Path("demo_output"), help="Where the demo writes everything."),
     seed: int = typer.Option(0, help="Scene and training seed."),
     epochs: int | None = typer.Option(None, help="Override the number of training epochs."),
+    full: bool = typer.Option(
+        False, "--full", help="The full study: early and late fusion, 24 cells (~5 min)."),
 ) -> None:
-    """Run the whole flow on the synthetic scene: synth, prepare, extract, train, report."""
+    """Run the whole flow on a synthetic scene, ending in a sensor ablation study and its report.
+
+    Steps: synth, prepare, extract, ablate (S2, +MODIS, +DEM, all; 3 grouped folds), report.
+
+    Early fusion, 12 cells: about 2 minutes on 2 cores. --full adds late fusion (24 cells).
+    """
     from geofuse.pipeline import run_demo
 
-    report_path = run_demo(workdir, seed=seed, epochs=epochs)
+    report_path = run_demo(workdir, seed=seed, epochs=epochs, full=full)
     console.print(f"\n[bold green]demo finished.[/] report: [bold]{report_path}[/]")
 
 
@@ -159,11 +213,14 @@ def ablate(
                                        help="Cells trained in parallel (ablation.workers)."),
     ray: str | None = typer.Option(None, "--ray", help="Ray address, or 'local' to start one."),
 ) -> None:
-    """Cross-validate the sensor-subset x model x seed grid (resumable: re-run to continue)."""
+    """Cross-validate the sensor x model x seed grid, then write the study report (resumable)."""
     from geofuse.config import load_config
     from geofuse.experiments.ablation import run_ablation
+    from geofuse.preflight import preflight
 
-    study_dir = run_ablation(load_config(config), study_name=name, workers=workers,
+    cfg = load_config(config)
+    preflight(cfg, "ablate")
+    study_dir = run_ablation(cfg, study_name=name, workers=workers,
                              ray_address=ray)
     console.print(f"study folder: [bold]{study_dir}[/]")
 
@@ -180,8 +237,11 @@ def search(
     """Search hyperparameters on one fold, then cross-validate the winner and the baseline."""
     from geofuse.config import load_config
     from geofuse.experiments.search import run_search
+    from geofuse.preflight import preflight
 
-    out = run_search(load_config(config), study_name=name, workers=workers, ray_address=ray)
+    cfg = load_config(config)
+    preflight(cfg, "search")
+    out = run_search(cfg, study_name=name, workers=workers, ray_address=ray)
     console.print(f"search folder: [bold]{out}[/]")
 
 
@@ -201,7 +261,11 @@ def config_cmd(
     elif reference:
         sys.stdout.write(config_reference_markdown())
     elif check is not None:
-        sys.stdout.write(dump_config(load_config(check)))
+        from geofuse.preflight import preflight
+
+        cfg = load_config(check)
+        preflight(cfg, "check")  # every check: all problems listed together, exit 2
+        sys.stdout.write(dump_config(cfg))
         console.print(f"[green]{check} is valid[/]")
     else:
         raise typer.BadParameter("give --schema, --reference or --check FILE")
@@ -210,14 +274,19 @@ def config_cmd(
 @app.command("models")
 @_friendly
 def models_cmd() -> None:
-    """List the registered models and the train.model options each takes (with defaults)."""
+    """List every model (networks, then the random_forest and logistic_regression baselines).
+
+    Options and their defaults: train.model.* for networks, train.baseline.* for baselines.
+    """
     from rich.table import Table
 
-    from geofuse.models.registry import describe_models
+    from geofuse.models.registry import BASELINE_OPTIONS, describe_models
 
-    table = Table("train.model.name", "options (default)")
+    table = Table("train.model.name", "kind")
+    table.add_column("options (default)", overflow="fold")
     for name, options in describe_models().items():
-        table.add_row(name, ", ".join(f"{k}={v!r}" for k, v in options.items()) or "-")
+        kind = "baseline" if name in BASELINE_OPTIONS else "network"
+        table.add_row(name, kind, ", ".join(f"{k}={v!r}" for k, v in options.items()) or "-")
     Console().print(table)
 
 

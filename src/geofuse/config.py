@@ -214,8 +214,14 @@ class TrainConfig(_Model):
     baseline: BaselineConfig = BaselineConfig()
     augment: bool = True
     checkpoint_interval_s: float = Field(
-        300.0, gt=0, description="Write the resumable last.ckpt at most this often (seconds); "
-        "it is always written when training ends or is interrupted."
+        300.0, gt=0, description="Write the resumable last.ckpt at least this often (seconds); "
+        "it is also written when training ends or is interrupted."
+    )
+    checkpoint_overhead: float = Field(
+        0.05, gt=0, le=1, description="last.ckpt (and best.ckpt when it changed) is written "
+        "after every epoch while writing costs at most this share of the training time since "
+        "the previous write, so a hard kill loses at most one epoch; slower writes are spaced "
+        "out to keep that share."
     )
     num_workers: int = Field(0, ge=0)
     accelerator: str = "auto"
@@ -419,6 +425,10 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
             parts.append(f"unknown key {loc!r}; {hint}")
         elif e["type"] == "missing":
             parts.append(f"missing required key {loc!r}; add it")
+        elif e["type"] == "value_error" and isinstance(e.get("input"), dict):
+            # a model validator: the input is the whole section, the message names the key
+            reason = e["msg"].removeprefix("Value error, ")
+            parts.append(reason if not e["loc"] else f"{loc}: {reason}")
         else:
             value = e.get("input")
             parts.append(f"{loc} = {value!r}: {e['msg']}")

@@ -10,19 +10,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from geofuse.errors import write_error
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
 
     On an exception the temporary file is removed and ``target`` is left untouched, so a
-    failed or interrupted command never leaves a half-written output behind.
+    failed or interrupted command never leaves a half-written output behind. A full disk or a
+    read-only folder raises :class:`~geofuse.errors.DiskFullError` or
+    :class:`~geofuse.errors.WriteAccessError` naming ``target``.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=suffix or target.suffix or ".tmp", dir=target.parent
-    )
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=suffix or target.suffix or ".tmp", dir=target.parent
+        )
+    except OSError as err:
+        raise _write_error(err, target) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -32,9 +39,17 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
             os.umask(umask)
             tmp_path.chmod(0o666 & ~umask)
         os.replace(tmp_path, target)
+    except OSError as err:
+        raise _write_error(err, target) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _write_error(err: OSError, target: Path) -> OSError:
+    """``err`` as a one-line DiskFullError/WriteAccessError naming ``target`` when it is one."""
+    mapped = write_error(err, target)
+    return err if mapped is None else mapped  # type: ignore[return-value]
 
 
 def atomic_write_text(target: str | Path, text: str) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from affine import Affine
 from rasterio.crs import CRS
 
 from geofuse import __version__
@@ -16,6 +17,9 @@ from geofuse.data.patchset import PatchSet
 from geofuse.data.splits import assign_splits, split_summary
 from geofuse.data.stack_reader import StackPatchReader
 from geofuse.errors import ConfigError, RasterError, SamplingError
+from geofuse.io_utils import atomic_write_json, atomic_write_text
+from geofuse.labels.fit import label_fit
+from geofuse.labels.fit import render_markdown as render_fit_markdown
 from geofuse.labels.polygons import LabelPolygons, format_ids, read_label_polygons
 from geofuse.labels.sampling import CentreSample, SamplingParams, sample_centres
 from geofuse.raster.manifest import StackManifest, manifest_path
@@ -84,28 +88,55 @@ def _no_centres_error(labels: Path, polygons: LabelPolygons, reader: StackPatchR
     )
 
 
+def nodata_bands(
+    x: np.ndarray, manifest: StackManifest, limit: float
+) -> dict[str, float]:
+    """Band name -> NaN share over all patch pixels, for bands above ``limit``, worst first."""
+    if len(x) == 0:
+        return {}
+    share = np.isnan(x).mean(axis=(0, 2, 3))
+    order = np.argsort(-share, kind="stable")
+    return {manifest.bands[i]: float(share[i]) for i in order.tolist() if share[i] > limit}
+
+
+def _describe_bands(shares: dict[str, float], manifest: StackManifest) -> str:
+    """'modality 's2' band(s) B2, B3 82%; ...': bands of one modality with one share grouped."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    modality = {b: m for m, bands in manifest.modalities.items() for b in bands}
+    for band, share in shares.items():  # worst first
+        groups.setdefault((modality.get(band, "?"), f"{share:.0%}"), []).append(band)
+    parts = [f"modality {m!r} band(s) {', '.join(bands)} {pct}"
+             for (m, pct), bands in groups.items()]
+    return "; ".join(parts[:6]) + (f"; and {len(parts) - 6} more" if len(parts) > 6 else "")
+
+
 def _apply_nodata(
     cfg: StudyConfig, labels: Path, x: np.ndarray, centres: CentreSample,
-    polygons: LabelPolygons,
+    polygons: LabelPolygons, manifest: StackManifest,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Keep-mask after the nodata rule, nodata fraction per patch, and what the rule did."""
     frac = nodata_fraction(x)
     ex = cfg.extract
     over = frac > ex.max_nodata_fraction
+    bands = nodata_bands(x[over], manifest, ex.max_nodata_fraction) if over.any() else {}
     record = {"n_sampled": len(frac), "n_over_threshold": int(over.sum()),
-              "max_nodata_fraction": ex.max_nodata_fraction, "action": ex.on_nodata}
+              "max_nodata_fraction": ex.max_nodata_fraction, "action": ex.on_nodata,
+              "nan_share_by_band": bands}
     if ex.on_nodata == "flag" or not over.any():
         return np.ones(len(frac), dtype=bool), frac, record
+    culprits = _describe_bands(bands, manifest)
     if over.all():
         raise SamplingError(
             f"{labels}: all {len(frac)} sampled patches have a nodata (NaN) share above "
-            f"extract.max_nodata_fraction={ex.max_nodata_fraction}; check the stack has data "
-            "under the polygons, raise max_nodata_fraction, or set extract.on_nodata: flag"
+            f"extract.max_nodata_fraction={ex.max_nodata_fraction}; NaN share of the patch "
+            f"pixels: {culprits}; check those bands have data under the polygons "
+            f"(see the QC report of {cfg.stack_path.name}), drop their modality, raise "
+            "max_nodata_fraction, or set extract.on_nodata: flag"
         )
     kept_polys = set(centres.polygon[~over].tolist())
     lost = [polygons.ids[i] for i in sorted(set(centres.polygon[over].tolist()) - kept_polys)]
     msg = (f"dropped {int(over.sum())} of {len(frac)} patches with a nodata share above "
-           f"{ex.max_nodata_fraction}")
+           f"{ex.max_nodata_fraction} (NaN share of their pixels: {culprits})")
     if lost:
         msg += f"; polygons left without patches, ids: {format_ids(lost)}"
         record["polygons_without_patches"] = lost
@@ -142,8 +173,8 @@ def _provenance(
 
 def _read_patches(
     cfg: StudyConfig, labels: Path, manifest: StackManifest, progress: bool
-) -> tuple[np.ndarray, np.ndarray, LabelPolygons, CentreSample]:
-    """Validated polygons, sampled centres, their patches and map coordinates."""
+) -> tuple[np.ndarray, np.ndarray, LabelPolygons, CentreSample, Affine]:
+    """Validated polygons, sampled centres, their patches, map coordinates, stack transform."""
     lab, stack = _labels_config(cfg), cfg.stack_path
     limit = cfg.extract.memory_limit_mb * 2**20
     with StackPatchReader(stack, max_memory_bytes=limit) as reader:
@@ -159,11 +190,45 @@ def _read_patches(
             raise _no_centres_error(labels, polygons, reader, params.patch_size)
         x = reader.read_patches(centres.rows, centres.cols, params.patch_size, progress)
         coords = reader.pixel_centre_coords(centres.rows, centres.cols)
-    return x, coords, polygons, centres
+        transform = reader.transform
+    return x, coords, polygons, centres, transform
+
+
+def extract_qc_paths(patches_path: Path) -> tuple[Path, Path]:
+    """(JSON, Markdown) extract QC report paths that belong to a PatchSet file."""
+    stem = patches_path.with_suffix("").name
+    return (patches_path.with_name(f"{stem}_qc.json"), patches_path.with_name(f"{stem}_qc.md"))
+
+
+def _extract_qc(fit: dict[str, Any], nodata: dict[str, Any], cfg: StudyConfig) -> dict[str, Any]:
+    """The extract QC record: label fit (status) and what the nodata rule did; warns once."""
+    flagged = {k: c for k, c in fit["classes"].items() if c["flagged"]}
+    if flagged:
+        names = ", ".join(f"{k!r} ({c['share_outside']:.0%})" for k, c in flagged.items())
+        small = sum(c["polygons_smaller_than_patch"] for c in flagged.values())
+        total = sum(c["polygons"] for c in flagged.values())
+        p = cfg.extract.patch_size
+        warnings.warn(
+            f"extract QC: most patches of class(es) {names} lie mostly outside their label "
+            f"polygon; {small} of their {total} polygons are smaller than one {p}x{p} px patch; "
+            "use a smaller extract.patch_size or larger label polygons (see "
+            f"{extract_qc_paths(cfg.patches_path)[1]})", UserWarning, stacklevel=3,
+        )
+    return {"status": fit["status"], "warnings": list(fit["warnings"]), "label_fit": fit,
+            "nodata": nodata}
+
+
+def _write_extract_qc(qc: dict[str, Any], patches_path: Path) -> None:
+    json_path, md_path = extract_qc_paths(patches_path)
+    atomic_write_json(json_path, qc)
+    atomic_write_text(md_path, render_fit_markdown(qc, patches_path.name))
 
 
 def extract_patches(cfg: StudyConfig, progress: bool = True) -> PatchSet:
     """Sample patches inside the label polygons and write a PatchSet to ``cfg.patches_path``.
+
+    Beside it, ``<name>_qc.json`` / ``_qc.md`` report how well the patches fit their polygons
+    (status ``warning`` and a console warning when a class's patches mostly lie outside them).
 
     With a ``dataset`` section the dataset's own layout is read instead
     (:func:`~geofuse.data.datasets.build.build_dataset_patches`).
@@ -175,6 +240,7 @@ def extract_patches(cfg: StudyConfig, progress: bool = True) -> PatchSet:
         LabelError: bad label file (see :func:`read_label_polygons`).
         SamplingError: no usable patches.
         SplitError: a class has too few polygons for every split.
+        DiskFullError, WriteAccessError: the PatchSet cannot be written.
     """
     if cfg.dataset is not None:  # a published layout: read it directly (no stack, no polygons)
         from geofuse.data.datasets.build import build_dataset_patches
@@ -182,8 +248,10 @@ def extract_patches(cfg: StudyConfig, progress: bool = True) -> PatchSet:
         return build_dataset_patches(cfg)
     labels = cfg.resolve(_labels_config(cfg).path)
     manifest = StackManifest.load(manifest_path(cfg.stack_path))
-    x, coords, polygons, centres = _read_patches(cfg, labels, manifest, progress)
-    keep, frac, nodata = _apply_nodata(cfg, labels, x, centres, polygons)
+    x, coords, polygons, centres, transform = _read_patches(cfg, labels, manifest, progress)
+    keep, frac, nodata = _apply_nodata(cfg, labels, x, centres, polygons, manifest)
+    qc = _extract_qc(label_fit(polygons, centres, transform, cfg.extract.patch_size, keep),
+                     nodata, cfg)
     poly = centres.polygon[keep]
     y = polygons.y[poly]
     groups = np.array([f"polygon:{polygons.ids[i]}" for i in poly.tolist()], dtype=str)
@@ -194,8 +262,9 @@ def extract_patches(cfg: StudyConfig, progress: bool = True) -> PatchSet:
         x=x[keep], y=y, band_names=list(manifest.bands), modalities=dict(manifest.modalities),
         class_names=polygons.class_names, groups=groups, coords=coords[keep], split=split,
         nodata_fraction=frac[keep], crs=manifest.crs,
-        provenance=_provenance(cfg, labels, polygons, centres, nodata, summary),
+        provenance={**_provenance(cfg, labels, polygons, centres, nodata, summary), "qc": qc},
     )
     patches.save(cfg.patches_path)
+    _write_extract_qc(qc, cfg.patches_path)
     return patches
 

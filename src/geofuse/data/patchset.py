@@ -6,6 +6,7 @@ One compressed HDF5 file holds everything a training run needs; it loads back id
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,13 @@ from typing import Any
 import h5py
 import numpy as np
 
-from geofuse.errors import BandError, DataNotFoundError
+from geofuse.errors import BandError, DataNotFoundError, write_error
 from geofuse.io_utils import atomic_path
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 UNASSIGNED = 255
 FORMAT_VERSION = 1
+_WRITE_CHUNK = 16 * 2**20  # bytes per write() call when saving
 
 
 @dataclass
@@ -169,28 +171,64 @@ class PatchSet:
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write to one compressed HDF5 file, atomically."""
+        """Write to one compressed HDF5 file, atomically.
+
+        The HDF5 file is built in memory (h5py's ``core`` driver without a backing store) and
+        its bytes are written with plain Python file I/O. HDF5 can crash the process when the
+        disk fills up under it; this way a full disk or a read-only folder is an ``OSError``
+        that becomes a one-line :class:`~geofuse.errors.DiskFullError` or
+        :class:`~geofuse.errors.WriteAccessError`, and the previous file stays intact. The
+        cost is memory: besides ``x`` (already in memory), the compressed file is held twice
+        for a moment (HDF5's buffer and its copy as bytes), at most about twice the size of
+        ``x``; checking free space first instead would not catch other writers or quotas.
+
+        Raises:
+            DiskFullError: the disk, quota or file-size limit filled up.
+            WriteAccessError: the folder is read-only or not writable.
+        """
         path = Path(path)
-        with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
-            f.attrs["format"] = "geofuse.PatchSet"
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["crs"] = self.crs
-            f.attrs["band_names"] = json.dumps(self.band_names)
-            f.attrs["modalities"] = json.dumps(self.modalities)
-            f.attrs["class_names"] = json.dumps(self.class_names)
-            f.attrs["provenance"] = json.dumps(self.provenance, default=str)
-            chunk = (min(len(self), 256), *self.x.shape[1:]) if len(self) else None
-            f.create_dataset("x", data=self.x, compression="gzip", compression_opts=4,
-                             shuffle=True, chunks=chunk)
-            f.create_dataset("y", data=self.y)
-            f.create_dataset("groups", data=np.char.encode(self.groups, "utf-8"))
-            f.create_dataset("coords", data=self.coords)
-            f.create_dataset("split", data=self.split)
-            f.create_dataset("nodata_fraction", data=self.nodata_fraction)
-            if self.tabular is not None:  # optional: files without it still load
-                f.attrs["tabular_names"] = json.dumps(self.tabular_names)
-                f.create_dataset("tabular", data=self.tabular)
+        image = self.to_bytes()
+        try:
+            with atomic_path(path, suffix=".h5") as tmp, open(tmp, "wb") as fh:
+                view = memoryview(image)
+                for start in range(0, len(view), _WRITE_CHUNK):
+                    fh.write(view[start:start + _WRITE_CHUNK])
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as err:
+            mapped = write_error(err, path)
+            if mapped is None:
+                raise
+            raise mapped from None
         return path
+
+    def to_bytes(self) -> bytes:
+        """The complete HDF5 file image, built in memory."""
+        name = f"geofuse-patchset-{os.getpid()}-{id(self)}.h5"  # never touches the disk
+        with h5py.File(name, "w", driver="core", backing_store=False) as f:
+            self._write_h5(f)
+            f.flush()
+            return f.id.get_file_image()
+
+    def _write_h5(self, f: h5py.File) -> None:
+        f.attrs["format"] = "geofuse.PatchSet"
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["crs"] = self.crs
+        f.attrs["band_names"] = json.dumps(self.band_names)
+        f.attrs["modalities"] = json.dumps(self.modalities)
+        f.attrs["class_names"] = json.dumps(self.class_names)
+        f.attrs["provenance"] = json.dumps(self.provenance, default=str)
+        chunk = (min(len(self), 256), *self.x.shape[1:]) if len(self) else None
+        f.create_dataset("x", data=self.x, compression="gzip", compression_opts=4,
+                         shuffle=True, chunks=chunk)
+        f.create_dataset("y", data=self.y)
+        f.create_dataset("groups", data=np.char.encode(self.groups, "utf-8"))
+        f.create_dataset("coords", data=self.coords)
+        f.create_dataset("split", data=self.split)
+        f.create_dataset("nodata_fraction", data=self.nodata_fraction)
+        if self.tabular is not None:  # optional: files without it still load
+            f.attrs["tabular_names"] = json.dumps(self.tabular_names)
+            f.create_dataset("tabular", data=self.tabular)
 
     @classmethod
     def load(cls, path: str | Path) -> PatchSet:

@@ -8,45 +8,106 @@ started and is raised again.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
+import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from typing import Any
 
-from geofuse.errors import ConfigError
+from geofuse._signals import init_worker, run_in_worker
+from geofuse.errors import ConfigError, WorkerDiedError
 
 CellFn = Callable[[Any, dict[str, Any]], dict[str, Any]]
 OnDone = Callable[[dict[str, Any]], None]
 
 
+def available_cores() -> int:
+    """CPU cores this process may use: its affinity mask (``taskset``, cpusets), capped by a
+    cgroup v2 CPU quota (containers); ``os.cpu_count()`` where neither is known."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    with contextlib.suppress(OSError, ValueError), open("/sys/fs/cgroup/cpu.max") as f:
+        quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    return max(1, cores)
+
+
 def threads_per_worker(workers: int) -> int:
-    """Torch threads for each of ``workers`` processes sharing this machine's cores."""
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+    """Torch threads for each of ``workers`` processes sharing the cores this process may use
+    (workers x threads <= cores; at least 1)."""
+    return max(1, available_cores() // max(1, workers))
 
 
 def run_serial(fn: CellFn, ctx: Any, cells: list[dict[str, Any]], on_done: OnDone) -> None:
-    """One cell after the other in this process."""
-    for cell in cells:
-        on_done(fn(ctx, cell))
+    """One cell after the other in this process (torch's thread count is restored after)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        for cell in cells:
+            on_done(fn(ctx, cell))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_pool(
     fn: CellFn, ctx: Any, cells: list[dict[str, Any]], workers: int, on_done: OnDone
 ) -> None:
-    """Cells in ``workers`` spawned processes (fresh interpreters: no forked torch state)."""
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+    """Cells in ``workers`` spawned processes (fresh interpreters: no forked torch state).
+
+    Workers stop with the parent: on Ctrl+C, SIGTERM or any error here each worker gets
+    SIGTERM and finishes its cell's interruption cleanly (checkpoint, run.json, no cell result);
+    if the parent dies, even by SIGKILL, the workers notice and stop (see
+    :func:`geofuse._signals.init_worker`).
+
+    Raises:
+        WorkerDiedError: a worker process died (killed from outside) while cells were left.
+    """
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                               initializer=init_worker, initargs=(os.getpid(),))
+    fn = functools.partial(run_in_worker, fn)
     pending: set[Future[dict[str, Any]]] = {pool.submit(fn, ctx, cell) for cell in cells}
     try:
         while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 on_done(future.result())  # raises the worker's exception
+    except BrokenProcessPool:
+        _stop_workers(pool)
+        raise WorkerDiedError(
+            "a worker process died before its cell finished (killed from outside, or out of "
+            "memory); finished cells are kept: run the same command again to continue "
+            "(with fewer --workers if memory ran out)"
+        ) from None
+    except BaseException:
+        _stop_workers(pool)
+        raise
     finally:
         for future in pending:
             future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _stop_workers(pool: ProcessPoolExecutor, grace_s: float = 60.0) -> None:
+    """SIGTERM every live worker (each stops its cell cleanly), then SIGKILL after
+    ``grace_s`` seconds those still running."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5.0)
 
 
 def _import_ray() -> Any:

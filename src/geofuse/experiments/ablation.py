@@ -23,7 +23,7 @@ from rich.table import Table
 import geofuse
 from geofuse.config import StudyConfig
 from geofuse.data.patchset import PatchSet
-from geofuse.errors import ConfigError, SplitError
+from geofuse.errors import ConfigError, SplitError, StopRequested
 from geofuse.experiments._parallel import check_ray_address
 from geofuse.experiments.folds import (
     TEST_FOLD,
@@ -44,6 +44,7 @@ from geofuse.experiments.runner import (
     write_results,
 )
 from geofuse.io_utils import atomic_write_json
+from geofuse.locks import locked
 
 console = Console(stderr=True)
 
@@ -107,7 +108,17 @@ def run_study(
     ray_address = ray_address or cfg.ablation.ray.address
     if ray_address and ray_address != "local":
         check_ray_address(ray_address)  # fail before anything is written
-    study_dir.mkdir(parents=True, exist_ok=True)
+    with locked(study_dir, f"study {study_dir.name!r}"):
+        return _run_study_locked(cfg, study_dir, cells, patches, folds, kind, epochs, workers,
+                                 ray_address, progress, extra)
+
+
+def _run_study_locked(
+    cfg: StudyConfig, study_dir: Path, cells: list[Cell], patches: PatchSet,
+    folds: FoldAssignment, kind: str, epochs: int | None, workers: int | None,
+    ray_address: str | None, progress: bool, extra: dict[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """:func:`run_study` once the study's lock is held."""
     fingerprint = _data_fingerprint(patches, folds)
     fold_paths = _write_fold_sets(study_dir, patches, folds, fingerprint, {c.fold for c in cells})
     epochs = epochs or cfg.ablation.epochs
@@ -140,8 +151,14 @@ def run_study(
             )
 
     if todo:
-        run_cells(ctx, todo, workers=workers, ray_address=ray_address,
-                  ray_cpus=cfg.ablation.ray.num_cpus_per_cell, on_done=_report)
+        try:
+            run_cells(ctx, todo, workers=workers, ray_address=ray_address,
+                      ray_cpus=cfg.ablation.ray.num_cpus_per_cell, on_done=_report)
+        except StopRequested as err:
+            write_results(study_dir)
+            raise StopRequested(err.signum, detail=(
+                f"study {study_dir.name}: {len(load_cells(study_dir))} of {len(cells)} cells "
+                "finished, the others continue from their last epoch")) from None
     write_results(study_dir)
     return load_cells(study_dir)
 
@@ -158,6 +175,7 @@ def _write_study_json(
     atomic_write_json(path, {
         "schema_version": SCHEMA_VERSION, "kind": kind, "name": study_dir.name,
         "created_at": created, "updated_at": now, "geofuse_version": geofuse.__version__,
+        "config_file": str(cfg.source) if cfg.source is not None else None,
         "primary_metric": "f1_macro", "baseline_config_id": None, **(extra or {}),
         "grid": {
             "config_ids": config_ids,
@@ -231,7 +249,10 @@ def run_ablation(
         SplitError: the folds are impossible (too few groups for a class).
         ConfigError: unknown modalities or invalid model options in the grid.
     """
+    from geofuse.preflight import check_grid
+
     patches = load_patches(cfg, patchset)
+    check_grid(cfg, patches, "ablate")  # every cell's model, options and names: before any cell
     folds = study_folds(cfg, patches)
     cells = build_grid(cfg)
     study_dir = study_path(cfg, study_name or cfg.name)

@@ -131,10 +131,10 @@ def _json_safe(value: Any) -> Any:
 
 def execute_cell(ctx: StudyContext, cell_data: dict[str, Any]) -> dict[str, Any]:
     """Train one cell, record its result JSON atomically and return it (worker entry point)."""
-    if ctx.threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(ctx.threads)
+    # workers x threads <= the cores given: a busy machine slows a study, never stalls it
+    torch.set_num_threads(ctx.threads or _parallel.threads_per_worker(1))
     cell = Cell.from_dict(cell_data)
     study_dir = Path(ctx.study_dir)
     cfg = cell_config(ctx.study_config(), cell)
@@ -142,8 +142,11 @@ def execute_cell(ctx: StudyContext, cell_data: dict[str, Any]) -> dict[str, Any]
     cfg.train.output = str(study_dir / "runs")
     cfg.train.run_name = None
     started = time.perf_counter()
+    fingerprint = cell_data.get("fingerprint")
+    resume = _resumable(RunDir(study_dir / "runs" / cell.slug), fingerprint)
     run_dir = train_model(cfg, progress=False, epochs=ctx.epochs, run_name=cell.slug,
-                          overwrite=True)
+                          overwrite=not resume, resume=resume,
+                          run_info_extra={"cell_fingerprint": fingerprint})
     run = RunDir(run_dir)
     metrics, info = run.read_json(run.metrics), run.read_json(run.run_json)
     history = read_history(run.history)
@@ -170,6 +173,18 @@ def execute_cell(ctx: StudyContext, cell_data: dict[str, Any]) -> dict[str, Any]
     result = _json_safe(result)
     atomic_write_json(cell_path(study_dir, cell.slug), result)
     return result
+
+
+def _resumable(run: RunDir, fingerprint: str | None) -> bool:
+    """Whether ``run`` is this cell's interrupted (or killed) training, with a checkpoint."""
+    if fingerprint is None or not run.last_ckpt.is_file() or not run.run_json.is_file():
+        return False
+    try:
+        info = json.loads(run.run_json.read_text())
+    except (OSError, ValueError):
+        return False
+    return (info.get("cell_fingerprint") == fingerprint
+            and info.get("status") in ("running", "interrupted"))
 
 
 def cell_fingerprint(cfg: StudyConfig, cell: Cell, epochs: int | None, extra: str) -> str:
@@ -285,8 +300,9 @@ def run_cells(
         elif workers > 1:
             threads = _parallel.threads_per_worker(workers)
             _parallel.run_pool(execute_cell, _with_threads(ctx, threads), cells, workers, _done)
-        else:
-            _parallel.run_serial(execute_cell, ctx, cells, _done)
+        else:  # one process: torch may use every core it is given, no more
+            threads = _parallel.threads_per_worker(1)
+            _parallel.run_serial(execute_cell, _with_threads(ctx, threads), cells, _done)
 
 
 def _with_threads(ctx: StudyContext, threads: int) -> StudyContext:

@@ -132,8 +132,11 @@ def run_search(
             f"search.fold = {s.fold} but ablation.folds = {cfg.ablation.folds}; pick a fold "
             f"between 0 and {cfg.ablation.folds - 1}"
         )
+    from geofuse.preflight import check_grid
+
     trials = search_trials(s, cfg.seed)
     patches = load_patches(cfg, patchset)
+    check_grid(cfg, patches, "search")  # every trial's model, options and names: before any
     folds = study_folds(cfg, patches)
     out_dir = study_path(cfg, study_name or f"{cfg.name}-search")
     pilot = [c for i, params in enumerate(trials)

@@ -94,6 +94,12 @@ def _read_frame(path: Path) -> gpd.GeoDataFrame:
             f"cannot read label file {str(path)!r} ({' '.join(str(err).split())}); "
             "pass a GeoJSON, GeoPackage or Shapefile"
         ) from None
+    if len(frame) == 0:
+        raise LabelError(
+            f"label file {str(path)!r} holds no polygons (0 features); export the label "
+            "polygons into it again (check the layer and any filter in your GIS), or fix "
+            "labels.path in the config"
+        )
     if frame.crs is None:
         raise LabelError(
             f"label file {str(path)!r} has no CRS; write it with one (e.g. a .prj beside a "

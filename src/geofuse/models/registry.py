@@ -4,7 +4,8 @@ Every constructor takes ``in_channels``, ``num_classes`` and ``patch_size`` plus
 arguments and returns an ``nn.Module`` mapping (B, C, P, P) to logits (B, num_classes). A
 constructor that also takes ``band_names`` gets the input band names. New models (fusion
 models) slot in by adding one entry to :data:`MODELS`; :func:`describe_models` lists every
-model's options with their defaults.
+model's options with their defaults, and the scikit-learn baselines of
+:mod:`geofuse.models.forest` (:data:`BASELINE_OPTIONS`).
 """
 
 from __future__ import annotations
@@ -69,9 +70,26 @@ def takes_band_names(name: str) -> bool:
     return "band_names" in inspect.signature(_builder(name)).parameters
 
 
+#: scikit-learn baselines (:mod:`geofuse.models.forest`) -> their ``train.baseline`` options.
+BASELINE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "logistic_regression": ("features", "c", "max_iter"),
+    "random_forest": ("features", "n_estimators", "max_depth"),
+}
+
+
 def describe_models() -> dict[str, dict[str, Any]]:
-    """Every registered model name -> its options and their defaults, sorted by name."""
-    return {name: _options(MODELS[name]) for name in list_models()}
+    """Every model name accepted by ``train.model.name`` -> its options and their defaults.
+
+    Networks (sorted by name) list their ``train.model`` options; the scikit-learn baselines
+    (random_forest, logistic_regression) follow, with their ``train.baseline.*`` options.
+    """
+    from geofuse.config import BaselineConfig
+
+    out = {name: _options(MODELS[name]) for name in list_models()}
+    fields = BaselineConfig.model_fields
+    for name, keys in BASELINE_OPTIONS.items():
+        out[name] = {f"train.baseline.{key}": fields[key].default for key in keys}
+    return out
 
 
 def _builder(name: str) -> ModelBuilder:

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
+from rasterio.errors import RasterioError
 from rasterio.features import rasterize
 from rasterio.warp import transform as transform_coords
 from rasterio.windows import Window
@@ -24,10 +26,18 @@ from shapely.geometry.base import BaseGeometry
 
 from geofuse.config import GridConfig, ModalityConfig
 from geofuse.errors import AlignmentError, ConfigError, RasterError
-from geofuse.raster.io import Grid, RasterInfo, check_nodata, parse_crs, read_warped
+from geofuse.raster.io import (
+    Grid,
+    RasterInfo,
+    check_nodata,
+    crs_to_string,
+    parse_crs,
+    read_warped,
+)
 
 _EPS = 1e-6  # tolerance, in pixels, when snapping bounds to a pixel grid
 _FOOTPRINT_POINTS = 21  # points per edge when a footprint is reprojected
+_DEG_TOL = 1e-6  # degrees a lon/lat raster may reach past the poles (rounding of its edges)
 
 
 def grid_from_config(grid: GridConfig) -> Grid:
@@ -78,12 +88,35 @@ def footprint(info: RasterInfo, crs: CRS) -> BaseGeometry:
     cols = np.concatenate([t * w, np.full_like(t, w), (1 - t) * w, np.zeros_like(t)])
     rows = np.concatenate([np.zeros_like(t), t * h, np.full_like(t, h), (1 - t) * h])
     xs, ys = info.transform @ (cols, rows)
+    _check_geographic(info)
     if info.crs != crs:
-        xs, ys = transform_coords(info.crs, crs, xs, ys)
+        try:
+            xs, ys = transform_coords(info.crs, crs, xs, ys)
+        except (RasterioError, CPLE_BaseError) as err:
+            raise AlignmentError(
+                f"raster file {str(info.path)!r} cannot be reprojected to {crs_to_string(crs)}: "
+                f"its bounds {_fmt_bounds(info.bounds)} in {crs_to_string(info.crs)} are invalid "
+                f"there ({' '.join(str(err).split())}); check the file's geotransform and CRS "
+                "(gdalinfo), e.g. an origin shifted by a wrong unit or a swapped x/y"
+            ) from None
     pts = [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(x) and math.isfinite(y)]
     if len(pts) < 3:
         return Polygon()
     return make_valid(Polygon(pts))
+
+
+def _check_geographic(info: RasterInfo) -> None:
+    """Raise AlignmentError when a lon/lat raster lies outside the globe."""
+    if not info.crs.is_geographic:
+        return
+    left, bottom, right, top = info.bounds
+    if bottom < -90 - _DEG_TOL or top > 90 + _DEG_TOL or left < -360 or right > 360:
+        raise AlignmentError(
+            f"raster file {str(info.path)!r} lies outside the valid coordinates of its CRS "
+            f"{crs_to_string(info.crs)}: bounds {_fmt_bounds(info.bounds)}, but latitude must be "
+            "within -90..90 and longitude within -180..180 (or 0..360); fix its geotransform "
+            "(origin and pixel size, see gdalinfo) or its CRS"
+        )
 
 
 @dataclass

@@ -14,14 +14,19 @@ existing stack.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rasterio._err import CPLE_BaseError
+from rasterio.errors import RasterioError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -33,7 +38,7 @@ from rich.progress import (
 )
 
 from geofuse.config import StudyConfig
-from geofuse.errors import AlignmentError, ConfigError
+from geofuse.errors import AlignmentError, ConfigError, GeofuseError, write_failure
 from geofuse.raster.align import ModalityPlan, plan_modality, reference_grid
 from geofuse.raster.io import (
     Grid,
@@ -92,19 +97,35 @@ def prepare_stack(cfg: StudyConfig, progress: bool = True) -> PrepareResult:
         _progress_bar(progress) as bar,
     ):
         raw, cog = Path(tmp) / "raw.tif", Path(tmp) / "cog.tif"
-        qc = _fuse(plans, grid, raw, _block_size(cfg.prepare.block_size), bar)
+        with _writing(stack_path):
+            qc = _fuse(plans, grid, raw, _block_size(cfg.prepare.block_size), bar)
         report = qc.report(stack_path, cfg.prepare.max_nan_fraction)
         qc_path = write_qc(report, stack_path)
         raise_if_failed(report, qc_path)
         task = bar.add_task("write COG (compress, overviews)", total=1)
-        write_cog(raw, cog, overview_resampling=_overview_resampling(plans))
+        with _writing(stack_path):
+            write_cog(raw, cog, overview_resampling=_overview_resampling(plans))
         bar.advance(task)
         _verify_stack(cog, grid, cfg.band_names)
         os.replace(cog, stack_path)
     manifest = build_manifest(plans, grid, report)
     man_path = manifest_path(stack_path)
     manifest.save(man_path)
+    for message in report["warnings"]:  # after the progress bar, so each shows on one line
+        warnings.warn(f"QC warning: {message} (see {qc_path.with_suffix('.md')})",
+                      UserWarning, stacklevel=2)
     return PrepareResult(stack_path, man_path, qc_path, report)
+
+
+@contextlib.contextmanager
+def _writing(stack_path: Path) -> Iterator[None]:
+    """Turn a GDAL or OS write failure (disk full, read-only) into a one-line GeofuseError."""
+    try:
+        yield
+    except GeofuseError:
+        raise
+    except (RasterioError, CPLE_BaseError, OSError) as err:
+        raise write_failure(err, stack_path) from None
 
 
 def plan_stack(cfg: StudyConfig) -> tuple[list[ModalityPlan], Grid]:

@@ -22,6 +22,11 @@ from geofuse.io_utils import atomic_write_json, atomic_write_text
 from geofuse.raster.io import Grid
 from geofuse.sensors import get_sensor
 
+#: A band with a smaller valid share over the reference grid fails QC (it carries no data).
+FAIL_VALID_FRACTION = 0.01
+#: A band with a smaller valid share is reported as a QC warning (mostly nodata).
+WARN_VALID_FRACTION = 0.5
+
 
 def qc_paths(stack_path: str | Path) -> tuple[Path, Path]:
     """(JSON, Markdown) QC report paths that belong to ``stack_path``."""
@@ -78,6 +83,10 @@ class BandStats:
     @property
     def invalid_fraction(self) -> float:
         return 1.0 - self.valid / self.total if self.total else 0.0
+
+    @property
+    def valid_fraction(self) -> float:
+        return self.valid / self.total if self.total else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         has = self.valid > 0
@@ -163,15 +172,27 @@ class QCAccumulator:
             stats.update(values, covered)
 
     def report(self, stack_path: Path, max_nan_fraction: float) -> dict[str, Any]:
-        """The QC report as a JSON-ready dict; ``passed`` is False above the NaN limit."""
+        """The QC report as a JSON-ready dict.
+
+        ``status`` is ``failed`` when a band has more invalid pixels than ``max_nan_fraction``
+        or (almost) no valid pixel (below :data:`FAIL_VALID_FRACTION`), ``warning`` when a band
+        is mostly nodata (below :data:`WARN_VALID_FRACTION`), a modality does not cover the
+        whole grid or values fall outside the expected range, else ``passed``. ``passed`` is
+        False only on failures.
+        """
         all_bands = [s for stats in self.bands.values() for s in stats]
+        coverage = {name: c.to_dict(self.grid) for name, c in self.coverage.items()}
         failures = [
             f"band {s.name!r} (modality {s.modality!r}) has {s.invalid_fraction:.1%} invalid "
-            f"pixels, above prepare.max_nan_fraction = {max_nan_fraction:g}"
+            f"pixels, above prepare.max_nan_fraction = {max_nan_fraction:g}; fix the sources' "
+            "coverage/nodata or raise prepare.max_nan_fraction"
             for s in all_bands
             if s.invalid_fraction > max_nan_fraction
         ]
-        coverage = {name: c.to_dict(self.grid) for name, c in self.coverage.items()}
+        empty, sparse = _valid_share_findings(self.bands, coverage, failures)
+        failures += empty
+        warnings = sparse + _coverage_warnings(coverage) + _range_warnings(all_bands)
+        status = "failed" if failures else "warning" if warnings else "passed"
         return {
             "stack": str(stack_path),
             "grid": {
@@ -182,12 +203,46 @@ class QCAccumulator:
                 "bounds": list(self.grid.bounds),
             },
             "max_nan_fraction": max_nan_fraction,
+            "status": status,
             "passed": not failures,
             "failures": failures,
-            "warnings": _coverage_warnings(coverage) + _range_warnings(all_bands),
+            "warnings": warnings,
             "bands": {s.name: s.to_dict() for s in all_bands},
             "modalities": coverage,
         }
+
+
+def _valid_share_findings(
+    bands: dict[str, list[BandStats]], coverage: dict[str, dict[str, Any]], failures: list[str]
+) -> tuple[list[str], list[str]]:
+    """(failures, warnings) for modalities whose bands are (almost) all or mostly nodata.
+
+    Bands already named in ``failures`` (the max_nan_fraction rule) are not repeated.
+    """
+    empty, sparse = [], []
+    for modality, stats in bands.items():
+        todo = [s for s in stats if not any(f"band {s.name!r} " in f for f in failures)]
+        low = [s for s in todo if s.valid_fraction < WARN_VALID_FRACTION]
+        if not low:
+            continue
+        worst = min(s.valid_fraction for s in low)
+        names = ", ".join(repr(s.name) for s in low)
+        covered = coverage[modality]["covered_fraction"]
+        where = (f"its files cover {covered:.1%} of the reference grid" if covered < 1
+                 else "its files cover the whole reference grid, so the pixels are nodata")
+        if worst < FAIL_VALID_FRACTION:
+            empty.append(
+                f"modality {modality!r}: band(s) {names} have {worst:.1%} valid pixels over the "
+                f"reference grid ({where}); fix the modality's 'nodata' value, scale/offset or "
+                "'files' (or the grid), or remove the modality from the config"
+            )
+        else:
+            sparse.append(
+                f"modality {modality!r}: band(s) {names} are mostly nodata, only {worst:.1%} "
+                f"valid over the reference grid ({where}); patches there will be NaN or "
+                "dropped: check its 'nodata' value and files, or set a 'grid' that it covers"
+            )
+    return empty, sparse
 
 
 def _coverage_warnings(coverage: dict[str, dict[str, Any]]) -> list[str]:
@@ -216,8 +271,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Grid: {grid['width']} x {grid['height']} px, {grid['crs'][:60]}, "
         f"bounds {[round(v, 3) for v in grid['bounds']]}",
-        f"Status: **{'passed' if report['passed'] else 'FAILED'}** "
-        f"(max_nan_fraction = {report['max_nan_fraction']:g})",
+        f"Status: **{_status(report)}** (max_nan_fraction = {report['max_nan_fraction']:g})",
         "",
         "| band | modality | valid | NaN | min | max | mean | std | out of range |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -237,6 +291,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         if report[key]:
             lines += ["", f"## {title}", "", *[f"- {msg}" for msg in report[key]]]
     return "\n".join(lines) + "\n"
+
+
+def _status(report: dict[str, Any]) -> str:
+    status = report.get("status", "passed" if report["passed"] else "failed")
+    return {"passed": "passed", "warning": "WARNING", "failed": "FAILED"}[status]
 
 
 def _fmt(value: float | None) -> str:
@@ -260,6 +319,6 @@ def raise_if_failed(report: dict[str, Any], qc_path: Path) -> None:
     if report["passed"]:
         return
     raise RasterError(
-        f"{'; '.join(report['failures'])}; the stack was not written (see the QC report "
-        f"{qc_path}); fix the sources' coverage/nodata or raise prepare.max_nan_fraction"
+        f"QC failed: {'; '.join(report['failures'])}; the stack was not written (see the QC "
+        f"report {qc_path})"
     )

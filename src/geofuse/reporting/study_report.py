@@ -32,6 +32,7 @@ from geofuse.evaluation.importance import aggregate_importance
 from geofuse.io_utils import atomic_path, atomic_write_json, atomic_write_text
 from geofuse.reporting import html as doc
 from geofuse.reporting import study_plots as sp
+from geofuse.reporting._completeness import completeness, continue_command, unfinished_alert
 from geofuse.reporting.plots import plot_confusion_matrix
 
 CELL_DEFAULTS: dict[str, Any] = {
@@ -53,6 +54,8 @@ class Study:
     data: dict[str, Any]
     cells: list[dict[str, Any]]
     skipped: list[str] = field(default_factory=list)
+    kind: str | None = None
+    config_file: str | None = None
 
     @property
     def config_ids(self) -> list[str]:
@@ -102,7 +105,8 @@ def _normalise_meta(meta: dict[str, Any]) -> dict[str, Any]:
     data = dict(meta.get("data") or {})
     data.setdefault("class_names", meta.get("class_names"))
     return {"name": meta.get("name"), "config": meta.get("config") or {}, "grid": grid,
-            "baseline": meta.get("baseline", meta.get("baseline_config_id")), "data": data}
+            "baseline": meta.get("baseline", meta.get("baseline_config_id")), "data": data,
+            "kind": meta.get("kind"), "config_file": meta.get("config_file")}
 
 
 def load_study(study_dir: str | Path) -> Study:
@@ -139,7 +143,7 @@ def load_study(study_dir: str | Path) -> Study:
                           "run the study first")
     return Study(path=path, name=meta["name"] or path.name, config=meta["config"],
                  grid=meta["grid"], baseline=meta["baseline"], data=meta["data"], cells=cells,
-                 skipped=skipped)
+                 skipped=skipped, kind=meta["kind"], config_file=meta["config_file"])
 
 
 def cell_scores(study: Study, metric: str, split: str = "val") -> dict[str, dict[st.Key, float]]:
@@ -172,12 +176,15 @@ def compute_study_stats(
         notes.append(f"baseline {baseline!r} has no {split} results; no comparisons made")
         baseline = None
     summary = st.summarize_configs(scores, unit)
-    comparisons = st.compare_to_baseline(scores, baseline, alpha, unit) if baseline else []
+    complete = completeness(scores, study.grid, baseline)
+    comparable = {cid: scores[cid] for cid in complete["comparable"]}
+    complete["continue"] = continue_command(study.kind, study.config_file)
+    comparisons = st.compare_to_baseline(comparable, baseline, alpha, unit) if baseline else []
     by_config = {cid: [c for c in study.cells if c["config_id"] == cid] for cid in scores}
     evaluated = {cid: [c for c in cells if isinstance(c.get(split), Mapping)]
                  for cid, cells in by_config.items()}
     classes = study.class_names
-    best = max(summary, key=lambda c: np.nan_to_num(summary[c]["mean"], nan=-np.inf))
+    best = max(comparable, key=lambda c: np.nan_to_num(summary[c]["mean"], nan=-np.inf))
     return {
         "metric": metric, "split": split, "unit": unit, "alpha": alpha, "baseline": baseline,
         "best": best, "notes": notes, "configs": summary, "comparisons": comparisons,
@@ -198,7 +205,7 @@ def compute_study_stats(
                        "reasons": list(c["guard"].get("reasons") or []),
                        "diagnosis": c["guard"].get("diagnosis") or ""}
                       for c in study.cells if c["guard"].get("collapsed")],
-        "skipped": list(study.skipped),
+        "skipped": list(study.skipped), "completeness": complete,
     }
 
 
@@ -234,6 +241,8 @@ def _guard_blocks(s: dict[str, Any]) -> list[doc.Block]:
                                 items))
     else:
         blocks.append(doc.Alert("ok", "Collapse guard: passed in every cell."))
+    if not s["completeness"]["finished"]:
+        blocks.append(unfinished_alert(s["completeness"], list(s["configs"])))
     if s["skipped"]:
         blocks.append(doc.Alert("note", f"{len(s['skipped'])} cell file(s) skipped", s["skipped"]))
     return blocks

@@ -5,9 +5,12 @@ training ~3x slower than a plain loop on CPU. This callback instead:
 
 - keeps a copy of the best weights (lowest ``val_loss``) in memory and writes ``best.ckpt``
   (weights only, with the best epoch) when training ends or is interrupted;
-- writes the full ``last.ckpt`` (for ``--resume``) when training ends, when it is interrupted
-  (Ctrl+C or an exception), and at most every ``interval_s`` seconds in between, so a hard kill
-  loses at most that much training.
+- writes the full ``last.ckpt`` (for ``--resume``), and ``best.ckpt`` when the best epoch has
+  changed, at the end of every epoch while that costs at most ``max_overhead`` of the training
+  time since the previous write (a hard kill then loses at most the epoch in progress); when
+  writing is expensive next to short epochs, every few epochs so that the cost stays under that
+  share, and at least every ``interval_s`` seconds. Both files are also written when training
+  ends or is interrupted (Ctrl+C, SIGTERM, an exception).
 """
 
 from __future__ import annotations
@@ -30,18 +33,23 @@ class BestAndLastCheckpoint(Callback):
     Args:
         best_path: file for the best weights (weights-only Lightning checkpoint).
         last_path: file for the full resumable checkpoint.
-        interval_s: write ``last_path`` at most this often during training (seconds).
+        interval_s: write ``last_path`` at least this often during training (seconds).
         monitor: metric to minimise.
+        max_overhead: largest share of training time spent writing checkpoints between
+            epochs; writes happen after every epoch while they are cheaper than that.
     """
 
     def __init__(self, best_path: Path, last_path: Path, interval_s: float = 300.0,
-                 monitor: str = "val_loss") -> None:
+                 monitor: str = "val_loss", max_overhead: float = 0.05) -> None:
         self.best_path, self.last_path = Path(best_path), Path(last_path)
-        self.interval_s, self.monitor = interval_s, monitor
+        self.interval_s, self.monitor, self.max_overhead = interval_s, monitor, max_overhead
         self.best_score = math.inf
         self.best_epoch: int | None = None
         self._best_state: dict[str, torch.Tensor] | None = None
+        self._best_written = True  # nothing new to write yet
         self._last_write = time.monotonic()
+        self._write_cost: float | None = None  # seconds the last epoch-end write took
+        self.writes = 0
 
     # -- tracking -------------------------------------------------------------------------
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -53,10 +61,15 @@ class BestAndLastCheckpoint(Callback):
             self.best_score, self.best_epoch = score, trainer.current_epoch
             self._best_state = {k: v.detach().to("cpu", copy=True)
                                 for k, v in pl_module.state_dict().items()}
+            self._best_written = False
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if time.monotonic() - self._last_write >= self.interval_s:
-            self._write_last(trainer)
+        since = time.monotonic() - self._last_write
+        cheap = self._write_cost is None or self._write_cost <= self.max_overhead * since
+        if cheap or since >= self.interval_s:
+            started = time.monotonic()
+            self._write_all(trainer)
+            self._write_cost = time.monotonic() - started
 
     # -- writing --------------------------------------------------------------------------
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -68,12 +81,14 @@ class BestAndLastCheckpoint(Callback):
 
     def _write_all(self, trainer: L.Trainer) -> None:
         self._write_last(trainer)
-        self._write_best(trainer)
+        if not self._best_written or not self.best_path.exists():
+            self._write_best(trainer)
 
     def _write_last(self, trainer: L.Trainer) -> None:
         with atomic_path(self.last_path, suffix=".ckpt") as tmp:
             trainer.save_checkpoint(tmp)
         self._last_write = time.monotonic()
+        self.writes += 1
 
     def _write_best(self, trainer: L.Trainer) -> None:
         """Write the best weights; with no finite val_loss ever (a diverged run), the current
@@ -86,6 +101,7 @@ class BestAndLastCheckpoint(Callback):
             checkpoint["epoch"] = self.best_epoch
         with atomic_path(self.best_path, suffix=".ckpt") as tmp:
             torch.save(checkpoint, tmp)
+        self._best_written = True
 
     # -- resume ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -4,36 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import platform
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import lightning as L
-import numpy as np
-import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from rich.console import Console
 
-import geofuse
 from geofuse.config import StudyConfig, dump_config, parse_config
 from geofuse.data.datamodule import (
     PatchDataModule,
     check_splits,
     select_inputs,
-    split_counts,
     train_tabular_stats,
 )
 from geofuse.data.normalize import BandStats, TabularStats, compute_band_stats
 from geofuse.data.patchset import PatchSet
 from geofuse.errors import ConfigError, RunDirError
 from geofuse.io_utils import atomic_write_json
-from geofuse.models.freeze import frozen_fraction, frozen_parameter_fraction
-from geofuse.models.registry import count_parameters
+from geofuse.locks import locked
 from geofuse.rundir import (
     HISTORY_COLUMNS,
     RunDir,
@@ -43,6 +35,13 @@ from geofuse.rundir import (
     write_history,
 )
 from geofuse.training._progress import ThrottledProgressBar
+from geofuse.training._run_state import (
+    finish_run_info,
+    mark_interrupted,
+    prepare_run_dir,
+    record_killed,
+    run_info,
+)
 from geofuse.training._step_costs import NoOpProfiler, cuda_check_without_missing_nvml
 from geofuse.training.checkpoints import BestAndLastCheckpoint
 from geofuse.training.guards import CollapseStopper
@@ -92,8 +91,12 @@ def train_model(
     patchset: PatchSet | None = None,
     epochs: int | None = None,
     overwrite: bool = False,
+    run_info_extra: dict[str, Any] | None = None,
 ) -> Path:
     """Train ``cfg.train.model`` on the PatchSet, then evaluate and write the report.
+
+    The run directory is locked while this runs (a second command on it is refused); a run
+    found ``running`` with no live holder was killed and is marked interrupted first.
 
     Args:
         cfg: the study config.
@@ -105,6 +108,7 @@ def train_model(
             ``patches.h5`` in the run directory so that the run stays self-describing.
         epochs: override ``cfg.train.epochs`` (the maximum; early stopping may end sooner).
         overwrite: replace an existing finished run of the same name.
+        run_info_extra: more keys for ``run.json`` (e.g. the study cell's fingerprint).
 
     Returns:
         The run directory.
@@ -114,19 +118,37 @@ def train_model(
         SplitError: an empty split or a class missing from train/val.
         BandError: unknown band or modality in ``cfg.train``.
         RunDirError: nothing to resume, or the run exists and neither resume nor overwrite.
+        LockedError: another live process is training in the same run directory.
+        StopRequested: Ctrl+C or SIGTERM; last.ckpt and run.json say where it stopped.
     """
+    run = RunDir(cfg.runs_path / (run_name or default_run_name(cfg)))
+    with locked(run.path, f"run {run.name!r}"):
+        killed = record_killed(run)
+        if killed is not None and progress:
+            Console(stderr=True).print(
+                f"[yellow]run {run.name} was stopped without notice (killed) after "
+                f"{killed['epochs_trained']} epoch(s); it is marked interrupted[/]",
+                soft_wrap=True)
+        return _train_locked(cfg, run, resume, progress, patchset, epochs, overwrite,
+                             run_info_extra)
+
+
+def _train_locked(
+    cfg: StudyConfig, run: RunDir, resume: bool, progress: bool, patchset: PatchSet | None,
+    epochs: int | None, overwrite: bool, run_info_extra: dict[str, Any] | None,
+) -> Path:
+    """:func:`train_model` once the run directory's lock is held."""
     from geofuse.evaluation.evaluate import evaluate_run
     from geofuse.models.forest import fit_baseline, is_baseline
     from geofuse.reporting.report import write_report
 
-    run = RunDir(cfg.runs_path / (run_name or default_run_name(cfg)))
-    _prepare_run_dir(run, resume, overwrite)
+    prepare_run_dir(run, resume, overwrite)
     patches, patches_path = _load_patches(cfg, run, patchset, resume)
     max_epochs = epochs or cfg.train.epochs
     stats = _band_stats(run, patches, resume)
     tab_stats = _tabular_stats(run, patches, resume)
     _write_resolved_config(cfg, run, patches_path, max_epochs)
-    info = _run_info(cfg, run, patches, patches_path, resume)
+    info = run_info(cfg, run, patches, patches_path, resume, run_info_extra)
     atomic_write_json(run.run_json, info)
     if is_baseline(cfg.train.model.name):  # scikit-learn: fit, then the same evaluation/report
         fit_baseline(cfg, run, patches, stats, info)
@@ -145,10 +167,9 @@ def train_model(
         trainer = _build_trainer(cfg, run, max_epochs, progress)
         try:
             trainer.fit(task, datamodule=datamodule, ckpt_path=run.last_ckpt if resume else None)
-        except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl+C into sys.exit(1)
-            _mark_interrupted(run, info)
-            raise
-    _finish_run_info(run, info, trainer, time.perf_counter() - started, task)
+        except (KeyboardInterrupt, SystemExit) as err:  # Lightning: Ctrl+C -> sys.exit(1)
+            raise mark_interrupted(cfg, run, info, err) from None
+    finish_run_info(run, info, trainer, time.perf_counter() - started, task.model)
     evaluate_run(run.path, verbose=progress)
     write_report(run.path)
     return run.path
@@ -194,25 +215,6 @@ def model_kwargs(cfg: StudyConfig, patches: PatchSet) -> dict[str, Any]:
             )
         out["num_tabular"] = int(patches.tabular.shape[1])
     return out
-
-
-def _prepare_run_dir(run: RunDir, resume: bool, overwrite: bool) -> None:
-    if resume:
-        if not run.last_ckpt.is_file():
-            raise RunDirError(
-                f"cannot resume: {str(run.last_ckpt)!r} does not exist; start the run "
-                "without --resume (or pass the --run-name of an interrupted run)"
-            )
-        return
-    existing = [p for p in (run.last_ckpt, run.best_ckpt, run.metrics) if p.exists()]
-    if existing and not overwrite:
-        raise RunDirError(
-            f"run directory {str(run.path)!r} already holds a run; pass --resume to continue "
-            "it, --run-name NEW for a new run, or delete the folder"
-        )
-    if run.path.exists() and overwrite:
-        shutil.rmtree(run.path)
-    run.path.mkdir(parents=True, exist_ok=True)
 
 
 def _load_patches(
@@ -289,78 +291,12 @@ def _write_resolved_config(
     dump_config(parse_config(data, cfg.base_dir, source=str(run.config)), run.config)
 
 
-def _versions() -> dict[str, str]:
-    import torchmetrics
-
-    return {
-        "geofuse": geofuse.__version__, "python": platform.python_version(),
-        "torch": torch.__version__, "lightning": L.__version__,
-        "torchmetrics": torchmetrics.__version__, "numpy": np.__version__,
-        "platform": platform.platform(),
-    }
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _run_info(
-    cfg: StudyConfig, run: RunDir, patches: PatchSet, patches_path: Path, resume: bool
-) -> dict[str, Any]:
-    """Provenance record; on resume the earlier record is extended, not replaced."""
-    info: dict[str, Any] = run.read_json(run.run_json) if resume and run.run_json.is_file() else {}
-    info.update(
-        run_name=run.name, status="running", patches_path=str(patches_path),
-        bands=list(patches.band_names), modalities=dict(patches.modalities),
-        class_names=list(patches.class_names), num_classes=patches.num_classes,
-        patch_size=patches.patch_size, in_channels=len(patches.band_names), seed=cfg.seed,
-        model={"name": cfg.train.model.name,
-               "kwargs": cfg.train.model.model_dump(exclude={"name"})},
-        class_counts=split_counts(patches), versions=_versions(),
-    )
-    info.setdefault("created_at", _now())
-    info.setdefault("sessions", []).append({"started_at": _now(), "resumed": resume})
-    return info
-
-
-def _mark_interrupted(run: RunDir, info: dict[str, Any]) -> None:
-    """Record an interrupted session and say how to continue it."""
-    info.update(status="interrupted", epochs_trained=len(read_history(run.history)))
-    info["sessions"][-1].update(interrupted_at=_now())
-    atomic_write_json(run.run_json, info)
-    Console(stderr=True).print(
-        f"[yellow]training interrupted; continue it with: geofuse train -c CONFIG --resume "
-        f"--run-name {run.name}[/]", soft_wrap=True
-    )
-
-
-def _finish_run_info(
-    run: RunDir, info: dict[str, Any], trainer: L.Trainer, seconds: float,
-    task: ClassificationTask,
-) -> None:
-    history = read_history(run.history)
-    info["sessions"][-1].update(finished_at=_now(), train_s=round(seconds, 3),
-                                epochs_at_end=len(history))
-    stopper = next((c for c in trainer.callbacks if isinstance(c, CollapseStopper)), None)
-    if stopper is not None and stopper.reason:
-        info["collapse_stop"] = {"epoch": stopper.epoch, "reason": stopper.reason}
-    info.update(
-        status="finished", epochs_trained=len(history), max_epochs=trainer.max_epochs,
-        stopped_early=bool(trainer.early_stopping_callback
-                           and trainer.early_stopping_callback.stopped_epoch > 0),
-        train_s_total=round(sum(s.get("train_s", 0.0) for s in info["sessions"]), 3),
-        num_params=count_parameters(task.model), frozen_fraction=frozen_fraction(task.model),
-        frozen_parameter_fraction=frozen_parameter_fraction(task.model),
-        best_checkpoint=str(run.best_ckpt.relative_to(run.path)),
-    )
-    atomic_write_json(run.run_json, info)
-
-
 def _build_trainer(cfg: StudyConfig, run: RunDir, max_epochs: int, progress: bool) -> L.Trainer:
     callbacks: list[Callback] = [
         HistoryWriter(run.history),
         EarlyStopping(monitor="val_loss", mode="min", patience=cfg.train.early_stopping_patience),
-        BestAndLastCheckpoint(run.best_ckpt, run.last_ckpt, cfg.train.checkpoint_interval_s),
+        BestAndLastCheckpoint(run.best_ckpt, run.last_ckpt, cfg.train.checkpoint_interval_s,
+                              max_overhead=cfg.train.checkpoint_overhead),
     ]
     if cfg.guards.stop_on_collapse:
         callbacks.append(CollapseStopper(cfg.guards))

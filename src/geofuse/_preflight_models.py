@@ -1,0 +1,254 @@
+"""Preflight checks of names: models and their options, bands, modalities, ablation and search.
+
+Everything here is resolved from the config and the input names (:class:`Inputs`) alone, so
+that a typo is reported before any cell of a grid is trained.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from geofuse._preflight_base import Inputs, Problem, dedupe, did_you_mean, suggest
+from geofuse.config import AblationModelConfig, ModelConfig, StudyConfig, parse_config
+from geofuse.errors import ConfigError, GeofuseError
+
+KeyOf = Callable[[str], str]
+_MODEL_FIELDS = set(ModelConfig.model_fields)
+
+
+def _model_names() -> list[str]:
+    from geofuse.models.forest import BASELINES
+    from geofuse.models.registry import list_models
+
+    return [*list_models(), *BASELINES]
+
+
+def unknown_model(key: str, name: str) -> Problem:
+    """The problem of an unregistered model name, with a suggestion."""
+    return Problem(key, name, f"unknown model; {did_you_mean(name, _model_names(), 'valid names')}"
+                   " (list them with 'geofuse models')")
+
+
+def model_problems(
+    cfg: StudyConfig, model: ModelConfig, modalities: Sequence[str], inputs: Inputs,
+    key_of: KeyOf, where: str = "", in_grid: bool = False,
+) -> list[Problem]:
+    """Problems of one model config: unknown name, options it does not take, bad encoders.
+
+    Args:
+        cfg: the study config (resolves ``pretrained_path``).
+        model: the model config as the run will see it.
+        modalities: modalities of the run (encoder and weight keys must be among them).
+        inputs: band names of the run's data.
+        key_of: config key of a ``train.model`` field (``name``, ``merge``, ...).
+        where: text naming the model's entry in messages, e.g. `` (ablation.models[1])``.
+        in_grid: ``modalities`` is one sensor subset of the ablation grid.
+    """
+    from geofuse.models.forest import is_baseline
+    from geofuse.models.registry import MODELS, model_options
+
+    name = model.name
+    if is_baseline(name):
+        return []
+    if name not in MODELS:
+        return [unknown_model(key_of("name"), name)]
+    accepted = model_options(name)
+    takes = sorted(_MODEL_FIELDS & set(accepted))
+    defaults = ModelConfig().model_dump()
+    out = [
+        Problem(key_of(k), v, f"model {name!r}{where} does not take option {k!r} (it takes "
+                f"{', '.join(takes) or 'none'}); remove it or pick a model that takes it")
+        for k, v in model.model_dump(exclude={"name"}).items()
+        if k not in accepted and v != defaults.get(k)
+    ]
+    if "encoders" in accepted:
+        out += _encoder_problems(model.encoders or {}, key_of("encoders"), name)
+    for option in ("encoders", "weights"):
+        given = getattr(model, option) if option in accepted else None
+        unknown = sorted(set(given or {}) - set(modalities))
+        if unknown:
+            out.append(Problem(key_of(option), given, (
+                f"names {unknown}, missing from some ablation.sensors subsets; name only "
+                "modalities that every subset has" if in_grid else
+                f"names {unknown} but the run uses only {list(modalities)}; name only those")))
+    if "rgb_bands" in accepted and model.rgb_bands:
+        missing = [b for b in model.rgb_bands if b not in inputs.band_names]
+        if missing:
+            out.append(Problem(key_of("rgb_bands"), model.rgb_bands,
+                               f"band(s) {missing} are not in {inputs.origin}; "
+                               f"{did_you_mean(missing[0], inputs.band_names, 'bands')}"))
+    if "pretrained_path" in accepted and model.pretrained_path:
+        path = cfg.resolve(model.pretrained_path)
+        if not path.is_file():
+            out.append(Problem(key_of("pretrained_path"), model.pretrained_path,
+                               f"file {str(path)!r} does not exist; fix the path (relative to "
+                               "the config's folder) or remove it to train from scratch"))
+    if "num_tabular" in accepted and inputs.has_tabular is False:
+        out.append(Problem(key_of("name"), name, f"needs tabular attributes per patch but "
+                           f"{inputs.origin} has none; pick an image-only model"))
+    return out
+
+
+def _encoder_problems(encoders: dict[str, str], key: str, model: str) -> list[Problem]:
+    from geofuse.models.encoders import DEFAULT_ENCODER
+    from geofuse.models.registry import MODELS
+
+    valid = sorted({DEFAULT_ENCODER, *MODELS})
+    return [Problem(f"{key}.{m}", enc, f"unknown encoder of {model!r}; "
+                    f"{did_you_mean(enc, valid, 'valid encoders')}")
+            for m, enc in encoders.items() if enc not in valid]
+
+
+def run_modalities(train_bands: list[str] | None, train_modalities: list[str] | None,
+                   inputs: Inputs) -> list[str]:
+    """The modalities a run uses: those of ``train.bands``, else ``train.modalities``, else all."""
+    if train_bands:
+        return inputs.modalities_of(train_bands)
+    if train_modalities:
+        return [m for m in inputs.modalities if m in train_modalities]
+    return list(inputs.modalities)
+
+
+def band_problems(
+    bands: list[str] | None, modalities: list[str] | None, inputs: Inputs,
+    bands_key: str = "train.bands", modalities_key: str = "train.modalities",
+) -> list[Problem]:
+    """Unknown names in ``train.bands`` / ``train.modalities`` against the real inputs."""
+    rerun = "" if inputs.from_config else (
+        " (if the config lists it, re-run 'geofuse prepare' and 'geofuse extract')")
+    out = []
+    for band in bands or []:
+        if band not in inputs.band_names:
+            out.append(Problem(bands_key, band, f"unknown band; {suggest(band, inputs.band_names)}"
+                               f"{inputs.origin} has {', '.join(inputs.band_names)}; "
+                               f"fix {bands_key}{rerun}"))
+    for mod in modalities or []:
+        if mod not in inputs.modalities:
+            out.append(Problem(modalities_key, mod, f"unknown modality; "
+                               f"{suggest(mod, inputs.modalities)}{inputs.origin} has "
+                               f"{', '.join(inputs.modalities)}; "
+                               f"fix {modalities_key}{rerun}"))
+    return out
+
+
+def train_problems(cfg: StudyConfig, inputs: Inputs) -> list[Problem]:
+    """``train.bands``, ``train.modalities`` and ``train.model`` against the inputs."""
+    t = cfg.train
+    out = band_problems(t.bands, t.modalities, inputs)
+    mods = run_modalities(t.bands, t.modalities, inputs)
+    out += model_problems(cfg, t.model, mods, inputs, lambda k: f"train.model.{k}")
+    return out
+
+
+def _entries(cfg: StudyConfig) -> list[tuple[int | None, AblationModelConfig]]:
+    if not cfg.ablation.models:
+        return [(None, AblationModelConfig(name=cfg.train.model.name))]
+    return [(i, AblationModelConfig(name=e) if isinstance(e, str) else e)
+            for i, e in enumerate(cfg.ablation.models)]
+
+
+def _subsets(cfg: StudyConfig, inputs: Inputs) -> tuple[list[list[str]], list[Problem]]:
+    """The grid's sensor subsets, and the problems of ablation.primary / ablation.sensors."""
+    names, a = list(inputs.modalities), cfg.ablation
+    out = []
+    if a.primary is not None and a.primary not in names:
+        out.append(Problem("ablation.primary", a.primary, f"unknown modality; "
+                           f"{did_you_mean(a.primary, names, 'modalities')}; "
+                           f"use one of {names}"))
+    for i, subset in enumerate(a.sensors or []):
+        unknown = [m for m in subset if m not in names]
+        for m in unknown:
+            out.append(Problem(f"ablation.sensors[{i}]", subset, f"unknown modality {m!r}; "
+                               f"{did_you_mean(m, names, 'modalities')} (known: {names})"))
+        if not subset or len(set(subset)) != len(subset):
+            out.append(Problem(f"ablation.sensors[{i}]", subset,
+                               "list distinct modalities, at least one"))
+        if subset in (a.sensors or [])[:i]:
+            out.append(Problem(f"ablation.sensors[{i}]", subset, "repeats an earlier entry; "
+                               "remove the duplicate"))
+    if out:
+        return [], out
+    from geofuse.experiments.grid import sensor_subsets
+
+    return sensor_subsets(names, a.primary, a.sensors), []
+
+
+def grid_problems(cfg: StudyConfig, inputs: Inputs) -> list[Problem]:
+    """The ablation grid: sensors, every model entry on every subset, labels and baseline."""
+    subsets, out = _subsets(cfg, inputs)
+    base = cfg.train.model.model_dump(mode="json")
+    for i, entry in _entries(cfg):
+        where = "" if i is None else f" (ablation.models[{i}])"
+        name_key = "train.model.name" if i is None else (
+            f"ablation.models[{i}]" if isinstance((cfg.ablation.models or [])[i], str)
+            else f"ablation.models[{i}].name")
+
+        def key_of(k: str, i: int | None = i, entry: AblationModelConfig = entry,
+                   name_key: str = name_key) -> str:
+            if k == "name":
+                return name_key
+            return f"ablation.models[{i}].options.{k}" if k in entry.options else f"train.model.{k}"
+
+        try:
+            model = ModelConfig(**{**base, "name": entry.name, **entry.options})
+        except (ValueError, TypeError) as err:
+            out.append(Problem(f"ablation.models[{i}].options", entry.options,
+                               f"invalid train.model options ({' '.join(str(err).split())[:200]})"))
+            continue
+        for subset in subsets:
+            ordered = [m for m in inputs.modalities if m in subset]
+            out += model_problems(cfg, model, ordered, inputs, key_of, where, in_grid=True)
+    if not out and cfg.ablation.baseline is not None:
+        out += _baseline_problems(cfg)
+    return dedupe(out)
+
+
+def _baseline_problems(cfg: StudyConfig) -> list[Problem]:
+    from geofuse.experiments.ablation import baseline_config_id
+    from geofuse.experiments.grid import build_grid
+
+    try:
+        baseline_config_id(cfg, build_grid(cfg, folds=[0]))
+    except GeofuseError as err:
+        return [Problem("ablation.baseline", cfg.ablation.baseline, err.one_line(), plain=True)]
+    return []
+
+
+def search_problems(cfg: StudyConfig, inputs: Inputs) -> list[Problem]:
+    """``search``: pilot fold, and every trial's config, model and bands."""
+    from geofuse.experiments.grid import set_dotted
+    from geofuse.experiments.search import search_trials
+
+    s = cfg.search
+    out: list[Problem] = []
+    if s.fold >= cfg.ablation.folds:
+        out.append(Problem("search.fold", s.fold, f"ablation.folds = {cfg.ablation.folds} gives "
+                           f"folds 0..{cfg.ablation.folds - 1}; pick one of them"))
+    try:
+        trials = search_trials(s, cfg.seed)
+    except ConfigError as err:
+        return [*out, Problem("search.space", s.space, err.one_line(), plain=True)]
+    data = cfg.model_dump(mode="json")
+    for i, params in enumerate(trials):
+        trial = copy.deepcopy(data)
+        for key, value in params.items():
+            set_dotted(trial, key, value)
+        try:
+            tcfg = parse_config(trial, cfg.base_dir, source=f"search trial-{i:02d} {params}")
+        except ConfigError as err:
+            out.append(Problem("search.space", params, err.one_line(), plain=True))
+            continue
+
+        def key_of(k: str, params: dict[str, Any] = params) -> str:
+            full = f"train.model.{k}"
+            return f"search.space[{full!r}]" if full in params else full
+
+        t = tcfg.train
+        bands_key, mods_key = (f"search.space[{k!r}]" if k in params else k
+                               for k in ("train.bands", "train.modalities"))
+        out += band_problems(t.bands, t.modalities, inputs, bands_key, mods_key)
+        mods = run_modalities(t.bands, t.modalities, inputs)
+        out += model_problems(tcfg, t.model, mods, inputs, key_of)
+    return dedupe(out)
