@@ -1,5 +1,7 @@
-"""End to end through the CLI: synth -> prepare -> extract -> train -> evaluate -> report,
-and the one-line, exit-code-2 errors on bad input that lose nothing already written."""
+"""End to end through the CLI: synth -> prepare -> extract -> train -> evaluate -> report.
+
+The one-line, exit-code-2 errors on bad input that lose nothing already written are the rows of
+the table in ``test_robustness.py``."""
 
 from __future__ import annotations
 
@@ -85,72 +87,3 @@ def test_train_leaves_complete_run_dir_and_evaluate_report_reuse_it(
     assert after["val"]["accuracy"] == pytest.approx(before["val"]["accuracy"])
     assert _invoke("report", str(run))[0] == 0
     assert "Collapse guard" in (run / "report.md").read_text()
-
-
-# -- bad input: one line, exit 2, nothing already written lost ------------------------------
-
-
-def _one_line_error(code: int, out: str, *needles: str) -> None:
-    assert code == 2, out
-    lines = [ln for ln in out.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in out, out
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-
-
-def _variant(flow: dict[str, Path], name: str, **changes: object) -> Path:
-    """A copy of the study config beside it (same relative paths), with sections changed."""
-    cfg = yaml.safe_load(flow["cfg"].read_text())
-    for dotted, value in changes.items():
-        *parents, key = dotted.split("__")
-        node = cfg
-        for part in parents:
-            node = node[int(part)] if part.isdigit() else node[part]
-        node[int(key) if key.isdigit() else key] = value
-    path = flow["cfg"].parent / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
-
-
-def test_missing_raster_fails_cleanly_and_keeps_existing_stack(flow: dict[str, Path]) -> None:
-    broken = _variant(flow, "missing", modalities__2__files=["dem_missing.tif"])
-    stack = flow["work"] / "stack.tif"
-    before = stack.read_bytes()
-    _one_line_error(*_invoke("prepare", "-c", str(broken)), "dem_missing.tif")
-    assert stack.read_bytes() == before
-
-
-def test_raster_without_crs_is_named(flow: dict[str, Path], tmp_path: Path) -> None:
-    path = flow["cfg"].parent / "nocrs.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=10, height=10, count=1,
-                       dtype="float32") as dst:
-        dst.write(np.ones((1, 10, 10), dtype="float32"))
-    broken = _variant(flow, "nocrs", modalities__2__files=["nocrs.tif"],
-                      workdir=str(tmp_path / "work"))
-    _one_line_error(*_invoke("prepare", "-c", str(broken)), "nocrs.tif")
-    assert not (tmp_path / "work" / "stack.tif").exists()
-
-
-def test_config_typo_exits_2_naming_the_key(flow: dict[str, Path]) -> None:
-    broken = _variant(flow, "typo", extract__patch_sise=8)
-    _one_line_error(*_invoke("extract", "-c", str(broken)), "patch_sise", "patch_size")
-
-
-def test_bad_labels_exit_2_and_keep_existing_patches(flow: dict[str, Path]) -> None:
-    patches = flow["work"] / "patches.h5"
-    before = patches.read_bytes()
-    broken = _variant(flow, "attr", labels__class_field="landcover")
-    _one_line_error(*_invoke("extract", "-c", str(broken)), "landcover")
-    broken = _variant(flow, "classes", labels__classes=["Agriculture", "Forest", "Urban", "Water"])
-    _one_line_error(*_invoke("extract", "-c", str(broken)), "Parcels")
-    assert patches.read_bytes() == before
-
-
-def test_polygons_giving_no_patches_exit_2(flow: dict[str, Path]) -> None:
-    broken = _variant(flow, "huge", extract__patch_size=4000, extract__output="huge.h5")
-    _one_line_error(*_invoke("extract", "-c", str(broken)), "labels.geojson")
-
-
-def test_unknown_band_exits_2(flow: dict[str, Path]) -> None:
-    broken = _variant(flow, "band", train__bands=["B4", "B99"])
-    _one_line_error(*_invoke("train", "-c", str(broken), "--run-name", "x"), "B99")

@@ -1,13 +1,15 @@
-"""The demo flow (what `make demo` runs), on a smaller scene and few epochs."""
+"""The demo flow (what `make demo` runs), on a smaller scene and few epochs; and `--full`."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from geofuse.pipeline import run_demo
+from geofuse.config import StudyConfig
+from geofuse.pipeline import FULL_MODELS, demo_workers, run_demo
 
 
 @pytest.fixture(scope="module")
@@ -22,13 +24,12 @@ def test_demo_runs_the_sensor_ablation_and_writes_the_study_report(demo_dir: Pat
     assert (study / "report.md").is_file() and (study / "results.csv").is_file()
     cells = [json.loads(p.read_text()) for p in (study / "cells").glob("*.json")]
     ids = {c["config_id"] for c in cells}
-    expected = {f"{s}/{m}" for s in ("s2", "s2+modis", "s2+dem", "s2+modis+dem")
-                for m in ("simple_cnn", "late_fusion")}
+    expected = {f"{s}/simple_cnn" for s in ("s2", "s2+modis", "s2+dem", "s2+modis+dem")}
     assert ids == expected
     assert sorted({c["fold"] for c in cells}) == [0, 1, 2]
-    assert len(cells) == 24
+    assert len(cells) == 12
     html = report.read_text()
-    assert "data:image/png;base64," in html and "s2+modis+dem/late_fusion" in html
+    assert "data:image/png;base64," in html and "s2+modis+dem/simple_cnn" in html
     # Re-running in the same folder reuses the finished cells and writes the same report.
     mtimes = {p: p.stat().st_mtime for p in (study / "cells").glob("*.json")}
     assert run_demo(demo_dir, seed=2, epochs=2, size_m=6000.0) == report
@@ -41,5 +42,23 @@ def test_demo_study_tests_every_configuration_against_sentinel2_alone(demo_dir: 
     assert study["baseline_config_id"] == "s2/simple_cnn"
     stats = json.loads((report.parent / "stats.json").read_text())
     text = json.dumps(stats)
-    assert "s2+modis+dem/late_fusion" in text and "p_holm" in text
+    assert "s2+modis+dem/simple_cnn" in text and "p_holm" in text
     assert "Significance against the baseline" in (report.parent / "report.md").read_text()
+
+
+def test_full_demo_runs_the_24_cell_study_in_its_own_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake_ablation(cfg: StudyConfig, study_name: str, workers: int) -> Path:
+        seen.update(cfg=cfg, name=study_name, workers=workers)
+        return tmp_path / "study"
+
+    monkeypatch.setattr("geofuse.experiments.ablation.run_ablation", fake_ablation)
+    report = run_demo(tmp_path, seed=2, size_m=6000.0, full=True)
+    assert report == tmp_path / "study" / "report.html"
+    cfg = seen["cfg"]
+    assert [m if isinstance(m, str) else m.name for m in cfg.ablation.models] == FULL_MODELS
+    assert cfg.ablation.folds == 3 and cfg.ablation.epochs == 30
+    assert seen["name"] == f"{cfg.name}_full" and seen["workers"] == demo_workers()

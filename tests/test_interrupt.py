@@ -90,6 +90,15 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _outliving(pids: list[int], grace_s: float = 15.0) -> list[str]:
+    """Command lines of ``pids`` still alive after ``grace_s`` seconds."""
+    deadline = time.monotonic() + grace_s
+    while [p for p in pids if _alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ")
+            for p in pids if _alive(p)]
+
+
 def test_sigkill_loses_at_most_one_epoch_and_a_second_writer_is_refused(tmp_path: Path) -> None:
     cfg, path = _study(tmp_path, epochs=40)
     run = RunDir(cfg.runs_path / RUN)
@@ -152,7 +161,7 @@ def test_study_workers_stop_with_their_parent_and_the_study_resumes(tmp_path: Pa
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert "Traceback" not in out and "geofuse ablate -c" in out.replace("\n", "")
-    assert not [w for w in workers if _alive(w)], "workers outlived their parent"
+    assert not _outliving(workers), "workers outlived their parent"
     finished = load_cells(study)
     assert sorted(p.name for p in (study / "cells").glob("*")) == sorted(
         f"{c['slug']}.json" for c in finished)  # no partial or temporary cell files
@@ -168,10 +177,7 @@ def test_study_workers_stop_with_their_parent_and_the_study_resumes(tmp_path: Pa
     time.sleep(3)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    deadline = time.monotonic() + 60
-    while [w for w in workers if _alive(w)] and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not [w for w in workers if _alive(w)], "workers outlived a killed parent"
+    assert not _outliving(workers, grace_s=60), "workers outlived a killed parent"
 
     # Re-running finishes the study; interrupted cells continue from their checkpoint.
     run_ablation(cfg, progress=False)

@@ -111,13 +111,23 @@ class InterruptedByUserError(GeofuseError):
 def _interrupted(err: KeyboardInterrupt) -> InterruptedByUserError:
     """The one-line message for Ctrl+C or a :class:`StopRequested` (which may name a resume)."""
     signum = int(getattr(err, "signum", 2))
-    what = "interrupted (Ctrl+C)" if signum == 2 else f"stopped by signal {signum}"
-    resume = getattr(err, "resume", None)
-    then = f"to continue, run: {resume}" if resume else "run the same command again to redo it"
+    what = {2: "interrupted (Ctrl+C)", 15: "stopped (SIGTERM)"}.get(signum,
+                                                                   f"stopped by signal {signum}")
+    resume = getattr(err, "resume", None) or _same_command()
+    detail = getattr(err, "detail", None)
     return InterruptedByUserError(
-        f"{what}; outputs written before are intact and unfinished ones were removed; {then}",
+        f"{what}; {detail + '; ' if detail else ''}outputs written before are intact and "
+        f"unfinished ones were removed; to continue, run: {resume}",
         exit_code=128 + signum,
     )
+
+
+def _same_command() -> str:
+    """This command line again (``geofuse ...``): commands that keep finished work go on."""
+    import shlex
+    import sys
+
+    return "geofuse " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "the same command again"
 
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}

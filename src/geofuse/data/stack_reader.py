@@ -144,7 +144,15 @@ class StackPatchReader:
         """Read all bands of ``window`` as float32 (h, w, C) with nodata turned into NaN."""
         if self._ds is None:
             raise RuntimeError("StackPatchReader is closed")
-        block = self._ds.read(window=window, out_dtype=np.float32)
+        try:
+            block = self._ds.read(window=window, out_dtype=np.float32)
+        except rasterio.errors.RasterioError as err:
+            cause = " ".join(str(err.__cause__ or err).split())
+            raise RasterError(
+                f"cannot read fused stack {str(self.path)!r} at rows {window.row_off}-"
+                f"{window.row_off + window.height} ({cause}); the file is damaged or "
+                "incomplete: re-run 'geofuse prepare'"
+            ) from None
         if self._nodata is not None and not math.isnan(self._nodata):
             block[block == np.float32(self._nodata)] = np.nan
         return np.moveaxis(block, 0, -1)

@@ -16,6 +16,7 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.dtypes import in_dtype_range
 from rasterio.enums import Resampling
@@ -24,7 +25,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from geofuse.errors import ConfigError, DataNotFoundError, RasterError
+from geofuse.errors import ConfigError, DataNotFoundError, RasterError, write_failure
 from geofuse.io_utils import atomic_path
 
 # Error threshold of GDAL's approximate transformer, in source pixels. GDAL's default (0.125)
@@ -200,15 +201,23 @@ def write_raster(
     nodata: float | None = None,
     descriptions: Sequence[str] | None = None,
 ) -> Path:
-    """Write a ``(bands, h, w)`` or ``(h, w)`` array as a GeoTIFF, atomically."""
+    """Write a ``(bands, h, w)`` or ``(h, w)`` array as a GeoTIFF, atomically.
+
+    Raises:
+        DiskFullError, WriteAccessError, ExternalLibraryError: the write failed (one line
+            naming ``path``; an existing file is left as it was).
+    """
     data = data[None] if data.ndim == 2 else data
-    with atomic_path(path) as tmp, rasterio.open(
-        tmp, "w", driver="GTiff", width=data.shape[2], height=data.shape[1],
-        count=data.shape[0], dtype=data.dtype, crs=crs, transform=transform, nodata=nodata,
-    ) as dst:
-        dst.write(data)
-        if descriptions is not None:
-            dst.descriptions = tuple(descriptions)
+    try:
+        with atomic_path(path) as tmp, rasterio.open(
+            tmp, "w", driver="GTiff", width=data.shape[2], height=data.shape[1],
+            count=data.shape[0], dtype=data.dtype, crs=crs, transform=transform, nodata=nodata,
+        ) as dst:
+            dst.write(data)
+            if descriptions is not None:
+                dst.descriptions = tuple(descriptions)
+    except (RasterioError, CPLE_BaseError) as err:
+        raise write_failure(err, path) from None
     return Path(path)
 
 
