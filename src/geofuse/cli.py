@@ -190,13 +190,13 @@ def demo(
     seed: int = typer.Option(0, help="Scene and training seed."),
     epochs: int | None = typer.Option(None, help="Override the number of training epochs."),
     full: bool = typer.Option(
-        False, "--full", help="The full study: early and late fusion, 24 cells (~5 min)."),
+        False, "--full", help="The full study: early and late fusion, 24 cells (~90 s)."),
 ) -> None:
     """Run the whole flow on a synthetic scene, ending in a sensor ablation study and its report.
 
     Steps: synth, prepare, extract, ablate (S2, +MODIS, +DEM, all; 3 grouped folds), report.
 
-    Early fusion, 12 cells: about 2 minutes on 2 cores. --full adds late fusion (24 cells).
+    Early fusion, 12 cells: about 70 s on 2 idle cores. --full adds late fusion (24 cells).
     """
     from geofuse.pipeline import run_demo
 

@@ -136,6 +136,7 @@ def run_search(
 
     trials = search_trials(s, cfg.seed)
     patches = load_patches(cfg, patchset)
+    source = cfg.patches_path if patchset is None else None
     check_grid(cfg, patches, "search")  # every trial's model, options and names: before any
     folds = study_folds(cfg, patches)
     out_dir = study_path(cfg, study_name or f"{cfg.name}-search")
@@ -143,7 +144,7 @@ def run_search(
              for c in _cells(cfg, f"trial-{i:02d}", params, [cfg.seed], [s.fold])]
     results = run_study(cfg, out_dir / "pilot", pilot, patches, folds, kind="search-pilot",
                         epochs=s.epochs or cfg.ablation.epochs, workers=workers,
-                        ray_address=ray_address, progress=progress)
+                        ray_address=ray_address, progress=progress, source=source)
     ranked = rank_trials(trials, results)
     data = cfg.model_dump(mode="json")
     baseline = {k: get_dotted(data, k) for k in s.space}
@@ -167,7 +168,7 @@ def run_search(
         console.print("the winner is the baseline config: cross-validating it once")
     run_study(cfg, out_dir, cells, patches, folds, kind="search",
               epochs=cfg.ablation.epochs, workers=workers, ray_address=ray_address,
-              progress=progress,
+              progress=progress, source=source,
               extra={"baseline_config_id": BASELINE_ID,
                      "search": {"best_params": best, "baseline_params": baseline,
                                 "winner_is_baseline": best == baseline}})

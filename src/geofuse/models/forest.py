@@ -14,6 +14,7 @@ from typing import Any
 
 import joblib
 import numpy as np
+import torch
 from sklearn.base import ClassifierMixin
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -68,7 +69,7 @@ def build_estimator(name: str, cfg: BaselineConfig, seed: int) -> ClassifierMixi
     """The unfitted scikit-learn classifier ``name`` (features standardised for logistic)."""
     if name == "random_forest":
         return RandomForestClassifier(n_estimators=cfg.n_estimators, max_depth=cfg.max_depth,
-                                      random_state=seed, n_jobs=-1)
+                                      random_state=seed, n_jobs=torch.get_num_threads())
     return make_pipeline(StandardScaler(),
                          LogisticRegression(C=cfg.c, max_iter=cfg.max_iter, random_state=seed))
 
