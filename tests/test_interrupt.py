@@ -100,7 +100,7 @@ def _outliving(pids: list[int], grace_s: float = 15.0) -> list[str]:
 
 
 def test_sigkill_loses_at_most_one_epoch_and_a_second_writer_is_refused(tmp_path: Path) -> None:
-    cfg, path = _study(tmp_path, epochs=40)
+    cfg, path = _study(tmp_path, epochs=40, n=1200)
     run = RunDir(cfg.runs_path / RUN)
     proc = _start("train", "-c", str(path), root=tmp_path)
     _wait_for("3 epochs", lambda: len(read_history(run.history)) >= 3, proc)
@@ -165,10 +165,10 @@ def test_study_workers_stop_with_their_parent_and_the_study_resumes(tmp_path: Pa
     finished = load_cells(study)
     assert sorted(p.name for p in (study / "cells").glob("*")) == sorted(
         f"{c['slug']}.json" for c in finished)  # no partial or temporary cell files
-    interrupted = [json.loads((p / "run.json").read_text())["status"]
-                   for p in _training_cells(study) if p.name not in
-                   {c["slug"] for c in finished}]
-    assert interrupted and set(interrupted) == {"interrupted"}
+    statuses = [json.loads((p / "run.json").read_text())["status"]
+                for p in _training_cells(study) if p.name not in {c["slug"] for c in finished}]
+    # a cell stopped while evaluating its finished training says "finished" but has no result
+    assert "interrupted" in statuses and set(statuses) <= {"interrupted", "finished"}, statuses
 
     # SIGKILL to the parent: the workers notice and stop on their own.
     proc = _start("ablate", "-c", str(path), "-w", "2", root=tmp_path)

@@ -218,7 +218,7 @@ class TrainConfig(_Model):
         "it is also written when training ends or is interrupted."
     )
     checkpoint_overhead: float = Field(
-        0.05, gt=0, le=1, description="last.ckpt (and best.ckpt when it changed) is written "
+        0.02, gt=0, le=1, description="last.ckpt (and best.ckpt when it changed) is written "
         "after every epoch while writing costs at most this share of the training time since "
         "the previous write, so a hard kill loses at most one epoch; slower writes are spaced "
         "out to keep that share."
