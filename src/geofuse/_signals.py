@@ -26,8 +26,11 @@ T = TypeVar("T")
 _PR_SET_PDEATHSIG = 1
 _WATCH_INTERVAL_S = 1.0
 
-#: The last stop signal received in this process (None: none yet).
+#: The first stop signal received since the handlers were installed (None: none yet).
 last_signal: int | None = None
+_repeats = 0  # stop signals received after the first
+#: Signals that force a main process out while it is still cleaning up after the first.
+FORCE_AFTER = 3
 #: In a worker process: the parent's pid, and whether a cell is running (a stop signal between
 #: cells ends the worker at once and quietly).
 _worker_parent: int | None = None
@@ -35,24 +38,30 @@ _in_cell = False
 
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
-    global last_signal
-    last_signal = signum
+    """Raise :class:`StopRequested` once. Later signals (a terminal's Ctrl+C reaches workers
+    as well as the parent that then stops them) must not break the cleanup the first one
+    started: they are ignored, except that a main process gives up on the third."""
+    global last_signal, _repeats
     if _worker_parent is not None and not _in_cell:
         os._exit(128 + signum)
+    if last_signal is not None:
+        _repeats += 1
+        if _worker_parent is None and _repeats >= FORCE_AFTER - 1:
+            os._exit(128 + signum)
+        return
+    last_signal = signum
     raise StopRequested(signum)
 
 
 def install_stop_handlers() -> None:
-    """SIGINT and SIGTERM raise :class:`StopRequested` (main thread only; no-op elsewhere)."""
+    """SIGINT and SIGTERM raise :class:`StopRequested` once (main thread only; no-op
+    elsewhere); installing them again forgets earlier signals."""
+    global last_signal, _repeats
     if threading.current_thread() is not threading.main_thread():
         return
+    last_signal, _repeats = None, 0
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _raise_stop)
-
-
-def stop_signal(default: int = signal.SIGINT) -> int:
-    """The stop signal this process received, or ``default`` (an exception without one)."""
-    return last_signal if last_signal is not None else default
 
 
 def _parent_death_signal() -> None:
@@ -69,13 +78,14 @@ def _watch_parent(parent_pid: int, interval_s: float) -> None:
     stop = threading.Event()
     while not stop.wait(interval_s):
         if os.getppid() != parent_pid:
-            os.kill(os.getpid(), signal.SIGTERM)
+            if last_signal is None:  # the parent-death signal did not arrive
+                os.kill(os.getpid(), signal.SIGTERM)
             stop.wait(60 * interval_s)  # the main thread is stopping; then insist
             os._exit(128 + signal.SIGTERM)
 
 
-def init_worker(parent_pid: int, threads: int | None = None) -> None:
-    """Initializer of a study's worker process: stop handlers, parent watch, torch threads."""
+def init_worker(parent_pid: int) -> None:
+    """Initializer of a study's worker process: stop handlers and the parent watch."""
     global _worker_parent
     _worker_parent = parent_pid
     install_stop_handlers()
@@ -84,21 +94,20 @@ def init_worker(parent_pid: int, threads: int | None = None) -> None:
         os._exit(128 + signal.SIGTERM)
     threading.Thread(target=_watch_parent, args=(parent_pid, _WATCH_INTERVAL_S),
                      name="geofuse-parent-watch", daemon=True).start()
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 def run_in_worker(fn: Callable[..., T], *args: Any) -> T:
     """Call ``fn(*args)`` as a worker's cell: a stop signal interrupts it cleanly (the cell's
-    own cleanup runs); a worker whose parent died exits right after that cleanup."""
+    own cleanup runs: checkpoint, run.json) and then ends the worker, so that it takes no
+    further cell; a worker that was asked to stop starts none."""
     global _in_cell
+    if last_signal is not None:
+        os._exit(128 + last_signal)
     _in_cell = True
     try:
         return fn(*args)
     except StopRequested:
-        if _worker_parent is not None and os.getppid() != _worker_parent:
+        if _worker_parent is not None:
             os._exit(128 + (last_signal or signal.SIGTERM))
         raise
     finally:

@@ -196,7 +196,7 @@ def demo(
 
     Steps: synth, prepare, extract, ablate (S2, +MODIS, +DEM, all; 3 grouped folds), report.
 
-    Early fusion, 12 cells: about 70 s on 2 idle cores. --full adds late fusion (24 cells).
+    Early fusion, 12 cells: about a minute on 2 idle cores. --full adds late fusion (24 cells).
     """
     from geofuse.pipeline import run_demo
 

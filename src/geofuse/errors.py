@@ -117,7 +117,7 @@ def _interrupted(err: KeyboardInterrupt) -> InterruptedByUserError:
     detail = getattr(err, "detail", None)
     return InterruptedByUserError(
         f"{what}; {detail + '; ' if detail else ''}outputs written before are intact and "
-        f"unfinished ones were removed; to continue, run: {resume}",
+        f"no half-written file is left; to continue, run: {resume}",
         exit_code=128 + signum,
     )
 

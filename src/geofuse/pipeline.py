@@ -38,7 +38,7 @@ def run_demo(
     The study answers "does adding MODIS NDVI or elevation to Sentinel-2 help?": S2, S2+MODIS,
     S2+DEM and all sensors, each cross-validated over 3 folds grouped by polygon and compared
     with paired tests against S2 alone. The default trains SimpleCNN on the stacked bands
-    (early fusion: 12 cells, about 70 s on 2 idle cores); ``full`` adds late fusion (24
+    (early fusion: 12 cells, about a minute on 2 idle cores); ``full`` adds late fusion (24
     cells, the study of the scene's ``study.yaml``). Re-running in the same folder reuses
     finished cells.
 

@@ -82,7 +82,11 @@ def check_config(cfg: StudyConfig, command: str = "check") -> list[Problem]:
         problems += search_problems(cfg, inputs)
     if meta is not None and command in ("check", "ablate", "search"):
         problems += _fold_problems(cfg, meta)
-        estimates.append(("ablation.output", meta.path.stat().st_size * cfg.ablation.folds,
+        study = cfg.in_workdir(cfg.ablation.output) / (
+            f"{cfg.name}-search" if command == "search" else cfg.name)
+        written = sum(f.stat().st_size for f in study.glob("**/folds/fold*.h5"))  # resuming
+        estimates.append(("ablation.output",
+                          max(0, meta.path.stat().st_size * cfg.ablation.folds - written),
                           f"{cfg.ablation.folds} fold copies of the PatchSet"))
     problems += _output_problems(cfg, command, estimates)
     return dedupe(problems)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import multiprocessing
 import os
 import socket
 import time
@@ -96,9 +97,10 @@ def run_pool(
 
 
 def _stop_workers(pool: ProcessPoolExecutor, grace_s: float = 60.0) -> None:
-    """SIGTERM every live worker (each stops its cell cleanly), then SIGKILL after
-    ``grace_s`` seconds those still running."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
+    """Queue no further cell, SIGTERM every live worker (each stops its cell cleanly and
+    exits), then SIGKILL after ``grace_s`` seconds those still running."""
+    processes = multiprocessing.active_children()  # this process's workers
+    pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         if process.is_alive():
             process.terminate()

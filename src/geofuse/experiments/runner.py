@@ -143,11 +143,14 @@ def execute_cell(ctx: StudyContext, cell_data: dict[str, Any]) -> dict[str, Any]
     cfg.train.run_name = None
     started = time.perf_counter()
     fingerprint = cell_data.get("fingerprint")
-    resume = _resumable(RunDir(study_dir / "runs" / cell.slug), fingerprint)
-    run_dir = train_model(cfg, progress=False, epochs=ctx.epochs, run_name=cell.slug,
-                          overwrite=not resume, resume=resume,
-                          run_info_extra={"cell_fingerprint": fingerprint})
-    run = RunDir(run_dir)
+    run = RunDir(study_dir / "runs" / cell.slug)
+    state = _run_state(run, fingerprint)
+    if state == "trained":  # stopped after training, while evaluating: finish that only
+        _finish_evaluation(run)
+    else:
+        train_model(cfg, progress=False, epochs=ctx.epochs, run_name=cell.slug,
+                    overwrite=state == "fresh", resume=state == "resume",
+                    run_info_extra={"cell_fingerprint": fingerprint})
     metrics, info = run.read_json(run.metrics), run.read_json(run.run_json)
     history = read_history(run.history)
     importance = None
@@ -175,16 +178,32 @@ def execute_cell(ctx: StudyContext, cell_data: dict[str, Any]) -> dict[str, Any]
     return result
 
 
-def _resumable(run: RunDir, fingerprint: str | None) -> bool:
-    """Whether ``run`` is this cell's interrupted (or killed) training, with a checkpoint."""
-    if fingerprint is None or not run.last_ckpt.is_file() or not run.run_json.is_file():
-        return False
+def _run_state(run: RunDir, fingerprint: str | None) -> str:
+    """What a cell's run directory holds of this cell (same fingerprint): ``trained`` (its
+    training finished; evaluation may be missing), ``resume`` (interrupted or killed, with a
+    checkpoint) or ``fresh`` (nothing usable: train from scratch)."""
     try:
         info = json.loads(run.run_json.read_text())
     except (OSError, ValueError):
-        return False
-    return (info.get("cell_fingerprint") == fingerprint
-            and info.get("status") in ("running", "interrupted"))
+        return "fresh"
+    if fingerprint is None or info.get("cell_fingerprint") != fingerprint:
+        return "fresh"
+    if info.get("status") == "finished" and run.best_ckpt.is_file():
+        return "trained"
+    if info.get("status") in ("running", "interrupted") and run.last_ckpt.is_file():
+        return "resume"
+    return "fresh"
+
+
+def _finish_evaluation(run: RunDir) -> None:
+    """Evaluate and report a run whose training finished (skipped when already done)."""
+    from geofuse.evaluation.evaluate import evaluate_run
+    from geofuse.reporting.report import write_report
+
+    if not run.metrics.is_file():
+        evaluate_run(run.path, verbose=False)
+    if not run.report.is_file():
+        write_report(run.path)
 
 
 def cell_fingerprint(cfg: StudyConfig, cell: Cell, epochs: int | None, extra: str) -> str:

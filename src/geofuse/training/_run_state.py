@@ -44,11 +44,7 @@ def prepare_run_dir(run: RunDir, resume: bool, overwrite: bool) -> None:
         RunDirError: nothing to resume, or a run is there and neither resume nor overwrite.
     """
     if resume:
-        if not run.last_ckpt.is_file():
-            raise RunDirError(
-                f"cannot resume: {str(run.last_ckpt)!r} does not exist; start the run "
-                "without --resume (or pass the --run-name of an interrupted run)"
-            )
+        require_checkpoint(run)
         return
     existing = [p for p in (run.last_ckpt, run.best_ckpt, run.metrics) if p.exists()]
     if existing and not overwrite:
@@ -65,6 +61,15 @@ def prepare_run_dir(run: RunDir, resume: bool, overwrite: bool) -> None:
             else:
                 child.unlink()
     run.path.mkdir(parents=True, exist_ok=True)
+
+
+def require_checkpoint(run: RunDir) -> None:
+    """Raise :class:`RunDirError` when ``run`` has no ``last.ckpt`` to resume from."""
+    if not run.last_ckpt.is_file():
+        raise RunDirError(
+            f"cannot resume: {str(run.last_ckpt)!r} does not exist; start the run "
+            "without --resume (or pass the --run-name of an interrupted run)"
+        )
 
 
 def record_killed(run: RunDir) -> dict[str, Any] | None:
@@ -134,6 +139,14 @@ def mark_interrupted(
     cause = err if isinstance(err, StopRequested) else err.__context__
     signum = getattr(cause, "signum", signal.SIGINT)
     return StopRequested(signum, resume=resume_command(cfg, run))
+
+
+def mark_failed(run: RunDir, info: dict[str, Any], err: BaseException) -> None:
+    """Record a session that ended with an error (not a kill: the next start must not take it
+    for one)."""
+    info.update(status="failed", epochs_trained=len(read_history(run.history)))
+    info["sessions"][-1].update(failed_at=now(), error=f"{type(err).__name__}: {err}"[:500])
+    atomic_write_json(run.run_json, info)
 
 
 def finish_run_info(

@@ -9,8 +9,10 @@ training ~3x slower than a plain loop on CPU. This callback instead:
   changed, at the end of every epoch while that costs at most ``max_overhead`` of the training
   time since the previous write (a hard kill then loses at most the epoch in progress); when
   writing is expensive next to short epochs, every few epochs so that the cost stays under that
-  share, and at least every ``interval_s`` seconds. Both files are also written when training
-  ends or is interrupted (Ctrl+C, SIGTERM, an exception).
+  share, and at least every ``interval_s`` seconds (checked at the end of each epoch). Both
+  files are also written when training ends; when it is interrupted (Ctrl+C, SIGTERM, an
+  exception), ``best.ckpt`` and, unless the last finished epoch is already on disk or training
+  was inside validation, ``last.ckpt``.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import RunningStage
 
 from geofuse.io_utils import atomic_path
+
+_clock = time.monotonic  # seconds; replaced by a fake clock in tests
 
 
 class BestAndLastCheckpoint(Callback):
@@ -47,8 +52,10 @@ class BestAndLastCheckpoint(Callback):
         self.best_epoch: int | None = None
         self._best_state: dict[str, torch.Tensor] | None = None
         self._best_written = True  # nothing new to write yet
-        self._last_write = time.monotonic()
+        self._last_write = _clock()
         self._write_cost: float | None = None  # seconds the last epoch-end write took
+        self._finished_epoch: int | None = None  # the last epoch that ended in this session
+        self._saved_epoch: int | None = None  # ... and the last one whose state is on disk
         self.writes = 0
 
     # -- tracking -------------------------------------------------------------------------
@@ -64,13 +71,15 @@ class BestAndLastCheckpoint(Callback):
             self._best_written = False
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        since = time.monotonic() - self._last_write
+        self._finished_epoch = trainer.current_epoch
+        since = _clock() - self._last_write
         cheap = self._write_cost is None or self._write_cost <= self.max_overhead * since
         if cheap or since >= self.interval_s:
-            started = time.monotonic()
+            started = _clock()
             self._write_all(trainer)
+            self._saved_epoch = trainer.current_epoch
             if self.writes > 1:  # the first write pays one-off costs: measure the second
-                self._write_cost = time.monotonic() - started
+                self._write_cost = _clock() - started
 
     # -- writing --------------------------------------------------------------------------
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -78,7 +87,15 @@ class BestAndLastCheckpoint(Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
                      exception: BaseException) -> None:
-        self._write_all(trainer)
+        """Save what a resume can use: the best weights always; the training state only when
+        the last finished epoch is not on disk yet and training is not inside validation (a
+        state saved mid-validation cannot be resumed: its epoch's metrics are lost)."""
+        stage = trainer.state.stage
+        in_validation = stage is not None and stage != RunningStage.TRAINING
+        if self._saved_epoch != self._finished_epoch and not in_validation:
+            self._write_last(trainer)
+        if not self._best_written or not self.best_path.exists():
+            self._write_best(trainer)
 
     def _write_all(self, trainer: L.Trainer) -> None:
         self._write_last(trainer)
@@ -88,7 +105,7 @@ class BestAndLastCheckpoint(Callback):
     def _write_last(self, trainer: L.Trainer) -> None:
         with atomic_path(self.last_path, suffix=".ckpt") as tmp:
             trainer.save_checkpoint(tmp)
-        self._last_write = time.monotonic()
+        self._last_write = _clock()
         self.writes += 1
 
     def _write_best(self, trainer: L.Trainer) -> None:

@@ -37,9 +37,11 @@ from geofuse.rundir import (
 from geofuse.training._progress import ThrottledProgressBar
 from geofuse.training._run_state import (
     finish_run_info,
+    mark_failed,
     mark_interrupted,
     prepare_run_dir,
     record_killed,
+    require_checkpoint,
     run_info,
 )
 from geofuse.training._step_costs import NoOpProfiler, cuda_check_without_missing_nvml
@@ -122,6 +124,8 @@ def train_model(
         StopRequested: Ctrl+C or SIGTERM; last.ckpt and run.json say where it stopped.
     """
     run = RunDir(cfg.runs_path / (run_name or default_run_name(cfg)))
+    if resume:
+        require_checkpoint(run)  # before the lock creates the folder
     with locked(run.path, f"run {run.name!r}"):
         killed = record_killed(run)
         if killed is not None and progress:
@@ -169,6 +173,9 @@ def _train_locked(
             trainer.fit(task, datamodule=datamodule, ckpt_path=run.last_ckpt if resume else None)
         except (KeyboardInterrupt, SystemExit) as err:  # Lightning: Ctrl+C -> sys.exit(1)
             raise mark_interrupted(cfg, run, info, err) from None
+        except Exception as err:
+            mark_failed(run, info, err)
+            raise
     finish_run_info(run, info, trainer, time.perf_counter() - started, task.model)
     evaluate_run(run.path, verbose=progress)
     write_report(run.path)
