@@ -59,7 +59,12 @@ def dataset_problems(cfg: StudyConfig) -> list[Problem]:
         if value is not None and not cfg.resolve(value).is_dir():
             out.append(Problem(f"dataset.{key}", value, f"folder {str(cfg.resolve(value))!r} "
                                f"does not exist; {FIX_PATH}"))
-    if out:
+    for key in ("root", "test_root"):
+        value = getattr(ds, key)
+        if value is not None and not cfg.resolve(value).exists():
+            out.append(Problem(f"dataset.{key}", value, f"{str(cfg.resolve(value))!r} "
+                               f"does not exist; {FIX_PATH}"))
+    if out or ds.city_dir is None:  # the readers of root datasets check their own layout
         return out
     for m in cfg.modalities:
         for pattern in m.files:

@@ -12,19 +12,39 @@ Season = Literal["spring", "summer", "autumn", "winter"]
 _SENSORS = {"dem": ("dem", "dem_elevation"), "viirs": ("viirs", "viirs_radiance")}
 
 
+DatasetName = Literal["so2sat_lcz", "so2sat_pop", "so2sat_lcz42", "eurosat_ms"]
+#: Datasets read from a city folder (``city_dir``); the others read ``root``.
+CITY_DATASETS = ("so2sat_lcz", "so2sat_pop")
+
+
 class DatasetConfig(_Model):
     """A dataset read straight into a PatchSet by ``geofuse extract`` (no prepare step)."""
 
-    name: Literal["so2sat_lcz", "so2sat_pop"] = Field(
+    name: DatasetName = Field(
         description="so2sat_lcz: Local Climate Zone patches sampled from a So2Sat-POP city's lcz "
         "label raster; so2sat_pop: one sample per 1 km cell, population class as target, "
-        "*_features.csv as tabular input."
+        "*_features.csv as tabular input; so2sat_lcz42: the LCZ42 HDF5 file (sen1, sen2, "
+        "label); eurosat_ms: class-named folders of 13-band EuroSAT GeoTIFFs."
     )
-    city_dir: str = Field(description="City folder (e.g. .../so2sat_pop/gdansk), relative to "
-                          "the config file.")
+    city_dir: str | None = Field(
+        None, description="so2sat_lcz / so2sat_pop: city folder (e.g. .../so2sat_pop/gdansk), "
+        "relative to the config file."
+    )
     test_city_dir: str | None = Field(
         None, description="A second city folder used as the external test set (train on one "
         "city, test on another); its patches are never used for training or model selection."
+    )
+    root: str | None = Field(
+        None, description="so2sat_lcz42: the HDF5 file; eurosat_ms: the folder of class "
+        "folders. Relative to the config file."
+    )
+    test_root: str | None = Field(
+        None, description="A separate test file or folder (another split or region) in the "
+        "same layout: its samples are the test set, never used for training or model selection."
+    )
+    bands: dict[str, list[str]] | None = Field(
+        None, description="Band subset per modality by name, e.g. {s2: [B2, B3, B4, B8]}; "
+        "default every band of the dataset."
     )
     seasons: list[Season] = Field(
         ["spring", "summer", "autumn", "winter"], min_length=1,
@@ -54,11 +74,35 @@ class DatasetConfig(_Model):
             values = getattr(self, key)
             if len(set(values)) != len(values):
                 raise ValueError(f"dataset.{key} repeats a value: {values}")
+        city = self.name in CITY_DATASETS
+        needed, other = ("city_dir", "root") if city else ("root", "city_dir")
+        if getattr(self, needed) is None:
+            raise ValueError(f"dataset {self.name!r} needs dataset.{needed} (the "
+                             f"{'city folder' if city else 'dataset file or folder'})")
+        for key in (other, "test_root" if city else "test_city_dir"):
+            if getattr(self, key) is not None:
+                raise ValueError(f"dataset.{key} is not used by dataset {self.name!r}; use "
+                                 f"dataset.{needed}" + ("" if key == other else " and its "
+                                 f"test_{'city_dir' if city else 'root'}"))
         return self
+
+    @property
+    def source(self) -> str:
+        """The dataset's city folder or root, as written in the config."""
+        return str(self.city_dir if self.name in CITY_DATASETS else self.root)
+
+    @property
+    def test_source(self) -> str | None:
+        """The external test folder or file, as written in the config (None: none)."""
+        return self.test_city_dir if self.name in CITY_DATASETS else self.test_root
 
     def modality_configs(self) -> list[ModalityConfig]:
         """The modalities this dataset produces (names, bands, files, physical scale)."""
-        city = self.city_dir.rstrip("/")
+        if self.name not in CITY_DATASETS:
+            from geofuse.data.datasets.build import dataset_modalities
+
+            return dataset_modalities(self)
+        city = str(self.city_dir).rstrip("/")
         out = [ModalityConfig(
             name=f"s2_{s}", files=[f"{city}/sen2_rgb_{s}/Class_*/*_sen2_rgb_{s}.tif"],
             bands=[f"{s}_{b}" for b in ("R", "G", "B")], sensor="sentinel2", scale=1e-4,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
+from geofuse._config_base import ModalityConfig
 from geofuse.config import StudyConfig
 from geofuse.config_dataset import DatasetConfig
 from geofuse.data.datasets.so2sat_lcz import load_so2sat_lcz
@@ -14,15 +16,42 @@ from geofuse.data.patchset import PatchSet
 from geofuse.data.splits import assign_splits, split_summary
 from geofuse.errors import ConfigError
 
+#: A dataset reader: (dataset section, resolved root, study config, external test?) -> PatchSet.
+Reader = Callable[[DatasetConfig, Path, StudyConfig, bool], PatchSet]
+#: The modalities a dataset supplies (names, bands after ``dataset.bands``, files, scale).
+Modalities = Callable[[DatasetConfig], list[ModalityConfig]]
 
-def _read(d: DatasetConfig, city: Path, cfg: StudyConfig, external: bool) -> PatchSet:
-    if d.name == "so2sat_lcz":
-        return load_so2sat_lcz(
-            city, d.seasons, d.layers, cfg.extract.patch_size, d.stride,
-            cfg.extract.max_nodata_fraction, 1 if external else d.min_cells_per_class,
-        )
+
+def _read_so2sat_lcz(d: DatasetConfig, city: Path, cfg: StudyConfig, external: bool
+                     ) -> PatchSet:
+    return load_so2sat_lcz(
+        city, d.seasons, d.layers, cfg.extract.patch_size, d.stride,
+        cfg.extract.max_nodata_fraction, 1 if external else d.min_cells_per_class,
+    )
+
+
+def _read_so2sat_pop(d: DatasetConfig, city: Path, cfg: StudyConfig, external: bool
+                     ) -> PatchSet:
     bins = {k: tuple(v) for k, v in d.class_bins.items()} if d.class_bins else None
     return load_so2sat_pop(city, d.seasons, d.layers, cfg.extract.patch_size, d.target, bins)
+
+
+def _readers() -> dict[str, tuple[Reader, Modalities | None]]:
+    """Dataset name -> (reader, modalities); imported lazily (each reader is its own module).
+    The city datasets' modalities come from :meth:`DatasetConfig.modality_configs` itself."""
+    return {"so2sat_lcz": (_read_so2sat_lcz, None), "so2sat_pop": (_read_so2sat_pop, None)}
+
+
+def dataset_modalities(d: DatasetConfig) -> list[ModalityConfig]:
+    """The modalities of a non-city dataset (see :data:`Modalities`)."""
+    modalities = _readers()[d.name][1]
+    if modalities is None:
+        raise ConfigError(f"dataset {d.name!r} has no modality catalogue")
+    return modalities(d)
+
+
+def _read(d: DatasetConfig, root: Path, cfg: StudyConfig, external: bool) -> PatchSet:
+    return _readers()[d.name][0](d, root, cfg, external)
 
 
 def build_dataset_patches(cfg: StudyConfig) -> PatchSet:
@@ -38,12 +67,13 @@ def build_dataset_patches(cfg: StudyConfig) -> PatchSet:
     d = cfg.dataset
     if d is None:
         raise ConfigError("build_dataset_patches needs a 'dataset' section in the config")
-    if d.test_city_dir and cfg.splits.test_fraction > 0:
+    test_key = "test_city_dir" if d.test_city_dir else "test_root"
+    if d.test_source and cfg.splits.test_fraction > 0:
         raise ConfigError(
-            f"splits.test_fraction = {cfg.splits.test_fraction} with dataset.test_city_dir "
-            f"{d.test_city_dir!r}: the test city is the test set; set splits.test_fraction to 0"
+            f"splits.test_fraction = {cfg.splits.test_fraction} with dataset.{test_key} "
+            f"{d.test_source!r}: that is the test set; set splits.test_fraction to 0"
         )
-    patches = _read(d, cfg.resolve(d.city_dir), cfg, external=False)
+    patches = _read(d, cfg.resolve(d.source), cfg, external=False)
     split = assign_splits(patches.y, patches.groups, cfg.splits.val_fraction,
                           cfg.splits.test_fraction, cfg.seed, list(patches.class_names))
     provenance = {**patches.provenance, "config": str(cfg.source) if cfg.source else None,
@@ -52,9 +82,9 @@ def build_dataset_patches(cfg: StudyConfig) -> PatchSet:
                              "summary": split_summary(patches.y, patches.groups, split,
                                                       list(patches.class_names))}}
     patches = dataclasses.replace(patches, split=split, provenance=provenance)
-    if d.test_city_dir:
-        test_city = cfg.resolve(d.test_city_dir)
-        test = _read(d, test_city, cfg, external=True)
-        patches = with_external_test(patches, test, name=test_city.name)
+    if d.test_source:
+        test_root = cfg.resolve(d.test_source)
+        test = _read(d, test_root, cfg, external=True)
+        patches = with_external_test(patches, test, name=test_root.name)
     patches.save(cfg.patches_path)
     return patches
