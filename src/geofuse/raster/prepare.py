@@ -38,7 +38,14 @@ from rich.progress import (
 )
 
 from geofuse.config import StudyConfig
-from geofuse.errors import AlignmentError, ConfigError, GeofuseError, write_failure
+from geofuse.errors import (
+    AlignmentError,
+    ConfigError,
+    GeofuseError,
+    RasterError,
+    write_error,
+    write_failure,
+)
 from geofuse.raster.align import ModalityPlan, plan_modality, reference_grid
 from geofuse.raster.io import (
     Grid,
@@ -97,7 +104,8 @@ def prepare_stack(cfg: StudyConfig, progress: bool = True) -> PrepareResult:
         _progress_bar(progress) as bar,
     ):
         raw, cog = Path(tmp) / "raw.tif", Path(tmp) / "cog.tif"
-        with _writing(stack_path):
+        inputs = [str(f.info.path) for plan in plans for f in plan.files]
+        with _writing(stack_path, inputs):
             qc = _fuse(plans, grid, raw, _block_size(cfg.prepare.block_size), bar)
         report = qc.report(stack_path, cfg.prepare.max_nan_fraction)
         qc_path = write_qc(report, stack_path)
@@ -118,13 +126,21 @@ def prepare_stack(cfg: StudyConfig, progress: bool = True) -> PrepareResult:
 
 
 @contextlib.contextmanager
-def _writing(stack_path: Path) -> Iterator[None]:
-    """Turn a GDAL or OS write failure (disk full, read-only) into a one-line GeofuseError."""
+def _writing(stack_path: Path, inputs: list[str] | None = None) -> Iterator[None]:
+    """Turn a GDAL or OS write failure (disk full, read-only) into a one-line GeofuseError;
+    an error that names one of the ``inputs`` is a read failure of that input instead."""
     try:
         yield
     except GeofuseError:
         raise
     except (RasterioError, CPLE_BaseError, OSError) as err:
+        text = " ".join(str(err).split())
+        source = next((p for p in inputs or [] if p in text or Path(p).name in text), None)
+        if source is not None and write_error(err) is None:
+            raise RasterError(
+                f"cannot read {source!r} ({text}); the file is damaged or incomplete: "
+                "re-download or re-export it, or remove it from the modality's files"
+            ) from None
         raise write_failure(err, stack_path) from None
 
 
