@@ -67,6 +67,24 @@ class DatasetConfig(_Model):
     class_bins: dict[str, list[int]] | None = Field(
         None, description="so2sat_pop with target bins: bin name -> population classes."
     )
+    block_size_m: float = Field(
+        5000.0, gt=0, description="eurosat_ms: side in metres of the square spatial blocks "
+        "(image centres in EPSG:3035) that group images for splits and k-fold; blocks with "
+        "overlapping images are merged."
+    )
+    max_memory_mb: int = Field(
+        4096, ge=64, description="so2sat_lcz42: memory budget of reading the HDF5 file (the "
+        "float32 patches kept plus the chunk being read); the file is streamed in chunks and "
+        "never loaded whole. Too many patches for it: set max_patches."
+    )
+    max_patches: int | None = Field(
+        None, ge=1, description="so2sat_lcz42: keep at most this many patches (a seeded, "
+        "class-stratified random choice, kept in file order); default all."
+    )
+    block_size: int = Field(
+        1000, ge=1, description="so2sat_lcz42: the file is ordered by city; groups (for splits "
+        "and k-fold) are contiguous blocks of this many patches, block:<index // block_size>."
+    )
 
     @model_validator(mode="after")
     def _distinct(self) -> DatasetConfig:

@@ -39,7 +39,11 @@ def _read_so2sat_pop(d: DatasetConfig, city: Path, cfg: StudyConfig, external: b
 def _readers() -> dict[str, tuple[Reader, Modalities | None]]:
     """Dataset name -> (reader, modalities); imported lazily (each reader is its own module).
     The city datasets' modalities come from :meth:`DatasetConfig.modality_configs` itself."""
-    return {"so2sat_lcz": (_read_so2sat_lcz, None), "so2sat_pop": (_read_so2sat_pop, None)}
+    from geofuse.data.datasets import eurosat_ms, so2sat_lcz42
+
+    return {"so2sat_lcz": (_read_so2sat_lcz, None), "so2sat_pop": (_read_so2sat_pop, None),
+            "eurosat_ms": (eurosat_ms.read_eurosat_ms, eurosat_ms.dataset_modalities),
+            "so2sat_lcz42": (so2sat_lcz42.read_so2sat_lcz42, so2sat_lcz42.dataset_modalities)}
 
 
 def dataset_modalities(d: DatasetConfig) -> list[ModalityConfig]:
