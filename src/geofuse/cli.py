@@ -185,6 +185,25 @@ def report(
 
 @app.command()
 @_friendly
+def show(
+    path: Path | None = typer.Argument(
+        None, help="A PatchSet (.h5, 'geofuse extract') or a stack (.tif, 'geofuse prepare')."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for the PNGs "
+                                    "(default: 'show' beside the input)."),
+    config: Path | None = typer.Option(None, "--config", "-c",
+                                       help="Study YAML: show its stack and PatchSet instead."),
+    seed: int = typer.Option(0, help="Seed of the random patches in the sample grids."),
+) -> None:
+    """Write paper-ready PNGs: true colour, S1 false colour, index maps, samples per class,
+    per-class band distributions and the class balance per split."""
+    from geofuse.reporting.show import show as show_figures
+
+    for png in show_figures(path, out_dir=out, config=config, seed=seed):
+        sys.stdout.write(f"{png}\n")
+
+
+@app.command()
+@_friendly
 def demo(
     workdir: Path = typer.Option(Path("demo_output"), help="Where the demo writes everything."),
     seed: int = typer.Option(0, help="Scene and training seed."),
