@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from matplotlib import image as mpimg
 
 from geofuse.config import StudyConfig
 from geofuse.pipeline import FULL_MODELS, demo_workers, run_demo
@@ -30,6 +31,13 @@ def test_demo_runs_the_sensor_ablation_and_writes_the_study_report(demo_dir: Pat
     assert len(cells) == 12
     html = report.read_text()
     assert "data:image/png;base64," in html and "s2+modis+dem/simple_cnn" in html
+    # the data section shows the class balance per fold and random patches per class
+    md = (study / "report.md").read_text()
+    for name, title in (("class_balance", "Class balance per fold"),
+                        ("samples", "Random patches per class")):
+        assert f"plots/{name}.png" in md and title in html
+        image = mpimg.imread(study / "plots" / f"{name}.png")
+        assert image.shape[0] > 100 and image[..., :3].std() > 0.05
     # Re-running in the same folder reuses the finished cells and writes the same report.
     mtimes = {p: p.stat().st_mtime for p in (study / "cells").glob("*.json")}
     assert run_demo(demo_dir, seed=2, epochs=2, size_m=6000.0) == report

@@ -33,6 +33,7 @@ from geofuse.io_utils import atomic_path, atomic_write_json, atomic_write_text
 from geofuse.reporting import html as doc
 from geofuse.reporting import study_plots as sp
 from geofuse.reporting._completeness import completeness, continue_command, unfinished_alert
+from geofuse.reporting._study_data_figures import data_figure_blocks
 from geofuse.reporting.plots import plot_confusion_matrix
 
 CELL_DEFAULTS: dict[str, Any] = {
@@ -360,7 +361,9 @@ def _data_blocks(study: Study) -> list[doc.Block]:
                             f"folds: {g.get('folds', '?')}, grouped by "
                             f"`{g.get('group_by', '?')}`, seeds: {g.get('seeds', '?')}, "
                             f"held-out test set: {d.get('test', g.get('test', '?'))}"]),
-            *([doc.Para("Sensors:"), doc.BulletList(sensors)] if sensors else [])]
+            *([doc.Para("Sensors:"), doc.BulletList(sensors)] if sensors else []),
+            *data_figure_blocks(study.path, d, study.class_names,
+                                lambda fig, name, title: _figure(fig, study, name, title))]
 
 
 def _reproduce_blocks(study: Study) -> list[doc.Block]:
