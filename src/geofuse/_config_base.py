@@ -10,6 +10,8 @@ Resampling = Literal[
     "nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode", "min", "max",
     "med", "q1", "q3", "sum", "rms",
 ]
+#: Spectral / radar indices a modality can add as bands (see geofuse.data.indices).
+IndexName = Literal["NDVI", "NDWI", "NDBI", "SAVI", "EVI", "NBR", "RVI", "VV_VH_RATIO"]
 
 
 class _Model(BaseModel):
@@ -42,9 +44,28 @@ class ModalityConfig(_Model):
     valid_range: tuple[float, float] | None = Field(
         None, description="Expected physical range; values outside are counted by the QC report."
     )
+    indices: list[IndexName] = Field(
+        [], description="Indices computed at extract time from the physical values, as the "
+        "companion modality <name>_idx with bands <name>_<INDEX> (e.g. s2_idx: s2_NDVI): "
+        "NDVI, NDWI, NDBI, SAVI, EVI, NBR (optical), RVI, VV_VH_RATIO (Sentinel-1, linear "
+        "power; dB is converted). Bands are found by name (B4/B04/*_R, B8/B08, B11, B12, "
+        "VV/VH, VV_lee/VH_lee)."
+    )
 
     @model_validator(mode="after")
     def _name_is_key(self) -> ModalityConfig:
         if not self.name.isidentifier():
             raise ValueError(f"modality name {self.name!r} must be a simple key such as 's2'")
+        if len(set(self.indices)) != len(self.indices):
+            raise ValueError(f"modality {self.name!r}: indices repeat a name: {self.indices}")
         return self
+
+    @property
+    def index_modality(self) -> str:
+        """Name of the companion modality holding this modality's indices."""
+        return f"{self.name}_idx"
+
+    @property
+    def index_bands(self) -> list[str]:
+        """Band names of this modality's indices (``<name>_<INDEX>``)."""
+        return [f"{self.name}_{ix}" for ix in self.indices]

@@ -317,10 +317,34 @@ class StudyConfig(_Model):
                 f"band names must be unique across modalities; repeated: {dup_bands} "
                 "(prefix them, e.g. dem_elevation)"
             )
+        self._check_indices(names, bands)
+        names = self.all_modality_names
         for sub in self.train.modalities or []:
             if sub not in names:
                 raise ValueError(f"train.modalities names unknown modality {sub!r}; known: {names}")
         return self
+
+    def _check_indices(self, names: list[str], bands: list[str]) -> None:
+        """Index modalities must not clash with real names, and their bands must exist."""
+        from geofuse.data.indices import index_bands
+        from geofuse.errors import ConfigError as _ConfigError
+
+        for m in self.modalities:
+            if not m.indices:
+                continue
+            if m.index_modality in names:
+                raise ValueError(f"modality {m.name!r} has indices, whose modality "
+                                 f"{m.index_modality!r} clashes with a modality of that name; "
+                                 "rename it")
+            clash = [b for b in m.index_bands if b in bands]
+            if clash:
+                raise ValueError(f"index bands {clash} of modality {m.name!r} clash with bands "
+                                 "of that name; rename them")
+            for ix in m.indices:
+                try:
+                    index_bands(m.name, m.bands, ix)
+                except _ConfigError as err:
+                    raise ValueError(str(err)) from None
 
     def _fill_dataset_modalities(self) -> None:
         if self.dataset is None:
@@ -339,6 +363,9 @@ class StudyConfig(_Model):
                 f"{self.dataset.name!r} produces {[m.name for m in derived]}; remove "
                 "'modalities' (the dataset section defines them)"
             )
+        for m, d in zip(self.modalities, derived, strict=True):
+            if d.indices and not m.indices:
+                m.__dict__["indices"] = list(d.indices)
 
     # -- paths -----------------------------------------------------------------------------
     @property
@@ -409,7 +436,26 @@ class StudyConfig(_Model):
 
     @property
     def band_names(self) -> list[str]:
+        """Bands of the sensor inputs (the fused stack); see :attr:`all_band_names`."""
         return [b for m in self.modalities for b in m.bands]
+
+    def derived_modalities(self) -> list[tuple[str, list[str]]]:
+        """(name, bands) of the index modalities extract adds, e.g. ``("s2_idx", ["s2_NDVI"])``."""
+        return [(m.index_modality, m.index_bands) for m in self.modalities if m.indices]
+
+    def index_requests(self) -> dict[str, list[str]]:
+        """Modality -> indices to compute at extract time."""
+        return {m.name: list(m.indices) for m in self.modalities if m.indices}
+
+    @property
+    def all_modality_names(self) -> list[str]:
+        """Modalities of the PatchSet: the sensor inputs, then their index modalities."""
+        return [m.name for m in self.modalities] + [n for n, _ in self.derived_modalities()]
+
+    @property
+    def all_band_names(self) -> list[str]:
+        """Bands of the PatchSet: the sensor inputs' bands, then the index bands."""
+        return self.band_names + [b for _, bands in self.derived_modalities() for b in bands]
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from geofuse._config_base import ModalityConfig, _Model
+from geofuse._config_base import IndexName, ModalityConfig, _Model
 
 Season = Literal["spring", "summer", "autumn", "winter"]
 _SENSORS = {"dem": ("dem", "dem_elevation"), "viirs": ("viirs", "viirs_radiance")}
@@ -45,6 +45,11 @@ class DatasetConfig(_Model):
     bands: dict[str, list[str]] | None = Field(
         None, description="Band subset per modality by name, e.g. {s2: [B2, B3, B4, B8]}; "
         "default every band of the dataset."
+    )
+    indices: dict[str, list[IndexName]] = Field(
+        default_factory=dict, description="Indices per dataset modality, e.g. {s2: [NDVI, "
+        "NDBI]} or {s1: [RVI]}: each becomes that modality's 'indices' (companion modality "
+        "<name>_idx, computed at extract time)."
     )
     seasons: list[Season] = Field(
         ["spring", "summer", "autumn", "winter"], min_length=1,
@@ -115,7 +120,21 @@ class DatasetConfig(_Model):
         return self.test_city_dir if self.name in CITY_DATASETS else self.test_root
 
     def modality_configs(self) -> list[ModalityConfig]:
-        """The modalities this dataset produces (names, bands, files, physical scale)."""
+        """The modalities this dataset produces (names, bands, files, physical scale, indices).
+
+        Raises:
+            ValueError: ``indices`` names a modality the dataset does not produce.
+        """
+        out = self._modality_configs()
+        names = [m.name for m in out]
+        unknown = sorted(set(self.indices) - set(names))
+        if unknown:
+            raise ValueError(f"dataset.indices names modality {unknown[0]!r}, which dataset "
+                             f"{self.name!r} does not produce; its modalities: {names}")
+        return [m.model_copy(update={"indices": list(self.indices[m.name])})
+                if self.indices.get(m.name) else m for m in out]
+
+    def _modality_configs(self) -> list[ModalityConfig]:
         if self.name not in CITY_DATASETS:
             from geofuse.data.datasets.build import dataset_modalities
 

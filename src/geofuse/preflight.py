@@ -193,11 +193,16 @@ def _inputs(cfg: StudyConfig) -> Inputs:
     if path.is_file():
         try:
             man = StackManifest.load(path)
-            return Inputs(list(man.bands), {k: list(v) for k, v in man.modalities.items()},
-                          f"stack manifest {str(path)!r}", from_config=False)
+            mods = {k: list(v) for k, v in man.modalities.items()}
+            derived = {m.index_modality: m.index_bands for m in cfg.modalities
+                       if m.indices and m.name in mods}  # added by extract
+            return Inputs([*man.bands, *(b for v in derived.values() for b in v)],
+                          {**mods, **derived}, f"stack manifest {str(path)!r}",
+                          from_config=False)
         except (OSError, ValueError, TypeError):
             pass  # an unreadable manifest: prepare rewrites it, extract reports it
-    return Inputs(list(cfg.band_names), {m.name: list(m.bands) for m in cfg.modalities},
+    mods = {m.name: list(m.bands) for m in cfg.modalities}
+    return Inputs(list(cfg.all_band_names), {**mods, **dict(cfg.derived_modalities())},
                   "the config's modalities")
 
 

@@ -128,7 +128,7 @@ def default_run_name(cfg: StudyConfig) -> str:
             digest = hashlib.sha1(inputs.encode()).hexdigest()[:6]
             inputs = f"{len(cfg.train.bands)}bands-{digest}"
     else:
-        inputs = "+".join(cfg.train.modalities or [m.name for m in cfg.modalities])
+        inputs = "+".join(cfg.train.modalities or cfg.all_modality_names)
     return f"{cfg.name}-{inputs}-seed{cfg.seed}"
 
 

@@ -13,6 +13,7 @@ from rasterio.crs import CRS
 
 from geofuse import __version__
 from geofuse.config import LabelsConfig, StudyConfig
+from geofuse.data.indices import add_index_modalities
 from geofuse.data.patchset import PatchSet
 from geofuse.data.splits import assign_splits, split_summary
 from geofuse.data.stack_reader import StackPatchReader
@@ -264,6 +265,7 @@ def extract_patches(cfg: StudyConfig, progress: bool = True) -> PatchSet:
         nodata_fraction=frac[keep], crs=manifest.crs,
         provenance={**_provenance(cfg, labels, polygons, centres, nodata, summary), "qc": qc},
     )
+    patches = add_index_modalities(patches, cfg.index_requests())
     patches.save(cfg.patches_path)
     _write_extract_qc(qc, cfg.patches_path)
     return patches

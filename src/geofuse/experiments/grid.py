@@ -151,7 +151,7 @@ def model_specs(cfg: StudyConfig) -> list[ModelSpec]:
 
 def build_grid(cfg: StudyConfig, folds: list[int] | None = None) -> list[Cell]:
     """All cells of the ablation: subsets x models x seeds x folds (config-major order)."""
-    names = [m.name for m in cfg.modalities]
+    names = cfg.all_modality_names  # the sensor inputs, then their index modalities
     subsets = sensor_subsets(names, cfg.ablation.primary, cfg.ablation.sensors)
     seeds = list(cfg.ablation.seeds or [cfg.seed])
     fold_ids = list(range(cfg.ablation.folds)) if folds is None else list(folds)

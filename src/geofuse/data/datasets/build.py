@@ -12,6 +12,7 @@ from geofuse.config_dataset import DatasetConfig
 from geofuse.data.datasets.so2sat_lcz import load_so2sat_lcz
 from geofuse.data.datasets.so2sat_pop import load_so2sat_pop
 from geofuse.data.external_test import with_external_test
+from geofuse.data.indices import add_index_modalities
 from geofuse.data.patchset import PatchSet
 from geofuse.data.splits import assign_splits, split_summary
 from geofuse.errors import ConfigError
@@ -90,5 +91,7 @@ def build_dataset_patches(cfg: StudyConfig) -> PatchSet:
         test_root = cfg.resolve(d.test_source)
         test = _read(d, test_root, cfg, external=True)
         patches = with_external_test(patches, test, name=test_root.name)
+    # on the merged set: one dB-or-linear decision for the training and the external test set
+    patches = add_index_modalities(patches, cfg.index_requests())
     patches.save(cfg.patches_path)
     return patches
