@@ -92,7 +92,12 @@ def labels_problems(cfg: StudyConfig) -> tuple[int | None, list[Problem]]:
     if cfg.labels is None:
         return None, [Problem("labels", None, "extract needs label polygons; add a labels "
                               "section with labels.path and labels.class_field")]
-    lab, path = cfg.labels, cfg.resolve(cfg.labels.path)
+    lab = cfg.labels
+    if lab.raster is not None:
+        raster = cfg.resolve(lab.raster)
+        return None, ([] if raster.exists() else [_missing_file("labels.raster", lab.raster,
+                                                                raster)])
+    path = cfg.resolve(lab.path or "")
     if not path.exists():
         return None, [_missing_file("labels.path", lab.path, path)]
     import pyogrio

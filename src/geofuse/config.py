@@ -43,14 +43,31 @@ class PrepareConfig(_Model):
 
 
 class LabelsConfig(_Model):
-    """Label polygons and the attribute that holds their class."""
+    """Label polygons and the attribute that holds their class, or a label raster."""
 
-    path: str = Field(description="GeoJSON, GeoPackage or Shapefile with label polygons.")
+    path: str | None = Field(
+        None, description="GeoJSON, GeoPackage or Shapefile with label polygons."
+    )
+    raster: str | None = Field(
+        None, description="Instead of path: GeoTIFF of class codes per pixel (any CRS/res)."
+    )
+    unlabelled: int = Field(0, description="labels.raster: the code of unlabelled pixels.")
+    class_codes: dict[str, int] | None = Field(
+        None, description="labels.raster: class name -> code; default: every code found, "
+        "named class_<code>."
+    )
     class_field: str = "class"
     classes: list[str] | None = Field(
         None, description="Class names in index order; default: sorted names found in the file."
     )
     id_field: str | None = Field(None, description="Feature id attribute; default: row number.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LabelsConfig:
+        if (self.path is None) == (self.raster is None):
+            raise ValueError("give exactly one of labels.path (polygons) and labels.raster "
+                             "(a GeoTIFF of class codes)")
+        return self
 
 
 class ExtractConfig(_Model):
@@ -60,12 +77,17 @@ class ExtractConfig(_Model):
     patch_size: int = Field(8, ge=1)
     per_polygon: int | None = Field(10, ge=1, description="Patch centres per polygon.")
     per_class: int | None = Field(
-        None, ge=1, description="Patch centres per class, spread over its polygons."
+        None, ge=1, description="Patch centres per class, spread over its polygons "
+        "(labels.raster: the cap per class, default 200)."
     )
     jitter: float = Field(0.0, ge=0, description="Random shift of centres, in pixels.")
     min_distance: float = Field(0.0, ge=0, description="Minimum centre spacing, in pixels.")
     max_nodata_fraction: float = Field(0.0, ge=0, le=1)
     on_nodata: Literal["drop", "flag"] = "drop"
+    block_size: int | None = Field(
+        None, ge=1, description="labels.raster: side of the spatial blocks (stack pixels) that "
+        "group patches for the splits; default 8 x patch_size."
+    )
     memory_limit_mb: int = Field(
         2048, ge=0, description="Stacks up to this size are read into memory for fast patch "
         "reads; larger ones (all, with 0) are read window by window."
@@ -292,7 +314,9 @@ class StudyConfig(_Model):
     )
     grid: GridConfig | None = Field(None, description="Explicit reference grid (optional).")
     prepare: PrepareConfig = PrepareConfig()
-    labels: LabelsConfig | None = Field(None, description="Label polygons (needed by extract).")
+    labels: LabelsConfig | None = Field(
+        None, description="Label polygons or a label raster (needed by extract)."
+    )
     extract: ExtractConfig = ExtractConfig()
     splits: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()

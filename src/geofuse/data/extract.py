@@ -112,8 +112,8 @@ def _describe_bands(shares: dict[str, float], manifest: StackManifest) -> str:
 
 
 def _apply_nodata(
-    cfg: StudyConfig, labels: Path, x: np.ndarray, centres: CentreSample,
-    polygons: LabelPolygons, manifest: StackManifest,
+    cfg: StudyConfig, labels: Path, x: np.ndarray, centres: CentreSample | None,
+    polygons: LabelPolygons | None, manifest: StackManifest,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Keep-mask after the nodata rule, nodata fraction per patch, and what the rule did."""
     frac = nodata_fraction(x)
@@ -134,10 +134,13 @@ def _apply_nodata(
             f"(see the QC report of {cfg.stack_path.name}), drop their modality, raise "
             "max_nodata_fraction, or set extract.on_nodata: flag"
         )
-    kept_polys = set(centres.polygon[~over].tolist())
-    lost = [polygons.ids[i] for i in sorted(set(centres.polygon[over].tolist()) - kept_polys)]
     msg = (f"dropped {int(over.sum())} of {len(frac)} patches with a nodata share above "
            f"{ex.max_nodata_fraction} (NaN share of their pixels: {culprits})")
+    if centres is None or polygons is None:
+        warnings.warn(msg, stacklevel=3)
+        return ~over, frac, record
+    kept_polys = set(centres.polygon[~over].tolist())
+    lost = [polygons.ids[i] for i in sorted(set(centres.polygon[over].tolist()) - kept_polys)]
     if lost:
         msg += f"; polygons left without patches, ids: {format_ids(lost)}"
         record["polygons_without_patches"] = lost
@@ -147,15 +150,11 @@ def _apply_nodata(
 
 def _provenance(
     cfg: StudyConfig, labels: Path, polygons: LabelPolygons, centres: CentreSample,
-    nodata: dict[str, Any], summary: dict[str, Any],
+    nodata: dict[str, Any],
 ) -> dict[str, Any]:
     ex, lab = cfg.extract, _labels_config(cfg)
     return {
-        "created_by": "geofuse extract",
-        "geofuse_version": __version__,
-        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "config": str(cfg.source) if cfg.source else None,
-        "stack_path": str(cfg.stack_path),
+        **_base_provenance(cfg),
         "labels_path": str(labels),
         "class_field": lab.class_field,
         "id_field": lab.id_field,
@@ -167,8 +166,16 @@ def _provenance(
         "seed": cfg.seed,
         "polygons": polygons.report.to_dict(),
         "nodata": nodata,
-        "splits": {"val_fraction": cfg.splits.val_fraction,
-                   "test_fraction": cfg.splits.test_fraction, "counts": summary},
+    }
+
+
+def _base_provenance(cfg: StudyConfig) -> dict[str, Any]:
+    return {
+        "created_by": "geofuse extract",
+        "geofuse_version": __version__,
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": str(cfg.source) if cfg.source else None,
+        "stack_path": str(cfg.stack_path),
     }
 
 
@@ -247,26 +254,46 @@ def extract_patches(cfg: StudyConfig, progress: bool = True) -> PatchSet:
         from geofuse.data.datasets.build import build_dataset_patches
 
         return build_dataset_patches(cfg)
-    labels = cfg.resolve(_labels_config(cfg).path)
+    lab = _labels_config(cfg)
     manifest = StackManifest.load(manifest_path(cfg.stack_path))
+    if lab.raster is not None:
+        from geofuse.data.extract_raster import extract_from_label_raster
+
+        return extract_from_label_raster(cfg, manifest, progress)
+    labels = cfg.resolve(lab.path or "")
     x, coords, polygons, centres, transform = _read_patches(cfg, labels, manifest, progress)
     keep, frac, nodata = _apply_nodata(cfg, labels, x, centres, polygons, manifest)
     qc = _extract_qc(label_fit(polygons, centres, transform, cfg.extract.patch_size, keep),
                      nodata, cfg)
     poly = centres.polygon[keep]
-    y = polygons.y[poly]
     groups = np.array([f"polygon:{polygons.ids[i]}" for i in poly.tolist()], dtype=str)
+    return finish_patchset(
+        cfg, manifest, x[keep], polygons.y[poly], groups, coords[keep], frac[keep],
+        polygons.class_names, _provenance(cfg, labels, polygons, centres, nodata), qc,
+    )
+
+
+def finish_patchset(
+    cfg: StudyConfig, manifest: StackManifest, x: np.ndarray, y: np.ndarray,
+    groups: np.ndarray, coords: np.ndarray, frac: np.ndarray, class_names: list[str],
+    provenance: dict[str, Any], qc: dict[str, Any],
+) -> PatchSet:
+    """Split by group, build the PatchSet (plus index modalities), save it and its QC report.
+
+    The shared tail of every stack-based extract path (label polygons, label raster).
+    """
     split = assign_splits(y, groups, cfg.splits.val_fraction, cfg.splits.test_fraction,
-                          cfg.seed, class_names=polygons.class_names)
-    summary = split_summary(y, groups, split, polygons.class_names)
+                          cfg.seed, class_names=class_names)
+    summary = split_summary(y, groups, split, class_names)
+    provenance = {**provenance, "splits": {"val_fraction": cfg.splits.val_fraction,
+                                           "test_fraction": cfg.splits.test_fraction,
+                                           "counts": summary}, "qc": qc}
     patches = PatchSet(
-        x=x[keep], y=y, band_names=list(manifest.bands), modalities=dict(manifest.modalities),
-        class_names=polygons.class_names, groups=groups, coords=coords[keep], split=split,
-        nodata_fraction=frac[keep], crs=manifest.crs,
-        provenance={**_provenance(cfg, labels, polygons, centres, nodata, summary), "qc": qc},
+        x=x, y=y, band_names=list(manifest.bands), modalities=dict(manifest.modalities),
+        class_names=class_names, groups=groups, coords=coords, split=split,
+        nodata_fraction=frac, crs=manifest.crs, provenance=provenance,
     )
     patches = add_index_modalities(patches, cfg.index_requests())
     patches.save(cfg.patches_path)
     _write_extract_qc(qc, cfg.patches_path)
     return patches
-
