@@ -1,0 +1,172 @@
+"""The ``train`` section of a study config: model, loss, baselines and Lightning settings."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from geofuse._config_base import _Model
+
+
+class ModelConfig(_Model):
+    """Which network to train, its size and transfer-learning options."""
+
+    name: str = Field(
+        "simple_cnn", description="Registered model (checked when the model is built); list "
+        "them with 'geofuse models': simple_cnn, resnet18, resnet50, mobilenetv2_100, "
+        "efficientnet_b0, ..."
+    )
+    hidden: int = Field(128, ge=1)
+    dropout: float = Field(0.5, ge=0, lt=1)
+    encoders: dict[str, str] | None = Field(
+        None, description="late/decision_fusion: encoder per modality, e.g. {dem: small_cnn, "
+        "s2: simple_cnn} (small_cnn or a registered model with .features); default small_cnn."
+    )
+    merge: Literal["concat", "attention"] = Field(
+        "concat", description="late_fusion: concatenate modality features or weight them by "
+        "learned attention."
+    )
+    weights: dict[str, float] | None = Field(
+        None, description="decision_fusion: fixed weight per modality (normalised to sum 1); "
+        "default: learned softmax weights."
+    )
+    se_reduction: int = Field(
+        16, ge=1, description="progressive_fusion: Squeeze-and-Excitation reduction ratio."
+    )
+    refinement_passes: int = Field(
+        1, ge=0, description="progressive_fusion: decoder-to-encoder back-projection passes."
+    )
+    mode: Literal["early", "late", "progressive"] = Field(
+        "late", description="tabular_fusion: attributes as extra constant channels (early), "
+        "MLP features joined before the head (late) or FiLM at every stage (progressive)."
+    )
+    pretrained_path: str | None = Field(
+        None, description="Backbones: local torch/timm state dict of the RGB network, relative "
+        "to the config file; never downloaded. Default: train from scratch."
+    )
+    input_adaptation: Literal["cycle", "band_aware", "reduce"] = Field(
+        "cycle", description="Backbones with pretrained weights: cycle (timm: RGB kernels "
+        "repeated over the bands, scaled by 3/C), band_aware (RGB kernels on the real R, G, B "
+        "bands, small random start elsewhere) or reduce (learned 1x1 conv C -> 3)."
+    )
+    rgb_bands: list[str] | None = Field(
+        None, min_length=3, max_length=3, description="band_aware: names of the red, green, "
+        "blue bands; default B4, B3, B2 (also as <prefix>_B4)."
+    )
+    freeze_fraction: float = Field(
+        0.0, ge=0, le=1, description="Backbones: share of parameterised layers frozen, first "
+        "first (the reference ResNet-50 collapsed at 0.85)."
+    )
+    freeze_stages: list[str] | None = Field(
+        None, description="Backbones: stages to freeze, e.g. [conv1, layer1] (resnet) or "
+        "[conv_stem, blocks.0] (mobilenet/efficientnet)."
+    )
+    upsample_to: int | None = Field(
+        None, ge=2, description="Backbones: bilinear upsampling of patches to this size; "
+        "interpolated pixels add no information, prefer larger native patches."
+    )
+    backbone_lr_scale: float = Field(
+        1.0, ge=0, description="Backbones: backbone learning rate = lr * this (head: lr)."
+    )
+
+
+class LossConfig(_Model):
+    """Training loss (``train.loss``); every loss takes logits and integer targets."""
+
+    name: Literal["cross_entropy", "focal", "bce", "dice", "bce_dice"] = Field(
+        "cross_entropy", description="cross_entropy, focal, bce (one-vs-rest), dice (soft, "
+        "softmax) or bce_dice = alpha * weighted-BCE(beta) + (1 - alpha) * Dice."
+    )
+    class_weights: list[float] | Literal["balanced"] | None = Field(
+        None, description="Per-class weights in label order (the focal loss's alpha), or "
+        "'balanced' = n / (K * count) from the train split."
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross_entropy only.")
+    gamma: float = Field(2.0, ge=0, description="Focal focusing exponent (0 = cross-entropy).")
+    pos_weight: float = Field(1.0, gt=0, description="bce/bce_dice: weight of positive terms.")
+    alpha: float = Field(0.5, ge=0, le=1, description="bce_dice: weight of the BCE term.")
+    beta: float = Field(
+        0.5, gt=0, lt=1, description="bce_dice: positive share of the modified BCE."
+    )
+    smooth: float = Field(1.0, ge=0, description="dice/bce_dice: smoothing term.")
+
+
+class BaselineConfig(_Model):
+    """scikit-learn baselines (``train.model.name``: random_forest, logistic_regression)."""
+
+    features: Literal["stats", "pixels"] = Field(
+        "stats", description="stats: NaN-aware mean/std/min/max per band; pixels: flattened "
+        "patch (NaN -> band mean of the train split)."
+    )
+    n_estimators: int = Field(200, ge=1, description="random_forest: number of trees.")
+    max_depth: int | None = Field(None, ge=1, description="random_forest: tree depth limit.")
+    c: float = Field(1.0, gt=0, description="logistic_regression: inverse L2 strength C.")
+    max_iter: int = Field(1000, ge=1, description="logistic_regression: solver iterations.")
+
+
+class TrainConfig(_Model):
+    """Lightning training settings."""
+
+    modalities: list[str] | None = Field(None, description="Modalities to use; default all.")
+    bands: list[str] | None = Field(None, description="Band subset (overrides modalities).")
+    model: ModelConfig = ModelConfig()
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    early_stopping_patience: int = Field(10, ge=1)
+    plateau_patience: int = Field(4, ge=1)
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    loss: LossConfig = LossConfig()
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd and rmsprop momentum.")
+    tabular_l2: float = Field(
+        0.0, ge=0, description="Extra weight decay on parameters whose name contains 'tab'."
+    )
+    scheduler: Literal[
+        "none", "plateau", "cosine", "linear", "step", "cyclic", "exponential"
+    ] = Field("plateau", description="Per-epoch LR schedule; plateau watches val_loss.")
+    step_size: int = Field(
+        5, ge=1, description="step: epochs between decays; cyclic: epochs per half cycle."
+    )
+    gamma: float = Field(0.1, gt=0, le=1, description="step/exponential LR multiplier.")
+    min_lr_fraction: float = Field(
+        0.01, ge=0, le=1, description="cosine/linear: final LR as a share of lr."
+    )
+    cyclic_base_lr: float | None = Field(
+        None, gt=0, description="cyclic: lowest LR; default lr * min_lr_fraction."
+    )
+    cyclic_max_lr: float | None = Field(None, gt=0, description="cyclic: highest LR; default lr.")
+    warmup_epochs: int = Field(
+        0, ge=0, description="Linear LR warm-up epochs before the schedule (not with plateau)."
+    )
+    baseline: BaselineConfig = BaselineConfig()
+    augment: bool = True
+    checkpoint_interval_s: float = Field(
+        300.0, gt=0, description="Write the resumable last.ckpt at least this often (seconds); "
+        "it is also written when training ends or is interrupted."
+    )
+    checkpoint_overhead: float = Field(
+        0.02, gt=0, le=1, description="last.ckpt (and best.ckpt when it changed) is written "
+        "after every epoch while writing costs at most this share of the training time since "
+        "the previous write, so a hard kill loses at most one epoch; slower writes are spaced "
+        "out to keep that share."
+    )
+    num_workers: int = Field(0, ge=0)
+    accelerator: str = "auto"
+    deterministic: bool | Literal["warn"] = Field(
+        True, description="Deterministic kernels (same config, same metrics); 'warn' lets ops "
+        "without a deterministic GPU kernel run with a warning instead of failing."
+    )
+    output: str = Field("runs", description="Run directories go here, relative to workdir.")
+    run_name: str | None = None
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> TrainConfig:
+        if self.warmup_epochs and self.scheduler == "plateau":
+            raise ValueError(
+                f"warmup_epochs={self.warmup_epochs} cannot be combined with scheduler "
+                "'plateau'; pick another scheduler (e.g. cosine) or set warmup_epochs: 0"
+            )
+        return self
