@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from geofuse.config import StudyConfig, parse_config
-from geofuse.data.patchset import PatchSet
+from geofuse.data.patchset import PatchSet, primary_labels
 
 CLASSES = ["forest", "water", "urban", "crop"]
 S2 = ["s2_b", "s2_g", "s2_r", "s2_nir"]
@@ -41,3 +41,23 @@ def make_config(root: Path, **train: Any) -> StudyConfig:
         "train": {"epochs": 8, "batch_size": 32, "early_stopping_patience": 20, **train},
     }
     return parse_config(data, root)
+
+
+def make_multilabel_patchset(n: int = 160, patch_size: int = 8, seed: int = 0) -> PatchSet:
+    """Learnable multi-label PatchSet: each present class adds its signature to the band means
+    (1-3 labels per patch); 70/20/10 split."""
+    rng = np.random.default_rng(seed)
+    k = len(CLASSES)
+    multi_hot = (rng.random((n, k)) < 0.4).astype(np.uint8)
+    multi_hot[multi_hot.sum(axis=1) == 0, rng.integers(0, k)] = 1
+    signature = rng.normal(0, 1.5, (k, len(S2) + len(DEM)))
+    means = multi_hot @ signature
+    x = means[:, :, None, None] + rng.normal(0, 0.5, (n, len(S2) + len(DEM), patch_size,
+                                                      patch_size))
+    split = np.zeros(n, dtype=np.uint8)
+    split[np.arange(n) % 10 >= 7] = 1
+    split[np.arange(n) % 10 == 9] = 2
+    return PatchSet(x=x * 800 + 1500, y=primary_labels(multi_hot), band_names=S2 + DEM,
+                    modalities={"s2": S2, "dem": DEM}, class_names=CLASSES,
+                    groups=[f"tile:{i}" for i in range(n)], coords=rng.random((n, 2)) * 1e4,
+                    split=split, multi_hot=multi_hot)

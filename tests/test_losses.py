@@ -111,6 +111,7 @@ def test_balanced_weights_from_counts_and_bad_weights() -> None:
 
 
 def test_loss_config_lives_under_train_and_rejects_unknown_names() -> None:
-    assert TrainConfig().loss.name == "cross_entropy"
+    assert TrainConfig().loss.name == "auto"
+    assert isinstance(build_loss(TrainConfig().loss, 3), CrossEntropyLoss)
     with pytest.raises(ValueError, match="focal"):
         TrainConfig.model_validate({"loss": {"name": "hinge"}})

@@ -72,11 +72,13 @@ class ModelConfig(_Model):
 
 
 class LossConfig(_Model):
-    """Training loss (``train.loss``); every loss takes logits and integer targets."""
+    """Training loss (``train.loss``): logits against integer targets or label sets."""
 
-    name: Literal["cross_entropy", "focal", "bce", "dice", "bce_dice"] = Field(
-        "cross_entropy", description="cross_entropy, focal, bce (one-vs-rest), dice (soft, "
-        "softmax) or bce_dice = alpha * weighted-BCE(beta) + (1 - alpha) * Dice."
+    name: Literal["auto", "cross_entropy", "focal", "bce", "dice", "bce_dice"] = Field(
+        "auto", description="auto (cross_entropy; bce for multi-label targets), "
+        "cross_entropy, focal (sigmoid focal for multi-label), bce (one-vs-rest; the "
+        "multi-label loss), dice (soft, softmax) or bce_dice = alpha * weighted-BCE(beta) + "
+        "(1 - alpha) * Dice. Multi-label targets (bigearthnet_mm) take auto, bce or focal."
     )
     class_weights: list[float] | Literal["balanced"] | None = Field(
         None, description="Per-class weights in label order (the focal loss's alpha), or "

@@ -3,7 +3,8 @@
 Polygons hold one class, but a 1 km So2Sat cell or an image tile holds many. Dividing such
 groups by their majority class can leave a class that is a minority everywhere out of a split.
 :func:`stratify_units` uses iterative stratification (Sechidis, Tsoumakas & Vlahavas 2011):
-the rarest class first, each of its groups goes to the split that most lacks that class.
+the rarest class first, each of its groups goes to a split that does not hold that class yet,
+else to the split that most lacks it.
 """
 
 from __future__ import annotations
@@ -15,9 +16,16 @@ import numpy as np
 
 def class_table(inverse: np.ndarray, y: np.ndarray, n_units: int, num_classes: int
                 ) -> np.ndarray:
-    """(U, K) patch counts per unit and class, given each patch's unit index."""
+    """(U, K) patch counts per unit and class, given each patch's unit index.
+
+    ``y`` is a class index per patch (N,) or a multi-hot label set per patch (N, K).
+    """
     table = np.zeros((n_units, num_classes), dtype=np.int64)
-    np.add.at(table, (inverse, np.asarray(y, dtype=np.int64)), 1)
+    y = np.asarray(y)
+    if y.ndim == 2:
+        np.add.at(table, inverse, y.astype(np.int64))
+    else:
+        np.add.at(table, (inverse, y.astype(np.int64)), 1)
     return table
 
 
@@ -59,9 +67,13 @@ def _one_try(table: np.ndarray, fractions: np.ndarray, rng: np.random.Generator)
         members = np.flatnonzero(open_units & has[:, k])
         members = members[rng.permutation(len(members))]
         members = members[np.argsort(-table[members, k], kind="stable")]
+        held = np.zeros(len(fractions), dtype=bool)  # splits holding class k already
+        held[np.unique(split[has[:, k] & (split >= 0)])] = True
         for u in members.tolist():
-            score = np.lexsort((rng.random(len(fractions)), want_total, want[:, k]))
+            # a split without the class first (coverage), then the one that most lacks it
+            score = np.lexsort((rng.random(len(fractions)), want_total, want[:, k], ~held))
             s = int(score[-1])
+            held[s] = True
             split[u] = s
             want[s] -= table[u]
             want_total[s] -= sizes[u]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,10 @@ def select_inputs(patches: PatchSet, train: TrainConfig) -> PatchSet:
 def check_splits(patches: PatchSet, source: str | Path = "PatchSet") -> None:
     """Require non-empty train and val splits that each hold every class.
 
+    A multi-label set only needs non-empty splits: rare labels of small sets are often absent
+    from a split, and the metrics average over the classes present; a class that occurs in
+    the set but not in its train split gets a warning (the model cannot learn it).
+
     Raises:
         SplitError: naming the empty split or the missing class, and the fix.
     """
@@ -52,12 +57,25 @@ def check_splits(patches: PatchSet, source: str | Path = "PatchSet") -> None:
                 "splits (check splits.val_fraction)"
             )
         missing = [c for c, n in counts.items() if n == 0]
+        if patches.multilabel:
+            _warn_untrained(patches, missing, split, source)
+            continue
         if missing:
             raise SplitError(
                 f"{source}: class(es) {missing} have no patches in the {split} split; add "
                 "labelled polygons for them or drop them from labels.classes, then re-run "
                 "'geofuse extract'"
             )
+
+
+def _warn_untrained(patches: PatchSet, missing: list[str], split: str,
+                    source: str | Path) -> None:
+    present = {c for c, n in patches.class_counts().items() if n > 0}
+    untrained = [c for c in missing if c in present]
+    if split == "train" and untrained:
+        warnings.warn(f"{source}: class(es) {untrained} occur in the data but not in the train "
+                      "split; the model cannot learn them (add samples holding them)",
+                      stacklevel=3)
 
 
 def split_counts(patches: PatchSet) -> dict[str, dict[str, int]]:
@@ -98,7 +116,8 @@ def normalized_tabular(
 
 
 class PatchDataset(Dataset[Sample]):
-    """Samples ``{"image": (C, P, P) float tensor, "label": int, "index": int}``.
+    """Samples ``{"image": (C, P, P) float tensor, "label": int, "index": int}``; the label
+    of a multi-label PatchSet is its (K,) float32 multi-hot label set.
 
     With ``tabular``, samples also hold ``"tab"``: the row's (F,) float32 attributes.
 
@@ -123,9 +142,11 @@ class PatchDataset(Dataset[Sample]):
 
     def __getitem__(self, i: int) -> Sample:
         row = int(self.indices[i])
+        multi_hot = self.patches.multi_hot
         sample: Sample = {
             "image": torch.from_numpy(self.patches.x[row].copy()),
-            "label": int(self.patches.y[row]),
+            "label": int(self.patches.y[row]) if multi_hot is None
+            else torch.from_numpy(multi_hot[row].astype(np.float32)),
             "index": row,
         }
         if self.tabular is not None:

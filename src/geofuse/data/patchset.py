@@ -23,6 +23,30 @@ FORMAT_VERSION = 1
 _WRITE_CHUNK = 16 * 2**20  # bytes per write() call when saving
 
 
+def class_totals(targets: np.ndarray, num_classes: int) -> np.ndarray:
+    """Patches per class: a bincount of class indices (N,) or column sums of multi-hot (N, K)."""
+    t = np.asarray(targets)
+    if t.ndim == 2:
+        return t.sum(axis=0, dtype=np.int64)
+    return np.bincount(t.astype(np.int64), minlength=num_classes)
+
+
+def primary_labels(multi_hot: np.ndarray) -> np.ndarray:
+    """Each patch's rarest present label (ties: the lower index); -1 for a patch without any.
+
+    Rarity is the label's frequency over all rows, so that grids and per-class views show
+    the rare classes of multi-label patches and not only the ubiquitous ones.
+    """
+    m = np.asarray(multi_hot, dtype=bool)
+    if m.size == 0:
+        return np.zeros(len(m), dtype=np.int64)
+    freq = m.sum(axis=0).astype(np.float64)
+    score = np.where(m, freq[None, :], np.inf)
+    out = score.argmin(axis=1).astype(np.int64)
+    out[~m.any(axis=1)] = -1
+    return out
+
+
 @dataclass
 class PatchSet:
     """A set of ``N`` patches of ``C`` bands, ``patch_size`` x ``patch_size`` pixels.
@@ -42,6 +66,10 @@ class PatchSet:
         tabular: optional float32 (N, F) attributes per patch (NaN = missing), e.g. census
             or metadata columns; ``None`` when the set has none.
         tabular_names: one name per ``tabular`` column.
+        multi_hot: optional uint8 (N, K) targets of a multi-label set (1 = the class is
+            present in the patch, e.g. BigEarthNet's CORINE labels); ``None`` for single-label
+            sets. ``y`` then holds each patch's rarest label (:func:`primary_labels`), used
+            where one class per patch is needed (sample grids).
     """
 
     x: np.ndarray
@@ -57,6 +85,7 @@ class PatchSet:
     provenance: dict[str, Any] = field(default_factory=dict)
     tabular: np.ndarray | None = None
     tabular_names: list[str] = field(default_factory=list)
+    multi_hot: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.x)
@@ -82,6 +111,17 @@ class PatchSet:
             if len(arr) != n:
                 raise ValueError(f"{name} has {len(arr)} entries for {n} patches")
         self._check_tabular()
+        self._check_multi_hot()
+
+    def _check_multi_hot(self) -> None:
+        if self.multi_hot is None:
+            return
+        self.multi_hot = np.asarray(self.multi_hot, dtype=np.uint8)
+        want = (len(self.x), len(self.class_names))
+        if self.multi_hot.shape != want:
+            raise ValueError(f"multi_hot must be (N, K) = {want}; got {self.multi_hot.shape}")
+        if (self.multi_hot > 1).any():
+            raise ValueError("multi_hot must hold 0 and 1 only")
 
     def _check_tabular(self) -> None:
         self.tabular_names = list(self.tabular_names)
@@ -108,6 +148,16 @@ class PatchSet:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def multilabel(self) -> bool:
+        """Whether each patch carries a set of labels (``multi_hot``) instead of one class."""
+        return self.multi_hot is not None
+
+    def targets(self, indices: np.ndarray | None = None) -> np.ndarray:
+        """Training targets: ``multi_hot`` rows (N, K) of a multi-label set, else ``y`` (N,)."""
+        t = self.multi_hot if self.multi_hot is not None else self.y
+        return t if indices is None else t[indices]
 
     def band_indices(self, names: list[str]) -> list[int]:
         """Channel indices of ``names``; raises :class:`BandError` naming unknown bands."""
@@ -146,6 +196,7 @@ class PatchSet:
             x=self.x[sel], y=self.y[sel], groups=self.groups[sel], coords=self.coords[sel],
             split=self.split[sel], nodata_fraction=self.nodata_fraction[sel],
             tabular=None if self.tabular is None else self.tabular[sel],
+            multi_hot=None if self.multi_hot is None else self.multi_hot[sel],
         )
 
     def split_indices(self, name: str) -> np.ndarray:
@@ -153,9 +204,10 @@ class PatchSet:
         return np.flatnonzero(self.split == SPLIT_CODES[name])
 
     def class_counts(self, split: str | None = None) -> dict[str, int]:
-        """Patches per class name, over all patches or one split."""
-        y = self.y if split is None else self.y[self.split_indices(split)]
-        counts = np.bincount(y, minlength=self.num_classes)
+        """Patches per class name (of a multi-label set: patches holding the class), over all
+        patches or one split."""
+        idx = None if split is None else self.split_indices(split)
+        counts = class_totals(self.targets(idx), self.num_classes)
         return {c: int(n) for c, n in zip(self.class_names, counts, strict=True)}
 
     def _replace(self, **changes: Any) -> PatchSet:
@@ -164,7 +216,7 @@ class PatchSet:
             class_names=list(self.class_names), groups=self.groups, coords=self.coords,
             split=self.split, nodata_fraction=self.nodata_fraction, crs=self.crs,
             provenance=dict(self.provenance), tabular=self.tabular,
-            tabular_names=list(self.tabular_names),
+            tabular_names=list(self.tabular_names), multi_hot=self.multi_hot,
         )
         fields.update(changes)
         return PatchSet(**fields)
@@ -229,6 +281,8 @@ class PatchSet:
         if self.tabular is not None:  # optional: files without it still load
             f.attrs["tabular_names"] = json.dumps(self.tabular_names)
             f.create_dataset("tabular", data=self.tabular)
+        if self.multi_hot is not None:
+            f.create_dataset("multi_hot", data=self.multi_hot)
 
     @classmethod
     def load(cls, path: str | Path) -> PatchSet:
@@ -255,6 +309,7 @@ class PatchSet:
                     crs=str(f.attrs["crs"]), provenance=json.loads(f.attrs["provenance"]),
                     tabular=f["tabular"][()] if "tabular" in f else None,
                     tabular_names=json.loads(f.attrs.get("tabular_names", "[]")),
+                    multi_hot=f["multi_hot"][()] if "multi_hot" in f else None,
                 )
         except OSError as err:
             raise DataNotFoundError(

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from geofuse.data._multilabel import stratify_units, unit_class_table
-from geofuse.data.patchset import SPLIT_CODES
+from geofuse.data.patchset import SPLIT_CODES, class_totals
 from geofuse.errors import SplitError
 
 SPLIT_NAMES = {code: name for name, code in SPLIT_CODES.items()}
@@ -111,8 +111,12 @@ def assign_splits(
 ) -> np.ndarray:
     """Split codes (:data:`SPLIT_CODES`) per patch, stratified by class and grouped.
 
+    Multi-label sets (``y`` of shape (N, K)) are always divided by iterative stratification
+    over their label sets; every class found in at least as many groups as there are splits
+    then appears in every split.
+
     Args:
-        y: class index of each patch.
+        y: class index of each patch, or its multi-hot label set (N, K).
         groups: group of each patch (e.g. ``polygon:17``); a group never spans two splits.
         val_fraction: share of each class's patches for validation.
         test_fraction: share for test; 0 means no test split.
@@ -125,7 +129,10 @@ def assign_splits(
     _check_fractions(val_fraction, test_fraction)
     y = np.asarray(y, dtype=np.int64)
     groups = np.asarray(groups).astype(str)
-    num_classes = max(len(class_names or []), int(y.max()) + 1 if len(y) else 0)
+    if y.ndim == 2:
+        num_classes = y.shape[1]
+    else:
+        num_classes = max(len(class_names or []), int(y.max()) + 1 if len(y) else 0)
     names = list(class_names or []) + [str(k) for k in range(len(class_names or []), num_classes)]
     fractions = [1 - val_fraction - test_fraction, val_fraction]
     fractions += [test_fraction] if test_fraction > 0 else []
@@ -133,6 +140,8 @@ def assign_splits(
     inverse, table = unit_class_table(y, groups, num_classes)
     major, sizes = table.argmax(axis=1), table.sum(axis=1)
     n_groups = np.bincount(major, minlength=num_classes)
+    if y.ndim == 2:
+        return _stratify_label_sets(table, inverse, fractions, seed, names, split_names)
     if (n_groups < len(fractions)).any():
         # groups holding several classes (cells, tiles): stratify on all of their classes
         present = (table > 0).sum(axis=0)
@@ -150,6 +159,29 @@ def assign_splits(
     return group_split[inverse]
 
 
+def _stratify_label_sets(
+    table: np.ndarray, inverse: np.ndarray, fractions: list[float], seed: int,
+    names: list[str], split_names: list[str],
+) -> np.ndarray:
+    """Split codes of a multi-label set: iterative stratification of its groups."""
+    n_units = len(table)
+    if n_units < len(fractions):
+        raise SplitError(
+            f"cannot split {n_units} group(s) into {'/'.join(split_names)} without leakage: "
+            f"add samples, use a smaller dataset.block_size_m, or set splits.test_fraction to 0"
+        )
+    found = stratify_units(table, fractions, seed)
+    if found is None:
+        counts = ", ".join(f"{names[k]} {n}" for k, n in enumerate((table > 0).sum(axis=0)) if n)
+        raise SplitError(
+            f"cannot divide {n_units} groups into {'/'.join(split_names)} so that each split "
+            f"holds every class found in at least {len(fractions)} groups (groups per class: "
+            f"{counts}); add samples, use a smaller dataset.block_size_m, or set "
+            "splits.test_fraction to 0"
+        )
+    return found[inverse].astype(np.uint8)
+
+
 def split_summary(
     y: np.ndarray, groups: np.ndarray, split: np.ndarray, class_names: list[str]
 ) -> dict[str, Any]:
@@ -158,7 +190,7 @@ def split_summary(
     for code in sorted(set(np.asarray(split).tolist())):
         sel = split == code
         name = SPLIT_NAMES.get(code, "unassigned")
-        counts = np.bincount(y[sel], minlength=len(class_names))
+        counts = class_totals(np.asarray(y)[sel], len(class_names))
         out[name] = {
             "patches": int(sel.sum()),
             "groups": len(np.unique(groups[sel])),

@@ -15,6 +15,7 @@ from geofuse.data.normalize import BandStats, TabularStats
 from geofuse.data.patchset import PatchSet
 from geofuse.errors import RunDirError
 from geofuse.evaluation.metrics import classification_metrics
+from geofuse.evaluation.multilabel_metrics import multilabel_metrics
 from geofuse.io_utils import atomic_write_json
 from geofuse.models.forest import evaluate_baseline, is_baseline
 from geofuse.rundir import RunDir, read_history
@@ -40,16 +41,30 @@ def load_task(checkpoint: Path) -> tuple[ClassificationTask, int]:
 
 @torch.inference_mode()
 def predict(task: ClassificationTask, loader: DataLoader[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """True and predicted class indices over a loader."""
+    """True and predicted class indices over a loader; of a multi-label task, the true label
+    sets (N, K) and the class probabilities (N, K)."""
     task.eval()
     y_true, y_pred = [], []
     for batch in loader:
         tab = batch["tab"].to(task.device) if "tab" in batch else None
-        y_pred.append(task(batch["image"].to(task.device), tab).argmax(dim=1).cpu().numpy())
+        logits = task(batch["image"].to(task.device), tab)
+        out = logits.sigmoid() if task.multilabel else logits.argmax(dim=1)
+        y_pred.append(out.float().cpu().numpy() if task.multilabel else out.cpu().numpy())
         y_true.append(np.asarray(batch["label"]))
     if not y_true:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        k = int(task.hparams["num_classes"])
+        shape = (0, k) if task.multilabel else (0,)
+        return np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
     return np.concatenate(y_true), np.concatenate(y_pred)
+
+
+def split_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str],
+                  multilabel: bool) -> dict[str, Any]:
+    """:func:`classification_metrics` of class indices, or :func:`multilabel_metrics` of
+    label sets and probabilities."""
+    if multilabel:
+        return multilabel_metrics(y_true, y_pred, class_names)
+    return classification_metrics(y_true, y_pred, class_names)
 
 
 def _load_run_patches(run: RunDir, info: dict[str, Any]) -> PatchSet:
@@ -113,7 +128,8 @@ def evaluate_run(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
     for split in EVAL_SPLITS:
         if len(patches.split_indices(split)):
             y_true, y_pred = predict(task, data.loader(split))
-            results[split] = classification_metrics(y_true, y_pred, list(patches.class_names))
+            results[split] = split_metrics(y_true, y_pred, list(patches.class_names),
+                                           task.multilabel)
     verdict = run_guards(results, read_history(run.history), cfg.guards,
                          frozen=info.get("frozen_fraction"),
                          stop_reason=info.get("collapse_stop", {}).get("reason"))

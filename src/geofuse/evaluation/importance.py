@@ -15,22 +15,30 @@ from typing import Any
 import numpy as np
 
 from geofuse.evaluation.metrics import classification_metrics
+from geofuse.evaluation.multilabel_metrics import THRESHOLD, multilabel_metrics
 
 PredictFn = Callable[[np.ndarray], Any]
 METRICS = ("accuracy", "f1_macro")
 
 
-def _predict(predict_fn: PredictFn, x: np.ndarray, batch_size: int | None) -> np.ndarray:
-    """Class indices for ``x``; scores/logits of shape (N, K) are arg-maxed."""
+def _predict(predict_fn: PredictFn, x: np.ndarray, batch_size: int | None,
+             multilabel: bool = False) -> np.ndarray:
+    """Class indices for ``x``; scores/logits of shape (N, K) are arg-maxed. Multi-label:
+    probabilities (N, K) become 0/1 label sets (from 0.5)."""
     step = batch_size or len(x)
     parts = [np.asarray(predict_fn(x[i:i + step])) for i in range(0, len(x), max(step, 1))]
     out = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    if multilabel:
+        return (out >= THRESHOLD).astype(np.uint8)
     if out.ndim == 2:
         out = out.argmax(axis=1)
     return out.astype(np.int64).ravel()
 
 
 def _score(y: np.ndarray, pred: np.ndarray, metric: str, num_classes: int) -> float:
+    if y.ndim == 2:  # label sets: accuracy is subset accuracy
+        names = [str(i) for i in range(y.shape[1])]
+        return float(multilabel_metrics(y, pred.astype(np.float64), names)[metric])
     if metric == "accuracy":
         return float(np.mean(y == pred)) if len(y) else 0.0
     names = [str(i) for i in range(num_classes)]
@@ -62,9 +70,10 @@ def permutation_importance(
     """Drop of ``metric`` when a band, or all bands of a modality, is permuted across samples.
 
     Args:
-        predict_fn: maps an array (n, C, H, W) to class indices (n,) or scores (n, K).
+        predict_fn: maps an array (n, C, H, W) to class indices (n,) or scores (n, K); for
+            multi-label ``y``, to class probabilities (n, K).
         x: inputs (N, C, ...), channel axis 1 in the order of ``band_names``.
-        y: true class indices (N,).
+        y: true class indices (N,), or true label sets (N, K) of 0/1.
         band_names: C names.
         modalities: modality -> its band names (each a subset of ``band_names``).
         n_repeats: permutations per band/modality.
@@ -81,12 +90,14 @@ def permutation_importance(
     if n_repeats < 1:
         raise ValueError(f"n_repeats must be >= 1, got {n_repeats}")
     x = np.asarray(x)
-    y = np.asarray(y, dtype=np.int64).ravel()
+    multilabel = np.asarray(y).ndim == 2
+    y = np.asarray(y, dtype=np.int64)
+    y = y if multilabel else y.ravel()
     if x.ndim < 2 or x.shape[1] != len(band_names) or len(x) != len(y):
         raise ValueError(f"x {x.shape} must be (N, C, ...) with C = {len(band_names)} band "
                          f"names and N = {len(y)} labels")
     groups = _groups(band_names, modalities)
-    base_pred = _predict(predict_fn, x, batch_size)
+    base_pred = _predict(predict_fn, x, batch_size, multilabel)
     num_classes = int(max(y.max(initial=0), base_pred.max(initial=0))) + 1
     baseline = _score(y, base_pred, metric, num_classes)
     rng = np.random.default_rng(seed)
@@ -99,7 +110,7 @@ def permutation_importance(
                 perm = rng.permutation(len(x))
                 shuffled = x.copy()
                 shuffled[:, channels] = x[np.ix_(perm, channels)]
-                pred = _predict(predict_fn, shuffled, batch_size)
+                pred = _predict(predict_fn, shuffled, batch_size, multilabel)
                 k = max(num_classes, int(pred.max(initial=0)) + 1)
                 drops.append(baseline - _score(y, pred, metric, k))
             std = float(np.std(drops, ddof=1)) if n_repeats > 1 else 0.0

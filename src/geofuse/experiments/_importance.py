@@ -38,7 +38,8 @@ def _importance_fn() -> Callable[..., dict[str, Any]] | None:
 def make_predict_fn(
     run_dir: Path, tabular: np.ndarray | None = None
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """``predict_fn(x)``: raw float32 (N, C, P, P) patches -> predicted class indices (N,).
+    """``predict_fn(x)``: raw float32 (N, C, P, P) patches -> predicted class indices (N,)
+    (of a multi-label run: class probabilities (N, K)).
 
     ``tabular`` (N, F), already normalised, is passed with the patches in row order.
     """
@@ -54,7 +55,9 @@ def make_predict_fn(
         for i in range(0, len(x), BATCH):
             xb = torch.from_numpy(normalize(x[i:i + BATCH], stats))
             tb = None if tabular is None else torch.from_numpy(tabular[i:i + BATCH])
-            out.append(task(xb, tb).argmax(dim=1).numpy())
+            logits = task(xb, tb)
+            out.append(logits.sigmoid().numpy() if task.multilabel
+                       else logits.argmax(dim=1).numpy())
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
     return predict_fn
@@ -82,7 +85,7 @@ def cell_importance(run_dir: Path, n_repeats: int, seed: int) -> dict[str, Any] 
     tab = normalized_tabular(patches, load_tabular_stats(run, patches))  # the run's own stats
     predict_fn = make_predict_fn(run.path, None if tab is None else tab[val])
     result = permutation_importance(
-        predict_fn, patches.x[val], patches.y[val], list(patches.band_names),
+        predict_fn, patches.x[val], patches.targets(val), list(patches.band_names),
         {m: list(b) for m, b in patches.modalities.items()}, n_repeats, seed,
     )
     return dict(result)

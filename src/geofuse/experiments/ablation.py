@@ -74,7 +74,7 @@ def study_folds(cfg: StudyConfig, patches: PatchSet) -> FoldAssignment:
 
 def _data_fingerprint(patches: PatchSet, folds: FoldAssignment) -> str:
     h = hashlib.sha1()
-    for arr in (patches.x, patches.y, folds.fold):
+    for arr in (patches.x, patches.targets(), folds.fold):
         h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
     h.update(json.dumps([patches.band_names, patches.class_names,
                          folds.units.tolist()]).encode())
@@ -192,7 +192,7 @@ def _write_study_json(
     now = datetime.now(UTC).isoformat(timespec="seconds")
     created = json.loads(path.read_text()).get("created_at", now) if path.is_file() else now
     config_ids = list(dict.fromkeys(c["config_id"] for c in cells))
-    summary = fold_summary(folds, patches.y, list(patches.class_names))
+    summary = fold_summary(folds, patches.targets(), list(patches.class_names))
     atomic_write_json(path, {
         "schema_version": SCHEMA_VERSION, "kind": kind, "name": study_dir.name,
         "created_at": created, "updated_at": now, "geofuse_version": geofuse.__version__,

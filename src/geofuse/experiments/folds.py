@@ -19,9 +19,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
-from geofuse.data._multilabel import class_table, covers, stratify_units
+from geofuse.data._multilabel import class_table, covers, stratify_units, unit_class_table
 from geofuse.data.external_test import external_test_mask
-from geofuse.data.patchset import SPLIT_CODES, PatchSet
+from geofuse.data.patchset import SPLIT_CODES, PatchSet, class_totals
 from geofuse.data.splits import divide_groups, group_table
 from geofuse.errors import SplitError
 
@@ -241,6 +241,46 @@ def _fixed_test_units(fixed_test: np.ndarray, unit_idx: np.ndarray, n_units: int
     return test_unit
 
 
+def _label_set_folds(
+    patches: PatchSet, units: np.ndarray, n_folds: int, test_fraction: float, seed: int,
+    fixed_test: np.ndarray | None, group_by: str,
+) -> FoldAssignment:
+    """Folds of a multi-label set: iterative stratification of its units' label sets.
+
+    Every class found in at least ``n_folds`` units of the cross-validation pool is in every
+    fold; a test set (``test_fraction``) is carved out first the same way.
+    """
+    unit_idx, table = unit_class_table(patches.targets(), units, patches.num_classes)
+    n_units = len(table)
+    fixed = external_test_mask(patches) if fixed_test is None else fixed_test
+    test_unit = np.zeros(n_units, dtype=bool)
+    if fixed is not None:
+        test_unit = _fixed_test_units(fixed, unit_idx, n_units, test_fraction)
+    elif test_fraction > 0:
+        carved = stratify_units(table, [1 - test_fraction, test_fraction], seed + 7) \
+            if n_units >= 2 else None
+        if carved is None:
+            raise SplitError(f"cannot hold out a stratified test set of {n_units} {group_by} "
+                             "groups; set ablation.test_fraction to 0 or add samples")
+        test_unit = carved == 1
+    rest = np.flatnonzero(~test_unit)
+    found = stratify_units(table[rest], [1 / n_folds] * n_folds, seed) \
+        if len(rest) >= n_folds else None
+    if found is None:
+        per_class = (table[rest] > 0).sum(axis=0)
+        counts = ", ".join(f"{patches.class_names[k]} {n}" for k, n in enumerate(per_class)
+                           if n)
+        raise SplitError(
+            f"cannot make {n_folds} stratified folds of {len(rest)} {group_by} groups holding "
+            f"every class found in at least {n_folds} groups ({group_by} groups per class: "
+            f"{counts}); lower ablation.folds or add samples"
+        )
+    unit_fold = np.full(n_units, TEST_FOLD, dtype=np.int64)
+    unit_fold[rest] = found
+    return FoldAssignment(fold=unit_fold[unit_idx], units=units, n_folds=n_folds,
+                          group_by=group_by)
+
+
 def make_folds(
     patches: PatchSet,
     n_folds: int = 5,
@@ -270,6 +310,9 @@ def make_folds(
             as the test set instead of carving one by ``test_fraction``; default the
             PatchSet's own external test set (:func:`external_test_mask`), if any.
 
+    A multi-label PatchSet (without ``strata``) is divided by iterative stratification of
+    its units' label sets (:func:`_label_set_folds`).
+
     Raises:
         SplitError: a class (stratum) occurs in fewer units than folds (+1 with a test set);
             the message lists the units per class.
@@ -278,6 +321,10 @@ def make_folds(
         raise SplitError(f"ablation.folds = {n_folds}: cross-validation needs at least 2 folds")
     if not 0 <= test_fraction < 1:
         raise SplitError(f"test_fraction = {test_fraction} must be in [0, 1); fix the config")
+    if strata is None and patches.multilabel:
+        units = fold_units(patches, group_by, block_size, tile_regex)
+        return _label_set_folds(patches, units, n_folds, test_fraction, seed, fixed_test,
+                                group_by)
     y = np.asarray(patches.y if strata is None else strata, dtype=np.int64)
     names = list(strata_names or (patches.class_names if strata is None else CHANGE_LEVELS))
     n_strata = max(len(names), int(y.max()) + 1 if len(y) else 0)
@@ -319,13 +366,14 @@ def make_folds(
 def fold_summary(
     assignment: FoldAssignment, y: np.ndarray, class_names: list[str]
 ) -> dict[str, Any]:
-    """Patches, units and patches per class of every fold and the test set."""
+    """Patches, units and patches per class of every fold and the test set (``y``: class
+    indices, or multi-hot label sets)."""
     out: dict[str, Any] = {}
     for k in [*range(assignment.n_folds), TEST_FOLD]:
         sel = assignment.fold == k
         if k == TEST_FOLD and not sel.any():
             continue
-        counts = np.bincount(np.asarray(y)[sel], minlength=len(class_names))
+        counts = class_totals(np.asarray(y)[sel], len(class_names))
         out["test" if k == TEST_FOLD else f"fold{k}"] = {
             "patches": int(sel.sum()), "units": len(np.unique(assignment.units[sel])),
             "per_class": {c: int(n) for c, n in zip(class_names, counts, strict=True)},

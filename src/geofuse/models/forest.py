@@ -19,6 +19,7 @@ from sklearn.base import ClassifierMixin
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
+from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -26,6 +27,7 @@ from geofuse.config import BaselineConfig, StudyConfig, load_config
 from geofuse.data.normalize import BandStats
 from geofuse.data.patchset import PatchSet
 from geofuse.evaluation.metrics import classification_metrics
+from geofuse.evaluation.multilabel_metrics import multilabel_metrics
 from geofuse.io_utils import atomic_path, atomic_write_json
 from geofuse.rundir import RunDir, read_history, write_history
 from geofuse.training.guards import print_verdict, run_guards
@@ -65,32 +67,68 @@ def patch_features(x: np.ndarray, kind: str, band_means: np.ndarray) -> np.ndarr
     return np.concatenate(feats, axis=1).astype(np.float32)
 
 
-def build_estimator(name: str, cfg: BaselineConfig, seed: int) -> ClassifierMixin | Pipeline:
-    """The unfitted scikit-learn classifier ``name`` (features standardised for logistic)."""
+def build_estimator(name: str, cfg: BaselineConfig, seed: int, multilabel: bool = False
+                    ) -> ClassifierMixin | Pipeline:
+    """The unfitted scikit-learn classifier ``name`` (features standardised for logistic).
+
+    For multi-label targets the forest is fitted as one multi-output forest, the logistic
+    regression one-vs-rest (a class absent from the train split is predicted constant).
+    """
     if name == "random_forest":
         return RandomForestClassifier(n_estimators=cfg.n_estimators, max_depth=cfg.max_depth,
                                       random_state=seed, n_jobs=torch.get_num_threads())
+    logistic = LogisticRegression(C=cfg.c, max_iter=cfg.max_iter, random_state=seed)
     return make_pipeline(StandardScaler(),
-                         LogisticRegression(C=cfg.c, max_iter=cfg.max_iter, random_state=seed))
+                         OneVsRestClassifier(logistic) if multilabel else logistic)
+
+
+def label_probabilities(model: Any, x: np.ndarray, num_classes: int) -> np.ndarray:
+    """(N, K) probability of each class of a multi-label baseline."""
+    proba = model.predict_proba(x)
+    if not isinstance(proba, list):  # one-vs-rest: already (N, K)
+        return np.asarray(proba, dtype=np.float64)
+    out = np.zeros((len(x), num_classes))
+    for k, (p, classes) in enumerate(zip(proba, _estimator(model).classes_, strict=True)):
+        if 1 in classes.tolist():  # a class never seen in training keeps probability 0
+            out[:, k] = p[:, classes.tolist().index(1)]
+    return out
+
+
+def _estimator(model: Any) -> Any:
+    return model[-1] if isinstance(model, Pipeline) else model
 
 
 def _split(patches: PatchSet, split: str, kind: str, means: np.ndarray) -> tuple[np.ndarray, ...]:
     idx = patches.split_indices(split)
-    return patch_features(patches.x[idx], kind, means), patches.y[idx]
+    return patch_features(patches.x[idx], kind, means), patches.targets(idx)
+
+
+def _scores(model: Any, patches: PatchSet, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Metrics of one split (single- or multi-label)."""
+    names = list(patches.class_names)
+    if patches.multilabel:
+        return multilabel_metrics(y, label_probabilities(model, x, len(names)), names)
+    return classification_metrics(y, model.predict(x), names)
+
+
+def _loss(model: Any, patches: PatchSet, x: np.ndarray, y: np.ndarray) -> float:
+    """Log-loss (multi-label: the mean binary cross-entropy over classes)."""
+    if patches.multilabel:
+        p = np.clip(label_probabilities(model, x, patches.num_classes), 1e-15, 1 - 1e-15)
+        return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+    return float(log_loss(y, model.predict_proba(x), labels=list(range(patches.num_classes))))
 
 
 def _history_row(model: Any, patches: PatchSet, kind: str, means: np.ndarray) -> dict[str, Any]:
     """Epoch-0 row of history.csv: log-loss and accuracy on train, and on val with macro F1."""
-    labels = list(range(patches.num_classes))
     row: dict[str, Any] = {"epoch": 0, "lr": None}
     for split in ("train", "val"):
         x, y = _split(patches, split, kind, means)
-        row[f"{split}_loss"] = float(log_loss(y, model.predict_proba(x), labels=labels))
-        pred = model.predict(x)
-        row[f"{split}_accuracy"] = float((pred == y).mean())
+        row[f"{split}_loss"] = _loss(model, patches, x, y)
+        scores = _scores(model, patches, x, y)
+        row[f"{split}_accuracy"] = scores["accuracy"]
         if split == "val":
-            names = list(patches.class_names)
-            row["val_f1_macro"] = classification_metrics(y, pred, names)["f1_macro"]
+            row["val_f1_macro"] = scores["f1_macro"]
     return row
 
 
@@ -113,7 +151,7 @@ def fit_baseline(
     means = np.asarray(stats.mean)
     started = time.perf_counter()
     x, y = _split(patches, "train", base.features, means)
-    model = build_estimator(name, base, cfg.seed).fit(x, y)
+    model = build_estimator(name, base, cfg.seed, patches.multilabel).fit(x, y)
     seconds = time.perf_counter() - started
     path = run.path / MODEL_FILE
     with atomic_path(path, suffix=".joblib") as tmp:
@@ -146,8 +184,7 @@ def evaluate_baseline(run_dir: str | Path, verbose: bool = True) -> dict[str, An
     for split in EVAL_SPLITS:
         if len(patches.split_indices(split)):
             x, y = _split(patches, split, cfg.train.baseline.features, means)
-            results[split] = classification_metrics(y, model.predict(x),
-                                                    list(patches.class_names))
+            results[split] = _scores(model, patches, x, y)
     verdict = run_guards(results, read_history(run.history), cfg.guards, frozen=0.0)
     metrics = {"run_name": run.name, "checkpoint": MODEL_FILE, "best_epoch": 0, **results,
                "guard": verdict.to_dict()}

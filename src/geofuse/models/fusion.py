@@ -132,6 +132,9 @@ class DecisionFusion(nn.Module):
             starting equal).
         hidden: units of each modality's head.
         dropout: dropout before each output layer.
+        multilabel: mix per-class sigmoid probabilities instead,
+            ``p(c) = sum_m w_m sigmoid(logits_m(c))``, and return ``logit p`` (so that
+            ``sigmoid`` of the output is the mixture and BCE on it its exact likelihood).
     """
 
     def __init__(
@@ -144,8 +147,10 @@ class DecisionFusion(nn.Module):
         weights: dict[str, float] | None = None,
         hidden: int = 128,
         dropout: float = 0.5,
+        multilabel: bool = False,
     ) -> None:
         super().__init__()
+        self.multilabel = multilabel
         _check_classes("decision_fusion", num_classes)
         self.modalities = resolve_modalities("decision_fusion", in_channels, modalities)
         self.encoders = _encoders("decision_fusion", self.modalities, patch_size, encoders)
@@ -186,9 +191,15 @@ class DecisionFusion(nn.Module):
         return {m: self.heads[m](self.encoders[m](part)) for m, part in parts.items()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities (B, num_classes) of the weighted probability mixture."""
+        """Log-probabilities (B, num_classes) of the weighted probability mixture (multi-label:
+        the mixture's per-class log-odds)."""
+        log_w = torch.log(self.modality_weights).view(-1, 1, 1)  # a zero weight gives -inf
+        if self.multilabel:
+            z = torch.stack(list(self.modality_logits(x).values()), dim=0)  # M, B, K
+            log_p = torch.logsumexp(F.logsigmoid(z) + log_w, dim=0)
+            log_not_p = torch.logsumexp(F.logsigmoid(-z) + log_w, dim=0)
+            return log_p - log_not_p
         per_mod = torch.stack(
             [F.log_softmax(z, dim=1) for z in self.modality_logits(x).values()], dim=0
         )  # M, B, K
-        log_w = torch.log(self.modality_weights).view(-1, 1, 1)  # a zero weight gives -inf
         return torch.logsumexp(per_mod + log_w, dim=0)

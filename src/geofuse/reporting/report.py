@@ -30,7 +30,7 @@ def _write_plots(run: RunDir, metrics: dict[str, Any], info: dict[str, Any]) -> 
         plots["training_curves"] = save_figure(
             plot_training_curves(history), run.plots / "training_curves.png")
     for split in EVAL_SPLITS:
-        if split in metrics:
+        if split in metrics and metrics[split].get("confusion_matrix") is not None:
             fig = plot_confusion_matrix(metrics[split]["confusion_matrix"], info["class_names"],
                                         title=f"Confusion matrix ({split})")
             plots[f"confusion_{split}"] = save_figure(
@@ -86,7 +86,35 @@ def _ratios(scores: dict[str, Any], predicted: int) -> list[str]:
     return [f"{scores[k]:.3f}" for k in ("precision", "recall", "f1")]
 
 
+def _multilabel_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    header = ["split", "n", "subset accuracy", "macro F1", "micro F1", "sample F1", "mAP",
+              "Hamming loss", "most common label set"]
+    rows = [[split, m["n"], *[f"{m[k]:.3f}" for k in ("accuracy", "f1_macro", "f1_micro",
+                                                        "f1_samples", "map", "hamming_loss")],
+             f"{m['majority_rate']:.3f} ({m['majority_class'] or 'none'})"]
+            for split in EVAL_SPLITS if (m := metrics.get(split))]
+    return header, rows
+
+
+def _per_class_rows(m: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    header = ["class", "precision", "recall", "F1", "support", "predicted"]
+    rows = [[name, *_ratios(c, m["prediction_counts"][name]), c["support"],
+             m["prediction_counts"][name]] for name, c in m["per_class"].items()]
+    if m.get("multilabel"):  # threshold-free average precision per class
+        header.insert(4, "AP")
+        for row, c in zip(rows, m["per_class"].values(), strict=True):
+            row.insert(4, "n/a" if c.get("ap") is None else f"{c['ap']:.3f}")
+    return header, rows
+
+
 def _metrics_section(metrics: dict[str, Any]) -> list[str]:
+    if any(metrics.get(split, {}).get("multilabel") for split in EVAL_SPLITS):
+        header, rows = _multilabel_rows(metrics)
+        note = [f"Multi-label: a class is predicted from probability "
+                f"{next(metrics[s]['threshold'] for s in EVAL_SPLITS if s in metrics)}; subset "
+                "accuracy counts patches whose whole label set is right.", ""]
+        lines = ["## Metrics (best checkpoint)", "", *note, *_table(header, rows)]
+        return lines + _per_class_sections(metrics)
     header = ["split", "n", "accuracy", "macro F1", "macro precision", "macro recall",
               "majority-class rate"]
     rows = [[split, m["n"], f"{m['accuracy']:.3f}", f"{m['f1_macro']:.3f}",
@@ -94,14 +122,15 @@ def _metrics_section(metrics: dict[str, Any]) -> list[str]:
              f"{m['majority_rate']:.3f} ({m['majority_class']})"]
             for split in EVAL_SPLITS if (m := metrics.get(split))]
     lines = ["## Metrics (best checkpoint)", "", *_table(header, rows)]
+    return lines + _per_class_sections(metrics)
+
+
+def _per_class_sections(metrics: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     for split in EVAL_SPLITS:
         if (m := metrics.get(split)) is None:
             continue
-        per_class = [[name, *_ratios(c, m["prediction_counts"][name]), c["support"],
-                      m["prediction_counts"][name]] for name, c in m["per_class"].items()]
-        lines += [f"### Per class ({split})", "",
-                  *_table(["class", "precision", "recall", "F1", "support", "predicted"],
-                          per_class)]
+        lines += [f"### Per class ({split})", "", *_table(*_per_class_rows(m))]
     return lines
 
 

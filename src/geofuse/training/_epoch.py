@@ -75,16 +75,37 @@ class EpochAccumulator:
         return torch.cat(self.preds), torch.cat(self.targets)
 
 
-def epoch_scores(preds: torch.Tensor, target: torch.Tensor, num_classes: int
-                 ) -> dict[str, torch.Tensor]:
+def multilabel_epoch_scores(preds: torch.Tensor, target: torch.Tensor
+                            ) -> dict[str, torch.Tensor]:
+    """``accuracy`` (subset accuracy: the whole label set right) and ``f1_macro`` (over the
+    classes present in the truth or the predictions) of multi-hot predictions and targets,
+    as :func:`~geofuse.evaluation.multilabel_metrics.multilabel_metrics` computes them."""
+    pred, true = preds.bool(), target.bool()
+    tp = (pred & true).sum(dim=0).double()
+    predicted, support = pred.sum(dim=0).double(), true.sum(dim=0).double()
+    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), 0.0)
+    recall = torch.where(support > 0, tp / support.clamp(min=1), 0.0)
+    denom = precision + recall
+    f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-300), 0.0)
+    present = (support + predicted) > 0
+    f1_macro = f1[present].mean() if present.any() else torch.zeros((), dtype=f1.dtype)
+    return {"accuracy": (pred == true).all(dim=1).float().mean(),
+            "f1_macro": f1_macro.float()}
+
+
+def epoch_scores(preds: torch.Tensor, target: torch.Tensor, num_classes: int,
+                 multilabel: bool = False) -> dict[str, torch.Tensor]:
     """``accuracy`` (overall) and ``f1_macro`` of a stage's epoch, as torchmetrics computes them.
 
     The values equal those of ``MulticlassAccuracy(num_classes, average="micro")`` and
     ``MulticlassF1Score(num_classes, average="macro")`` updated batch by batch (the same counts,
     reduced by the same functions), at a fraction of the cost of the stateful metric objects.
     Inputs are not validated again: the loss of every step already required valid targets, and
-    the predictions are arg-maxes over ``num_classes`` logits.
+    the predictions are arg-maxes over ``num_classes`` logits. Multi-label predictions
+    (B, K) go to :func:`multilabel_epoch_scores`.
     """
+    if multilabel:
+        return multilabel_epoch_scores(preds, target)
     return {
         "accuracy": multiclass_accuracy(preds, target, num_classes, average="micro",
                                         validate_args=False),

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from rich.console import Console
@@ -24,6 +25,7 @@ from torch import nn
 
 from geofuse.config import GuardConfig
 from geofuse.evaluation.metrics import classification_metrics
+from geofuse.evaluation.multilabel_metrics import multilabel_metrics
 
 LOSS_COLUMNS = ("train_loss", "val_loss")
 FROZEN_NOTE_FRACTION = 0.5  # the diagnosis names the frozen share from here on
@@ -68,6 +70,8 @@ def check_predictions(metrics: Mapping[str, Any], guard: GuardConfig, split: str
     n = metrics["n"]
     if n == 0:
         return []
+    if metrics.get("multilabel"):
+        return check_label_sets(metrics, guard, split)
     reasons = check_one_class(metrics, guard, split)
     classes_present = sum(1 for c in metrics["per_class"].values() if c["support"] > 0)
     limit = metrics["majority_rate"] + guard.majority_margin
@@ -77,6 +81,29 @@ def check_predictions(metrics: Mapping[str, Any], guard: GuardConfig, split: str
             f"{metrics['majority_class']!r} ({metrics['majority_rate']:.3f}"
             f"{f' + margin {guard.majority_margin:.3f}' if guard.majority_margin else ''})"
         )
+    return reasons
+
+
+def check_label_sets(metrics: Mapping[str, Any], guard: GuardConfig, split: str) -> list[str]:
+    """Collapse of a multi-label model (empty list: fine): no class predicted (all outputs
+    below 0.5), every class predicted, or one label set predicted, for at least
+    ``one_class_fraction`` of the samples (the last only when no label set is that common in
+    the truth)."""
+    n = metrics["n"]
+    if n == 0:
+        return []
+    limit = guard.one_class_fraction
+    reasons = []
+    for key, what in (("empty_predictions", "no class"), ("full_predictions", "every class")):
+        share = metrics.get(key, 0) / n
+        if share >= limit:
+            reasons.append(f"{split}: predicts {what} for {share:.0%} of {n} samples "
+                           f"(threshold {limit:.0%})")
+    top = metrics.get("top_prediction_set_share", 0.0)
+    if not reasons and top >= limit and metrics["majority_rate"] < limit:
+        reasons.append(f"{split}: predicts the same label set for {top:.0%} of {n} samples "
+                       f"(threshold {limit:.0%}; the most common true set: "
+                       f"{metrics['majority_rate']:.0%})")
     return reasons
 
 
@@ -228,7 +255,10 @@ class CollapseStopper(Callback):
         self._hook: Any = None
 
     def _record(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        self._preds.append(output.detach().argmax(dim=1).flatten().cpu())
+        if getattr(module, "multilabel", False):  # label sets: sigmoid >= 0.5
+            self._preds.append((output.detach() >= 0).cpu())
+        else:
+            self._preds.append(output.detach().argmax(dim=1).flatten().cpu())
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._preds, self._labels = [], []
@@ -240,7 +270,8 @@ class CollapseStopper(Callback):
         batch_idx: int, dataloader_idx: int = 0,
     ) -> None:
         if self._hook is not None:
-            self._labels.append(torch.as_tensor(batch["label"]).flatten().cpu())
+            label = torch.as_tensor(batch["label"]).cpu()
+            self._labels.append(label if label.ndim == 2 else label.flatten())
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._hook is None:
@@ -266,10 +297,14 @@ class CollapseStopper(Callback):
         if self._preds and self._labels:
             y_pred = torch.cat(self._preds).numpy()
             y_true = torch.cat(self._labels).numpy()
-            k = int(pl_module.hparams.get("num_classes", max(y_pred.max(), y_true.max()) + 1))
+            k = int(pl_module.hparams.get("num_classes", y_pred.max() + 1))
             names = pl_module.hparams.get("class_names") or [str(i) for i in range(k)]
-            one = check_one_class(classification_metrics(y_true, y_pred, list(names)),
-                                  self.guard, "val")
+            if getattr(pl_module, "multilabel", False):
+                one = check_label_sets(multilabel_metrics(y_true, y_pred.astype(np.float32),
+                                                          list(names)), self.guard, "val")
+            else:
+                one = check_one_class(classification_metrics(y_true, y_pred, list(names)),
+                                      self.guard, "val")
             self._one_class_epochs = self._one_class_epochs + 1 if one else 0
             if self._one_class_epochs >= self.guard.flat_epochs:
                 return (f"{one[0]} for {self._one_class_epochs} epochs in a row, at "

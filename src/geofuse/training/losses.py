@@ -2,6 +2,9 @@
 
 Every loss takes logits ``(B, K)`` with integer targets ``(B,)`` (patch classification) or
 logits ``(B, K, H, W)`` with targets ``(B, H, W)`` (segmentation masks) and returns a scalar.
+Multi-label sets (float multi-hot targets ``(B, K)``) use the sigmoid losses: ``bce`` and
+the sigmoid ``focal`` loss (:class:`MultiLabelFocalLoss`); ``auto`` picks cross-entropy for
+single-label and BCE for multi-label data.
 Class weights weight each class's term; ``"balanced"`` weights are ``n / (K * count)`` of the
 training split (scikit-learn's convention).
 """
@@ -21,8 +24,11 @@ from geofuse.errors import ConfigError
 def one_hot(target: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Float one-hot of integer targets, classes on dim 1.
 
-    ``(B,)`` becomes ``(B, K)``; a mask ``(B, H, W)`` becomes ``(B, K, H, W)``.
+    ``(B,)`` becomes ``(B, K)``; a mask ``(B, H, W)`` becomes ``(B, K, H, W)``. Floating
+    targets with the class dimension already (multi-hot label sets) are returned as they are.
     """
+    if target.is_floating_point() and target.ndim >= 2 and target.shape[1] == num_classes:
+        return target
     return F.one_hot(target.long(), num_classes).movedim(-1, 1).float()
 
 
@@ -115,6 +121,33 @@ class BinaryCrossEntropyLoss(_WeightedLoss):
         return loss.mean()
 
 
+class MultiLabelFocalLoss(_WeightedLoss):
+    """Sigmoid focal loss for multi-label targets (Lin et al. 2017), averaged over elements.
+
+    ``-(1 - p_t)^gamma log p_t`` per class, with ``p_t`` the probability given to the true
+    state (present or absent) of that class; ``gamma=0`` is the unit BCE.
+
+    Args:
+        weight: per-class weights (K,).
+        gamma: focusing exponent.
+    """
+
+    def __init__(
+        self, weight: Sequence[float] | torch.Tensor | None = None, gamma: float = 2.0
+    ) -> None:
+        super().__init__(weight)
+        self.gamma = gamma
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        y = one_hot(target, logits.shape[1])
+        bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+        p_t = torch.exp(-bce)
+        loss = (1 - p_t) ** self.gamma * bce
+        if self.weight is not None:
+            loss = loss * _class_shape(self.weight, loss.ndim)
+        return loss.mean()
+
+
 class DiceLoss(_WeightedLoss):
     """Soft multiclass Dice loss on softmax probabilities.
 
@@ -196,24 +229,43 @@ def resolve_class_weights(
     return [float(w) for w in weights]
 
 
+MULTILABEL_LOSSES = ("bce", "focal")
+
+
 def build_loss(
-    cfg: LossConfig, num_classes: int, class_counts: Sequence[int] | None = None
+    cfg: LossConfig, num_classes: int, class_counts: Sequence[int] | None = None,
+    multilabel: bool = False,
 ) -> nn.Module:
     """The loss module named by ``cfg.name`` (``train.loss``).
 
     Args:
         cfg: loss settings.
         num_classes: number of classes K.
-        class_counts: training-split count per class (for ``class_weights: balanced``).
+        class_counts: training-split count per class (for ``class_weights: balanced``; of a
+            multi-label set, the patches holding each class).
+        multilabel: targets are multi-hot label sets (sigmoid losses only).
+
+    Raises:
+        ConfigError: a softmax loss for multi-label targets, or bad class weights.
     """
     weight = resolve_class_weights(cfg, num_classes, class_counts)
-    if cfg.name == "cross_entropy":
-        return CrossEntropyLoss(weight, label_smoothing=cfg.label_smoothing)
-    if cfg.name == "focal":
-        return FocalLoss(weight, gamma=cfg.gamma)
-    if cfg.name == "bce":
+    name = cfg.name if cfg.name != "auto" else ("bce" if multilabel else "cross_entropy")
+    if multilabel:
+        if name not in MULTILABEL_LOSSES:
+            raise ConfigError(
+                f"train.loss.name = {cfg.name!r} treats classes as exclusive, but the patches "
+                "carry multi-label targets; use 'bce' or 'focal' (or 'auto')"
+            )
+        if name == "focal":
+            return MultiLabelFocalLoss(weight, gamma=cfg.gamma)
         return BinaryCrossEntropyLoss(weight, pos_weight=cfg.pos_weight)
-    if cfg.name == "dice":
+    if name == "cross_entropy":
+        return CrossEntropyLoss(weight, label_smoothing=cfg.label_smoothing)
+    if name == "focal":
+        return FocalLoss(weight, gamma=cfg.gamma)
+    if name == "bce":
+        return BinaryCrossEntropyLoss(weight, pos_weight=cfg.pos_weight)
+    if name == "dice":
         return DiceLoss(weight, smooth=cfg.smooth)
     return BCEDiceLoss(alpha=cfg.alpha, beta=cfg.beta, weight=weight,
                        pos_weight=cfg.pos_weight, smooth=cfg.smooth)

@@ -62,6 +62,8 @@ class ClassificationTask(L.LightningModule):
         train_config: ``train`` section (JSON dump, without ``model``) for the loss,
             optimiser and scheduler; the explicit arguments above override its values.
         class_counts: training-split count per class (for balanced class weights).
+        multilabel: targets are multi-hot label sets (B, K): sigmoid outputs (a class is
+            predicted from probability 0.5), BCE or focal loss, accuracy = subset accuracy.
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class ClassificationTask(L.LightningModule):
         class_names: list[str] | None = None,
         train_config: dict[str, Any] | None = None,
         class_counts: list[int] | None = None,
+        multilabel: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -85,7 +88,9 @@ class ClassificationTask(L.LightningModule):
             model, in_channels=in_channels, num_classes=num_classes, patch_size=patch_size,
             **(model_kwargs or {}),
         )
-        self.loss_fn = build_loss(self.train_config.loss, num_classes, class_counts)
+        self.multilabel = multilabel
+        self.loss_fn = build_loss(self.train_config.loss, num_classes, class_counts,
+                                  multilabel=multilabel)
         self._epoch = {stage: EpochAccumulator() for stage in STAGES}
         # the same zero_grad/backward/step as Lightning's automatic optimisation, without its
         # per-step closure and hook machinery (see training_step)
@@ -123,7 +128,8 @@ class ClassificationTask(L.LightningModule):
         logits = self(batch["image"], batch.get("tab"))
         target = batch["label"]
         loss = self.loss_fn(logits, target)
-        self._epoch[stage].update(loss, logits.argmax(dim=1), target)
+        preds = logits >= 0 if self.multilabel else logits.argmax(dim=1)  # sigmoid >= 0.5
+        self._epoch[stage].update(loss, preds, target)
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -221,7 +227,8 @@ class ClassificationTask(L.LightningModule):
         loss = epoch.loss()
         preds, target = epoch.predictions()
         epoch.reset()
-        scores = epoch_scores(preds, target, int(self.hparams["num_classes"]))
+        scores = epoch_scores(preds, target, int(self.hparams["num_classes"]),
+                              multilabel=self.multilabel)
         values = {f"{stage}_loss": loss}
         values.update({f"{stage}_{name}": value for name, value in scores.items()})
         prog_bar = [name for name in values
@@ -235,7 +242,9 @@ class ClassificationTask(L.LightningModule):
                      prog_bar=name in prog_bar, add_dataloader_idx=False)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self(batch["image"], batch.get("tab")).argmax(dim=1)
+        """Class indices (B,); of a multi-label task, class probabilities (B, K)."""
+        logits = self(batch["image"], batch.get("tab"))
+        return logits.sigmoid() if self.multilabel else logits.argmax(dim=1)
 
     def configure_optimizers(self) -> dict[str, Any]:
         """Optimiser and LR schedule of ``train_config`` (default: Adam + plateau on val_loss)."""

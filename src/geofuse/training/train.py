@@ -192,6 +192,7 @@ def build_task(cfg: StudyConfig, patches: PatchSet) -> ClassificationTask:
         plateau_factor=t.plateau_factor, class_names=list(patches.class_names),
         train_config=t.model_dump(mode="json", exclude={"model"}),
         class_counts=list(patches.class_counts("train").values()),
+        multilabel=patches.multilabel,
     )
 
 
@@ -214,6 +215,8 @@ def model_kwargs(cfg: StudyConfig, patches: PatchSet) -> dict[str, Any]:
     out["band_names"] = list(patches.band_names)
     if "modalities" in accepted:  # fusion models split the stacked bands themselves
         out["modalities"] = {m: len(bands) for m, bands in patches.modalities.items()}
+    if "multilabel" in accepted:  # models whose output layer depends on it
+        out["multilabel"] = patches.multilabel
     if "num_tabular" in accepted:  # image + tabular models
         if patches.tabular is None:
             raise ConfigError(
