@@ -35,3 +35,8 @@ def gdansk_dir(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def los_lagos_dir(shared_data: Path) -> Path:
     return _require(shared_data / "los_lagos")
+
+
+@pytest.fixture(scope="session")
+def bigearthnet_dir(shared_data: Path) -> Path:
+    return _require(shared_data / "bigearthnet_mm")

@@ -20,10 +20,11 @@ from geofuse.errors import ConfigError, SplitError
 from geofuse.evaluation.multilabel_metrics import multilabel_metrics
 from geofuse.experiments.folds import TEST_FOLD, make_folds
 from geofuse.models.fusion import DecisionFusion
+from geofuse.models.registry import list_models
 from geofuse.training._epoch import epoch_scores
 from geofuse.training.guards import check_predictions
 from geofuse.training.losses import BinaryCrossEntropyLoss, MultiLabelFocalLoss, build_loss
-from geofuse.training.train import train_model
+from geofuse.training.train import build_task, train_model
 
 
 def test_patchset_keeps_label_sets_through_subset_and_file(tmp_path: Path) -> None:
@@ -154,3 +155,25 @@ def test_network_and_forest_train_and_evaluate_on_label_sets(tmp_path: Path) -> 
         report = (run / "report.md").read_text()
         assert "subset accuracy" in report and "| AP |" in report
         assert "Confusion matrix" not in report
+
+
+def test_every_registry_model_gives_one_logit_per_label(tmp_path: Path) -> None:
+    """Each network of the registry, built for a multi-label set, yields (B, K) logits whose
+    BCE loss is finite and back-propagates (the task reads them through a sigmoid)."""
+    patches = make_multilabel_patchset(n=8, patch_size=32)
+    patches = patches._replace(tabular=np.random.default_rng(0).random((8, 3)),
+                               tabular_names=["a", "b", "c"])
+    batch = {"image": torch.from_numpy((patches.x[:4] - 1500) / 800),
+             "label": torch.from_numpy(patches.multi_hot[:4].astype(np.float32)),
+             "tab": torch.from_numpy(patches.tabular[:4])}
+    for name in list_models():
+        cfg = make_config(tmp_path, model={"name": name})
+        task = build_task(cfg, patches)
+        assert task.multilabel and getattr(task.model, "multilabel", True)
+        loss = task._shared_step(batch, "train")
+        assert torch.isfinite(loss), name
+        loss.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0
+                   for p in task.model.parameters()), name
+        probs = task.predict_step(batch, 0)
+        assert probs.shape == (4, 4) and ((probs >= 0) & (probs <= 1)).all(), name

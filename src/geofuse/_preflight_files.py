@@ -136,6 +136,7 @@ class PatchMeta:
     y: np.ndarray
     has_tabular: bool
     provenance: dict[str, Any]
+    multilabel: bool = False
 
     def inputs(self) -> Inputs:
         return Inputs(list(self.band_names), dict(self.modalities), f"PatchSet {str(self.path)!r}",
@@ -160,11 +161,13 @@ def read_patch_meta(path: Path) -> PatchMeta:
             groups=np.char.decode(f["groups"][()], "utf-8").astype(str),
             coords=f["coords"][()], y=f["y"][()].astype(np.int64),
             has_tabular="tabular" in f, provenance=json.loads(f.attrs.get("provenance", "{}")),
+            multilabel="multi_hot" in f,
         )
 
 
 def fold_problems(cfg: StudyConfig, meta: PatchMeta) -> list[Problem]:
-    """``ablation.folds`` against the PatchSet's groups: in all, and per class."""
+    """``ablation.folds`` against the PatchSet's groups: in all, and per class (single-label
+    sets)."""
     from geofuse.data.patchset import PatchSet
     from geofuse.experiments.folds import fold_units
 
@@ -185,7 +188,9 @@ def fold_problems(cfg: StudyConfig, meta: PatchMeta) -> list[Problem]:
         return [Problem("ablation.folds", a.folds, f"{where} has only {len(uniq)} "
                         f"{a.group_by} groups; set ablation.folds to at most {len(uniq)} or add "
                         "labelled polygons")]
-    if a.stratify != "class" or not len(y):
+    # label sets: a rare label cannot be in every fold, and need not (metrics average over the
+    # classes present); the folds are stratified over the label sets (make_folds)
+    if a.stratify != "class" or not len(y) or meta.multilabel:
         return []
     need = a.folds + (1 if a.test_fraction > 0 else 0)
     present = np.zeros((len(uniq), int(y.max()) + 1), dtype=bool)

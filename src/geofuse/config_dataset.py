@@ -6,13 +6,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from geofuse._config_base import IndexName, ModalityConfig, _Model
+from geofuse._config_base import IndexName, ModalityConfig, Resampling, _Model
 
 Season = Literal["spring", "summer", "autumn", "winter"]
 _SENSORS = {"dem": ("dem", "dem_elevation"), "viirs": ("viirs", "viirs_radiance")}
 
 
-DatasetName = Literal["so2sat_lcz", "so2sat_pop", "so2sat_lcz42", "eurosat_ms"]
+DatasetName = Literal["so2sat_lcz", "so2sat_pop", "so2sat_lcz42", "eurosat_ms",
+                      "bigearthnet_mm"]
 #: Datasets read from a city folder (``city_dir``); the others read ``root``.
 CITY_DATASETS = ("so2sat_lcz", "so2sat_pop")
 
@@ -24,7 +25,9 @@ class DatasetConfig(_Model):
         description="so2sat_lcz: Local Climate Zone patches sampled from a So2Sat-POP city's lcz "
         "label raster; so2sat_pop: one sample per 1 km cell, population class as target, "
         "*_features.csv as tabular input; so2sat_lcz42: the LCZ42 HDF5 file (sen1, sen2, "
-        "label); eurosat_ms: class-named folders of 13-band EuroSAT GeoTIFFs."
+        "label); eurosat_ms: class-named folders of 13-band EuroSAT GeoTIFFs; bigearthnet_mm: "
+        "BigEarthNet-S2 (and -S1) patch folders with *_labels_metadata.json, multi-label "
+        "CORINE targets (see nomenclature)."
     )
     city_dir: str | None = Field(
         None, description="so2sat_lcz / so2sat_pop: city folder (e.g. .../so2sat_pop/gdansk), "
@@ -36,15 +39,19 @@ class DatasetConfig(_Model):
     )
     root: str | None = Field(
         None, description="so2sat_lcz42: the HDF5 file; eurosat_ms: the folder of class "
-        "folders. Relative to the config file."
+        "folders; bigearthnet_mm: a folder searched recursively for patch folders "
+        "(BigEarthNet-S2-*/<patch>/, BigEarthNet-S1-*/<patch>/). Relative to the config file."
     )
     test_root: str | None = Field(
         None, description="A separate test file or folder (another split or region) in the "
-        "same layout: its samples are the test set, never used for training or model selection."
+        "same layout: its samples are the test set, never used for training or model selection. "
+        "bigearthnet_mm: read with the same nomenclature, so all its classes are known."
     )
     bands: dict[str, list[str]] | None = Field(
         None, description="Band subset per modality by name, e.g. {s2: [B2, B3, B4, B8]}; "
-        "default every band of the dataset."
+        "default every band of the dataset. bigearthnet_mm: {s2: [B01..B12, B8A], s1: [VV, "
+        "VH]}; a modality left out is not read (s2 only: S2 patches without an S1 partner "
+        "are kept; s1 only: S1 patches without an S2 partner are read too)."
     )
     indices: dict[str, list[IndexName]] = Field(
         default_factory=dict, description="Indices per dataset modality, e.g. {s2: [NDVI, "
@@ -73,9 +80,20 @@ class DatasetConfig(_Model):
         None, description="so2sat_pop with target bins: bin name -> population classes."
     )
     block_size_m: float = Field(
-        5000.0, gt=0, description="eurosat_ms: side in metres of the square spatial blocks "
-        "(image centres in EPSG:3035) that group images for splits and k-fold; blocks with "
-        "overlapping images are merged."
+        5000.0, gt=0, description="eurosat_ms, bigearthnet_mm: side in metres of the square "
+        "spatial blocks (image or patch centres in EPSG:3035) that group images for splits and "
+        "k-fold; blocks with overlapping images are merged."
+    )
+    nomenclature: Literal[19, 43] = Field(
+        19, description="bigearthnet_mm: 19 (the classes of Sumbul et al. 2020, BigEarthNet-MM; "
+        "11 of the 43 CORINE classes are dropped and patches left without a label are skipped) "
+        "or 43 (the original CORINE level-3 classes). All classes of the nomenclature are "
+        "listed, in the official order, whether present or not."
+    )
+    resampling: dict[str, Resampling] = Field(
+        default_factory=dict, description="bigearthnet_mm: band -> resampling method onto the "
+        "10 m grid (120 x 120 px) for the 20 m bands (B05, B06, B07, B8A, B11, B12) and the "
+        "60 m bands (B01, B09), e.g. {B01: nearest}; bands not named use bilinear."
     )
     max_memory_mb: int = Field(
         4096, ge=64, description="so2sat_lcz42: memory budget of reading the HDF5 file (the "

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from geofuse.data.patchset import SPLIT_CODES, PatchSet
+from geofuse.data.patchset import SPLIT_CODES, PatchSet, class_totals, primary_labels
 from geofuse.errors import BandError, ConfigError, SamplingError
 
 _SOURCE_KEYS = ("dataset", "city", "city_dir", "cells", "dropped_cells", "patch_size", "stride")
@@ -23,11 +23,14 @@ def with_external_test(train: PatchSet, test: PatchSet, name: str) -> PatchSet:
     """``train`` plus ``test`` as the test split (groups ``<name>/<group>``).
 
     Test patches of classes the training set lacks are dropped with a warning (a model cannot
-    predict them); classes follow the training set's order.
+    predict them); classes follow the training set's order. Multi-label sets (``multi_hot``)
+    must share their class list (one nomenclature): all their rows are kept, and ``y`` is
+    recomputed over the merged rows (:func:`primary_labels`).
 
     Raises:
         BandError: the two sets have different bands or tabular columns.
-        ConfigError: ``train`` already holds test patches.
+        ConfigError: ``train`` already holds test patches, or only one set is multi-label, or
+            two multi-label sets have different classes.
         SamplingError: no test patch has a class known to the training set.
     """
     if list(test.band_names) != list(train.band_names):
@@ -40,6 +43,50 @@ def with_external_test(train: PatchSet, test: PatchSet, name: str) -> PatchSet:
     if (train.split == SPLIT_CODES["test"]).any():
         raise ConfigError("the training city already has a test split while an external test "
                           "set is given; set splits.test_fraction to 0")
+    if train.multilabel or test.multilabel:
+        _check_multilabel(train, test, name)
+        dropped: dict[str, int] = {}
+        y = test.y
+    else:
+        test, y, dropped = _known_classes(train, test, name)
+    hot = None if train.multi_hot is None or test.multi_hot is None else np.concatenate(
+        [train.multi_hot, test.multi_hot])
+    prefix = f"{name}/"
+    tab = None if train.tabular is None else np.concatenate([train.tabular, test.tabular])
+    info: dict[str, Any] = {
+        "name": name, "group_prefix": prefix, "patches": len(test), "crs": test.crs,
+        "dropped_classes": dropped,
+        "per_class": {c: int(n) for c, n in zip(train.class_names, class_totals(
+            test.targets() if hot is not None else y, train.num_classes), strict=True)},
+        "source": {k: test.provenance[k] for k in _SOURCE_KEYS if k in test.provenance},
+    }
+    return train._replace(
+        x=np.concatenate([train.x, test.x]), multi_hot=hot,
+        y=np.concatenate([train.y, y]) if hot is None else primary_labels(hot),
+        groups=np.concatenate([train.groups, np.char.add(prefix, test.groups)]),
+        coords=np.concatenate([train.coords, test.coords]),
+        split=np.concatenate([train.split, np.full(len(test), SPLIT_CODES["test"], np.uint8)]),
+        nodata_fraction=np.concatenate([train.nodata_fraction, test.nodata_fraction]),
+        tabular=tab, provenance={**train.provenance, "external_test": info},
+    )
+
+
+def _check_multilabel(train: PatchSet, test: PatchSet, name: str) -> None:
+    """Raise :class:`ConfigError` unless both sets are multi-label over the same classes."""
+    if not (train.multilabel and test.multilabel):
+        which = "training" if train.multilabel else "external test"
+        raise ConfigError(f"only the {which} set is multi-label (external test set {name!r}); "
+                          "read both with the same dataset settings")
+    if list(test.class_names) != list(train.class_names):
+        raise ConfigError(f"external test set {name!r} has classes {test.class_names}, the "
+                          f"training set {train.class_names}; read both with the same "
+                          "nomenclature (dataset.nomenclature)")
+
+
+def _known_classes(train: PatchSet, test: PatchSet, name: str
+                   ) -> tuple[PatchSet, np.ndarray, dict[str, int]]:
+    """Single-label test patches of the training classes, their class indices in the
+    training order, and the count of dropped patches per unknown class."""
     known = {c: k for k, c in enumerate(train.class_names)}
     test_classes = np.array(test.class_names)[test.y]
     keep = np.isin(test_classes, list(known))
@@ -49,26 +96,9 @@ def with_external_test(train: PatchSet, test: PatchSet, name: str) -> PatchSet:
                             f"set {train.class_names}; check the test city folder")
     if dropped:
         warnings.warn(f"external test set {name!r}: dropped patches of classes the training set "
-                      f"lacks: {dropped}", stacklevel=2)
-    test = test.subset(keep)
+                      f"lacks: {dropped}", stacklevel=3)
     y = np.array([known[c] for c in test_classes[keep]], dtype=np.int64)
-    prefix = f"{name}/"
-    tab = None if train.tabular is None else np.concatenate([train.tabular, test.tabular])
-    info: dict[str, Any] = {
-        "name": name, "group_prefix": prefix, "patches": len(test), "crs": test.crs,
-        "dropped_classes": dropped,
-        "per_class": {c: int(n) for c, n in zip(
-            train.class_names, np.bincount(y, minlength=len(known)), strict=True)},
-        "source": {k: test.provenance[k] for k in _SOURCE_KEYS if k in test.provenance},
-    }
-    return train._replace(
-        x=np.concatenate([train.x, test.x]), y=np.concatenate([train.y, y]),
-        groups=np.concatenate([train.groups, np.char.add(prefix, test.groups)]),
-        coords=np.concatenate([train.coords, test.coords]),
-        split=np.concatenate([train.split, np.full(len(test), SPLIT_CODES["test"], np.uint8)]),
-        nodata_fraction=np.concatenate([train.nodata_fraction, test.nodata_fraction]),
-        tabular=tab, provenance={**train.provenance, "external_test": info},
-    )
+    return test.subset(keep), y, dropped
 
 
 def external_test_mask(patches: PatchSet) -> np.ndarray | None:

@@ -38,7 +38,7 @@ MODELS: dict[str, ModelBuilder] = {
 }
 
 _REQUIRED = ("in_channels", "num_classes", "patch_size")
-_SUPPLIED = (*_REQUIRED, "band_names")  # given by geofuse, not options of the config
+_SUPPLIED = (*_REQUIRED, "band_names", "multilabel")  # given by geofuse, not config options
 
 
 def list_models() -> list[str]:
@@ -68,6 +68,12 @@ def model_options(name: str) -> dict[str, Any]:
 def takes_band_names(name: str) -> bool:
     """Whether model ``name`` wants the input band names (e.g. for band-aware adaptation)."""
     return "band_names" in inspect.signature(_builder(name)).parameters
+
+
+def takes_multilabel(name: str) -> bool:
+    """Whether model ``name``'s output layer depends on multi-label targets (``multilabel``);
+    every other model returns logits that the task reads through a sigmoid or a softmax."""
+    return "multilabel" in inspect.signature(_builder(name)).parameters
 
 
 #: scikit-learn baselines (:mod:`geofuse.models.forest`) -> their ``train.baseline`` options.
@@ -104,7 +110,7 @@ def _builder(name: str) -> ModelBuilder:
 
 def create_model(
     name: str, in_channels: int, num_classes: int, patch_size: int,
-    band_names: Sequence[str] | None = None, **kwargs: Any,
+    band_names: Sequence[str] | None = None, multilabel: bool = False, **kwargs: Any,
 ) -> nn.Module:
     """Build the registered model ``name``.
 
@@ -114,6 +120,8 @@ def create_model(
         num_classes: number of classes.
         patch_size: patch height/width in pixels.
         band_names: input band names; passed on only to models that take them.
+        multilabel: the targets are label sets; passed on only to models whose output
+            depends on it (:func:`takes_multilabel`).
         **kwargs: model-specific options (e.g. ``hidden``, ``dropout``).
 
     Raises:
@@ -129,6 +137,8 @@ def create_model(
         )
     if band_names is not None and takes_band_names(name):
         kwargs["band_names"] = list(band_names)
+    if multilabel and takes_multilabel(name):
+        kwargs["multilabel"] = True
     return builder(in_channels=in_channels, num_classes=num_classes, patch_size=patch_size,
                    **kwargs)
 

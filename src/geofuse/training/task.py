@@ -86,7 +86,7 @@ class ClassificationTask(L.LightningModule):
         self.save_hyperparameters()
         self.model = create_model(
             model, in_channels=in_channels, num_classes=num_classes, patch_size=patch_size,
-            **(model_kwargs or {}),
+            multilabel=multilabel, **(model_kwargs or {}),
         )
         self.multilabel = multilabel
         self.loss_fn = build_loss(self.train_config.loss, num_classes, class_counts,

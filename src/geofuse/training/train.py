@@ -215,8 +215,6 @@ def model_kwargs(cfg: StudyConfig, patches: PatchSet) -> dict[str, Any]:
     out["band_names"] = list(patches.band_names)
     if "modalities" in accepted:  # fusion models split the stacked bands themselves
         out["modalities"] = {m: len(bands) for m, bands in patches.modalities.items()}
-    if "multilabel" in accepted:  # models whose output layer depends on it
-        out["multilabel"] = patches.multilabel
     if "num_tabular" in accepted:  # image + tabular models
         if patches.tabular is None:
             raise ConfigError(

@@ -40,11 +40,13 @@ def _read_so2sat_pop(d: DatasetConfig, city: Path, cfg: StudyConfig, external: b
 def _readers() -> dict[str, tuple[Reader, Modalities | None]]:
     """Dataset name -> (reader, modalities); imported lazily (each reader is its own module).
     The city datasets' modalities come from :meth:`DatasetConfig.modality_configs` itself."""
-    from geofuse.data.datasets import eurosat_ms, so2sat_lcz42
+    from geofuse.data.datasets import bigearthnet_mm, eurosat_ms, so2sat_lcz42
 
     return {"so2sat_lcz": (_read_so2sat_lcz, None), "so2sat_pop": (_read_so2sat_pop, None),
             "eurosat_ms": (eurosat_ms.read_eurosat_ms, eurosat_ms.dataset_modalities),
-            "so2sat_lcz42": (so2sat_lcz42.read_so2sat_lcz42, so2sat_lcz42.dataset_modalities)}
+            "so2sat_lcz42": (so2sat_lcz42.read_so2sat_lcz42, so2sat_lcz42.dataset_modalities),
+            "bigearthnet_mm": (bigearthnet_mm.read_bigearthnet_mm,
+                               bigearthnet_mm.dataset_modalities)}
 
 
 def dataset_modalities(d: DatasetConfig) -> list[ModalityConfig]:
@@ -79,12 +81,12 @@ def build_dataset_patches(cfg: StudyConfig) -> PatchSet:
             f"{d.test_source!r}: that is the test set; set splits.test_fraction to 0"
         )
     patches = _read(d, cfg.resolve(d.source), cfg, external=False)
-    split = assign_splits(patches.y, patches.groups, cfg.splits.val_fraction,
+    split = assign_splits(patches.targets(), patches.groups, cfg.splits.val_fraction,
                           cfg.splits.test_fraction, cfg.seed, list(patches.class_names))
     provenance = {**patches.provenance, "config": str(cfg.source) if cfg.source else None,
                   "splits": {"val_fraction": cfg.splits.val_fraction,
                              "test_fraction": cfg.splits.test_fraction, "seed": cfg.seed,
-                             "summary": split_summary(patches.y, patches.groups, split,
+                             "summary": split_summary(patches.targets(), patches.groups, split,
                                                       list(patches.class_names))}}
     patches = dataclasses.replace(patches, split=split, provenance=provenance)
     if d.test_source:

@@ -132,7 +132,7 @@ def _read_one(path: Path, indexes: list[int], crop: slice
         return data, src.crs.to_string(), (float(centre[0]), float(centre[1])), abs(src.res[0])
 
 
-def _to_common(crss: list[str], centres: np.ndarray) -> np.ndarray:
+def to_common(crss: list[str], centres: np.ndarray) -> np.ndarray:
     """Centres (N, 2) in their own CRS -> (N, 2) in :data:`COMMON_CRS`."""
     out = np.empty_like(centres)
     arr = np.array(crss)
@@ -212,7 +212,7 @@ def read_eurosat_ms(d: DatasetConfig, root: Path, cfg: StudyConfig, external: bo
             centres.append(centre)
             files.append(str(path.relative_to(root)))
     x = np.stack(xs).astype(np.float32) * np.float32(SCALE)
-    coords = _to_common(crss, np.array(centres, dtype=np.float64))
+    coords = to_common(crss, np.array(centres, dtype=np.float64))
     groups = block_groups(coords, d.block_size_m, SIDE * res)
     provenance: dict[str, Any] = {
         "dataset": "eurosat_ms", "root": str(root.resolve()), "band_order": list(BANDS),
