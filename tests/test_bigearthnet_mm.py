@@ -310,3 +310,15 @@ def test_ready_config_runs_a_one_epoch_multilabel_study(tmp_path: Path,
     folds = json.loads((study / "folds.json").read_text())
     assert len(set(folds["groups"].values())) == 2
     assert (study / "report.md").is_file()
+
+
+def test_config_check_refuses_an_exclusive_class_loss(tmp_path: Path,
+                                                      bigearthnet_dir: Path) -> None:
+    path = _config(tmp_path, bigearthnet_dir)
+    data = yaml.safe_load(path.read_text())
+    data["train"]["loss"]["name"] = "cross_entropy"
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["config", "--check", str(path)])
+    assert result.exit_code == 2
+    assert "train.loss.name = 'cross_entropy': dataset 'bigearthnet_mm' carries multi-label" \
+        in " ".join(result.output.split())

@@ -40,6 +40,7 @@ class Inputs:
         origin: where the names come from, for messages (e.g. ``PatchSet 'work/patches.h5'``).
         has_tabular: whether patches carry tabular attributes (``None``: not known yet).
         from_config: the names come from the config itself (no PatchSet or stack yet).
+        multilabel: the targets are label sets (a multi-label PatchSet or dataset).
     """
 
     band_names: list[str]
@@ -47,6 +48,7 @@ class Inputs:
     origin: str
     has_tabular: bool | None = None
     from_config: bool = True
+    multilabel: bool = False
 
     def modalities_of(self, bands: Sequence[str]) -> list[str]:
         """Modalities that hold any of ``bands``, in channel order."""

@@ -140,7 +140,8 @@ class PatchMeta:
 
     def inputs(self) -> Inputs:
         return Inputs(list(self.band_names), dict(self.modalities), f"PatchSet {str(self.path)!r}",
-                      has_tabular=self.has_tabular, from_config=False)
+                      has_tabular=self.has_tabular, from_config=False,
+                      multilabel=self.multilabel)
 
 
 def read_patch_meta(path: Path) -> PatchMeta:

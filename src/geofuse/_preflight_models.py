@@ -12,6 +12,7 @@ from typing import Any
 
 from geofuse._preflight_base import Inputs, Problem, dedupe, did_you_mean, suggest
 from geofuse.config import AblationModelConfig, ModelConfig, StudyConfig, parse_config
+from geofuse.config_train import MULTILABEL_LOSSES
 from geofuse.errors import ConfigError, GeofuseError
 
 KeyOf = Callable[[str], str]
@@ -140,6 +141,16 @@ def train_problems(cfg: StudyConfig, inputs: Inputs) -> list[Problem]:
     mods = run_modalities(t.bands, t.modalities, inputs)
     out += model_problems(cfg, t.model, mods, inputs, lambda k: f"train.model.{k}")
     return out
+
+
+def loss_problems(cfg: StudyConfig, inputs: Inputs) -> list[Problem]:
+    """``train.loss`` against the targets: label sets need a sigmoid loss."""
+    name = cfg.train.loss.name
+    if not inputs.multilabel or name in ("auto", *MULTILABEL_LOSSES):
+        return []
+    return [Problem("train.loss.name", name, f"{inputs.origin} carries multi-label targets "
+                    "(label sets) and this loss treats classes as exclusive; use bce, focal "
+                    "or auto")]
 
 
 def _entries(cfg: StudyConfig) -> list[tuple[int | None, AblationModelConfig]]:

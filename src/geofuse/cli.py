@@ -169,12 +169,15 @@ def evaluate(
 def report(
     run_dir: Path = typer.Argument(
         ..., help="A run directory ('geofuse train') or a study directory (has study.json)."),
+    metric: str = typer.Option(
+        "f1_macro", help="Study: the metric the statistics compare (f1_macro, accuracy; for "
+        "multi-label studies also f1_micro, f1_samples, map)."),
 ) -> None:
     """Write report.md (with plots) for a run, or report.md + report.html for a study."""
     if (run_dir / "study.json").is_file():
         from geofuse.reporting.study_report import write_study_report
 
-        path = write_study_report(run_dir)
+        path = write_study_report(run_dir, metric=metric)
         console.print(f"study report: [bold]{path}[/] and {path.with_suffix('.html')}")
         return
     from geofuse.reporting.report import write_report
@@ -187,7 +190,8 @@ def report(
 @_friendly
 def show(
     path: Path | None = typer.Argument(
-        None, help="A PatchSet (.h5, 'geofuse extract') or a stack (.tif, 'geofuse prepare')."),
+        None, help="A PatchSet (.h5, 'geofuse extract'), a stack (.tif, 'geofuse prepare') or "
+        "a study directory ('geofuse ablate': its data and class balance per fold)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Folder for the PNGs "
                                     "(default: 'show' beside the input)."),
     config: Path | None = typer.Option(None, "--config", "-c",
@@ -195,7 +199,7 @@ def show(
     seed: int = typer.Option(0, help="Seed of the random patches in the sample grids."),
 ) -> None:
     """Write paper-ready PNGs: true colour, S1 false colour, index maps, samples per class,
-    per-class band distributions and the class balance per split."""
+    per-class band distributions and the class balance per split (and per fold of a study)."""
     from geofuse.reporting.show import show as show_figures
 
     for png in show_figures(path, out_dir=out, config=config, seed=seed):

@@ -14,6 +14,8 @@ _SENSORS = {"dem": ("dem", "dem_elevation"), "viirs": ("viirs", "viirs_radiance"
 
 DatasetName = Literal["so2sat_lcz", "so2sat_pop", "so2sat_lcz42", "eurosat_ms",
                       "bigearthnet_mm"]
+#: Datasets whose targets are label sets (multi-label classification).
+MULTILABEL_DATASETS = ("bigearthnet_mm",)
 #: Datasets read from a city folder (``city_dir``); the others read ``root``.
 CITY_DATASETS = ("so2sat_lcz", "so2sat_pop")
 

@@ -71,6 +71,10 @@ class ModelConfig(_Model):
     )
 
 
+#: Losses for multi-label targets (label sets); ``auto`` picks ``bce`` for them.
+MULTILABEL_LOSSES = ("bce", "focal")
+
+
 class LossConfig(_Model):
     """Training loss (``train.loss``): logits against integer targets or label sets."""
 

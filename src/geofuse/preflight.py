@@ -34,8 +34,14 @@ from geofuse._preflight_files import (
 )
 from geofuse._preflight_files import fold_problems as _fold_problems
 from geofuse._preflight_files import free_bytes as _free_bytes
-from geofuse._preflight_models import grid_problems, search_problems, train_problems
+from geofuse._preflight_models import (
+    grid_problems,
+    loss_problems,
+    search_problems,
+    train_problems,
+)
 from geofuse.config import StudyConfig
+from geofuse.config_dataset import MULTILABEL_DATASETS
 from geofuse.data.patchset import PatchSet
 from geofuse.errors import ConfigError
 
@@ -78,6 +84,8 @@ def check_config(cfg: StudyConfig, command: str = "check") -> list[Problem]:
         problems += train_problems(cfg, inputs)
     if command in ("check", "ablate", "demo"):
         problems += grid_problems(cfg, inputs)
+    if command in ("check", "train", "search", "demo", "ablate"):
+        problems += loss_problems(cfg, inputs)
     if command == "search" or (command == "check" and cfg.search.space):
         problems += search_problems(cfg, inputs)
     if meta is not None and command in ("check", "ablate", "search"):
@@ -202,8 +210,10 @@ def _inputs(cfg: StudyConfig) -> Inputs:
         except (OSError, ValueError, TypeError):
             pass  # an unreadable manifest: prepare rewrites it, extract reports it
     mods = {m.name: list(m.bands) for m in cfg.modalities}
+    multilabel = cfg.dataset is not None and cfg.dataset.name in MULTILABEL_DATASETS
     return Inputs(list(cfg.all_band_names), {**mods, **dict(cfg.derived_modalities())},
-                  "the config's modalities")
+                  f"dataset {cfg.dataset.name!r}" if multilabel and cfg.dataset else
+                  "the config's modalities", multilabel=multilabel)
 
 
 def _patchset(cfg: StudyConfig, command: str) -> tuple[PatchMeta | None, list[Problem]]:

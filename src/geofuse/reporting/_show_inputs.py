@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -17,12 +18,39 @@ from geofuse.raster.io import open_raster
 DPI = 150
 
 
+def _study_input(path: Path) -> list[tuple[str, Path]]:
+    """A study directory: its first fold file (``folds/fold<k>.h5``) as a PatchSet, else the
+    directory itself (kind ``'study'``: only its class balance per fold)."""
+    if not (path / "study.json").is_file():
+        raise DataNotFoundError(
+            f"{str(path)!r} is a directory without study.json; pass a PatchSet (.h5), a stack "
+            "(.tif) or a study directory written by 'geofuse ablate'")
+    folds = sorted((path / "folds").glob("fold*.h5"))
+    return [("patchset", folds[0])] if folds else [("study", path)]
+
+
+def study_fold_counts(study_dir: Path) -> tuple[dict[str, dict[str, int]], list[str]] | None:
+    """Patches per class of each fold (and the test set) from a study's study.json
+    (``data.split_counts``), with the class names; None when it records none."""
+    try:
+        meta = json.loads((study_dir / "study.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    data = meta.get("data") or {}
+    counts = data.get("split_counts") or {}
+    names = meta.get("class_names") or data.get("class_names") or list(
+        dict.fromkeys(c for per in counts.values() for c in per))
+    return (counts, list(names)) if counts and names else None
+
+
 def resolve_inputs(path: Path | None, config: Path | None) -> list[tuple[str, Path]]:
-    """``[(kind, path)]`` with kind ``'patchset'`` or ``'stack'``, from PATH or a study config.
+    """``[(kind, path)]`` with kind ``'patchset'``, ``'stack'`` or ``'study'``, from PATH (a
+    file or a study directory) or a study config.
 
     Raises:
         ConfigError: neither or both of PATH and ``--config`` given.
-        DataNotFoundError: PATH, or both of the config's outputs, do not exist.
+        DataNotFoundError: PATH, or both of the config's outputs, do not exist; PATH is a
+            directory without study.json.
         RasterError: PATH is neither an HDF5 PatchSet nor a readable GeoTIFF.
     """
     if (path is None) == (config is None):
@@ -40,6 +68,8 @@ def resolve_inputs(path: Path | None, config: Path | None) -> list[tuple[str, Pa
                 f"{str(cfg.patches_path)!r} exists; run 'geofuse prepare -c {config}' and/or "
                 f"'geofuse extract -c {config}' first")
         return found
+    if path is not None and path.is_dir():
+        return _study_input(path)
     if path is None or not path.is_file():
         raise DataNotFoundError(
             f"{str(path)!r} does not exist; pass a PatchSet written by 'geofuse extract' (.h5) "

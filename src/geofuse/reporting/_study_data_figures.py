@@ -2,7 +2,7 @@
 
 Read from the study's own fold file (``folds/fold<k>.h5``) without loading it whole: labels and
 groups, then only the few patches shown, so a study of a large dataset reports in bounded
-memory.
+memory. Of a multi-label set a class's patches are those holding it (``multi_hot``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from geofuse.data.patchset import PatchSet
 from geofuse.reporting import html as doc
-from geofuse.reporting.show import find_rgb, plot_sample_grid
+from geofuse.reporting.show import find_rgb, plot_class_counts, plot_sample_grid
 
 PER_CLASS = 6
 
@@ -29,53 +29,47 @@ def _fold_file(study_dir: Path) -> Path | None:
 
 
 def sample_patches(path: Path, per_class: int = PER_CLASS, seed: int = 0) -> PatchSet:
-    """Up to ``per_class`` seeded random patches per class of the PatchSet file at ``path``,
-    read patch by patch (the rest of the file is never loaded)."""
+    """Up to ``per_class`` seeded random patches per class of the PatchSet file at ``path``
+    (of a multi-label set: patches holding the class), read patch by patch (the rest of the
+    file is never loaded)."""
     with h5py.File(path, "r") as f:
         y = f["y"][()]
+        multi_hot = f["multi_hot"][()] if "multi_hot" in f else None
+        members = ([np.flatnonzero(col == 1) for col in multi_hot.T] if multi_hot is not None
+                   else [np.flatnonzero(y == k) for k in np.unique(y)])
         rng = np.random.default_rng(seed)
-        chosen = np.sort(np.concatenate([
-            rng.choice(np.flatnonzero(y == k), min(per_class, int((y == k).sum())),
-                       replace=False) for k in np.unique(y)]))
+        chosen = np.unique(np.concatenate([
+            rng.choice(idx, min(per_class, idx.size), replace=False) for idx in members]
+            + [np.empty(0, np.int64)]))
         return PatchSet(
             x=f["x"][chosen], y=y[chosen], band_names=json.loads(f.attrs["band_names"]),
             modalities=json.loads(f.attrs["modalities"]),
             class_names=json.loads(f.attrs["class_names"]),
             groups=np.char.decode(f["groups"][chosen], "utf-8"),
             coords=f["coords"][chosen],
+            multi_hot=None if multi_hot is None else multi_hot[chosen],
         )
 
 
-def plot_fold_balance(counts: dict[str, dict[str, int]], class_names: list[str]) -> Figure:
+def plot_fold_balance(counts: dict[str, dict[str, int]], class_names: list[str],
+                      multilabel: bool = False) -> Figure:
     """Patches per class (bars) in each fold and the test set (``counts``: split -> class ->
-    patches, as in study.json's ``data.split_counts``)."""
-    fig = Figure(figsize=(max(5.0, 0.35 * len(class_names) * max(1, len(counts)) / 2 + 2), 3.8),
-                 layout="constrained")
-    ax = fig.subplots()
-    width = 0.8 / max(1, len(counts))
-    for i, (name, per_class) in enumerate(counts.items()):
-        ax.bar(np.arange(len(class_names)) + (i - (len(counts) - 1) / 2) * width,
-               [per_class.get(c, 0) for c in class_names], width, label=name)
-    rotate = len(class_names) > 6
-    ax.set_xticks(range(len(class_names)), class_names, rotation=45 if rotate else 0,
-                  ha="right" if rotate else "center")
-    ax.set(ylabel="patches", title="Class balance per fold")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, axis="y")
-    return fig
+    patches, as in study.json's ``data.split_counts``; of a multi-label study, the patches
+    holding each class)."""
+    return plot_class_counts(counts, class_names, "Class balance per fold", multilabel)
 
 
 def data_figure_blocks(
     study_dir: Path, data: dict[str, Any], class_names: list[str],
-    figure: Callable[[Figure, str, str], doc.Figure],
+    figure: Callable[[Figure, str, str], doc.Figure], multilabel: bool = False,
 ) -> list[doc.Block]:
     """Figures for the report's Data section (none when the study has no fold file or no RGB
     bands); ``figure(fig, name, title)`` saves one and returns its block."""
     blocks: list[doc.Block] = []
     counts = data.get("split_counts") or {}
     if counts and class_names:
-        blocks.append(figure(plot_fold_balance(counts, class_names), "class_balance",
-                             "Class balance per fold"))
+        blocks.append(figure(plot_fold_balance(counts, class_names, multilabel),
+                             "class_balance", "Class balance per fold"))
     path = _fold_file(study_dir)
     if path is None:
         return blocks

@@ -3,25 +3,36 @@
 Plot functions return a matplotlib Figure (Agg, no pyplot); :func:`show` writes them as PNG.
 True colour uses a per-band 2-98 % percentile stretch; the Sentinel-1 false colour is the
 composite of the So2Sat LCZ42 notebook, on linear VV/VH intensities (dB input is converted).
+
+Of a multi-label PatchSet (``multi_hot``), a class's patches are those holding it: the class
+balance counts them (a patch counts once under each of its labels) and the sample grids and
+band distributions draw from them. A study's fold file (``<study>/folds/fold<k>.h5``), or a
+study directory (its first fold file), also gets the class balance per fold from study.json.
 """
 
 from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from geofuse.data.patchset import PatchSet
-from geofuse.reporting._show_inputs import read_stack_bands, resolve_inputs, save_figures
+from geofuse.data.patchset import UNASSIGNED, PatchSet
+from geofuse.reporting._show_inputs import (
+    read_stack_bands,
+    resolve_inputs,
+    save_figures,
+    study_fold_counts,
+)
 from geofuse.reporting.plots import _new_figure
 
 __all__ = [
-    "find_rgb", "find_s1", "percentile_stretch", "plot_band_distributions", "plot_class_balance",
-    "plot_image", "plot_index_map", "plot_sample_grid", "s1_false_colour", "show",
+    "class_balance_counts", "class_members", "find_rgb", "find_s1", "percentile_stretch",
+    "plot_band_distributions", "plot_class_balance", "plot_class_counts", "plot_image",
+    "plot_index_map", "plot_sample_grid", "s1_false_colour", "show",
 ]
 
 _RGB_PATTERNS = (r"(b0?4|.*_r|red)", r"(b0?3|.*_g|green)", r"(b0?2|.*_b|blue)")
@@ -130,11 +141,18 @@ def plot_index_map(values: np.ndarray, name: str) -> Figure:
     return fig
 
 
+def class_members(patches: PatchSet, k: int) -> np.ndarray:
+    """Indices of the patches of class ``k``: those holding it in a multi-label set."""
+    if patches.multi_hot is not None:
+        return np.flatnonzero(patches.multi_hot[:, k] == 1)
+    return np.flatnonzero(patches.y == k)
+
+
 def _pick_samples(patches: PatchSet, per_class: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     picks = []
     for k in range(patches.num_classes):
-        idx = np.flatnonzero(patches.y == k)
+        idx = class_members(patches, k)
         picks.append(np.sort(rng.choice(idx, min(per_class, idx.size), replace=False)))
     return picks
 
@@ -172,7 +190,7 @@ def plot_sample_grid(patches: PatchSet, kind: str = "true_colour", per_class: in
                 ax.imshow(_display(rgb[pos + j]), interpolation="nearest")
             else:
                 ax.set_frame_on(False)
-        axes[k, 0].set_ylabel(f"{patches.class_names[k]}\n(n={int((patches.y == k).sum())})",
+        axes[k, 0].set_ylabel(f"{patches.class_names[k]}\n(n={class_members(patches, k).size})",
                               rotation=0, ha="right", va="center", fontsize=8)
         pos += len(pick)
     label = "true colour, 2-98 % stretch" if kind == "true_colour" else "Sentinel-1 false colour"
@@ -212,26 +230,61 @@ def plot_band_distributions(patches: PatchSet, max_values: int = 20000,
     return fig
 
 
-def plot_class_balance(patches: PatchSet) -> Figure:
-    """Patches per class, one bar per split (or all patches if there is no split)."""
-    k = patches.num_classes
-    groups = {"all": np.ones(len(patches), bool)} if patches.split is None else {
-        name: patches.split == code for code, name in enumerate(_SPLITS)
-        if (patches.split == code).any()}
+def class_balance_counts(patches: PatchSet) -> dict[str, tuple[int, dict[str, int]]]:
+    """Per split (``all`` when no patch has one; ``unassigned`` for the rest): its number of
+    patches and the patches per class (of a multi-label set: the patches holding the class)."""
+    assigned = patches.split != UNASSIGNED
+    if not assigned.any():
+        return {"all": (len(patches), patches.class_counts())}
+    out = {name: (len(patches.split_indices(name)), patches.class_counts(name))
+           for name in _SPLITS if len(patches.split_indices(name))}
+    if not assigned.all():
+        rest = patches.subset(~assigned)
+        out["unassigned"] = (len(rest), rest.class_counts())
+    return out
+
+
+def plot_class_counts(
+    counts: Mapping[str, Mapping[str, int]], class_names: Sequence[str],
+    title: str = "Class balance per split", multilabel: bool = False,
+    sizes: Mapping[str, int] | None = None,
+) -> Figure:
+    """Grouped bars: patches per class (x) in each group (split or fold; one bar colour each).
+
+    Args:
+        counts: group -> class name -> patches (absent classes count 0).
+        class_names: the classes, in axis order.
+        title: figure title.
+        multilabel: counts are patches holding each class (labels the y axis so).
+        sizes: group -> its number of patches, shown in the legend.
+    """
+    k, groups = len(class_names), list(counts)
     fig = _new_figure(max(5.0, 0.5 * k * max(1, len(groups)) / 2 + 2), 3.8)
     ax = fig.subplots()
-    width = 0.8 / len(groups)
-    for i, (name, mask) in enumerate(groups.items()):
-        counts = np.bincount(patches.y[mask], minlength=k)
-        bars = ax.bar(np.arange(k) + (i - (len(groups) - 1) / 2) * width, counts, width,
-                      label=f"{name} (n={int(mask.sum())})")
+    width = 0.8 / max(1, len(groups))
+    for i, name in enumerate(groups):
+        heights = [int(counts[name].get(c, 0)) for c in class_names]
+        label = f"{name} (n={sizes[name]})" if sizes and name in sizes else name
+        bars = ax.bar(np.arange(k) + (i - (len(groups) - 1) / 2) * width, heights, width,
+                      label=label)
         ax.bar_label(bars, fontsize=6)
-    ax.set_xticks(range(k), patches.class_names, rotation=45 if k > 6 else 0, ha="right"
+    ax.set_xticks(range(k), list(class_names), rotation=45 if k > 6 else 0, ha="right"
                   if k > 6 else "center")
-    ax.set(ylabel="patches", title="Class balance per split")
-    ax.legend(fontsize=8)
+    ax.set(ylabel="patches holding the class" if multilabel else "patches", title=title)
+    if groups:
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     return fig
+
+
+def plot_class_balance(patches: PatchSet) -> Figure:
+    """Patches per class, one bar per split (or all patches if there is no split); of a
+    multi-label set, the patches holding each class (:func:`class_balance_counts`)."""
+    per_split = class_balance_counts(patches)
+    title = "Class balance per split" + (" (multi-label)" if patches.multilabel else "")
+    return plot_class_counts({n: c for n, (_, c) in per_split.items()}, patches.class_names,
+                             title, patches.multilabel,
+                             {n: size for n, (size, _) in per_split.items()})
 
 
 def _patchset_figures(patches: PatchSet, per_class: int, seed: int) -> dict[str, Figure]:
@@ -247,6 +300,17 @@ def _patchset_figures(patches: PatchSet, per_class: int, seed: int) -> dict[str,
     figures["band_distributions"] = plot_band_distributions(patches, seed=seed)
     figures["class_balance"] = plot_class_balance(patches)
     return figures
+
+
+def _fold_figures(study_dir: Path, multilabel: bool) -> dict[str, Figure]:
+    """The class balance per fold of a study (from study.json), if it records one."""
+    found = study_fold_counts(study_dir)
+    if found is None:
+        return {}
+    counts, class_names = found
+    return {"class_balance_per_fold": plot_class_counts(
+        counts, class_names, "Class balance per fold" + (" (multi-label)" if multilabel else ""),
+        multilabel)}
 
 
 def _stack_figures(path: Path, max_size: int) -> dict[str, Figure]:
@@ -277,8 +341,10 @@ def show(path: Path | None = None, out_dir: Path | None = None, config: Path | N
     """Write the PNG views of a PatchSet (.h5) or fused stack (.tif), or of a config's outputs.
 
     Args:
-        path: a PatchSet written by ``geofuse extract`` or a stack written by ``geofuse prepare``.
-        out_dir: folder for the PNGs (default: ``show`` beside each input).
+        path: a PatchSet written by ``geofuse extract``, a stack written by ``geofuse prepare``,
+            or a study directory (its first fold file and its class balance per fold).
+        out_dir: folder for the PNGs (default: ``show`` beside each input; a study's own
+            ``show`` folder for a study directory or fold file).
         config: a study YAML instead of ``path``: its stack and PatchSet, those that exist.
         per_class: patches per class in the sample grids.
         seed: seed of the random sample choice.
@@ -289,10 +355,17 @@ def show(path: Path | None = None, out_dir: Path | None = None, config: Path | N
     """
     written: list[Path] = []
     for kind, src in resolve_inputs(path, config):
+        folder = out_dir if out_dir is not None else src.parent / "show"
         if kind == "patchset":
-            figures = _patchset_figures(PatchSet.load(src), per_class, seed)
+            patches = PatchSet.load(src)
+            figures = _patchset_figures(patches, per_class, seed)
+            if src.parent.name == "folds" and (src.parent.parent / "study.json").is_file():
+                figures.update(_fold_figures(src.parent.parent, patches.multilabel))
+                folder = out_dir if out_dir is not None else src.parent.parent / "show"
+        elif kind == "study":
+            figures = _fold_figures(src, multilabel=False)
+            folder = out_dir if out_dir is not None else src / "show"
         else:
             figures = _stack_figures(src, max_size)
-        folder = out_dir if out_dir is not None else src.parent / "show"
         written += save_figures({f"{src.stem}_{k}": f for k, f in figures.items()}, folder)
     return written

@@ -58,13 +58,15 @@ def plot_ablation_bars(
 def plot_per_class_heatmap(
     values: np.ndarray | Sequence[Sequence[float]], config_ids: Sequence[str],
     class_names: Sequence[str], title: str = "Per-class F1 (mean over cells)",
+    label: str = "F1",
 ) -> Figure:
-    """Heatmap configurations x classes, annotated with the values (0-1)."""
+    """Heatmap configurations x classes, annotated with the values (0-1); ``label`` names the
+    colour bar."""
     data = np.asarray(values, dtype=np.float64)
     fig = _new_figure(max(5.0, 0.9 * len(class_names) + 3.5), max(2.5, 0.5 * len(config_ids) + 1.8))
     ax = fig.subplots()
     image = ax.imshow(data, cmap="viridis", vmin=0, vmax=1, aspect="auto")
-    fig.colorbar(image, ax=ax, label="F1")
+    fig.colorbar(image, ax=ax, label=label)
     for i in range(data.shape[0]):
         for j in range(data.shape[1]):
             text = f"{data[i, j]:.2f}" if np.isfinite(data[i, j]) else "n/a"

@@ -2,23 +2,20 @@
 
 A study directory (written by the ablation runner) holds ``study.json`` and one
 ``cells/<slug>.json`` per (configuration, seed, fold). :func:`load_study` reads it, tolerating
-missing optional keys and listing unreadable cells; :func:`compute_study_stats` turns it into
-statistics (:mod:`geofuse.evaluation.stats`); :func:`write_study_report` writes everything.
+missing optional keys and listing unreadable cells (see :mod:`._study_load`);
+:func:`compute_study_stats` turns it into statistics (:mod:`geofuse.evaluation.stats`);
+:func:`write_study_report` writes everything.
 
-Two spellings of the layout are read: the flat one (``baseline``, ``grid.configs``, ``data``;
-cells with ``best_val_f1_macro``, ``final_val_f1_macro``, ``train_val_gap``, ``best_epoch``)
-and the runner's (``baseline_config_id``, ``grid.config_ids``/``grid.cells``, ``folds``,
-``class_names``; cells with an ``overfitting`` block). When ``grid.cells`` lists slugs, only
-those cell files are read and missing ones are reported as unfinished.
+A multi-label study (cells' metrics with ``multilabel: True``, from
+:mod:`geofuse.evaluation.multilabel_metrics`) reports subset accuracy, micro F1, sample F1 and
+mAP beside the main metric, and per-class average precision instead of confusion matrices.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +23,7 @@ import numpy as np
 import yaml
 from matplotlib.figure import Figure as MplFigure
 
-from geofuse.errors import RunDirError
+from geofuse.errors import ConfigError
 from geofuse.evaluation import stats as st
 from geofuse.evaluation.importance import aggregate_importance
 from geofuse.io_utils import atomic_path, atomic_write_json, atomic_write_text
@@ -34,126 +31,21 @@ from geofuse.reporting import html as doc
 from geofuse.reporting import study_plots as sp
 from geofuse.reporting._completeness import completeness, continue_command, unfinished_alert
 from geofuse.reporting._study_data_figures import data_figure_blocks
+from geofuse.reporting._study_load import (
+    CELL_DEFAULTS,
+    Study,
+    cell_scores,
+    load_study,
+    metric_names,
+)
 from geofuse.reporting.plots import plot_confusion_matrix
 
-CELL_DEFAULTS: dict[str, Any] = {
-    "modalities": [], "model": None, "options": {}, "test": None, "guard": {}, "history": [],
-    "best_epoch": None, "final_epoch": None, "best_val_f1_macro": None,
-    "final_val_f1_macro": None, "train_val_gap": None, "duration_s": None, "importance": None,
-}
+__all__ = ["CELL_DEFAULTS", "Study", "cell_scores", "compute_study_stats", "load_study",
+           "write_study_report"]
 
-
-@dataclass
-class Study:
-    """A loaded study directory; ``skipped`` lists cells that could not be used, with why."""
-
-    path: Path
-    name: str
-    config: dict[str, Any]
-    grid: dict[str, Any]
-    baseline: str | None
-    data: dict[str, Any]
-    cells: list[dict[str, Any]]
-    skipped: list[str] = field(default_factory=list)
-    kind: str | None = None
-    config_file: str | None = None
-
-    @property
-    def config_ids(self) -> list[str]:
-        """Configurations in grid order, then any others found among the cells."""
-        ids = [c["config_id"] for c in self.grid.get("configs", []) if "config_id" in c]
-        return ids + sorted({c["config_id"] for c in self.cells} - set(ids))
-
-    @property
-    def class_names(self) -> list[str]:
-        """Class names from study.json, else from the first cell's per-class metrics."""
-        names = self.data.get("class_names")
-        if names:
-            return list(names)
-        return list(self.cells[0]["val"].get("per_class", {})) if self.cells else []
-
-
-def _read_cell(path: Path) -> dict[str, Any]:
-    """One cell with defaults filled in; ValueError names what is wrong."""
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"unreadable JSON ({err})") from None
-    missing = [k for k in ("config_id", "seed", "fold") if k not in raw]
-    if missing:
-        raise ValueError(f"missing keys {missing}")
-    if not isinstance(raw.get("val"), dict) or "f1_macro" not in raw["val"]:
-        raise ValueError("no validation metrics ('val')")
-    over = raw.get("overfitting") or {}
-    best, final = over.get("best") or {}, over.get("final") or {}
-    runner = {"best_epoch": over.get("best_epoch"), "final_epoch": over.get("final_epoch"),
-              "best_val_f1_macro": best.get("val_f1_macro"),
-              "final_val_f1_macro": final.get("val_f1_macro"),
-              "train_val_gap": best.get("gap_accuracy")}
-    return {**CELL_DEFAULTS, **{k: v for k, v in runner.items() if v is not None},
-            **{k: v for k, v in raw.items() if v is not None}}
-
-
-def _normalise_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    """study.json in the flat spelling (see the module docstring), whichever was written."""
-    grid = dict(meta.get("grid") or {})
-    folds = meta.get("folds") if isinstance(meta.get("folds"), dict) else {}
-    if "configs" not in grid and grid.get("config_ids"):
-        grid["configs"] = [{"config_id": cid} for cid in grid["config_ids"]]
-    if isinstance(grid.get("folds"), list) or "folds" not in grid:
-        grid["folds"] = folds.get("n_folds", len(grid.get("folds") or []) or "?")
-    grid.setdefault("group_by", folds.get("group_by", "?"))
-    data = dict(meta.get("data") or {})
-    data.setdefault("class_names", meta.get("class_names"))
-    return {"name": meta.get("name"), "config": meta.get("config") or {}, "grid": grid,
-            "baseline": meta.get("baseline", meta.get("baseline_config_id")), "data": data,
-            "kind": meta.get("kind"), "config_file": meta.get("config_file")}
-
-
-def load_study(study_dir: str | Path) -> Study:
-    """Read ``study.json`` and ``cells/*.json``.
-
-    Raises:
-        RunDirError: study.json is missing or unreadable, or no cell is usable.
-    """
-    path = Path(study_dir)
-    meta_path = path / "study.json"
-    if not meta_path.is_file():
-        raise RunDirError(f"{path}: no study.json; pass a study directory written by the "
-                          "ablation runner")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise RunDirError(f"{meta_path}: not valid JSON ({err}); re-run the study") from None
-    meta = _normalise_meta(meta)
-    slugs = [c["slug"] for c in meta["grid"].get("cells") or [] if isinstance(c, dict)
-             and c.get("slug")]
-    files = ([path / "cells" / f"{slug}.json" for slug in slugs] if slugs
-             else sorted((path / "cells").glob("*.json")))
-    cells, skipped = [], []
-    for cell_path in files:
-        if not cell_path.is_file():
-            skipped.append(f"`{cell_path.name}`: not finished (no result file)")
-            continue
-        try:
-            cells.append(_read_cell(cell_path))
-        except ValueError as err:
-            skipped.append(f"`{cell_path.name}`: {err}")
-    if not cells:
-        raise RunDirError(f"{path / 'cells'}: no usable cell results ({len(skipped)} skipped); "
-                          "run the study first")
-    return Study(path=path, name=meta["name"] or path.name, config=meta["config"],
-                 grid=meta["grid"], baseline=meta["baseline"], data=meta["data"], cells=cells,
-                 skipped=skipped, kind=meta["kind"], config_file=meta["config_file"])
-
-
-def cell_scores(study: Study, metric: str, split: str = "val") -> dict[str, dict[st.Key, float]]:
-    """config_id -> (seed, fold) -> metric of ``split`` (cells without that split left out)."""
-    out: dict[str, dict[st.Key, float]] = {cid: {} for cid in study.config_ids}
-    for c in study.cells:
-        if isinstance(c.get(split), Mapping) and c[split].get(metric) is not None:
-            out[c["config_id"]][(int(c["seed"]), int(c["fold"]))] = float(c[split][metric])
-    return {cid: s for cid, s in out.items() if s}
+#: Extra columns of the Results table of a multi-label study: metric -> header.
+MULTILABEL_COLUMNS = {"f1_micro": "mean micro F1", "f1_samples": "mean sample F1",
+                      "map": "mean mAP"}
 
 
 def _class_f1(cells: list[dict[str, Any]], split: str, name: str) -> float:
@@ -165,12 +57,31 @@ def _class_f1(cells: list[dict[str, Any]], split: str, name: str) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def _class_ap(cells: list[dict[str, Any]], split: str, name: str) -> float:
+    """Mean average precision of class ``name`` over the cells where it is defined (the class
+    occurs in that cell's truth)."""
+    values = [ap for c in cells
+              if (ap := c[split].get("per_class", {}).get(name, {}).get("ap")) is not None
+              and math.isfinite(ap)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _threshold(study: Study, split: str) -> float | None:
+    """The decision threshold of a multi-label study's ``split`` metrics, if recorded."""
+    return next((float(c[split]["threshold"]) for c in study.cells
+                 if isinstance(c.get(split), Mapping) and c[split].get("threshold") is not None),
+                None)
+
+
 def compute_study_stats(
     study: Study, metric: str = "f1_macro", split: str = "val", alpha: float = 0.05,
     unit: st.Unit = "fold", baseline: str | None = None,
 ) -> dict[str, Any]:
     """Everything the report shows, as one JSON-able dict (NaN kept; see finite_or_none)."""
     scores = cell_scores(study, metric, split)
+    if not scores:
+        raise ConfigError(f"{study.path}: no cell has the {split} metric {metric!r}; choose one "
+                          f"of {metric_names(study, split)}")
     baseline = baseline if baseline is not None else study.baseline
     notes = []
     if baseline is not None and baseline not in scores:
@@ -184,16 +95,21 @@ def compute_study_stats(
     by_config = {cid: [c for c in study.cells if c["config_id"] == cid] for cid in scores}
     evaluated = {cid: [c for c in cells if isinstance(c.get(split), Mapping)]
                  for cid, cells in by_config.items()}
-    classes = study.class_names
+    classes, multilabel = study.class_names, study.multilabel
     best = max(comparable, key=lambda c: np.nan_to_num(summary[c]["mean"], nan=-np.inf))
     return {
         "metric": metric, "split": split, "unit": unit, "alpha": alpha, "baseline": baseline,
         "best": best, "notes": notes, "configs": summary, "comparisons": comparisons,
+        "multilabel": multilabel, "threshold": _threshold(study, split) if multilabel else None,
         "accuracy": st.summarize_configs(cell_scores(study, "accuracy", split), unit),
+        "multilabel_means": {k: st.summarize_configs(cell_scores(study, k, split), unit)
+                             for k in MULTILABEL_COLUMNS} if multilabel else {},
         "test": st.summarize_configs(cell_scores(study, metric, "test"), unit),
         "overfitting": {cid: st.overfitting_summary(cells) for cid, cells in by_config.items()},
         "per_class_f1": {cid: {k: _class_f1(cells, split, k) for k in classes}
                          for cid, cells in evaluated.items()},
+        "per_class_ap": {cid: {k: _class_ap(cells, split, k) for k in classes}
+                         for cid, cells in evaluated.items()} if multilabel else {},
         "confusion": {cid: np.sum([c[split]["confusion_matrix"] for c in cells
                                    if c[split].get("confusion_matrix")], axis=0).tolist()
                       for cid, cells in evaluated.items()
@@ -249,12 +165,26 @@ def _guard_blocks(s: dict[str, Any]) -> list[doc.Block]:
     return blocks
 
 
+def _multilabel_note(s: dict[str, Any]) -> list[doc.Block]:
+    if not s["multilabel"]:
+        return []
+    t = s["threshold"] if s["threshold"] is not None else 0.5
+    return [doc.Para(f"Multi-label study: a class is predicted when its probability reaches "
+                     f"{t:g}; subset accuracy is the share of patches whose whole label set is "
+                     "predicted exactly, micro F1 pools every (patch, class) decision, sample F1 "
+                     "averages the F1 of each patch's label set, and mAP (threshold-free) is the "
+                     "mean over classes of the average precision.")]
+
+
 def _results_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
     m, collapsed = s["metric"], [c["config_id"] for c in s["collapsed"]]
+    extra = s["multilabel_means"]
     rows = [[cid + (" (baseline)" if cid == s["baseline"] else ""), f"{d['n']} / {d['n_cells']}",
              _f(d["mean"]), _f(d["std"]), f"[{_f(d['ci_low'])}, {_f(d['ci_high'])}]", _f(d["cv"]),
-             _f(s["accuracy"].get(cid, {}).get("mean")), collapsed.count(cid)]
+             _f(s["accuracy"].get(cid, {}).get("mean")),
+             *[_f(extra[k].get(cid, {}).get("mean")) for k in extra], collapsed.count(cid)]
             for cid, d in s["configs"].items()]
+    accuracy = "mean subset accuracy" if s["multilabel"] else "mean accuracy"
     unit = "fold (seeds averaged within each fold)" if s["unit"] == "fold" else "(seed, fold) cell"
     sig = [c["config_id"] for c in s["comparisons"] if c["significant"]]
     blocks: list[doc.Block] = [
@@ -262,8 +192,9 @@ def _results_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
         doc.Para(f"Main metric: **{m}** on the **{s['split']}** split. Unit of analysis: {unit}; "
                  "std uses ddof=1, the 95% CI is a t interval over the units, CV = std / mean. "
                  f"Best configuration: **{s['best']}**."),
+        *_multilabel_note(s),
         doc.Table(["configuration", "units / cells", f"mean {m}", "std", "95% CI", "CV",
-                   "mean accuracy", "collapsed cells"], rows),
+                   accuracy, *[MULTILABEL_COLUMNS[k] for k in extra], "collapsed cells"], rows),
         _figure(sp.plot_ablation_bars(s["configs"], m, s["baseline"], sig), study, "ablation",
                 f"Ablation: mean {m} with 95% CI"),
     ]
@@ -301,8 +232,19 @@ def _detail_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
     blocks: list[doc.Block] = [
         doc.Heading("Per-class F1"),
         _figure(sp.plot_per_class_heatmap(matrix, ids, classes), study, "per_class_f1",
-                "Per-class F1 across configurations"),
-        doc.Heading("Confusion matrices (summed over folds and seeds)")]
+                "Per-class F1 across configurations")]
+    if s["per_class_ap"]:
+        ap = [[s["per_class_ap"][cid][k] for k in classes] for cid in ids]
+        blocks += [doc.Heading("Per-class average precision"),
+                   doc.Para("Multi-label studies have no confusion matrix; the average "
+                            "precision of each class (threshold-free, mean over the cells where "
+                            "the class occurs) shows which classes each configuration ranks "
+                            "well."),
+                   _figure(sp.plot_per_class_heatmap(ap, ids, classes, "Per-class AP (mean "
+                                                     "over cells)", label="AP"),
+                           study, "per_class_ap", "Per-class AP across configurations")]
+    if s["confusion"]:
+        blocks.append(doc.Heading("Confusion matrices (summed over folds and seeds)"))
     for role, cid in (("baseline", s["baseline"]), ("best", s["best"])):
         if cid in s["confusion"] and not (role == "best" and cid == s["baseline"]):
             blocks.append(_figure(plot_confusion_matrix(s["confusion"][cid], classes,
@@ -316,8 +258,9 @@ def _detail_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
         _figure(sp.plot_curves_by_config({k: v for k, v in s["curves"].items() if v[0]}),
                 study, "training_curves", "Mean validation macro F1 per epoch"),
         doc.Para("Per configuration, means over cells: macro F1 at the best and at the final "
-                 "epoch, drop = final - best, and the train - validation accuracy gap at the "
-                 f"best epoch. Flagged: drop below -{st.DROP_WARN} or gap above {st.GAP_WARN}."),
+                 "epoch, drop = final - best, and the train - validation "
+                 + ("subset " if s["multilabel"] else "") + "accuracy gap at the best epoch. "
+                 f"Flagged: drop below -{st.DROP_WARN} or gap above {st.GAP_WARN}."),
         doc.Table(["configuration", "best F1", "final F1", "drop", "worst drop", "gap",
                    "max gap", "best epoch", "final epoch", "flag"], rows)]
     return blocks
@@ -354,7 +297,11 @@ def _data_blocks(study: Study) -> list[doc.Block]:
     sensors = [f"`{m}`: {', '.join(map(str, b)) if isinstance(b, list) else b}"
                for m, b in modalities.items()]
     grid = d.get("grid") or {}
-    return [doc.Heading("Data"), doc.Table(["class", "patches", *splits], rows),
+    note = ([doc.Para("Multi-label data: each count is the patches holding the class, so a "
+                      "patch with several labels counts once under each of them.")]
+            if study.multilabel else [])
+    header = "patches holding it" if study.multilabel else "patches"
+    return [doc.Heading("Data"), *note, doc.Table(["class", header, *splits], rows),
             doc.BulletList([f"patches: {d.get('n_patches', '?')}",
                             f"bands ({len(bands)}): " + ", ".join(f"`{b}`" for b in bands),
                             "grid: " + (", ".join(f"{k} {v}" for k, v in grid.items()) or "n/a"),
@@ -363,7 +310,8 @@ def _data_blocks(study: Study) -> list[doc.Block]:
                             f"held-out test set: {d.get('test', g.get('test', '?'))}"]),
             *([doc.Para("Sensors:"), doc.BulletList(sensors)] if sensors else []),
             *data_figure_blocks(study.path, d, study.class_names,
-                                lambda fig, name, title: _figure(fig, study, name, title))]
+                                lambda fig, name, title: _figure(fig, study, name, title),
+                                study.multilabel)]
 
 
 def _reproduce_blocks(study: Study) -> list[doc.Block]:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geofuse.config import LossConfig
+from geofuse.config_train import MULTILABEL_LOSSES
 from geofuse.errors import ConfigError
 
 
@@ -227,9 +228,6 @@ def resolve_class_weights(
             f"{num_classes} classes; give one weight per class (in label order) or 'balanced'"
         )
     return [float(w) for w in weights]
-
-
-MULTILABEL_LOSSES = ("bce", "focal")
 
 
 def build_loss(
