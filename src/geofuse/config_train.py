@@ -122,6 +122,12 @@ class TrainConfig(_Model):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     early_stopping_patience: int = Field(10, ge=1)
+    monitor: Literal["val_loss", "val_f1_macro", "val_accuracy"] = Field(
+        "val_loss", description="The validation metric that picks the best checkpoint and "
+        "drives early stopping and the plateau schedule (loss minimised, the others "
+        "maximised). With class-balanced losses val_loss and macro F1 can disagree: "
+        "val_f1_macro selects on the metric the study compares."
+    )
     plateau_patience: int = Field(4, ge=1)
     plateau_factor: float = Field(0.5, gt=0, lt=1)
     loss: LossConfig = LossConfig()
@@ -132,7 +138,7 @@ class TrainConfig(_Model):
     )
     scheduler: Literal[
         "none", "plateau", "cosine", "linear", "step", "cyclic", "exponential"
-    ] = Field("plateau", description="Per-epoch LR schedule; plateau watches val_loss.")
+    ] = Field("plateau", description="Per-epoch LR schedule; plateau watches train.monitor.")
     step_size: int = Field(
         5, ge=1, description="step: epochs between decays; cyclic: epochs per half cycle."
     )
@@ -148,7 +154,17 @@ class TrainConfig(_Model):
         0, ge=0, description="Linear LR warm-up epochs before the schedule (not with plateau)."
     )
     baseline: BaselineConfig = BaselineConfig()
-    augment: bool = True
+    augment: bool = Field(True, description="Random flips and 90-degree rotations of the "
+                          "training patches (all bands alike).")
+    jitter: float = Field(
+        0.0, ge=0, le=1, description="Per-band radiometric jitter of the training patches: "
+        "gain ~ N(1, jitter) and offset ~ N(0, jitter) per band and patch, in units of the "
+        "band's standard deviation (e.g. 0.1); 0 = off."
+    )
+    tta: bool = Field(
+        False, description="Test-time augmentation: evaluate (val, test) on the class "
+        "probabilities averaged over the 8 flips and rotations of every patch."
+    )
     checkpoint_interval_s: float = Field(
         300.0, gt=0, description="Write the resumable last.ckpt at least this often (seconds); "
         "it is also written when training ends or is interrupted."

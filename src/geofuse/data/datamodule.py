@@ -20,7 +20,14 @@ from geofuse.data.normalize import (
     normalize_tabular,
 )
 from geofuse.data.patchset import SPLIT_CODES, PatchSet
-from geofuse.data.transforms import Compose, Normalize, RandomFlipRotate, Sample, Transform
+from geofuse.data.transforms import (
+    Compose,
+    Normalize,
+    RandomBandJitter,
+    RandomFlipRotate,
+    Sample,
+    Transform,
+)
 from geofuse.errors import SplitError
 
 REQUIRED_SPLITS = ("train", "val")
@@ -166,6 +173,8 @@ class PatchDataModule(L.LightningDataModule):
         seed: seed of the training shuffle order.
         tabular_stats: statistics of the tabular attributes (when the PatchSet has them);
             computed from the train split when None.
+        jitter: std of the per-band gain/offset jitter on the training split (0 = none;
+            :class:`~geofuse.data.transforms.RandomBandJitter`).
     """
 
     def __init__(
@@ -177,8 +186,10 @@ class PatchDataModule(L.LightningDataModule):
         stats: BandStats | None = None,
         seed: int = 0,
         tabular_stats: TabularStats | None = None,
+        jitter: float = 0.0,
     ) -> None:
         super().__init__()
+        self.jitter = jitter
         self.patches = patches
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -197,6 +208,8 @@ class PatchDataModule(L.LightningDataModule):
         steps: list[Transform] = [Normalize(self.stats)]
         if split == "train" and self.augment:
             steps.append(RandomFlipRotate())
+        if split == "train" and self.jitter > 0:
+            steps.append(RandomBandJitter(self.jitter))
         return PatchDataset(self.patches, self.patches.split_indices(split), Compose(steps),
                             tabular=self.tabular)
 

@@ -46,6 +46,29 @@ class RandomFlipRotate:
         return flip_rotate(sample, k, flip)
 
 
+class RandomBandJitter:
+    """Per-band radiometric jitter of a standardised ``image``: ``x * gain + offset`` with
+    ``gain ~ N(1, std)`` and ``offset ~ N(0, std)`` drawn per band and sample.
+
+    Sensors differ in calibration, season and atmosphere from place to place; jittering each
+    band's gain and offset teaches a model not to rely on exact radiometry. Applied after
+    :class:`Normalize`, so ``std`` is in units of the band's training standard deviation.
+    """
+
+    def __init__(self, std: float, key: str = "image") -> None:
+        self.std = std
+        self.key = key
+
+    def __call__(self, sample: Sample) -> Sample:
+        out = dict(sample)
+        image = sample[self.key]
+        shape = (image.shape[0],) + (1,) * (image.ndim - 1)
+        gain = 1 + self.std * torch.randn(shape, dtype=image.dtype)
+        offset = self.std * torch.randn(shape, dtype=image.dtype)
+        out[self.key] = image * gain + offset
+        return out
+
+
 class Normalize:
     """Standardise the ``image`` with training statistics (NaN -> 0, the band mean)."""
 

@@ -16,6 +16,7 @@ from geofuse.data.patchset import PatchSet
 from geofuse.errors import RunDirError
 from geofuse.evaluation.metrics import classification_metrics
 from geofuse.evaluation.multilabel_metrics import multilabel_metrics
+from geofuse.evaluation.tta import probabilities, tta_probabilities
 from geofuse.io_utils import atomic_write_json
 from geofuse.models.forest import evaluate_baseline, is_baseline
 from geofuse.rundir import RunDir, read_history
@@ -40,15 +41,19 @@ def load_task(checkpoint: Path) -> tuple[ClassificationTask, int]:
 
 
 @torch.inference_mode()
-def predict(task: ClassificationTask, loader: DataLoader[Any]) -> tuple[np.ndarray, np.ndarray]:
+def predict(task: ClassificationTask, loader: DataLoader[Any], tta: bool = False
+            ) -> tuple[np.ndarray, np.ndarray]:
     """True and predicted class indices over a loader; of a multi-label task, the true label
-    sets (N, K) and the class probabilities (N, K)."""
+    sets (N, K) and the class probabilities (N, K). ``tta`` averages the probabilities over
+    the eight flips and rotations of every patch (:mod:`geofuse.evaluation.tta`)."""
     task.eval()
     y_true, y_pred = [], []
     for batch in loader:
         tab = batch["tab"].to(task.device) if "tab" in batch else None
-        logits = task(batch["image"].to(task.device), tab)
-        out = logits.sigmoid() if task.multilabel else logits.argmax(dim=1)
+        image = batch["image"].to(task.device)
+        probs = tta_probabilities(task, image, tab, task.multilabel) if tta else \
+            probabilities(task(image, tab), task.multilabel)
+        out = probs if task.multilabel else probs.argmax(dim=1)
         y_pred.append(out.float().cpu().numpy() if task.multilabel else out.cpu().numpy())
         y_true.append(np.asarray(batch["label"]))
     if not y_true:
@@ -127,7 +132,7 @@ def evaluate_run(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for split in EVAL_SPLITS:
         if len(patches.split_indices(split)):
-            y_true, y_pred = predict(task, data.loader(split))
+            y_true, y_pred = predict(task, data.loader(split), tta=cfg.train.tta)
             results[split] = split_metrics(y_true, y_pred, list(patches.class_names),
                                            task.multilabel)
     verdict = run_guards(results, read_history(run.history), cfg.guards,

@@ -39,14 +39,17 @@ class BestAndLastCheckpoint(Callback):
         best_path: file for the best weights (weights-only Lightning checkpoint).
         last_path: file for the full resumable checkpoint.
         interval_s: write ``last_path`` at least this often during training (seconds).
-        monitor: metric to minimise.
+        monitor: metric that picks the best weights.
+        mode: ``min`` (a loss) or ``max`` (a score) of ``monitor``.
         max_overhead: largest share of training time spent writing checkpoints between
             epochs; writes happen after every epoch while they are cheaper than that.
     """
 
     def __init__(self, best_path: Path, last_path: Path, interval_s: float = 300.0,
-                 monitor: str = "val_loss", max_overhead: float = 0.02) -> None:
+                 monitor: str = "val_loss", max_overhead: float = 0.02,
+                 mode: str = "min") -> None:
         self.best_path, self.last_path = Path(best_path), Path(last_path)
+        self.sign = 1.0 if mode == "min" else -1.0  # best_score is minimised internally
         self.interval_s, self.monitor, self.max_overhead = interval_s, monitor, max_overhead
         self.best_score = math.inf
         self.best_epoch: int | None = None
@@ -63,7 +66,7 @@ class BestAndLastCheckpoint(Callback):
         if trainer.sanity_checking:
             return
         value = trainer.callback_metrics.get(self.monitor)
-        score = float(value) if value is not None else math.nan
+        score = self.sign * float(value) if value is not None else math.nan
         if math.isfinite(score) and score < self.best_score:
             self.best_score, self.best_epoch = score, trainer.current_epoch
             self._best_state = {k: v.detach().to("cpu", copy=True)

@@ -115,14 +115,15 @@ def build_scheduler(
 ) -> dict[str, Any] | None:
     """Lightning ``lr_scheduler`` config for ``cfg.scheduler``; None for ``none`` without warm-up.
 
-    ``plateau`` is ReduceLROnPlateau on ``val_loss`` (``plateau_factor``/``plateau_patience``);
-    the others step once per epoch.
+    ``plateau`` is ReduceLROnPlateau on ``train.monitor`` (default ``val_loss``;
+    ``plateau_factor``/``plateau_patience``); the others step once per epoch.
     """
     if cfg.scheduler == "plateau":
+        mode = "min" if cfg.monitor.endswith("loss") else "max"
         scheduler: Any = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+            optimizer, mode=mode, factor=cfg.plateau_factor, patience=cfg.plateau_patience
         )
-        return {"scheduler": scheduler, "monitor": "val_loss", "interval": "epoch"}
+        return {"scheduler": scheduler, "monitor": cfg.monitor, "interval": "epoch"}
     if cfg.scheduler == "none" and not cfg.warmup_epochs:
         return None
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, max_epochs))

@@ -164,6 +164,7 @@ def _train_locked(
     datamodule = PatchDataModule(
         patches, batch_size=cfg.train.batch_size, num_workers=cfg.train.num_workers,
         augment=cfg.train.augment, stats=stats, seed=cfg.seed, tabular_stats=tab_stats,
+        jitter=cfg.train.jitter,
     )
     task = build_task(cfg, patches)
     started = time.perf_counter()
@@ -299,11 +300,18 @@ def _write_resolved_config(
     dump_config(parse_config(data, cfg.base_dir, source=str(run.config)), run.config)
 
 
+def monitor_mode(monitor: str) -> str:
+    """``min`` for a loss, ``max`` for a score (``train.monitor``)."""
+    return "min" if monitor.endswith("loss") else "max"
+
+
 def _build_trainer(cfg: StudyConfig, run: RunDir, max_epochs: int, progress: bool) -> L.Trainer:
     callbacks: list[Callback] = [
         HistoryWriter(run.history),
-        EarlyStopping(monitor="val_loss", mode="min", patience=cfg.train.early_stopping_patience),
+        EarlyStopping(monitor=cfg.train.monitor, mode=monitor_mode(cfg.train.monitor),
+                      patience=cfg.train.early_stopping_patience),
         BestAndLastCheckpoint(run.best_ckpt, run.last_ckpt, cfg.train.checkpoint_interval_s,
+                              monitor=cfg.train.monitor, mode=monitor_mode(cfg.train.monitor),
                               max_overhead=cfg.train.checkpoint_overhead),
     ]
     if cfg.guards.stop_on_collapse:

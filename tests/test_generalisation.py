@@ -1,0 +1,88 @@
+"""Levers for unseen data: the monitored metric, test-time augmentation, radiometric jitter."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from factories import make_config, make_patchset
+from geofuse.config import TrainConfig
+from geofuse.data.datamodule import PatchDataModule
+from geofuse.data.normalize import BandStats
+from geofuse.data.transforms import RandomBandJitter
+from geofuse.evaluation.evaluate import load_task, predict
+from geofuse.evaluation.tta import DIHEDRAL, dihedral, tta_probabilities
+from geofuse.rundir import read_history
+from geofuse.training.train import train_model
+
+
+@pytest.mark.parametrize("monitor", ["val_f1_macro", "val_accuracy"])
+def test_monitor_picks_the_best_checkpoint_by_that_score(tmp_path: Path, monitor: str) -> None:
+    cfg = make_config(tmp_path, epochs=5, monitor=monitor, lr=0.02, model={"hidden": 16})
+    run = train_model(cfg, patchset=make_patchset(n=80), progress=False, run_name=monitor)
+    history = read_history(run / "history.csv")
+    scores = [row[monitor] for row in history]
+    best = int(np.argmax(scores))  # first epoch reaching the maximum (strict improvement)
+    assert json.loads((run / "metrics.json").read_text())["best_epoch"] == history[best]["epoch"]
+    _, epoch = load_task(run / "checkpoints" / "best.ckpt")
+    assert epoch == history[best]["epoch"]
+
+
+def test_monitor_typo_is_refused() -> None:
+    with pytest.raises(ValueError, match="val_f1_macro"):
+        TrainConfig.model_validate({"monitor": "val_f1"})
+
+
+class _Corner(torch.nn.Module):
+    """Orientation-dependent toy model: logits from the top-left pixel of each band."""
+
+    multilabel = False
+
+    def forward(self, x: torch.Tensor, tab: torch.Tensor | None = None) -> torch.Tensor:
+        return x[:, :3, 0, 0] * 3
+
+
+def test_tta_averages_the_eight_flips_and_rotations() -> None:
+    x = torch.randn(5, 3, 4, 4)
+    model = _Corner()
+    expected = torch.stack([model(dihedral(x, k, f)).softmax(dim=1) for k, f in DIHEDRAL])
+    got = tta_probabilities(model, x)
+    torch.testing.assert_close(got, expected.mean(dim=0))
+    assert len({(k, f) for k, f in DIHEDRAL}) == 8
+    # the 8 transforms visit each of the 4 corners twice: the corner bias is averaged out
+    corners = {tuple(dihedral(torch.arange(16.).view(4, 4), k, f)[0, 0].view(1).tolist())
+               for k, f in DIHEDRAL}
+    assert corners == {(0.0,), (3.0,), (12.0,), (15.0,)}
+
+
+def test_tta_run_scores_the_averaged_predictions(tmp_path: Path) -> None:
+    patches = make_patchset(n=60)
+    cfg = make_config(tmp_path, epochs=2, tta=True, model={"hidden": 16})
+    run = train_model(cfg, patchset=patches, progress=False, run_name="tta")
+    metrics = json.loads((run / "metrics.json").read_text())
+    task, _ = load_task(run / "checkpoints" / "best.ckpt")
+    data = PatchDataModule(patches, augment=False,
+                           stats=BandStats.load(run / "normalization.json"))
+    y, plain = predict(task, data.loader("val"))
+    _, averaged = predict(task, data.loader("val"), tta=True)
+    assert metrics["val"]["accuracy"] == pytest.approx(float((averaged == y).mean()))
+    assert plain.shape == averaged.shape
+
+
+def test_band_jitter_is_an_affine_change_per_band_on_train_only() -> None:
+    torch.manual_seed(0)
+    image = torch.randn(4, 6, 6)
+    out = RandomBandJitter(0.2)({"image": image, "label": 1})["image"]
+    for b in range(4):  # out = gain * image + offset, one gain and offset per band
+        a = np.polyfit(image[b].flatten().numpy(), out[b].flatten().numpy(), 1)
+        assert np.allclose(np.polyval(a, image[b].numpy()), out[b].numpy(), atol=1e-5)
+        assert not math.isclose(a[0], 1.0, abs_tol=1e-4)
+    data = PatchDataModule(make_patchset(n=40), augment=False, jitter=0.2)
+    train, val = data.dataset("train"), data.dataset("val")
+    assert not torch.equal(train[0]["image"], train[0]["image"])  # drawn anew every time
+    assert torch.equal(val[0]["image"], val[0]["image"])
