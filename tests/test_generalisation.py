@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
-from factories import make_config, make_patchset
-from geofuse.config import TrainConfig
+from factories import make_config, make_multilabel_patchset, make_patchset
+from geofuse.cli import app
+from geofuse.config import TrainConfig, dump_config
 from geofuse.data.datamodule import PatchDataModule
 from geofuse.data.normalize import BandStats
 from geofuse.data.transforms import RandomBandJitter
@@ -86,3 +88,17 @@ def test_band_jitter_is_an_affine_change_per_band_on_train_only() -> None:
     train, val = data.dataset("train"), data.dataset("val")
     assert not torch.equal(train[0]["image"], train[0]["image"])  # drawn anew every time
     assert torch.equal(val[0]["image"], val[0]["image"])
+
+
+def test_cli_train_prints_the_figures_it_reached(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, epochs=1, model={"hidden": 8})
+    make_multilabel_patchset(n=40).save(cfg.patches_path)
+    path = tmp_path / "study.yaml"
+    dump_config(cfg, path)
+    result = CliRunner().invoke(app, ["train", "-c", str(path), "--run-name", "r"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((cfg.runs_path / "r" / "metrics.json").read_text())
+    line = next(x for x in result.output.splitlines() if x.startswith("val:"))
+    assert line == (f"val: subset accuracy {metrics['val']['accuracy']:.3f}, macro F1 "
+                    f"{metrics['val']['f1_macro']:.3f}, micro F1 {metrics['val']['f1_micro']:.3f}"
+                    f", mAP {metrics['val']['map']:.3f}")

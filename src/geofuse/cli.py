@@ -147,7 +147,24 @@ def train(
     cfg = load_config(config)
     preflight(cfg, "train")
     run_dir = train_model(cfg, resume=resume, run_name=run_name)
+    metrics_file = run_dir / "metrics.json"
+    if metrics_file.is_file():
+        _print_scores(json.loads(metrics_file.read_text()))
     console.print(f"run directory: [bold]{run_dir}[/]")
+
+
+def _print_scores(metrics: dict[str, Any]) -> None:
+    """One line per evaluated split: accuracy and macro F1 (multi-label: subset accuracy,
+    macro and micro F1, mAP)."""
+    for split in ("val", "test"):
+        m = metrics.get(split)
+        if not isinstance(m, dict) or "accuracy" not in m:
+            continue
+        if m.get("multilabel"):
+            console.print(f"{split}: subset accuracy {m['accuracy']:.3f}, macro F1 "
+                          f"{m['f1_macro']:.3f}, micro F1 {m['f1_micro']:.3f}, mAP {m['map']:.3f}")
+        else:
+            console.print(f"{split}: accuracy {m['accuracy']:.3f}, macro F1 {m['f1_macro']:.3f}")
 
 
 @app.command()
@@ -158,10 +175,7 @@ def evaluate(
     """Evaluate the best checkpoint of a run on its validation (and test) split."""
     from geofuse.evaluation.evaluate import evaluate_run
 
-    metrics = evaluate_run(run_dir)
-    summary = {k: v for k, v in metrics.items() if isinstance(v, dict) and "accuracy" in v}
-    for split, m in summary.items():
-        console.print(f"{split}: accuracy {m['accuracy']:.3f}, macro F1 {m['f1_macro']:.3f}")
+    _print_scores(evaluate_run(run_dir))
 
 
 @app.command()
