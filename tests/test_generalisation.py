@@ -17,8 +17,10 @@ from geofuse.config import TrainConfig, dump_config
 from geofuse.data.datamodule import PatchDataModule
 from geofuse.data.normalize import BandStats
 from geofuse.data.transforms import RandomBandJitter
+from geofuse.errors import ConfigError
 from geofuse.evaluation.evaluate import load_task, predict
 from geofuse.evaluation.tta import DIHEDRAL, dihedral, tta_probabilities
+from geofuse.models.simple_cnn import SimpleCNN, band_statistics
 from geofuse.rundir import read_history
 from geofuse.training.train import train_model
 
@@ -102,3 +104,21 @@ def test_cli_train_prints_the_figures_it_reached(tmp_path: Path) -> None:
     assert line == (f"val: subset accuracy {metrics['val']['accuracy']:.3f}, macro F1 "
                     f"{metrics['val']['f1_macro']:.3f}, micro F1 {metrics['val']['f1_micro']:.3f}"
                     f", mAP {metrics['val']['map']:.3f}")
+
+
+def test_simple_cnn_average_pooling_and_band_statistics() -> None:
+    x = torch.randn(3, 5, 16, 16)
+    flat, avg = SimpleCNN(5, 4, 16), SimpleCNN(5, 4, 16, pool="avg")
+    stats = SimpleCNN(5, 4, 16, pool="avg", band_stats=True)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(avg) < count(flat) and count(stats) == count(avg) + 4 * 5 * 128
+    for model in (flat, avg, stats):
+        assert model.eval()(x).shape == (3, 4)
+    got = band_statistics(x)
+    assert got.shape == (3, 20)
+    torch.testing.assert_close(got[:, :5], x.mean(dim=(2, 3)))
+    torch.testing.assert_close(got[:, 15:], x.amax(dim=(2, 3)))
+    # global pooling: the same network takes any patch size
+    assert avg.eval()(torch.randn(2, 5, 32, 32)).shape == (2, 4)
+    with pytest.raises(ConfigError, match="pool='max'"):
+        SimpleCNN(5, 4, 16, pool="max")

@@ -19,6 +19,16 @@ class ModelConfig(_Model):
     )
     hidden: int = Field(128, ge=1)
     dropout: float = Field(0.5, ge=0, lt=1)
+    pool: Literal["flatten", "avg"] = Field(
+        "flatten", description="simple_cnn: flatten the feature map into the dense layer (the "
+        "reports' model) or average it per channel (global average pooling: 64 features "
+        "whatever the patch size, far fewer weights for small datasets)."
+    )
+    band_stats: bool = Field(
+        False, description="simple_cnn: also feed the dense layer each input band's mean, std, "
+        "min and max over the patch (the features a random forest on per-band statistics "
+        "uses), learned jointly with the convolutional features."
+    )
     encoders: dict[str, str] | None = Field(
         None, description="late/decision_fusion: encoder per modality, e.g. {dem: small_cnn, "
         "s2: simple_cnn} (small_cnn or a registered model with .features); default small_cnn."

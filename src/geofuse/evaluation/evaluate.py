@@ -16,6 +16,7 @@ from geofuse.data.patchset import PatchSet
 from geofuse.errors import RunDirError
 from geofuse.evaluation.metrics import classification_metrics
 from geofuse.evaluation.multilabel_metrics import multilabel_metrics
+from geofuse.evaluation.predictions import save_predictions
 from geofuse.evaluation.tta import probabilities, tta_probabilities
 from geofuse.io_utils import atomic_write_json
 from geofuse.models.forest import evaluate_baseline, is_baseline
@@ -41,26 +42,36 @@ def load_task(checkpoint: Path) -> tuple[ClassificationTask, int]:
 
 
 @torch.inference_mode()
+def predict_probabilities(task: ClassificationTask, loader: DataLoader[Any], tta: bool = False
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """True targets (class indices, or label sets (N, K)) and class probabilities (N, K) over
+    a loader: softmax, or per-class sigmoids of a multi-label task; ``tta`` averages them over
+    the eight flips and rotations of every patch (:mod:`geofuse.evaluation.tta`)."""
+    task.eval()
+    y_true, probs = [], []
+    for batch in loader:
+        tab = batch["tab"].to(task.device) if "tab" in batch else None
+        image = batch["image"].to(task.device)
+        p = tta_probabilities(task, image, tab, task.multilabel) if tta else \
+            probabilities(task(image, tab), task.multilabel)
+        probs.append(p.float().cpu().numpy())
+        y_true.append(np.asarray(batch["label"]))
+    if not y_true:
+        k = int(task.hparams["num_classes"])
+        shape = (0, k) if task.multilabel else (0,)
+        return np.zeros(shape, dtype=np.int64), np.zeros((0, k), dtype=np.float32)
+    return np.concatenate(y_true), np.concatenate(probs)
+
+
 def predict(task: ClassificationTask, loader: DataLoader[Any], tta: bool = False
             ) -> tuple[np.ndarray, np.ndarray]:
     """True and predicted class indices over a loader; of a multi-label task, the true label
     sets (N, K) and the class probabilities (N, K). ``tta`` averages the probabilities over
     the eight flips and rotations of every patch (:mod:`geofuse.evaluation.tta`)."""
-    task.eval()
-    y_true, y_pred = [], []
-    for batch in loader:
-        tab = batch["tab"].to(task.device) if "tab" in batch else None
-        image = batch["image"].to(task.device)
-        probs = tta_probabilities(task, image, tab, task.multilabel) if tta else \
-            probabilities(task(image, tab), task.multilabel)
-        out = probs if task.multilabel else probs.argmax(dim=1)
-        y_pred.append(out.float().cpu().numpy() if task.multilabel else out.cpu().numpy())
-        y_true.append(np.asarray(batch["label"]))
-    if not y_true:
-        k = int(task.hparams["num_classes"])
-        shape = (0, k) if task.multilabel else (0,)
-        return np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
-    return np.concatenate(y_true), np.concatenate(y_pred)
+    y_true, probs = predict_probabilities(task, loader, tta)
+    if task.multilabel:
+        return y_true, probs
+    return y_true, probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=np.int64)
 
 
 def split_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str],
@@ -107,8 +118,9 @@ def load_tabular_stats(run: RunDir, patches: PatchSet) -> TabularStats | None:
 def evaluate_run(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
     """Compute metrics of the best checkpoint on val and test (when present).
 
-    Writes ``metrics.json`` atomically, prints the collapse-guard verdict (a red panel when the
-    model collapsed, always; a one-line pass note when ``verbose``).
+    Writes ``metrics.json`` atomically, and with a test split ``test_predictions.npz``
+    (:mod:`geofuse.evaluation.predictions`); prints the collapse-guard verdict (a red panel
+    when the model collapsed, always; a one-line pass note when ``verbose``).
 
     Returns:
         ``{"run_name", "checkpoint", "best_epoch", "val": {...}, "test": {...}, "guard": {...}}``
@@ -132,9 +144,12 @@ def evaluate_run(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for split in EVAL_SPLITS:
         if len(patches.split_indices(split)):
-            y_true, y_pred = predict(task, data.loader(split), tta=cfg.train.tta)
+            y_true, probs = predict_probabilities(task, data.loader(split), tta=cfg.train.tta)
+            y_pred = probs if task.multilabel else probs.argmax(axis=1)
             results[split] = split_metrics(y_true, y_pred, list(patches.class_names),
                                            task.multilabel)
+            if split == "test":
+                save_predictions(run.path, patches.split_indices(split), probs, y_true)
     verdict = run_guards(results, read_history(run.history), cfg.guards,
                          frozen=info.get("frozen_fraction"),
                          stop_reason=info.get("collapse_stop", {}).get("reason"))

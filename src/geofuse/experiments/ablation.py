@@ -301,7 +301,15 @@ def baseline_config_id(cfg: StudyConfig, cells: list[Cell]) -> str:
 
 
 def finish_study(study_dir: Path, progress: bool = True) -> Path | None:
-    """Write the study report if the reporting module exists, else print the results table."""
+    """Write the fold ensembles (``ensembles.json``, :mod:`~geofuse.experiments.ensemble`) and
+    the study report if the reporting module exists, else print the results table."""
+    try:
+        from geofuse.experiments.ensemble import write_ensembles
+
+        write_ensembles(study_dir)
+    except Exception as err:  # results are saved; an ensemble bug must not lose the study
+        console.print(f"[yellow]warning:[/] fold ensembles failed ({type(err).__name__}: "
+                      f"{err})", soft_wrap=True)
     try:
         from geofuse.reporting.study_report import write_study_report
     except ModuleNotFoundError as err:

@@ -28,6 +28,7 @@ from geofuse.data.normalize import BandStats
 from geofuse.data.patchset import PatchSet
 from geofuse.evaluation.metrics import classification_metrics
 from geofuse.evaluation.multilabel_metrics import multilabel_metrics
+from geofuse.evaluation.predictions import save_predictions
 from geofuse.io_utils import atomic_path, atomic_write_json
 from geofuse.rundir import RunDir, read_history, write_history
 from geofuse.training.guards import print_verdict, run_guards
@@ -167,7 +168,8 @@ def fit_baseline(
 
 
 def evaluate_baseline(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
-    """Metrics of a baseline run on val and test; writes metrics.json like a network run.
+    """Metrics of a baseline run on val and test; writes metrics.json like a network run, and
+    with a test split ``test_predictions.npz`` (:mod:`geofuse.evaluation.predictions`).
 
     Raises:
         RunDirError: run.json, config.yaml, normalization.json or the model file is missing.
@@ -185,6 +187,14 @@ def evaluate_baseline(run_dir: str | Path, verbose: bool = True) -> dict[str, An
         if len(patches.split_indices(split)):
             x, y = _split(patches, split, cfg.train.baseline.features, means)
             results[split] = _scores(model, patches, x, y)
+            if split == "test":  # saved for fold ensembles and test-set bootstraps
+                k = patches.num_classes
+                if patches.multilabel:
+                    probs = label_probabilities(model, x, k)
+                else:  # columns of the classes seen in training; the others keep 0
+                    probs = np.zeros((len(x), k))
+                    probs[:, _estimator(model).classes_.astype(int)] = model.predict_proba(x)
+                save_predictions(run.path, patches.split_indices(split), probs, y)
     verdict = run_guards(results, read_history(run.history), cfg.guards, frozen=0.0)
     metrics = {"run_name": run.name, "checkpoint": MODEL_FILE, "best_epoch": 0, **results,
                "guard": verdict.to_dict()}

@@ -34,6 +34,10 @@ class SimpleCNN(nn.Module):
         patch_size: patch height/width in pixels (at least 4); sets the flatten size.
         hidden: units of the dense layer.
         dropout: dropout probability before the output layer.
+        pool: ``flatten`` the last feature map (the reports' model) or ``avg``: global
+            average pooling, 64 features whatever the patch size.
+        band_stats: concatenate every input band's mean, std, min and max over the patch
+            (:func:`band_statistics`) to the features before the dense layer.
     """
 
     def __init__(
@@ -43,6 +47,8 @@ class SimpleCNN(nn.Module):
         patch_size: int,
         hidden: int = 128,
         dropout: float = 0.5,
+        pool: str = "flatten",
+        band_stats: bool = False,
     ) -> None:
         super().__init__()
         if patch_size < MIN_PATCH_SIZE:
@@ -55,11 +61,18 @@ class SimpleCNN(nn.Module):
                 f"simple_cnn needs >= 1 band and >= 2 classes, got in_channels={in_channels}, "
                 f"num_classes={num_classes}; check train.bands and the label classes"
             )
+        if pool not in ("flatten", "avg"):
+            raise ConfigError(f"simple_cnn: pool={pool!r} is not one of 'flatten', 'avg'; fix "
+                              "train.model.pool")
         side = patch_size // 2 // 2
         self.features = nn.Sequential(_conv_block(in_channels, 32), _conv_block(32, 64))
-        self.head = nn.Sequential(
+        self.pool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else nn.Identity()
+        self.band_stats = band_stats
+        n_features = 64 if pool == "avg" else 64 * side * side
+        n_features += 4 * in_channels if band_stats else 0
+        self.head = nn.Sequential(  # Flatten kept: the state-dict keys of earlier runs
             nn.Flatten(),
-            nn.Linear(64 * side * side, hidden),
+            nn.Linear(n_features, hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),
@@ -67,4 +80,14 @@ class SimpleCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map a batch (B, C, P, P) to class logits (B, num_classes)."""
-        return self.head(self.features(x))
+        features = self.pool(self.features(x))
+        if self.band_stats:
+            features = torch.cat([features.flatten(1), band_statistics(x)], dim=1)
+        return self.head(features)
+
+
+def band_statistics(x: torch.Tensor) -> torch.Tensor:
+    """Per-band mean, std, min and max over the patch: (B, C, H, W) -> (B, 4C)."""
+    flat = x.flatten(2)
+    return torch.cat([flat.mean(dim=2), flat.std(dim=2, unbiased=False),
+                      flat.amin(dim=2), flat.amax(dim=2)], dim=1)

@@ -38,6 +38,8 @@ from geofuse.reporting._study_load import (
     load_study,
     metric_names,
 )
+from geofuse.reporting._study_test import study_test_stats
+from geofuse.reporting._study_test_blocks import study_test_blocks, transfer_alert
 from geofuse.reporting.plots import plot_confusion_matrix
 
 __all__ = ["CELL_DEFAULTS", "Study", "cell_scores", "compute_study_stats", "load_study",
@@ -105,6 +107,11 @@ def compute_study_stats(
         "multilabel_means": {k: st.summarize_configs(cell_scores(study, k, split), unit)
                              for k in MULTILABEL_COLUMNS} if multilabel else {},
         "test": st.summarize_configs(cell_scores(study, metric, "test"), unit),
+        "test_accuracy": st.summarize_configs(cell_scores(study, "accuracy", "test"), unit),
+        "test_set": study_test_stats(study, baseline, alpha),
+        "per_class_f1_test": {cid: {k: _class_f1(cells, "test", k) for k in classes}
+                              for cid, cells in by_config.items()
+                              if any(isinstance(c.get("test"), Mapping) for c in cells)},
         "overfitting": {cid: st.overfitting_summary(cells) for cid, cells in by_config.items()},
         "per_class_f1": {cid: {k: _class_f1(cells, split, k) for k in classes}
                          for cid, cells in evaluated.items()},
@@ -199,10 +206,17 @@ def _results_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
                 f"Ablation: mean {m} with 95% CI"),
     ]
     if s["test"]:
-        blocks += [doc.Heading("Test split", 3), doc.Table(
-            ["configuration", "units", f"mean {m}", "std", "95% CI"],
-            [[cid, d["n"], _f(d["mean"]), _f(d["std"]), f"[{_f(d['ci_low'])}, {_f(d['ci_high'])}]"]
-             for cid, d in s["test"].items()])]
+        name = s["test_set"]["name"] if s["test_set"] else "the test split"
+        acc = s["test_accuracy"]
+        blocks += [doc.Heading("Test split", 3), doc.Para(
+            f"Every cell's model on **{name}** (t interval over the units, as above); the "
+            f"section *Test set: {name}* adds the fold ensembles, intervals over test groups, "
+            "the floors and the paired comparisons."), doc.Table(
+            ["configuration", "units", f"mean {m}", "std", "95% CI",
+             "mean subset accuracy" if s["multilabel"] else "mean OA"],
+            [[cid, d["n"], _f(d["mean"]), _f(d["std"]), f"[{_f(d['ci_low'])}, {_f(d['ci_high'])}]",
+              _f(acc.get(cid, {}).get("mean"))] for cid, d in s["test"].items()],
+            caption=f"Test set: {name}")]
     return blocks
 
 
@@ -348,7 +362,11 @@ def write_study_report(
         doc.Heading(f"Study report: {study.name}", 1),
         doc.Para(f"{len(s['configs'])} configurations, {len(study.cells)} cells; baseline: "
                  f"**{s['baseline'] or 'none'}**; best: **{s['best']}**."),
+        *transfer_alert(s["test_set"], study.config.get("train") or {}, study.multilabel),
         *_guard_blocks(s), *_results_blocks(s, study), *_significance_blocks(s),
+        *study_test_blocks(s["test_set"], s["per_class_f1_test"], study.class_names,
+                           study.multilabel,
+                           lambda fig, name, title: _figure(fig, study, name, title)),
         *_detail_blocks(s, study), *_importance_blocks(s, study), *_data_blocks(study),
         *_reproduce_blocks(study)]
     md_path = study.path / "report.md"
