@@ -51,12 +51,27 @@ def run_study(args: argparse.Namespace, workdir: Path) -> Path:
     return run_ablation(cfg, study_name="bench")
 
 
+def _ensemble_scores(study: Path) -> dict[str, tuple[float, float]]:
+    """Configuration -> mean test accuracy and macro F1 of its fold ensembles (one per seed)."""
+    from geofuse.experiments.ensemble import read_ensembles
+
+    per: dict[str, list[tuple[float, float]]] = {}
+    for e in read_ensembles(study):
+        per.setdefault(e["config_id"], []).append((e["test"]["accuracy"], e["test"]["f1_macro"]))
+    return {cid: (sum(a for a, _ in v) / len(v), sum(f for _, f in v) / len(v))
+            for cid, v in per.items()}
+
+
 def summarise(study: Path) -> pd.DataFrame:
-    """One row per model: mean/std over cells, spread of per-seed means, ratio to the forest."""
+    """One row per configuration (model label): mean/std over cells, spread of per-seed means,
+    the fold ensembles' test figures, ratio to the forest."""
     res = pd.read_csv(study / "results.csv")
+    ensembles = _ensemble_scores(study)
     rows = []
-    for model, g in res.groupby("model", sort=False):
+    for config_id, g in res.groupby("config_id", sort=False):
+        model = str(config_id).split("/", 1)[-1]
         row = {"model": model, "cells": len(g), "seeds": g["seed"].nunique()}
+        row["ens_acc"], row["ens_f1"] = ensembles.get(str(config_id), (float("nan"),) * 2)
         for stage in ("val", "test"):
             for metric in ("accuracy", "f1_macro"):
                 col = f"{stage}_{metric}"
@@ -82,14 +97,16 @@ def print_table(table: pd.DataFrame) -> None:
         return f"{row[f'{col}_mean']:.3f} +- {row[f'{col}_std']:.3f}"
 
     head = ("model", "cells", "val acc", "val F1", "test acc", "test F1", "per-seed test acc",
-            "ratio")
+            "ratio", "ensemble test acc", "ensemble test F1")
     print(" | ".join(head))
     for model, row in table.iterrows():
         ratio = row.get("acc_ratio_vs_forest")
         print(" | ".join([str(model), str(row["cells"]), pm(row, "val_accuracy"),
                           pm(row, "val_f1_macro"), pm(row, "test_accuracy"),
                           pm(row, "test_f1_macro"), row["seed_means"],
-                          "-" if ratio is None or pd.isna(ratio) else f"{ratio:.2f}x"]))
+                          "-" if ratio is None or pd.isna(ratio) else f"{ratio:.2f}x",
+                          "-" if pd.isna(row["ens_acc"]) else f"{row['ens_acc']:.3f}",
+                          "-" if pd.isna(row["ens_f1"]) else f"{row['ens_f1']:.3f}"]))
 
 
 def main() -> None:

@@ -13,14 +13,16 @@ from typer.testing import CliRunner
 
 from factories import make_config, make_multilabel_patchset, make_patchset
 from geofuse.cli import app
-from geofuse.config import TrainConfig, dump_config
+from geofuse.config import AblationModelConfig, TrainConfig, dump_config
 from geofuse.data.datamodule import PatchDataModule
 from geofuse.data.normalize import BandStats
 from geofuse.data.transforms import RandomBandJitter
 from geofuse.errors import ConfigError
 from geofuse.evaluation.evaluate import load_task, predict
 from geofuse.evaluation.tta import DIHEDRAL, dihedral, tta_probabilities
+from geofuse.experiments.grid import build_grid, cell_config
 from geofuse.models.simple_cnn import SimpleCNN, band_statistics
+from geofuse.preflight import check_config
 from geofuse.rundir import read_history
 from geofuse.training.train import train_model
 
@@ -122,3 +124,23 @@ def test_simple_cnn_average_pooling_and_band_statistics() -> None:
     assert avg.eval()(torch.randn(2, 5, 32, 32)).shape == (2, 4)
     with pytest.raises(ConfigError, match="pool='max'"):
         SimpleCNN(5, 4, 16, pool="max")
+
+
+def test_ablation_entries_compare_training_levers(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    cfg.ablation.folds = 2
+    cfg.ablation.sensors = [["s2"]]
+    cfg.ablation.models = ["simple_cnn", AblationModelConfig(
+        name="simple_cnn", train={"tta": True, "jitter": 0.1}, label="cnn_levers")]
+    cells = build_grid(cfg)
+    assert [c.config_id for c in cells] == ["s2/simple_cnn"] * 2 + ["s2/cnn_levers"] * 2
+    plain, levers = cell_config(cfg, cells[0]).train, cell_config(cfg, cells[2]).train
+    assert (plain.tta, plain.jitter) == (False, 0.0) and (levers.tta, levers.jitter) == (True, 0.1)
+    cfg.ablation.models = [AblationModelConfig(name="simple_cnn", train={"jitter": 3})]
+    with pytest.raises(ConfigError, match=r"invalid train settings \{'jitter': 3\}"):
+        build_grid(cfg)
+    cfg.ablation.models = [AblationModelConfig(name="simple_cnn", train={"model": {}})]
+    with pytest.raises(ConfigError, match=r"train keys \['model'\] are set by the grid"):
+        build_grid(cfg)
+    problems = [str(p) for p in check_config(cfg, "ablate")]
+    assert any("ablation.models entry 'simple_cnn': train keys ['model']" in p for p in problems)

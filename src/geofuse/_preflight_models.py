@@ -186,6 +186,18 @@ def _subsets(cfg: StudyConfig, inputs: Inputs) -> tuple[list[list[str]], list[Pr
     return sensor_subsets(names, a.primary, a.sensors), []
 
 
+def _train_override_problems(cfg: StudyConfig, entry: AblationModelConfig, i: int | None
+                             ) -> list[Problem]:
+    """An entry's ``train`` overrides (see :func:`geofuse.experiments.grid.model_specs`)."""
+    from geofuse.experiments.grid import check_train_overrides
+
+    try:
+        check_train_overrides(cfg, entry)
+    except ConfigError as err:
+        return [Problem(f"ablation.models[{i}].train", entry.train, err.one_line(), plain=True)]
+    return []
+
+
 def grid_problems(cfg: StudyConfig, inputs: Inputs) -> list[Problem]:
     """The ablation grid: sensors, every model entry on every subset, labels and baseline."""
     subsets, out = _subsets(cfg, inputs)
@@ -208,6 +220,8 @@ def grid_problems(cfg: StudyConfig, inputs: Inputs) -> list[Problem]:
             out.append(Problem(f"ablation.models[{i}].options", entry.options,
                                f"invalid train.model options ({' '.join(str(err).split())[:200]})"))
             continue
+        if entry.train:
+            out += _train_override_problems(cfg, entry, i)
         for subset in subsets:
             ordered = [m for m in inputs.modalities if m in subset]
             out += model_problems(cfg, model, ordered, inputs, key_of, where, in_grid=True)

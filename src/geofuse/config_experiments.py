@@ -49,6 +49,11 @@ class AblationModelConfig(_Model):
         "attention}."
     )
     label: str | None = Field(None, description="Name in config ids; default name[+options].")
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="train keys this entry changes (not model, "
+        "modalities or bands), e.g. {tta: true, jitter: 0.1, monitor: val_f1_macro}: compare "
+        "training levers in one study, on the same folds, with paired statistics."
+    )
 
 
 class AblationConfig(_Model):

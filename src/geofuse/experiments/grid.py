@@ -28,10 +28,12 @@ class ModelSpec:
     name: str
     options: dict[str, Any] = field(default_factory=dict)
     label: str = ""
+    train: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.label:
-            opts = ",".join(f"{k}={_short(v)}" for k, v in sorted(self.options.items()))
+            settings = {**self.options, **{f"train.{k}": v for k, v in self.train.items()}}
+            opts = ",".join(f"{k}={_short(v)}" for k, v in sorted(settings.items()))
             object.__setattr__(self, "label", f"{self.name}[{opts}]" if opts else self.name)
 
 
@@ -141,12 +143,41 @@ def model_specs(cfg: StudyConfig) -> list[ModelSpec]:
                 f"ablation.models entry {spec_cfg.name!r}: invalid options {spec_cfg.options} "
                 f"({' '.join(str(err).split())[:200]}); use train.model keys"
             ) from None
-        specs.append(ModelSpec(spec_cfg.name, dict(spec_cfg.options), spec_cfg.label or ""))
+        check_train_overrides(cfg, spec_cfg)
+        specs.append(ModelSpec(spec_cfg.name, dict(spec_cfg.options), spec_cfg.label or "",
+                               dict(spec_cfg.train)))
     labels = [s.label for s in specs]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:
         raise ConfigError(f"ablation.models repeats {dupes}; give the entries distinct labels")
     return specs
+
+
+#: train keys an ablation entry cannot change (the grid sets them itself).
+_GRID_KEYS = ("model", "modalities", "bands")
+
+
+def check_train_overrides(cfg: StudyConfig, entry: AblationModelConfig) -> None:
+    """Validate an entry's ``train`` overrides against the train section.
+
+    Raises:
+        ConfigError: a key the grid sets itself, or an invalid train setting.
+    """
+    fixed = sorted(set(entry.train) & set(_GRID_KEYS))
+    if fixed:
+        raise ConfigError(f"ablation.models entry {entry.name!r}: train keys {fixed} are set by "
+                          "the grid; use options (model) or ablation.sensors (inputs)")
+    if not entry.train:
+        return
+    from geofuse.config import TrainConfig
+
+    try:
+        TrainConfig.model_validate({**cfg.train.model_dump(mode="json"), **entry.train})
+    except Exception as err:
+        raise ConfigError(
+            f"ablation.models entry {entry.name!r}: invalid train settings {entry.train} "
+            f"({' '.join(str(err).split())[:200]}); use keys of the train section"
+        ) from None
 
 
 def build_grid(cfg: StudyConfig, folds: list[int] | None = None) -> list[Cell]:
@@ -162,7 +193,8 @@ def build_grid(cfg: StudyConfig, folds: list[int] | None = None) -> list[Cell]:
             config_id = f"{'+'.join(ordered)}/{spec.label}"
             model = {**cfg.train.model.model_dump(mode="json"), "name": spec.name,
                      **spec.options}
-            overrides = {"train.modalities": ordered, "train.bands": None, "train.model": model}
+            overrides = {"train.modalities": ordered, "train.bands": None, "train.model": model,
+                         **{f"train.{k}": v for k, v in spec.train.items()}}
             for seed in seeds:
                 for fold in fold_ids:
                     cells.append(Cell(config_id, seed, fold, overrides, tuple(ordered),
