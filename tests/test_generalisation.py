@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from factories import make_config, make_multilabel_patchset, make_patchset
@@ -24,7 +25,7 @@ from geofuse.experiments.grid import build_grid, cell_config
 from geofuse.models.simple_cnn import SimpleCNN, band_statistics
 from geofuse.preflight import check_config
 from geofuse.rundir import read_history
-from geofuse.training.train import train_model
+from geofuse.training.train import build_task, train_model
 
 
 @pytest.mark.parametrize("monitor", ["val_f1_macro", "val_accuracy"])
@@ -144,3 +145,21 @@ def test_ablation_entries_compare_training_levers(tmp_path: Path) -> None:
         build_grid(cfg)
     problems = [str(p) for p in check_config(cfg, "ablate")]
     assert any("ablation.models entry 'simple_cnn': train keys ['model']" in p for p in problems)
+
+
+def test_mixup_blends_images_and_losses_on_training_batches_only(tmp_path: Path) -> None:
+    patches = make_patchset(n=16)
+    task = build_task(make_config(tmp_path, mixup=0.4, model={"hidden": 8}), patches).eval()
+    batch = {"image": torch.from_numpy((patches.x[:8] - 1500) / 800).nan_to_num(),
+             "label": torch.from_numpy(patches.y[:8])}
+    torch.manual_seed(3)
+    got = task._shared_step(batch, "train")
+    torch.manual_seed(3)
+    lam = float(torch.distributions.Beta(0.4, 0.4).sample())
+    perm = torch.randperm(8)
+    logits = task(lam * batch["image"] + (1 - lam) * batch["image"][perm])
+    want = lam * F.cross_entropy(logits, batch["label"]) + (1 - lam) * F.cross_entropy(
+        logits, batch["label"][perm])
+    torch.testing.assert_close(got, want)
+    plain = F.cross_entropy(task(batch["image"]), batch["label"])
+    torch.testing.assert_close(task._shared_step(batch, "val"), plain)

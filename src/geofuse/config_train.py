@@ -171,6 +171,11 @@ class TrainConfig(_Model):
         "gain ~ N(1, jitter) and offset ~ N(0, jitter) per band and patch, in units of the "
         "band's standard deviation (e.g. 0.1); 0 = off."
     )
+    mixup: float = Field(
+        0.0, ge=0, description="Mixup on the training batches: each batch is blended with a "
+        "shuffled copy of itself, weight ~ Beta(mixup, mixup), and the loss is blended alike "
+        "(Zhang et al. 2018; e.g. 0.2); 0 = off."
+    )
     tta: bool = Field(
         False, description="Test-time augmentation: evaluate (val, test) on the class "
         "probabilities averaged over the 8 flips and rotations of every patch."

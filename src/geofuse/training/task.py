@@ -89,6 +89,7 @@ class ClassificationTask(L.LightningModule):
             multilabel=multilabel, **(model_kwargs or {}),
         )
         self.multilabel = multilabel
+        self._mixup_alpha = float(self.train_config.mixup)
         self.loss_fn = build_loss(self.train_config.loss, num_classes, class_counts,
                                   multilabel=multilabel)
         self._epoch = {stage: EpochAccumulator() for stage in STAGES}
@@ -125,11 +126,32 @@ class ClassificationTask(L.LightningModule):
         return self.model(x)
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
-        logits = self(batch["image"], batch.get("tab"))
         target = batch["label"]
+        alpha = self._mixup_alpha if stage == "train" else 0.0
+        if alpha > 0 and len(target) > 1:
+            return self._mixup_step(batch, alpha)
+        logits = self(batch["image"], batch.get("tab"))
         loss = self.loss_fn(logits, target)
         preds = logits >= 0 if self.multilabel else logits.argmax(dim=1)  # sigmoid >= 0.5
         self._epoch[stage].update(loss, preds, target)
+        return loss
+
+    def _mixup_step(self, batch: dict[str, Any], alpha: float) -> torch.Tensor:
+        """A training step on the batch blended with a shuffled copy of itself (mixup): the
+        loss is blended with the same weight; the epoch's scores count the dominant target."""
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        perm = torch.randperm(len(batch["label"]), device=batch["image"].device)
+        image = lam * batch["image"] + (1 - lam) * batch["image"][perm]
+        tab = batch.get("tab")
+        if tab is not None:
+            tab = lam * tab + (1 - lam) * tab[perm]
+        target = batch["label"]
+        logits = self(image, tab)
+        loss = lam * self.loss_fn(logits, target) + (1 - lam) * self.loss_fn(logits,
+                                                                             target[perm])
+        dominant = target if lam >= 0.5 else target[perm]
+        preds = logits >= 0 if self.multilabel else logits.argmax(dim=1)
+        self._epoch["train"].update(loss, preds, dominant)
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
