@@ -14,8 +14,10 @@ Study folder layout (``<workdir>/<ablation.output>/<study name>/``)::
                        "test_groups"}  (fold -1 = held-out test)
     folds/fold<k>.h5  the PatchSet with split codes of fold k (train / val / test)
     cells/<slug>.json one result per finished cell (schema below), written atomically
-    runs/<slug>/      the cell's run directory (checkpoints deleted unless keep_checkpoints)
+    runs/<slug>/      the cell's run directory (checkpoints deleted unless keep_checkpoints;
+                      test_predictions.npz kept for the ensembles and the test-set statistics)
     results.csv       one row per cell: see :func:`results_frame`
+    ensembles.json    fold ensembles on the test set (:mod:`geofuse.experiments.ensemble`)
 
 Cell result JSON (``slug = <config_id with / -> __>__seed<seed>__fold<fold>``)::
 
