@@ -113,7 +113,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(CONFIG))
     ap.add_argument("--study", type=Path, help="summarise this finished study folder only")
-    ap.add_argument("--models", nargs="+", default=["simple_cnn", BASELINE])
+    ap.add_argument("--models", nargs="+", default=["simple_cnn_stats", BASELINE])
     ap.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--test-fraction", type=float, default=0.2)

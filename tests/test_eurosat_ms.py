@@ -217,4 +217,4 @@ def test_ready_config_checks(eurosat_root: Path) -> None:
         eurosat_root.resolve())
     assert [m.name for m in cfg.modalities] == ["s2"] and cfg.modalities[0].bands == list(BANDS)
     labels = [m if isinstance(m, str) else m.label for m in cfg.ablation.models or []]
-    assert labels == ["simple_cnn", "resnet18_band_aware", "random_forest"]
+    assert labels == ["simple_cnn_stats", "resnet18_band_aware", "random_forest"]
