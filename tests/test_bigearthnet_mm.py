@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from geofuse.cli import app
 from geofuse.config import load_config
 from geofuse.data.datasets._bigearthnet_labels import LABELS_19, LABELS_43, TO_19, multi_hot
-from geofuse.data.datasets.bigearthnet_mm import S2_BANDS, read_bigearthnet_mm
+from geofuse.data.datasets.bigearthnet_mm import S2_BANDS, _choose, read_bigearthnet_mm
 from geofuse.data.external_test import with_external_test
 from geofuse.data.patchset import SPLIT_CODES, PatchSet
 from geofuse.errors import BandError, ConfigError, DataNotFoundError, LabelError, RasterError
@@ -322,3 +322,22 @@ def test_config_check_refuses_an_exclusive_class_loss(tmp_path: Path,
     assert result.exit_code == 2
     assert "train.loss.name = 'cross_entropy': dataset 'bigearthnet_mm' carries multi-label" \
         in " ".join(result.output.split())
+
+
+def test_max_patches_and_memory_budget(tmp_path: Path, bigearthnet_dir: Path,
+                                       full: PatchSet) -> None:
+    some = _read(tmp_path, bigearthnet_dir, max_patches=4)
+    assert len(some) == 4 and some.provenance["available"] == 6
+    rows = [int(np.flatnonzero((full.x == some.x[i]).all(axis=(1, 2, 3)))[0])
+            for i in range(4)]
+    assert rows == sorted(rows)  # a subset of the full read, in name order
+    np.testing.assert_array_equal(some.multi_hot, full.multi_hot[rows])
+    assert _read(tmp_path, bigearthnet_dir, max_patches=4).x.tobytes() == some.x.tobytes()
+    cfg = load_config(_config(tmp_path, bigearthnet_dir, max_memory_mb=64))
+    assert cfg.dataset is not None
+    # 1,000 patches x 14 bands x 120^2 px = 769 MB of float32: refused before any read
+    with pytest.raises(ConfigError, match=r"above dataset.max_memory_mb = 64; set "
+                                          r"dataset.max_patches to at most 83"):
+        _choose(1000, cfg.dataset, 0, 14, 120, "dataset.root")
+    assert len(_choose(1000, cfg.dataset.model_copy(update={"max_patches": 80}), 0, 14, 120,
+                       "dataset.root")) == 80

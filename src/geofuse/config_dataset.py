@@ -100,11 +100,13 @@ class DatasetConfig(_Model):
     max_memory_mb: int = Field(
         4096, ge=64, description="so2sat_lcz42: memory budget of reading the HDF5 file (the "
         "float32 patches kept plus the chunk being read); the file is streamed in chunks and "
-        "never loaded whole. Too many patches for it: set max_patches."
+        "never loaded whole. bigearthnet_mm: budget of the float32 patches read. Too many "
+        "patches for it: set max_patches."
     )
     max_patches: int | None = Field(
         None, ge=1, description="so2sat_lcz42: keep at most this many patches (a seeded, "
-        "class-stratified random choice, kept in file order); default all."
+        "class-stratified random choice, kept in file order); bigearthnet_mm: at most this "
+        "many patch folders (a seeded random choice, in name order); default all."
     )
     block_size: int = Field(
         1000, ge=1, description="so2sat_lcz42: the file is ordered by city; groups (for splits "

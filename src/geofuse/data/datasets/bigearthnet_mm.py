@@ -210,6 +210,29 @@ def _read_rows(rows: list[tuple[Patch | None, Patch | None]], bands: dict[str, l
     return x, feet
 
 
+def _choose(n: int, d: DatasetConfig, seed: int, channels: int, size: int, key: str
+            ) -> np.ndarray:
+    """Rows to read: all, or ``dataset.max_patches`` of them (seeded, in name order), within
+    ``dataset.max_memory_mb`` of float32 patches.
+
+    Raises:
+        ConfigError: the patches to read exceed the memory budget.
+    """
+    chosen = np.arange(n)
+    if d.max_patches is not None and d.max_patches < n:
+        rng = np.random.default_rng([seed % 2**63, 31])
+        chosen = np.sort(rng.choice(n, d.max_patches, replace=False))
+    need_mb = len(chosen) * channels * size * size * 4 / 2**20
+    if need_mb > d.max_memory_mb:
+        fit = max(1, int(d.max_memory_mb * 2**20 // (channels * size * size * 4)))
+        raise ConfigError(
+            f"{key}: {len(chosen)} patches x {channels} bands x {size}^2 px take "
+            f"{need_mb:,.0f} MB of float32, above dataset.max_memory_mb = {d.max_memory_mb}; "
+            f"set dataset.max_patches to at most {fit} (or raise dataset.max_memory_mb)"
+        )
+    return chosen
+
+
 def read_bigearthnet_mm(d: DatasetConfig, root: Path, cfg: StudyConfig, external: bool
                         ) -> PatchSet:
     """Read BigEarthNet patch folders (see the module docstring and :data:`build.Reader`).
@@ -229,6 +252,10 @@ def read_bigearthnet_mm(d: DatasetConfig, root: Path, cfg: StudyConfig, external
     hot, keep = _targets(rows, d.nomenclature, key)
     rows = [r for r, k in zip(rows, keep, strict=True) if k]
     hot = hot[keep]
+    chosen = _choose(len(rows), d, cfg.seed, sum(map(len, bands.values())),
+                     len(range(SIDE)[crop]), key)
+    counts["available"] = len(rows)
+    rows, hot = [rows[i] for i in chosen], hot[chosen]
     x, feet = _read_rows(rows, bands, methods, crop)
     crss = [f.crs for f in feet]
     coords = to_common(crss, np.array([f.centre for f in feet], dtype=np.float64))
