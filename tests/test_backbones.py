@@ -66,7 +66,8 @@ def test_backbones_are_registered_with_their_options() -> None:
         assert described[name]["input_adaptation"] == "cycle"
         assert described[name]["freeze_fraction"] == 0.0
         assert "band_names" not in described[name] and "backbone" not in described[name]
-    assert described["simple_cnn"] == {"hidden": 128, "dropout": 0.5}
+    assert described["simple_cnn"] == {"hidden": 128, "dropout": 0.5, "pool": "flatten",
+                                       "band_stats": False, "pretrained_path": None}
 
 
 def test_models_command_prints_the_table() -> None:
@@ -91,7 +92,7 @@ def test_model_kwargs_pass_only_what_the_model_takes(tmp_path: Path) -> None:
     patches = make_patchset(n=8, patch_size=8)
     simple = model_kwargs(make_config(tmp_path), patches)
     assert {"hidden", "dropout"} <= set(simple) and "freeze_fraction" not in simple
-    assert "pretrained_path" not in simple
+    assert simple["pretrained_path"] is None  # simple_cnn loads geofuse pretrain files
     task = build_task(make_config(tmp_path), patches)
     assert type(task.model).__name__ == "SimpleCNN"
     with pytest.raises(ConfigError, match=r"does not take option\(s\) \['freeze_fraction'\]"):

@@ -153,6 +153,33 @@ def train(
     console.print(f"run directory: [bold]{run_dir}[/]")
 
 
+@app.command()
+@_friendly
+def pretrain(
+    config: Path = ConfigOpt,
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Override pretrain.epochs."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Weight file (default: pretrain.output, else "
+        "<workdir>/pretrained/<model>_simclr.pt)."),
+    include_test: bool = typer.Option(
+        False, "--include-test", help="Also learn from the test split's images (never its "
+        "labels; transductive: the test set is then less independent)."),
+) -> None:
+    """Self-supervised SimCLR pretraining of train.model's encoder on the study's patches
+    (labels unused); writes a weight file for train.model.pretrained_path."""
+    from geofuse.config import load_config
+    from geofuse.training.ssl import pretrain as run_pretrain
+
+    cfg = load_config(config)
+    result = run_pretrain(cfg, epochs=epochs, out=out, include_test=include_test or None)
+    console.print(f"contrastive loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f} over "
+                  f"{len(result.losses)} epoch(s), {result.n_patches} patches "
+                  f"({' + '.join(result.splits)})")
+    console.print(f"pretrained weights: [bold]{result.path}[/]")
+    console.print(f"to use them, set in {config}:  {result.config_line}", soft_wrap=True,
+                  highlight=False)
+
+
 def _print_scores(metrics: dict[str, Any]) -> None:
     """One line per evaluated split: accuracy and macro F1 (multi-label: subset accuracy,
     macro and micro F1, mAP)."""

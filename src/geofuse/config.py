@@ -22,7 +22,7 @@ from geofuse.config_experiments import RayConfig as RayConfig  # re-export
 from geofuse.config_train import BaselineConfig as BaselineConfig  # re-export
 from geofuse.config_train import LossConfig as LossConfig  # re-export
 from geofuse.config_train import ModelConfig as ModelConfig  # re-export
-from geofuse.config_train import TrainConfig
+from geofuse.config_train import PretrainConfig, TrainConfig
 from geofuse.errors import ConfigError, DataNotFoundError
 
 
@@ -161,6 +161,7 @@ class StudyConfig(_Model):
     extract: ExtractConfig = ExtractConfig()
     splits: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()
+    pretrain: PretrainConfig = PretrainConfig()
     guards: GuardConfig = GuardConfig()
     ablation: AblationConfig = AblationConfig()
     search: SearchConfig = SearchConfig()

@@ -52,8 +52,11 @@ class ModelConfig(_Model):
         "MLP features joined before the head (late) or FiLM at every stage (progressive)."
     )
     pretrained_path: str | None = Field(
-        None, description="Backbones: local torch/timm state dict of the RGB network, relative "
-        "to the config file; never downloaded. Default: train from scratch."
+        None, description="simple_cnn/early_fusion and backbones: local weight file, relative "
+        "to the config file; never downloaded. Backbones take a torch/timm state dict of the "
+        "RGB network, or one for exactly the input bands; simple_cnn loads its encoder "
+        "(features.*). 'geofuse pretrain' writes such a file (self-supervised, from the "
+        "study's own patches). Default: train from scratch."
     )
     input_adaptation: Literal["cycle", "band_aware", "reduce"] = Field(
         "cycle", description="Backbones with pretrained weights: cycle (timm: RGB kernels "
@@ -207,3 +210,39 @@ class TrainConfig(_Model):
                 "'plateau'; pick another scheduler (e.g. cosine) or set warmup_epochs: 0"
             )
         return self
+
+
+class PretrainConfig(_Model):
+    """Self-supervised SimCLR pretraining of ``train.model``'s encoder (``geofuse pretrain``).
+
+    Two random views of every patch (dihedral flip/rotation, random resized crop, per-band
+    gain/offset jitter, gaussian noise) are pulled together and other patches pushed apart by
+    the NT-Xent loss; no label is used. The bands are those of ``train.bands`` /
+    ``train.modalities``.
+    """
+
+    epochs: int = Field(50, ge=1, description="Passes over the unlabelled patches.")
+    batch_size: int = Field(
+        256, ge=2, description="Patches per step (2x as many views); larger batches give more "
+        "negatives. Capped at the number of patches."
+    )
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate (cosine decay to 1%).")
+    weight_decay: float = Field(1e-6, ge=0)
+    temperature: float = Field(0.2, gt=0, description="NT-Xent softmax temperature.")
+    projection_dim: int = Field(64, ge=2, description="Output size of the 2-layer projection "
+                                "MLP (dropped after pretraining).")
+    crop_scale: float = Field(
+        0.5, gt=0, le=1, description="Random resized crop: smallest crop area as a share of "
+        "the patch (resized back to patch_size); 1 = no crop."
+    )
+    jitter: float = Field(0.2, ge=0, le=1, description="Per-band gain ~ N(1, jitter) and "
+                          "offset ~ N(0, jitter), in band standard deviations.")
+    noise: float = Field(0.05, ge=0, description="Std of added gaussian noise (band stds).")
+    include_test: bool = Field(
+        False, description="Also use the test split's images (never its labels): transductive "
+        "pretraining, which makes the test set less independent; default train + val only."
+    )
+    output: str | None = Field(
+        None, description="Weight file, relative to workdir; default "
+        "pretrained/<model>_simclr.pt."
+    )

@@ -80,6 +80,21 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
+#: Key of the metadata dict that ``geofuse pretrain`` writes beside ``state_dict``.
+METADATA_KEY = "geofuse_pretrain"
+
+
+def read_file_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``geofuse pretrain`` metadata of a weight file (bands, statistics, ...); ``{}`` for
+    other files. Call after :func:`load_state_dict_file` has checked the file."""
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable: load_state_dict_file reports it
+        return {}
+    meta = obj.get(METADATA_KEY) if isinstance(obj, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
 def _stage_paths(model: nn.Module) -> dict[str, list[str]]:
     """Named stages of a timm backbone, in forward order, as module paths."""
     if hasattr(model, "layer1"):  # resnet family

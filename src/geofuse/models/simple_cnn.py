@@ -7,6 +7,9 @@ learning where frozen ResNet50 transfer learning collapsed to a single class.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -38,6 +41,14 @@ class SimpleCNN(nn.Module):
             average pooling, 64 features whatever the patch size.
         band_stats: concatenate every input band's mean, std, min and max over the patch
             (:func:`band_statistics`) to the features before the dense layer.
+        pretrained_path: local weight file whose ``features.*`` tensors (the encoder) are
+            loaded, e.g. written by ``geofuse pretrain``; the dense head starts fresh.
+        band_names: the input bands in channel order; checked against the bands a
+            ``geofuse pretrain`` file was made for.
+
+    Raises:
+        ConfigError: an invalid option, or weights that do not fit the encoder;
+            DataNotFoundError: a missing weights file.
     """
 
     def __init__(
@@ -49,6 +60,8 @@ class SimpleCNN(nn.Module):
         dropout: float = 0.5,
         pool: str = "flatten",
         band_stats: bool = False,
+        pretrained_path: str | Path | None = None,
+        band_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if patch_size < MIN_PATCH_SIZE:
@@ -66,6 +79,8 @@ class SimpleCNN(nn.Module):
                               "train.model.pool")
         side = patch_size // 2 // 2
         self.features = nn.Sequential(_conv_block(in_channels, 32), _conv_block(32, 64))
+        if pretrained_path is not None:
+            load_encoder(self.features, pretrained_path, band_names)
         self.pool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else nn.Identity()
         self.band_stats = band_stats
         n_features = 64 if pool == "avg" else 64 * side * side
@@ -91,3 +106,55 @@ def band_statistics(x: torch.Tensor) -> torch.Tensor:
     flat = x.flatten(2)
     return torch.cat([flat.mean(dim=2), flat.std(dim=2, unbiased=False),
                       flat.amin(dim=2), flat.amax(dim=2)], dim=1)
+
+
+def load_encoder(
+    features: nn.Module, path: str | Path, band_names: Sequence[str] | None = None
+) -> None:
+    """Load the ``features.*`` tensors of the weight file ``path`` into ``features``.
+
+    Raises:
+        DataNotFoundError: the file does not exist.
+        ConfigError: no encoder weights, another band count or band list, another architecture.
+    """
+    from geofuse.models.backbones import load_state_dict_file, read_file_metadata
+
+    state = {k.split(".", 1)[1]: v for k, v in load_state_dict_file(path).items()
+             if k.startswith("features.")}
+    where = f"pretrained weights {str(path)!r}"
+    if not state:
+        raise ConfigError(f"{where} hold no simple_cnn encoder (features.*) tensors; write them "
+                          "with 'geofuse pretrain -c CONFIG' for train.model.name simple_cnn")
+    own = features.state_dict()
+    first = "0.0.weight"
+    if first in state and state[first].ndim == 4 and state[first].shape[1] != own[first].shape[1]:
+        raise ConfigError(
+            f"{where} were made for {state[first].shape[1]} input bands (features.{first} "
+            f"{tuple(state[first].shape)}), this model has {own[first].shape[1]} (expected "
+            f"{tuple(own[first].shape)}); select the same train.bands / train.modalities as "
+            "when pretraining, or pretrain again with 'geofuse pretrain -c CONFIG'"
+        )
+    _check_bands(where, read_file_metadata(path).get("band_names"), band_names)
+    missing = [f"features.{k}" for k in own
+               if k not in state and not k.endswith("num_batches_tracked")]
+    extra = [f"features.{k}" for k in state if k not in own]
+    wrong = [f"features.{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+             for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or extra or wrong:
+        parts = [f"{label} {keys[:3]}" + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+                 for label, keys in (("missing", missing), ("unexpected", extra),
+                                     ("shape (file vs model)", wrong)) if keys]
+        raise ConfigError(f"{where} do not fit the simple_cnn encoder: {'; '.join(parts)}; use "
+                          "a file written by 'geofuse pretrain' for simple_cnn")
+    features.load_state_dict(state, strict=False)
+
+
+def _check_bands(where: str, saved: object, bands: Sequence[str] | None) -> None:
+    """ConfigError when the file records other band names than the model's input bands."""
+    if not isinstance(saved, list) or bands is None or list(saved) == list(bands):
+        return
+    raise ConfigError(
+        f"{where} were made for bands {saved}, this model's inputs are {list(bands)}; select "
+        "the same bands in the same order (train.bands), or pretrain again with "
+        "'geofuse pretrain -c CONFIG'"
+    )
