@@ -166,4 +166,7 @@ def test_cli_pretrain_then_errors(tmp_path: Path) -> None:
     res = runner.invoke(app, ["train", "-c", str(fewer)])
     assert res.exit_code == 2
     line = _one_line_error(res.output)
-    assert "w.pt" in line and "6 input bands" in line and "has 4" in line
+    # caught by the preflight, before a run directory is written
+    assert "w.pt" in line and "was pretrained on bands" in line and "s2_nir']" in line
+    assert not (tmp_path / "work" / "runs").exists() or not any(
+        (tmp_path / "work" / "runs").iterdir())

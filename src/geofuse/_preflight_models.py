@@ -86,10 +86,30 @@ def model_problems(
             out.append(Problem(key_of("pretrained_path"), model.pretrained_path,
                                f"file {str(path)!r} does not exist; fix the path (relative to "
                                "the config's folder) or remove it to train from scratch"))
+        else:
+            out += _pretrained_band_problems(path, model, modalities, inputs, key_of, in_grid)
     if "num_tabular" in accepted and inputs.has_tabular is False:
         out.append(Problem(key_of("name"), name, f"needs tabular attributes per patch but "
                            f"{inputs.origin} has none; pick an image-only model"))
     return out
+
+
+def _pretrained_band_problems(
+    path: Any, model: ModelConfig, modalities: Sequence[str], inputs: Inputs, key_of: KeyOf,
+    in_grid: bool,
+) -> list[Problem]:
+    """A ``geofuse pretrain`` weight file made for other bands than the run's."""
+    from geofuse.models.backbones import read_file_metadata
+
+    made_for = read_file_metadata(path).get("band_names")
+    run_bands = [b for m in modalities for b in inputs.modalities.get(m, [])]
+    if not made_for or not run_bands or list(made_for) == run_bands:
+        return []
+    where = f"the sensor subset {list(modalities)}" if in_grid else "the run"
+    return [Problem(key_of("pretrained_path"), model.pretrained_path,
+                    f"was pretrained on bands {list(made_for)} but {where} uses {run_bands}; "
+                    "run 'geofuse pretrain' with the same train.modalities, or list only that "
+                    "subset in ablation.sensors")]
 
 
 def _encoder_problems(encoders: dict[str, str], key: str, model: str) -> list[Problem]:
