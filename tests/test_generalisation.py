@@ -163,3 +163,21 @@ def test_mixup_blends_images_and_losses_on_training_batches_only(tmp_path: Path)
     torch.testing.assert_close(got, want)
     plain = F.cross_entropy(task(batch["image"]), batch["label"])
     torch.testing.assert_close(task._shared_step(batch, "val"), plain)
+
+
+def test_test_area_normalisation_removes_a_radiometric_offset(tmp_path: Path) -> None:
+    """Test patches from 'another area': every band offset by 3 of its noise std. With the
+    training statistics the network misreads them; with the test area's own statistics
+    (no labels used) it recovers."""
+    patches = make_patchset(n=200)
+    test = patches.split == 2
+    x = patches.x.copy()
+    x[test] += 3 * 0.6 * 800
+    shifted = patches._replace(x=x)
+    accuracy = {}
+    for mode in ("train", "test_area"):
+        cfg = make_config(tmp_path, epochs=4, normalization=mode, model={"hidden": 16})
+        run = train_model(cfg, patchset=shifted, progress=False, run_name=mode)
+        accuracy[mode] = json.loads((run / "metrics.json").read_text())["test"]["accuracy"]
+        assert (run / "normalization_test.json").is_file() == (mode == "test_area")
+    assert accuracy["test_area"] >= accuracy["train"] + 0.2, accuracy

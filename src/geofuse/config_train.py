@@ -179,6 +179,12 @@ class TrainConfig(_Model):
         "shuffled copy of itself, weight ~ Beta(mixup, mixup), and the loss is blended alike "
         "(Zhang et al. 2018; e.g. 0.2); 0 = off."
     )
+    normalization: Literal["train", "test_area"] = Field(
+        "train", description="Band standardisation of the test split at evaluation (networks): "
+        "train = the training split's statistics; test_area = the test patches' own per-band "
+        "mean/std (unlabelled, no labels used), which removes a radiometric offset between the "
+        "training area and another city or date. Saved as normalization_test.json."
+    )
     tta: bool = Field(
         False, description="Test-time augmentation: evaluate (val, test) on the class "
         "probabilities averaged over the 8 flips and rotations of every patch."

@@ -6,6 +6,8 @@
   run.json              provenance: PatchSet path, bands, classes, seed, versions, timings
   normalization.json    per-band mean/std of the training split
   tabular_normalization.json  per-attribute mean/std of the training split (tabular PatchSets)
+  normalization_test.json     per-band mean/std of the test patches (train.normalization:
+                        test_area)
   history.csv           one row per epoch: losses, val metrics, learning rate
   metrics.json          val/test metrics of the best checkpoint + collapse-guard verdict
   checkpoints/best.ckpt lowest val_loss;  checkpoints/last.ckpt for --resume

@@ -175,6 +175,8 @@ class PatchDataModule(L.LightningDataModule):
             computed from the train split when None.
         jitter: std of the per-band gain/offset jitter on the training split (0 = none;
             :class:`~geofuse.data.transforms.RandomBandJitter`).
+        split_stats: statistics for particular splits instead of ``stats``, e.g. the test
+            area's own (``train.normalization: test_area``).
     """
 
     def __init__(
@@ -187,9 +189,11 @@ class PatchDataModule(L.LightningDataModule):
         seed: int = 0,
         tabular_stats: TabularStats | None = None,
         jitter: float = 0.0,
+        split_stats: dict[str, BandStats] | None = None,
     ) -> None:
         super().__init__()
         self.jitter = jitter
+        self.split_stats = dict(split_stats or {})
         self.patches = patches
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -205,7 +209,7 @@ class PatchDataModule(L.LightningDataModule):
 
     def dataset(self, split: str) -> PatchDataset:
         """Dataset of one split; only ``train`` is augmented."""
-        steps: list[Transform] = [Normalize(self.stats)]
+        steps: list[Transform] = [Normalize(self.split_stats.get(split, self.stats))]
         if split == "train" and self.augment:
             steps.append(RandomFlipRotate())
         if split == "train" and self.jitter > 0:

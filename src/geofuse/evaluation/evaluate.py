@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from geofuse.config import load_config
 from geofuse.data.datamodule import PatchDataModule
-from geofuse.data.normalize import BandStats, TabularStats
+from geofuse.data.normalize import BandStats, TabularStats, compute_band_stats
 from geofuse.data.patchset import PatchSet
 from geofuse.errors import RunDirError
 from geofuse.evaluation.metrics import classification_metrics
@@ -115,6 +115,20 @@ def load_tabular_stats(run: RunDir, patches: PatchSet) -> TabularStats | None:
     return stats
 
 
+TEST_NORMALIZATION = "normalization_test.json"
+
+
+def _test_area_stats(run: RunDir, patches: PatchSet, mode: str) -> dict[str, BandStats]:
+    """``{"test": the test patches' own band statistics}`` for ``train.normalization:
+    test_area`` (saved in the run as normalization_test.json); ``{}`` otherwise."""
+    test = patches.split_indices("test")
+    if mode != "test_area" or not len(test):
+        return {}
+    stats = compute_band_stats(patches.x[test], list(patches.band_names))
+    stats.save(run.path / TEST_NORMALIZATION)
+    return {"test": stats}
+
+
 def evaluate_run(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
     """Compute metrics of the best checkpoint on val and test (when present).
 
@@ -140,7 +154,8 @@ def evaluate_run(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
     task, epoch = load_task(run.best_ckpt)
     data = PatchDataModule(patches, batch_size=EVAL_BATCH_SIZE, augment=False,
                            stats=BandStats.load(run.normalization),
-                           tabular_stats=load_tabular_stats(run, patches))
+                           tabular_stats=load_tabular_stats(run, patches),
+                           split_stats=_test_area_stats(run, patches, cfg.train.normalization))
     results: dict[str, Any] = {}
     for split in EVAL_SPLITS:
         if len(patches.split_indices(split)):
