@@ -181,3 +181,32 @@ def test_test_area_normalisation_removes_a_radiometric_offset(tmp_path: Path) ->
         accuracy[mode] = json.loads((run / "metrics.json").read_text())["test"]["accuracy"]
         assert (run / "normalization_test.json").is_file() == (mode == "test_area")
     assert accuracy["test_area"] >= accuracy["train"] + 0.2, accuracy
+
+
+def test_predictions_of_a_remote_cell_reach_the_study(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray worker on another machine saves test_predictions.npz on its own disk: the result
+    carries them back, the study writes them locally and builds its fold ensembles."""
+    from geofuse.experiments import runner
+    from geofuse.experiments.ablation import run_ablation
+    from geofuse.experiments.ensemble import read_ensembles
+    from geofuse.experiments.runner import load_cells
+
+    original = runner.execute_cell
+
+    def remote(ctx: object, cell: dict) -> dict:
+        result = original(ctx, cell)
+        (Path(ctx.study_dir) / result["run_dir"] / "test_predictions.npz").unlink()
+        return result
+
+    monkeypatch.setattr(runner, "execute_cell", remote)
+    cfg = make_config(tmp_path, epochs=1, model={"hidden": 8})
+    cfg.ablation.folds = 2
+    cfg.ablation.sensors = [["s2"]]
+    cfg.ablation.test_fraction = 0.2
+    study = run_ablation(cfg, progress=False, patchset=make_patchset(n=60))
+    cells = load_cells(study)
+    assert all("_test_predictions" not in c for c in cells)
+    for cell in cells:
+        assert (study / cell["run_dir"] / "test_predictions.npz").is_file()
+    assert [e["config_id"] for e in read_ensembles(study)] == ["s2/simple_cnn"]

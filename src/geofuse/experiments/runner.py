@@ -60,6 +60,7 @@ import numpy as np
 import pandas as pd
 
 from geofuse.config import StudyConfig, parse_config
+from geofuse.evaluation.predictions import load_predictions, save_predictions
 from geofuse.experiments import _parallel
 from geofuse.experiments.grid import Cell, cell_config
 from geofuse.io_utils import atomic_write_json, atomic_write_text
@@ -177,6 +178,9 @@ def execute_cell(ctx: StudyContext, cell_data: dict[str, Any]) -> dict[str, Any]
     }
     result = _json_safe(result)
     atomic_write_json(cell_path(study_dir, cell.slug), result)
+    predictions = load_predictions(run.path)
+    if predictions is not None:  # travels back with the result: see run_cells
+        result[PREDICTIONS_KEY] = predictions
     return result
 
 
@@ -295,6 +299,11 @@ def pending_cells(study_dir: Path, cells: list[dict[str, Any]]) -> list[dict[str
     return out
 
 
+#: Key of a cell result carrying its test predictions back to the study's process (never
+#: written to the cell JSON).
+PREDICTIONS_KEY = "_test_predictions"
+
+
 def run_cells(
     ctx: StudyContext, cells: list[dict[str, Any]], workers: int = 1,
     ray_address: str | None = None, ray_cpus: float = 1.0,
@@ -305,6 +314,12 @@ def run_cells(
     workers = max(1, min(workers, len(cells)))
 
     def _done(result: dict[str, Any]) -> None:
+        predictions = result.pop(PREDICTIONS_KEY, None)
+        run_dir = study_dir / "runs" / result["slug"]
+        if predictions is not None and load_predictions(run_dir) is None:
+            # a remote Ray worker saved them on its own disk: the ensembles need them here
+            save_predictions(run_dir, predictions.indices, predictions.probabilities,
+                             predictions.targets)
         path = cell_path(study_dir, result["slug"])
         if read_cell(path) is None:  # a remote Ray worker wrote it on its own disk
             atomic_write_json(path, result)
