@@ -17,7 +17,7 @@ from geofuse.cli import app
 from geofuse.config import AblationModelConfig, TrainConfig, dump_config
 from geofuse.data.datamodule import PatchDataModule
 from geofuse.data.normalize import BandStats
-from geofuse.data.transforms import RandomBandJitter
+from geofuse.data.transforms import PerPatchStandardize, RandomBandJitter, standardize_patches
 from geofuse.errors import ConfigError
 from geofuse.evaluation.evaluate import load_task, predict
 from geofuse.evaluation.tta import DIHEDRAL, dihedral, tta_probabilities
@@ -210,3 +210,27 @@ def test_predictions_of_a_remote_cell_reach_the_study(tmp_path: Path,
     for cell in cells:
         assert (study / cell["run_dir"] / "test_predictions.npz").is_file()
     assert [e["config_id"] for e in read_ensembles(study)] == ["s2/simple_cnn"]
+
+
+def test_per_patch_standardisation_in_every_split(tmp_path: Path) -> None:
+    patches = make_patchset(n=60)
+    data = PatchDataModule(patches, augment=False, per_patch=True)
+    for split in ("train", "val", "test"):
+        image = data.dataset(split)[0]["image"]
+        torch.testing.assert_close(image.mean(dim=(1, 2)), torch.zeros(6), atol=1e-5, rtol=0)
+        torch.testing.assert_close(image.std(dim=(1, 2), unbiased=False), torch.ones(6),
+                                   atol=1e-4, rtol=0)
+    batch = torch.randn(3, 2, 5, 5) * 7 + 4
+    torch.testing.assert_close(standardize_patches(batch)[1],
+                               PerPatchStandardize()({"image": batch[1]})["image"])
+    cfg = make_config(tmp_path, epochs=1, normalization="per_patch", model={"hidden": 8})
+    cfg.ablation.folds = 2
+    cfg.ablation.sensors = [["s2", "dem"]]
+    cfg.ablation.importance = True
+    cfg.ablation.importance_repeats = 1
+    from geofuse.experiments.ablation import run_ablation
+    from geofuse.experiments.runner import load_cells
+
+    study = run_ablation(cfg, progress=False, patchset=patches)
+    for cell in load_cells(study):  # the importance baseline reproduces the evaluation
+        assert cell["importance"]["baseline"] == pytest.approx(cell["val"]["accuracy"])

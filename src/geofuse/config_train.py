@@ -179,11 +179,14 @@ class TrainConfig(_Model):
         "shuffled copy of itself, weight ~ Beta(mixup, mixup), and the loss is blended alike "
         "(Zhang et al. 2018; e.g. 0.2); 0 = off."
     )
-    normalization: Literal["train", "test_area"] = Field(
-        "train", description="Band standardisation of the test split at evaluation (networks): "
-        "train = the training split's statistics; test_area = the test patches' own per-band "
-        "mean/std (unlabelled, no labels used), which removes a radiometric offset between the "
-        "training area and another city or date. Saved as normalization_test.json."
+    normalization: Literal["train", "test_area", "per_patch"] = Field(
+        "train", description="Band standardisation (networks): train = the training split's "
+        "statistics for every split; test_area = the test split at evaluation with the test "
+        "patches' own per-band mean/std (unlabelled, no labels used), which removes a "
+        "radiometric offset between the training area and another city or date (saved as "
+        "normalization_test.json); per_patch = after the training statistics, every patch "
+        "standardised per band by its own mean/std, in training and evaluation (keeps only "
+        "contrast and texture: absolute brightness is lost, and band_stats sees mean 0, std 1)."
     )
     tta: bool = Field(
         False, description="Test-time augmentation: evaluate (val, test) on the class "

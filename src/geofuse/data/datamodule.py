@@ -23,6 +23,7 @@ from geofuse.data.patchset import SPLIT_CODES, PatchSet
 from geofuse.data.transforms import (
     Compose,
     Normalize,
+    PerPatchStandardize,
     RandomBandJitter,
     RandomFlipRotate,
     Sample,
@@ -177,6 +178,8 @@ class PatchDataModule(L.LightningDataModule):
             :class:`~geofuse.data.transforms.RandomBandJitter`).
         split_stats: statistics for particular splits instead of ``stats``, e.g. the test
             area's own (``train.normalization: test_area``).
+        per_patch: standardise every patch by its own band mean/std after the statistics
+            (``train.normalization: per_patch``), in every split.
     """
 
     def __init__(
@@ -190,8 +193,10 @@ class PatchDataModule(L.LightningDataModule):
         tabular_stats: TabularStats | None = None,
         jitter: float = 0.0,
         split_stats: dict[str, BandStats] | None = None,
+        per_patch: bool = False,
     ) -> None:
         super().__init__()
+        self.per_patch = per_patch
         self.jitter = jitter
         self.split_stats = dict(split_stats or {})
         self.patches = patches
@@ -210,6 +215,8 @@ class PatchDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> PatchDataset:
         """Dataset of one split; only ``train`` is augmented."""
         steps: list[Transform] = [Normalize(self.split_stats.get(split, self.stats))]
+        if self.per_patch:
+            steps.append(PerPatchStandardize())
         if split == "train" and self.augment:
             steps.append(RandomFlipRotate())
         if split == "train" and self.jitter > 0:

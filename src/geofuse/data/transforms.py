@@ -69,6 +69,28 @@ class RandomBandJitter:
         return out
 
 
+class PerPatchStandardize:
+    """Standardise every band of ``image`` by its own mean and std over the patch (a constant
+    band becomes 0): removes brightness and contrast differences between places and dates."""
+
+    def __init__(self, key: str = "image", eps: float = 1e-6) -> None:
+        self.key = key
+        self.eps = eps
+
+    def __call__(self, sample: Sample) -> Sample:
+        out = dict(sample)
+        out[self.key] = standardize_patches(sample[self.key], self.eps)
+        return out
+
+
+def standardize_patches(image: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Each band of each patch (the last two dimensions) to mean 0, std 1 over its pixels;
+    works on one patch (C, H, W) and on a batch (B, C, H, W)."""
+    mean = image.mean(dim=(-2, -1), keepdim=True)
+    std = image.std(dim=(-2, -1), keepdim=True, unbiased=False)
+    return (image - mean) / std.clamp(min=eps)
+
+
 class Normalize:
     """Standardise the ``image`` with training statistics (NaN -> 0, the band mean)."""
 

@@ -155,7 +155,8 @@ def evaluate_run(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
     data = PatchDataModule(patches, batch_size=EVAL_BATCH_SIZE, augment=False,
                            stats=BandStats.load(run.normalization),
                            tabular_stats=load_tabular_stats(run, patches),
-                           split_stats=_test_area_stats(run, patches, cfg.train.normalization))
+                           split_stats=_test_area_stats(run, patches, cfg.train.normalization),
+                           per_patch=cfg.train.normalization == "per_patch")
     results: dict[str, Any] = {}
     for split in EVAL_SPLITS:
         if len(patches.split_indices(split)):

@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from geofuse.config import load_config
 from geofuse.data.datamodule import normalized_tabular
 from geofuse.data.normalize import BandStats, normalize
 from geofuse.data.patchset import PatchSet
+from geofuse.data.transforms import standardize_patches
 from geofuse.evaluation.evaluate import load_tabular_stats
 from geofuse.rundir import RunDir
 
@@ -48,12 +50,14 @@ def make_predict_fn(
     run = RunDir(run_dir)
     task, _ = load_task(run.best_ckpt)
     stats = BandStats.load(run.normalization)
+    per_patch = load_config(run.config).train.normalization == "per_patch"
 
     @torch.inference_mode()
     def predict_fn(x: np.ndarray) -> np.ndarray:
         out = []
         for i in range(0, len(x), BATCH):
             xb = torch.from_numpy(normalize(x[i:i + BATCH], stats))
+            xb = standardize_patches(xb) if per_patch else xb
             tb = None if tabular is None else torch.from_numpy(tabular[i:i + BATCH])
             logits = task(xb, tb)
             out.append(logits.sigmoid().numpy() if task.multilabel

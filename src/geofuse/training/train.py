@@ -164,7 +164,7 @@ def _train_locked(
     datamodule = PatchDataModule(
         patches, batch_size=cfg.train.batch_size, num_workers=cfg.train.num_workers,
         augment=cfg.train.augment, stats=stats, seed=cfg.seed, tabular_stats=tab_stats,
-        jitter=cfg.train.jitter,
+        jitter=cfg.train.jitter, per_patch=cfg.train.normalization == "per_patch",
     )
     task = build_task(cfg, patches)
     started = time.perf_counter()

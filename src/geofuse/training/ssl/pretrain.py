@@ -31,6 +31,7 @@ from geofuse.config import StudyConfig
 from geofuse.data.datamodule import select_inputs
 from geofuse.data.normalize import BandStats, compute_band_stats, normalize
 from geofuse.data.patchset import PatchSet
+from geofuse.data.transforms import standardize_patches
 from geofuse.errors import ConfigError
 from geofuse.io_utils import atomic_path
 from geofuse.models.backbones import METADATA_KEY
@@ -101,6 +102,8 @@ def pretrain(
     stats = compute_band_stats(patches.x[patches.split_indices("train")], patches.band_names)
     device = _device(cfg.train.accelerator)
     x = torch.from_numpy(normalize(patches.x[index], stats)).to(device)
+    if cfg.train.normalization == "per_patch":  # the inputs the supervised run will see
+        x = standardize_patches(x)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     from geofuse.training.train import model_kwargs
