@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from geofuse.config import StudyConfig, parse_config
 from geofuse.data.patchset import PatchSet, primary_labels
@@ -30,6 +31,17 @@ def make_patchset(n: int = 200, patch_size: int = 8, seed: int = 0) -> PatchSet:
     return PatchSet(x=x, y=y, band_names=S2 + DEM, modalities={"s2": S2, "dem": DEM},
                     class_names=CLASSES, groups=[f"polygon:{i}" for i in range(n)],
                     coords=np.zeros((n, 2)), split=split)
+
+
+def ready_config_copy(config: Path, tmp_path: Path, root: Path, **dataset: Any) -> Path:
+    """A copy of a ready config (``configs/*.yaml``) in ``tmp_path`` reading ``root``, with its
+    workdir under ``tmp_path`` and ``dataset`` keys changed; returns the new file."""
+    data = yaml.safe_load(config.read_text())
+    data["workdir"] = str(tmp_path / "work")
+    data["dataset"].update(root=str(root), **dataset)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 def make_config(root: Path, **train: Any) -> StudyConfig:

@@ -15,6 +15,7 @@ import rasterio
 import yaml
 from typer.testing import CliRunner
 
+from factories import ready_config_copy
 from geofuse.cli import app
 from geofuse.config import load_config
 from geofuse.data.datasets._bigearthnet_labels import LABELS_19, LABELS_43, TO_19, multi_hot
@@ -37,12 +38,7 @@ PASTURE = 2  # 4_55, Ireland in June: labelled "Pastures" only
 
 
 def _config(tmp_path: Path, root: Path, **dataset: Any) -> Path:
-    data = yaml.safe_load(CONFIG.read_text())
-    data["workdir"] = str(tmp_path / "work")
-    data["dataset"].update(root=str(root), **dataset)
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return ready_config_copy(CONFIG, tmp_path, root, **dataset)
 
 
 def _read(tmp_path: Path, root: Path, patch_size: int = 120, **dataset: Any) -> PatchSet:

@@ -12,6 +12,7 @@ import rasterio
 import yaml
 from typer.testing import CliRunner
 
+from factories import ready_config_copy
 from geofuse.cli import app
 from geofuse.config import load_config
 from geofuse.data.datasets.eurosat_ms import BANDS, block_groups, read_eurosat_ms
@@ -36,12 +37,7 @@ def eurosat_root(shared_data: Path) -> Path:
 
 
 def _config(tmp_path: Path, root: Path, **dataset: Any) -> Path:
-    data = yaml.safe_load(CONFIG.read_text())
-    data["workdir"] = str(tmp_path / "work")
-    data["dataset"].update(root=str(root), **dataset)
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return ready_config_copy(CONFIG, tmp_path, root, **dataset)
 
 
 def _read(tmp_path: Path, root: Path, patch_size: int = 64, **dataset: Any) -> PatchSet:

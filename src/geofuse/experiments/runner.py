@@ -60,7 +60,11 @@ import numpy as np
 import pandas as pd
 
 from geofuse.config import StudyConfig, parse_config
-from geofuse.evaluation.predictions import load_predictions, save_predictions
+from geofuse.evaluation.predictions import (
+    PREDICTIONS_FILE,
+    load_predictions,
+    save_predictions,
+)
 from geofuse.experiments import _parallel
 from geofuse.experiments.grid import Cell, cell_config
 from geofuse.io_utils import atomic_write_json, atomic_write_text
@@ -316,7 +320,7 @@ def run_cells(
     def _done(result: dict[str, Any]) -> None:
         predictions = result.pop(PREDICTIONS_KEY, None)
         run_dir = study_dir / "runs" / result["slug"]
-        if predictions is not None and load_predictions(run_dir) is None:
+        if predictions is not None and not (run_dir / PREDICTIONS_FILE).is_file():
             # a remote Ray worker saved them on its own disk: the ensembles need them here
             save_predictions(run_dir, predictions.indices, predictions.probabilities,
                              predictions.targets)

@@ -274,19 +274,30 @@ class BackboneClassifier(nn.Module):
         return [g for g in groups if g["params"]]
 
 
+def state_mismatch(
+    own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], prefix: str = "",
+    shown: int = 4, shape_label: str = "shape mismatch",
+) -> list[str]:
+    """How ``state`` does not fit a model whose state dict is ``own``: one text per kind
+    (missing, unexpected, shape) naming the first ``shown`` keys (each with ``prefix``);
+    empty when it fits. Batch-norm step counters may be missing."""
+    missing = [f"{prefix}{k}" for k in own
+               if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [f"{prefix}{k}" for k in state if k not in own]
+    wrong = [f"{prefix}{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+             for k in state if k in own and state[k].shape != own[k].shape]
+    return [f"{label} {keys[:shown]}" + (f" (+{len(keys) - shown} more)"
+                                          if len(keys) > shown else "")
+            for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                (shape_label, wrong)) if keys]
+
+
 def _load_strict(
     model: nn.Module, state: dict[str, torch.Tensor], name: str, path: str | Path
 ) -> None:
     """Load ``state`` into ``model``; ConfigError naming a few keys when they do not fit."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-             for k in state if k in own and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        parts = [f"{label} {keys[:4]}" + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
-                 for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                     ("shape mismatch", wrong)) if keys]
+    parts = state_mismatch(model.state_dict(), state)
+    if parts:
         raise ConfigError(
             f"pretrained weights {str(path)!r} do not fit timm {name}: {'; '.join(parts)}; "
             f"use a state dict saved from timm.create_model({name!r})"

@@ -117,7 +117,7 @@ def load_encoder(
         DataNotFoundError: the file does not exist.
         ConfigError: no encoder weights, another band count or band list, another architecture.
     """
-    from geofuse.models.backbones import load_state_dict_file, read_file_metadata
+    from geofuse.models.backbones import load_state_dict_file, read_file_metadata, state_mismatch
 
     state = {k.split(".", 1)[1]: v for k, v in load_state_dict_file(path).items()
              if k.startswith("features.")}
@@ -135,15 +135,9 @@ def load_encoder(
             "when pretraining, or pretrain again with 'geofuse pretrain -c CONFIG'"
         )
     _check_bands(where, read_file_metadata(path).get("band_names"), band_names)
-    missing = [f"features.{k}" for k in own
-               if k not in state and not k.endswith("num_batches_tracked")]
-    extra = [f"features.{k}" for k in state if k not in own]
-    wrong = [f"features.{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-             for k in state if k in own and state[k].shape != own[k].shape]
-    if missing or extra or wrong:
-        parts = [f"{label} {keys[:3]}" + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
-                 for label, keys in (("missing", missing), ("unexpected", extra),
-                                     ("shape (file vs model)", wrong)) if keys]
+    parts = state_mismatch(own, state, prefix="features.", shown=3,
+                           shape_label="shape (file vs model)")
+    if parts:
         raise ConfigError(f"{where} do not fit the simple_cnn encoder: {'; '.join(parts)}; use "
                           "a file written by 'geofuse pretrain' for simple_cnn")
     features.load_state_dict(state, strict=False)

@@ -27,15 +27,7 @@ from typing import Any
 import numpy as np
 from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
 
 from geofuse.config import StudyConfig
 from geofuse.errors import (
@@ -46,6 +38,7 @@ from geofuse.errors import (
     write_error,
     write_failure,
 )
+from geofuse.progress_bars import step_progress
 from geofuse.raster.align import ModalityPlan, plan_modality, reference_grid
 from geofuse.raster.io import (
     Grid,
@@ -101,7 +94,7 @@ def prepare_stack(cfg: StudyConfig, progress: bool = True) -> PrepareResult:
     with (
         gdal_env(GDAL_CACHE_MB),
         tempfile.TemporaryDirectory(prefix=f".{stack_path.name}.", dir=stack_path.parent) as tmp,
-        _progress_bar(progress) as bar,
+        step_progress(progress) as bar,
     ):
         raw, cog = Path(tmp) / "raw.tif", Path(tmp) / "cog.tif"
         inputs = [str(f.info.path) for plan in plans for f in plan.files]
@@ -177,13 +170,6 @@ def _fuse(
             bar.advance(task)
     return qc
 
-
-def _progress_bar(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=not enabled,
-    )
 
 
 def _overview_resampling(plans: list[ModalityPlan]) -> str:

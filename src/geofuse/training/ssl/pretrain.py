@@ -17,15 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from geofuse.config import StudyConfig
 from geofuse.data.datamodule import select_inputs
@@ -35,6 +26,7 @@ from geofuse.data.transforms import standardize_patches
 from geofuse.errors import ConfigError
 from geofuse.io_utils import atomic_path
 from geofuse.models.backbones import METADATA_KEY
+from geofuse.progress_bars import step_progress
 from geofuse.training.ssl.loss import nt_xent_loss
 from geofuse.training.ssl.model import SimCLRModel, build_encoder
 from geofuse.training.ssl.views import SimCLRViews
@@ -134,7 +126,7 @@ def _fit(model: SimCLRModel, x: torch.Tensor, epochs: int, cfg: StudyConfig,
         optimizer, T_max=epochs * len(starts), eta_min=p.lr * MIN_LR_FRACTION)
     losses: list[float] = []
     model.train()
-    with _progress_bar(progress) as bar:
+    with step_progress(progress) as bar:
         task = bar.add_task(f"pretrain {cfg.train.model.name} (SimCLR)",
                             total=epochs * len(starts))
         for epoch in range(epochs):
@@ -157,11 +149,6 @@ def _fit(model: SimCLRModel, x: torch.Tensor, epochs: int, cfg: StudyConfig,
                        f"{epoch + 1}/{epochs} loss {losses[-1]:.4f}")
     return losses
 
-
-def _progress_bar(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), disable=not enabled)
 
 
 def _device(accelerator: str) -> torch.device:
