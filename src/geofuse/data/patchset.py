@@ -19,6 +19,7 @@ from geofuse.io_utils import atomic_path
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 UNASSIGNED = 255
+MASK_IGNORE = 255  #: mask value of unlabelled pixels (no loss, no metric)
 FORMAT_VERSION = 1
 _WRITE_CHUNK = 16 * 2**20  # bytes per write() call when saving
 
@@ -29,6 +30,11 @@ def class_totals(targets: np.ndarray, num_classes: int) -> np.ndarray:
     if t.ndim == 2:
         return t.sum(axis=0, dtype=np.int64)
     return np.bincount(t.astype(np.int64), minlength=num_classes)
+
+
+def temporal_band_names(bands: list[str], timestamps: list[str]) -> list[str]:
+    """Channel names of a time series stacked time-major: ``B02@2018``, ``B03@2018``, ..."""
+    return [f"{band}@{stamp}" for stamp in timestamps for band in bands]
 
 
 def primary_labels(multi_hot: np.ndarray) -> np.ndarray:
@@ -70,6 +76,13 @@ class PatchSet:
             present in the patch, e.g. BigEarthNet's CORINE labels); ``None`` for single-label
             sets. ``y`` then holds each patch's rarest label (:func:`primary_labels`), used
             where one class per patch is needed (sample grids).
+        masks: optional uint8 (N, P, P) class index per pixel (:data:`MASK_IGNORE` =
+            unlabelled) of a segmentation set; ``y`` then holds each tile's stratum (e.g. its
+            change level, named by ``class_names``) used for stratified splits and folds.
+        mask_names: the mask's class names in index order (e.g. ``no_change``, ``land_take``).
+        timestamps: the dates of a time series (T); ``x`` then stacks the T steps time-major
+            ((N, T * C, P, P), channel ``t * C + c``) with band names ``band@date``
+            (:func:`temporal_band_names`); ``None`` for a single date.
     """
 
     x: np.ndarray
@@ -86,6 +99,9 @@ class PatchSet:
     tabular: np.ndarray | None = None
     tabular_names: list[str] = field(default_factory=list)
     multi_hot: np.ndarray | None = None
+    masks: np.ndarray | None = None
+    mask_names: list[str] = field(default_factory=list)
+    timestamps: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.x)
@@ -112,6 +128,37 @@ class PatchSet:
                 raise ValueError(f"{name} has {len(arr)} entries for {n} patches")
         self._check_tabular()
         self._check_multi_hot()
+        self._check_masks()
+        self._check_timestamps()
+
+    def _check_masks(self) -> None:
+        self.mask_names = list(self.mask_names)
+        if self.masks is None:
+            if self.mask_names:
+                raise ValueError("mask_names given without masks")
+            return
+        self.masks = np.asarray(self.masks, dtype=np.uint8)
+        want = (len(self.x), *self.x.shape[2:])
+        if self.masks.shape != want:
+            raise ValueError(f"masks must be (N, P, P) = {want}; got {self.masks.shape}")
+        labelled = self.masks[self.masks != MASK_IGNORE]
+        if len(self.mask_names) < 2 or (labelled.size and labelled.max() >= len(self.mask_names)):
+            raise ValueError(f"mask values {sorted(np.unique(labelled).tolist())[:10]} need "
+                             f"one name each in mask_names (got {self.mask_names})")
+
+    def _check_timestamps(self) -> None:
+        if self.timestamps is None:
+            return
+        self.timestamps = [str(t) for t in self.timestamps]
+        steps = len(self.timestamps)
+        if steps == 0 or len(self.band_names) % steps:
+            raise ValueError(f"{len(self.band_names)} channels do not split into "
+                             f"{steps} time steps")
+        per_step = len(self.band_names) // steps
+        bands = [b.rsplit("@", 1)[0] for b in self.band_names[:per_step]]
+        if list(self.band_names) != temporal_band_names(bands, self.timestamps):
+            raise ValueError("a time series needs band names band@date, time-major; got "
+                             f"{self.band_names[:per_step + 1]}...")
 
     def _check_multi_hot(self) -> None:
         if self.multi_hot is None:
@@ -144,6 +191,23 @@ class PatchSet:
     @property
     def patch_size(self) -> int:
         return int(self.x.shape[-1])
+
+    @property
+    def segmentation(self) -> bool:
+        """Whether each patch carries a per-pixel ``mask`` (a dense task) instead of labels."""
+        return self.masks is not None
+
+    @property
+    def time_steps(self) -> int:
+        """Dates of the time series (1 for a single date)."""
+        return len(self.timestamps) if self.timestamps else 1
+
+    @property
+    def step_bands(self) -> list[str]:
+        """The band names of one time step (all band names for a single date)."""
+        per_step = len(self.band_names) // self.time_steps
+        return [b.rsplit("@", 1)[0] if self.timestamps else b
+                for b in self.band_names[:per_step]]
 
     @property
     def num_classes(self) -> int:
@@ -197,6 +261,7 @@ class PatchSet:
             split=self.split[sel], nodata_fraction=self.nodata_fraction[sel],
             tabular=None if self.tabular is None else self.tabular[sel],
             multi_hot=None if self.multi_hot is None else self.multi_hot[sel],
+            masks=None if self.masks is None else self.masks[sel],
         )
 
     def split_indices(self, name: str) -> np.ndarray:
@@ -217,6 +282,8 @@ class PatchSet:
             split=self.split, nodata_fraction=self.nodata_fraction, crs=self.crs,
             provenance=dict(self.provenance), tabular=self.tabular,
             tabular_names=list(self.tabular_names), multi_hot=self.multi_hot,
+            masks=self.masks, mask_names=list(self.mask_names),
+            timestamps=None if self.timestamps is None else list(self.timestamps),
         )
         fields.update(changes)
         return PatchSet(**fields)
@@ -283,6 +350,13 @@ class PatchSet:
             f.create_dataset("tabular", data=self.tabular)
         if self.multi_hot is not None:
             f.create_dataset("multi_hot", data=self.multi_hot)
+        if self.masks is not None:
+            f.attrs["mask_names"] = json.dumps(self.mask_names)
+            f.create_dataset("masks", data=self.masks, compression="gzip", compression_opts=4,
+                             chunks=(min(len(self), 256), *self.masks.shape[1:]) if len(self)
+                             else None)
+        if self.timestamps is not None:
+            f.attrs["timestamps"] = json.dumps(self.timestamps)
 
     @classmethod
     def load(cls, path: str | Path) -> PatchSet:
@@ -310,6 +384,10 @@ class PatchSet:
                     tabular=f["tabular"][()] if "tabular" in f else None,
                     tabular_names=json.loads(f.attrs.get("tabular_names", "[]")),
                     multi_hot=f["multi_hot"][()] if "multi_hot" in f else None,
+                    masks=f["masks"][()] if "masks" in f else None,
+                    mask_names=json.loads(f.attrs.get("mask_names", "[]")),
+                    timestamps=json.loads(f.attrs["timestamps"]) if "timestamps" in f.attrs
+                    else None,
                 )
         except OSError as err:
             raise DataNotFoundError(
