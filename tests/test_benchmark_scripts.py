@@ -26,3 +26,21 @@ def test_train_overhead_prints_ratios_against_plain_loop_and_lightning_floor() -
     low, high = (geofuse - half) / (plain + half), (geofuse + half) / (plain - half)
     assert low - 0.005 <= ratio <= high + 0.005, row
     assert float(numbers[6]) > 0
+
+
+def test_temporal_throughput_prints_lstm_unet_samples_per_second_and_peak_rss() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "temporal_throughput.py"), "--quick",
+         "--device", "cpu", "--encoders", "resnet18"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    row = next(line for line in out.splitlines() if line.startswith("resnet18"))
+    numbers = re.findall(r"\d+(?:\.\d+)?", row.removeprefix("resnet18"))
+    assert len(numbers) == 8, row  # geofuse, plain samples/s, ratio, range (2), RSS (3)
+    geofuse, plain, ratio = (float(x) for x in numbers[:3])
+    assert geofuse > 0 and plain > 0
+    half = 0.005  # samples/s and ratios are printed to 2 decimals
+    low, high = (plain - half) / (geofuse + half), (plain + half) / (geofuse - half)
+    assert low - half <= ratio <= high + half, row  # ratio of times = inverse of throughputs
+    assert all(float(x) > 0 for x in numbers[5:]), row
+    assert "16 x 16 px" in out and "T 3 x C 4" in out

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from geofuse.errors import ConfigError
-from geofuse.models.registry import MODELS, count_parameters, create_model, list_models
+from geofuse.models.registry import (
+    MODELS,
+    count_parameters,
+    create_model,
+    is_segmentation_model,
+    list_models,
+)
 from geofuse.models.simple_cnn import SimpleCNN
 
 
@@ -57,6 +63,9 @@ def test_unknown_model_option_is_a_config_error() -> None:
 def test_every_registered_model_honours_the_contract() -> None:
     assert list_models() == sorted(MODELS)
     for name in list_models():
-        model = create_model(name, in_channels=7, num_classes=4, patch_size=16)
+        seg = is_segmentation_model(name)  # dense: logits per pixel; siamese needs >= 2 dates
+        model = create_model(name, in_channels=7, num_classes=4, patch_size=16,
+                             time_steps=7 if seg else 1)
         model.eval()
-        assert model(torch.randn(2, 7, 16, 16)).shape == (2, 4), name
+        want = (2, 4, 16, 16) if seg else (2, 4)
+        assert model(torch.randn(2, 7, 16, 16)).shape == want, name

@@ -31,12 +31,13 @@ from geofuse.data.patchset import PatchSet
 from geofuse.data.synthetic import generate_scene
 from geofuse.evaluation.evaluate import load_task, predict
 from geofuse.models.forest import BASELINES, MODEL_FILE, patch_features
-from geofuse.models.registry import MODELS, model_options
+from geofuse.models.registry import MODELS, SEGMENTATION_MODELS, model_options
 from geofuse.raster.prepare import prepare_stack
 from geofuse.rundir import RunDir
 from geofuse.training.train import train_model
 
-ZOO = sorted(set(MODELS) | set(BASELINES))
+#: patch classifiers; the segmentation models have their own flow (tests/test_segmentation_flow)
+ZOO = sorted((set(MODELS) - set(SEGMENTATION_MODELS)) | set(BASELINES))
 MODALITIES = {"s2": 6, "modis": 1, "dem": 1}
 
 

@@ -41,6 +41,7 @@ class Inputs:
         has_tabular: whether patches carry tabular attributes (``None``: not known yet).
         from_config: the names come from the config itself (no PatchSet or stack yet).
         multilabel: the targets are label sets (a multi-label PatchSet or dataset).
+        segmentation: the targets are pixel masks (``None``: not known).
     """
 
     band_names: list[str]
@@ -49,6 +50,7 @@ class Inputs:
     has_tabular: bool | None = None
     from_config: bool = True
     multilabel: bool = False
+    segmentation: bool | None = None
 
     def modalities_of(self, bands: Sequence[str]) -> list[str]:
         """Modalities that hold any of ``bands``, in channel order."""

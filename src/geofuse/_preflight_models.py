@@ -48,13 +48,20 @@ def model_problems(
         in_grid: ``modalities`` is one sensor subset of the ablation grid.
     """
     from geofuse.models.forest import is_baseline
-    from geofuse.models.registry import MODELS, model_options
+    from geofuse.models.registry import MODELS, is_segmentation_model, model_options
 
     name = model.name
-    if is_baseline(name):
+    if is_baseline(name):  # per patch or, on masks, per pixel
         return []
     if name not in MODELS:
         return [unknown_model(key_of("name"), name)]
+    if inputs.segmentation is not None and is_segmentation_model(name) != inputs.segmentation:
+        return [Problem(key_of("name"), name, (
+            f"{inputs.origin} carries pixel masks (segmentation) and {name!r} classifies whole "
+            "patches; pick a segmentation model (lstm_unet, unet_early, siamese_unet, "
+            "unet_single) or random_forest" if inputs.segmentation else
+            f"{name!r} is a segmentation model (pixel masks) but {inputs.origin} carries one "
+            "label per patch; pick a patch classifier (see 'geofuse models')"))]
     accepted = model_options(name)
     takes = sorted(_MODEL_FIELDS & set(accepted))
     defaults = ModelConfig().model_dump()
@@ -75,7 +82,8 @@ def model_problems(
                 "modalities that every subset has" if in_grid else
                 f"names {unknown} but the run uses only {list(modalities)}; name only those")))
     if "rgb_bands" in accepted and model.rgb_bands:
-        missing = [b for b in model.rgb_bands if b not in inputs.band_names]
+        dateless = {b.rsplit("@", 1)[0] for b in inputs.band_names}  # time series: band@date
+        missing = [b for b in model.rgb_bands if b not in dateless]
         if missing:
             out.append(Problem(key_of("rgb_bands"), model.rgb_bands,
                                f"band(s) {missing} are not in {inputs.origin}; "

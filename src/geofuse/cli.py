@@ -138,13 +138,25 @@ def train(
     config: Path = ConfigOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
     run_name: str | None = typer.Option(None, "--run-name", help="Run directory name."),
+    optimizer: str | None = typer.Option(None, "--optimizer", help="Override train.optimizer."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="Override train.scheduler."),
+    lr: float | None = typer.Option(None, "--lr", help="Override train.lr."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Override train.epochs."),
+    batch_size: int | None = typer.Option(None, "--batch-size",
+                                          help="Override train.batch_size."),
+    lstm_hidden_dim: int | None = typer.Option(
+        None, "--lstm-hidden-dim", help="Override train.model.lstm_hidden_dim (lstm_unet)."),
 ) -> None:
-    """Train a network or baseline on the PatchSet; writes a self-describing run directory."""
-    from geofuse.config import load_config
+    """Train a network or baseline on the PatchSet; writes a self-describing run directory.
+    The options override the config's train section (recorded in the run's config.yaml)."""
+    from geofuse.config import load_config, with_overrides
     from geofuse.preflight import preflight
     from geofuse.training.train import train_model
 
-    cfg = load_config(config)
+    cfg = with_overrides(load_config(config), {
+        "train.optimizer": optimizer, "train.scheduler": scheduler, "train.lr": lr,
+        "train.epochs": epochs, "train.batch_size": batch_size,
+        "train.model.lstm_hidden_dim": lstm_hidden_dim})
     preflight(cfg, "train")
     run_dir = train_model(cfg, resume=resume, run_name=run_name)
     metrics_file = run_dir / "metrics.json"
@@ -187,7 +199,10 @@ def _print_scores(metrics: dict[str, Any]) -> None:
         m = metrics.get(split)
         if not isinstance(m, dict) or "accuracy" not in m:
             continue
-        if m.get("multilabel"):
+        if m.get("segmentation"):
+            console.print(f"{split}: IoU {m['iou']:.3f}, F1 {m['f1']:.3f}, precision "
+                          f"{m['precision']:.3f}, recall {m['recall']:.3f} ({m['n']} tiles)")
+        elif m.get("multilabel"):
             console.print(f"{split}: subset accuracy {m['accuracy']:.3f}, macro F1 "
                           f"{m['f1_macro']:.3f}, micro F1 {m['f1_micro']:.3f}, mAP {m['map']:.3f}")
         else:
@@ -210,9 +225,10 @@ def evaluate(
 def report(
     run_dir: Path = typer.Argument(
         ..., help="A run directory ('geofuse train') or a study directory (has study.json)."),
-    metric: str = typer.Option(
-        "f1_macro", help="Study: the metric the statistics compare (f1_macro, accuracy; for "
-        "multi-label studies also f1_micro, f1_samples, map)."),
+    metric: str | None = typer.Option(
+        None, help="Study: the metric the statistics compare (f1_macro, accuracy; for "
+        "multi-label studies also f1_micro, f1_samples, map; for segmentation iou, f1, "
+        "precision, recall). Default: iou for segmentation studies, else f1_macro."),
 ) -> None:
     """Write report.md (with plots) for a run, or report.md + report.html for a study."""
     if (run_dir / "study.json").is_file():

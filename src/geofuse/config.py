@@ -402,6 +402,25 @@ def load_config(path: str | Path) -> StudyConfig:
     return cfg
 
 
+def with_overrides(cfg: StudyConfig, overrides: dict[str, Any]) -> StudyConfig:
+    """A copy of ``cfg`` with dotted keys replaced (``train.lr``, ``train.model.encoder``),
+    validated as the YAML would be: a bad value is a one-line ConfigError naming the key."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if not given:
+        return cfg
+    data = cfg.model_dump(mode="json")
+    for dotted, value in given.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    source = f"{cfg.source or 'config'} with {', '.join(f'{k}={v}' for k, v in given.items())}"
+    out = parse_config(data, cfg.base_dir, source=source)
+    out._source = cfg.source
+    return out
+
+
 def dump_config(cfg: StudyConfig, path: str | Path | None = None) -> str:
     """Serialise a config to YAML (optionally writing it); paths are kept as written."""
     text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

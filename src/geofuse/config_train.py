@@ -82,6 +82,25 @@ class ModelConfig(_Model):
     backbone_lr_scale: float = Field(
         1.0, ge=0, description="Backbones: backbone learning rate = lr * this (head: lr)."
     )
+    encoder: str = Field(
+        "resnet18", description="Segmentation models (lstm_unet, unet_early, siamese_unet, "
+        "unet_single): the timm/smp encoder, e.g. resnet18 or resnet50. Options left at "
+        "this section's defaults take the model's own (dropout 0; input adaptation band_aware "
+        "with a pretrained_path and R, G, B bands, else cycle)."
+    )
+    lstm_hidden_dim: int = Field(
+        256, ge=1, description="lstm_unet: hidden channels of the ConvLSTM at the bottleneck."
+    )
+    lstm_layers: int = Field(2, ge=1, description="lstm_unet: stacked ConvLSTM layers.")
+    lstm_kernel_size: int = Field(3, ge=1, description="lstm_unet: ConvLSTM kernel size.")
+    skip_fusion: Literal["absdiff", "concat"] = Field(
+        "absdiff", description="siamese_unet: skip features |last - first| or [first, last, "
+        "last - first] (keeps the direction of change)."
+    )
+    decoder_channels: list[int] | None = Field(
+        None, description="Segmentation models: U-Net decoder channels per stage, deepest "
+        "first; default the model's own."
+    )
 
 
 #: Losses for multi-label targets (label sets); ``auto`` picks ``bce`` for them.
@@ -116,7 +135,15 @@ class BaselineConfig(_Model):
 
     features: Literal["stats", "pixels"] = Field(
         "stats", description="stats: NaN-aware mean/std/min/max per band; pixels: flattened "
-        "patch (NaN -> band mean of the train split)."
+        "patch (NaN -> band mean of the train split). Segmentation sets (masks) are "
+        "classified pixel by pixel on the pixel's values in every band and date (NaN -> band "
+        "mean); stats adds, per band over the dates, the NaN-aware mean/std/min/max and last "
+        "minus first date; pixels keeps the series alone."
+    )
+    max_pixels: int = Field(
+        200_000, ge=1, description="Segmentation sets: the most labelled train-split pixels "
+        "the classifier is fitted on, drawn uniformly (keeping the class shares) with the "
+        "study seed; all of them when there are fewer."
     )
     n_estimators: int = Field(200, ge=1, description="random_forest: number of trees.")
     max_depth: int | None = Field(None, ge=1, description="random_forest: tree depth limit.")
@@ -135,11 +162,12 @@ class TrainConfig(_Model):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     early_stopping_patience: int = Field(10, ge=1)
-    monitor: Literal["val_loss", "val_f1_macro", "val_accuracy"] = Field(
+    monitor: Literal["val_loss", "val_f1_macro", "val_accuracy", "val_iou"] = Field(
         "val_loss", description="The validation metric that picks the best checkpoint and "
         "drives early stopping and the plateau schedule (loss minimised, the others "
         "maximised). With class-balanced losses val_loss and macro F1 can disagree: "
-        "val_f1_macro selects on the metric the study compares."
+        "val_f1_macro selects on the metric the study compares. val_iou: segmentation "
+        "(masks) only, the change class's IoU of a binary mask, else mean IoU."
     )
     plateau_patience: int = Field(4, ge=1)
     plateau_factor: float = Field(0.5, gt=0, lt=1)
@@ -178,6 +206,17 @@ class TrainConfig(_Model):
         0.0, ge=0, description="Mixup on the training batches: each batch is blended with a "
         "shuffled copy of itself, weight ~ Beta(mixup, mixup), and the loss is blended alike "
         "(Zhang et al. 2018; e.g. 0.2); 0 = off."
+    )
+    cutmix: float = Field(
+        0.0, ge=0, description="CutMix on the training batches: a random box of each patch "
+        "is replaced by the same box of a shuffled patch (every modality alike), box area "
+        "~ 1 - Beta(cutmix, cutmix), and the loss is blended by area (Yun et al. 2019; e.g. "
+        "1.0); with mixup also on, each batch uses one of the two at random; 0 = off."
+    )
+    crop: float = Field(
+        1.0, gt=0, le=1, description="Random resized crop of the training patches: a window "
+        "of this share of the area up to the whole patch, aspect 3/4-4/3, resized back to the "
+        "patch size, at the same place in every modality (e.g. 0.5); 1 = off."
     )
     normalization: Literal["train", "test_area", "per_patch"] = Field(
         "train", description="Band standardisation (networks): train = the training split's "

@@ -41,7 +41,7 @@ from geofuse._preflight_models import (
     train_problems,
 )
 from geofuse.config import StudyConfig
-from geofuse.config_dataset import MULTILABEL_DATASETS
+from geofuse.config_dataset import MULTILABEL_DATASETS, TEMPORAL_DATASETS
 from geofuse.data.patchset import PatchSet
 from geofuse.errors import ConfigError
 
@@ -211,9 +211,10 @@ def _inputs(cfg: StudyConfig) -> Inputs:
             pass  # an unreadable manifest: prepare rewrites it, extract reports it
     mods = {m.name: list(m.bands) for m in cfg.modalities}
     multilabel = cfg.dataset is not None and cfg.dataset.name in MULTILABEL_DATASETS
+    dense = cfg.dataset is not None and cfg.dataset.name in TEMPORAL_DATASETS
     return Inputs(list(cfg.all_band_names), {**mods, **dict(cfg.derived_modalities())},
-                  f"dataset {cfg.dataset.name!r}" if multilabel and cfg.dataset else
-                  "the config's modalities", multilabel=multilabel)
+                  f"dataset {cfg.dataset.name!r}" if (multilabel or dense) and cfg.dataset else
+                  "the config's modalities", multilabel=multilabel, segmentation=dense)
 
 
 def _patchset(cfg: StudyConfig, command: str) -> tuple[PatchMeta | None, list[Problem]]:

@@ -32,8 +32,8 @@ from geofuse.io_utils import atomic_write_text
 
 HISTORY_COLUMNS = (
     "epoch", "train_loss", "train_accuracy", "train_f1_macro", "val_loss", "val_accuracy",
-    "val_f1_macro", "lr",
-)
+    "val_f1_macro", "train_iou", "val_iou", "lr",
+)  # the IoU columns are filled by segmentation runs only
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from geofuse.data.transforms import (
     PerPatchStandardize,
     RandomBandJitter,
     RandomFlipRotate,
+    RandomResizedCrop,
     Sample,
     Transform,
 )
@@ -159,6 +160,8 @@ class PatchDataset(Dataset[Sample]):
         }
         if self.tabular is not None:
             sample["tab"] = torch.from_numpy(self.tabular[row].copy())
+        if self.patches.masks is not None:  # int64 class per pixel, 255 = unlabelled
+            sample["mask"] = torch.from_numpy(self.patches.masks[row].astype(np.int64))
         return self.transform(sample) if self.transform else sample
 
 
@@ -180,6 +183,8 @@ class PatchDataModule(L.LightningDataModule):
             area's own (``train.normalization: test_area``).
         per_patch: standardise every patch by its own band mean/std after the statistics
             (``train.normalization: per_patch``), in every split.
+        crop: smallest area share of the random resized crop of the training patches
+            (1 = none; :class:`~geofuse.data.transforms.RandomResizedCrop`).
     """
 
     def __init__(
@@ -194,8 +199,10 @@ class PatchDataModule(L.LightningDataModule):
         jitter: float = 0.0,
         split_stats: dict[str, BandStats] | None = None,
         per_patch: bool = False,
+        crop: float = 1.0,
     ) -> None:
         super().__init__()
+        self.crop = crop
         self.per_patch = per_patch
         self.jitter = jitter
         self.split_stats = dict(split_stats or {})
@@ -205,7 +212,7 @@ class PatchDataModule(L.LightningDataModule):
         self.augment = augment
         self.seed = seed
         self.stats = stats or compute_band_stats(
-            patches.x[patches.split_indices("train")], patches.band_names
+            patches.x[patches.split_indices("train")], patches.band_names, patches.time_steps
         )
         if list(self.stats.bands) != list(patches.band_names):
             raise ValueError(f"statistics for {self.stats.bands}, data has {patches.band_names}")
@@ -217,6 +224,8 @@ class PatchDataModule(L.LightningDataModule):
         steps: list[Transform] = [Normalize(self.split_stats.get(split, self.stats))]
         if self.per_patch:
             steps.append(PerPatchStandardize())
+        if split == "train" and self.crop < 1:
+            steps.append(RandomResizedCrop(self.crop))
         if split == "train" and self.augment:
             steps.append(RandomFlipRotate())
         if split == "train" and self.jitter > 0:

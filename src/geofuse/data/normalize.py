@@ -85,12 +85,23 @@ class BandStats(_MeanStd):
     _UNIT: ClassVar[str] = "channel"
 
 
-def compute_band_stats(x: np.ndarray, bands: list[str]) -> BandStats:
+def compute_band_stats(x: np.ndarray, bands: list[str], time_steps: int = 1) -> BandStats:
     """NaN-aware per-band mean/std of ``x`` (N, C, P, P); pass training patches only.
+
+    With ``time_steps`` T > 1 the channels are a time series stacked time-major (T x C'):
+    each band's statistics are pooled over all its dates and repeated for every date, so a
+    band keeps one scale through time and a change between dates survives standardisation.
 
     Raises:
         BandError: a band has no valid pixel in ``x``.
     """
+    if time_steps > 1:
+        per_step = len(bands) // time_steps
+        steps = np.asarray(x).reshape(len(x), time_steps, per_step, *np.shape(x)[2:])
+        pooled = compute_band_stats(steps.reshape(-1, per_step, *np.shape(x)[2:]),
+                                    list(bands[:per_step]))
+        return BandStats(bands=list(bands), mean=np.tile(pooled.mean, time_steps),
+                         std=np.tile(pooled.std, time_steps))
     flat = np.moveaxis(np.asarray(x, dtype=np.float64), 1, 0).reshape(len(bands), -1)
     valid = np.isfinite(flat).sum(axis=1)
     empty = [b for b, n in zip(bands, valid, strict=True) if n == 0]

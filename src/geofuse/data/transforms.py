@@ -46,6 +46,64 @@ class RandomFlipRotate:
         return flip_rotate(sample, k, flip)
 
 
+class RandomResizedCrop:
+    """Crop a random window of every raster and resize it back to the patch size.
+
+    The window covers a share of the patch area drawn from ``[min_scale, 1]`` with an aspect
+    ratio in ``[3/4, 4/3]`` (Szegedy et al. 2015), at the same place in every raster of the
+    sample, so modalities and a ``mask`` stay aligned. Images are resized bilinearly, integer
+    rasters (masks) by nearest neighbour. A model sees each place at other scales and
+    positions, which small training sets lack.
+    """
+
+    def __init__(self, min_scale: float) -> None:
+        if not 0 < min_scale <= 1:
+            raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
+        self.min_scale = min_scale
+
+    def window(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """A random (row, col, rows, cols) window of a height x width patch."""
+        area = height * width * float(torch.empty(1).uniform_(self.min_scale, 1.0))
+        log_ratio = float(torch.empty(1).uniform_(np.log(3 / 4), np.log(4 / 3)))
+        ratio = float(np.exp(log_ratio))
+        rows = round(float(np.sqrt(area / ratio)))
+        cols = round(float(np.sqrt(area * ratio)))
+        rows, cols = min(max(rows, 1), height), min(max(cols, 1), width)
+        row = int(torch.randint(0, height - rows + 1, (1,)))
+        col = int(torch.randint(0, width - cols + 1, (1,)))
+        return row, col, rows, cols
+
+    def __call__(self, sample: Sample) -> Sample:
+        rasters = [v for v in sample.values() if _is_raster(v)]
+        if not rasters:
+            return sample
+        height, width = rasters[0].shape[-2:]
+        row, col, rows, cols = self.window(height, width)
+        out = dict(sample)
+        for key, value in sample.items():
+            if _is_raster(value):
+                out[key] = resize_window(value, (row, col, rows, cols), (height, width))
+        return out
+
+
+def resize_window(
+    value: torch.Tensor, window: tuple[int, int, int, int], size: tuple[int, int]
+) -> torch.Tensor:
+    """The (row, col, rows, cols) window of a raster (..., H, W) resized to ``size``:
+    bilinear for floating point, nearest neighbour for integer rasters such as masks."""
+    row, col, rows, cols = window
+    crop = value[..., row:row + rows, col:col + cols]
+    lead = crop.shape[:-2]
+    flat = crop.reshape(1, -1, rows, cols)
+    if value.is_floating_point():
+        resized = torch.nn.functional.interpolate(flat, size=size, mode="bilinear",
+                                                  align_corners=False)
+    else:
+        resized = torch.nn.functional.interpolate(flat.float(), size=size,
+                                                  mode="nearest").to(value.dtype)
+    return resized.reshape(*lead, *size)
+
+
 class RandomBandJitter:
     """Per-band radiometric jitter of a standardised ``image``: ``x * gain + offset`` with
     ``gain ~ N(1, std)`` and ``offset ~ N(0, std)`` drawn per band and sample.

@@ -21,7 +21,7 @@ from geofuse.evaluation.tta import probabilities, tta_probabilities
 from geofuse.io_utils import atomic_write_json
 from geofuse.models.forest import evaluate_baseline, is_baseline
 from geofuse.rundir import RunDir, read_history
-from geofuse.training.guards import print_verdict, run_guards
+from geofuse.training.guards import GuardVerdict, print_verdict, run_guards
 from geofuse.training.task import ClassificationTask
 
 EVAL_SPLITS = ("val", "test")
@@ -85,7 +85,8 @@ def split_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]
 
 def _load_run_patches(run: RunDir, info: dict[str, Any]) -> PatchSet:
     patches = PatchSet.load(info["patches_path"]).select_bands(info["bands"])
-    if list(patches.class_names) != list(info["class_names"]):
+    if list(patches.class_names) != list(info["class_names"]) or \
+            list(patches.mask_names) != list(info.get("mask_names", [])):
         raise RunDirError(
             f"PatchSet {info['patches_path']!r} now has classes {patches.class_names}, the run "
             f"in {str(run.path)!r} was trained on {info['class_names']}; re-run 'geofuse train'"
@@ -124,7 +125,8 @@ def _test_area_stats(run: RunDir, patches: PatchSet, mode: str) -> dict[str, Ban
     test = patches.split_indices("test")
     if mode != "test_area" or not len(test):
         return {}
-    stats = compute_band_stats(patches.x[test], list(patches.band_names))
+    stats = compute_band_stats(patches.x[test], list(patches.band_names),
+                               patches.time_steps)
     stats.save(run.path / TEST_NORMALIZATION)
     return {"test": stats}
 
@@ -158,6 +160,13 @@ def evaluate_run(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
                            split_stats=_test_area_stats(run, patches, cfg.train.normalization),
                            per_patch=cfg.train.normalization == "per_patch")
     results: dict[str, Any] = {}
+    if task.segmentation:
+        from geofuse.evaluation.seg_evaluate import evaluate_masks
+
+        results, verdict = evaluate_masks(
+            run.path, patches, task, data, cfg.train.tta, cfg.guards, read_history(run.history),
+            info.get("collapse_stop", {}).get("reason"))
+        return _write_metrics(run, epoch, results, verdict, verbose)
     for split in EVAL_SPLITS:
         if len(patches.split_indices(split)):
             y_true, probs = predict_probabilities(task, data.loader(split), tta=cfg.train.tta)
@@ -169,6 +178,12 @@ def evaluate_run(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
     verdict = run_guards(results, read_history(run.history), cfg.guards,
                          frozen=info.get("frozen_fraction"),
                          stop_reason=info.get("collapse_stop", {}).get("reason"))
+    return _write_metrics(run, epoch, results, verdict, verbose)
+
+
+def _write_metrics(run: RunDir, epoch: int, results: dict[str, Any], verdict: GuardVerdict,
+                   verbose: bool) -> dict[str, Any]:
+    """Write metrics.json atomically; print the guard's verdict (always when collapsed)."""
     metrics = {
         "run_name": run.name,
         "checkpoint": str(run.best_ckpt.relative_to(run.path)),

@@ -70,8 +70,8 @@ def make_predict_fn(
 def cell_importance(run_dir: Path, n_repeats: int, seed: int) -> dict[str, Any] | None:
     """Per-modality and per-band permutation importance on the run's val split, or None.
 
-    None (with a warning) when :mod:`geofuse.evaluation.importance` is missing or the run has
-    no network checkpoint (scikit-learn baselines).
+    None (with a warning) when :mod:`geofuse.evaluation.importance` is missing, the run has
+    no network checkpoint (scikit-learn baselines) or is a segmentation run (masks).
     """
     permutation_importance = _importance_fn()
     if permutation_importance is None:
@@ -84,6 +84,10 @@ def cell_importance(run_dir: Path, n_repeats: int, seed: int) -> dict[str, Any] 
                       "importance skipped", stacklevel=2)
         return None
     info = run.read_json(run.run_json)
+    if info.get("task") == "segmentation":
+        warnings.warn(f"{run.name}: permutation importance is not computed for segmentation "
+                      "runs (per-pixel masks); skipped", stacklevel=2)
+        return None
     patches = PatchSet.load(info["patches_path"]).select_bands(info["bands"])
     val = patches.split_indices("val")
     tab = normalized_tabular(patches, load_tabular_stats(run, patches))  # the run's own stats

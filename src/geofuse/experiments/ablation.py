@@ -164,10 +164,14 @@ def _run_study_locked(
         counter["n"] += 1
         if progress:
             val = result.get("val") or {}
+            nan = float("nan")
+            scores = (f"val IoU {val.get('iou', nan):.3f}, F1 {val.get('f1', nan):.3f}"
+                      if val.get("segmentation") else
+                      f"val macro F1 {val.get('f1_macro', nan):.3f}, "
+                      f"accuracy {val.get('accuracy', nan):.3f}")
             console.print(
                 f"[{counter['n']}/{len(cells)}] {result['config_id']} seed {result['seed']} "
-                f"fold {result['fold']}: val macro F1 {val.get('f1_macro', float('nan')):.3f}, "
-                f"accuracy {val.get('accuracy', float('nan')):.3f} ({result['duration_s']:.1f} s)",
+                f"fold {result['fold']}: {scores} ({result['duration_s']:.1f} s)",
                 highlight=False, soft_wrap=True,
             )
 
@@ -197,7 +201,8 @@ def _write_study_json(
         "schema_version": SCHEMA_VERSION, "kind": kind, "name": study_dir.name,
         "created_at": created, "updated_at": now, "geofuse_version": geofuse.__version__,
         "config_file": str(cfg.source) if cfg.source is not None else None,
-        "primary_metric": "f1_macro", "baseline_config_id": None, **(extra or {}),
+        "primary_metric": "iou" if patches.segmentation else "f1_macro",
+        "baseline_config_id": None, **(extra or {}),
         "grid": {
             "config_ids": config_ids,
             "seeds": sorted({c["seed"] for c in cells}),
@@ -208,6 +213,7 @@ def _write_study_json(
                   "fingerprint": fingerprint,
                   "summary": summary},
         "class_names": list(patches.class_names),
+        "mask_names": list(patches.mask_names),
         "data": study_data(patches, folds, summary),
         "config": cfg.model_dump(mode="json"),
     })
@@ -332,15 +338,18 @@ def finish_study(study_dir: Path, progress: bool = True) -> Path | None:
 
 
 def print_results(study_dir: Path, console_out: Console | None = None) -> None:
-    """Mean ± std of val macro F1 and accuracy per config over seeds and folds."""
+    """Mean ± std of val macro F1 and accuracy (segmentation: IoU and F1 of the change
+    class) per config over seeds and folds."""
     frame = results_frame(study_dir)
     if frame.empty:
         return
-    table = Table("config", "cells", "val macro F1", "val accuracy", "train-val gap")
+    seg = "val_iou" in frame
+    first, second = ("val_iou", "val_f1") if seg else ("val_f1_macro", "val_accuracy")
+    table = Table("config", "cells", "val IoU" if seg else "val macro F1",
+                  "val F1" if seg else "val accuracy", "train-val gap")
     for config_id, rows in frame.groupby("config_id", sort=False):
         def ms(col: str, rows: Any = rows) -> str:
             v = rows[col].astype(float)
             return f"{v.mean():.3f} ± {v.std(ddof=0):.3f}" if v.notna().any() else "-"
-        table.add_row(str(config_id), str(len(rows)), ms("val_f1_macro"), ms("val_accuracy"),
-                      ms("gap_accuracy"))
+        table.add_row(str(config_id), str(len(rows)), ms(first), ms(second), ms("gap_accuracy"))
     (console_out or Console()).print(table)

@@ -73,7 +73,7 @@ from geofuse.training.train import train_model
 
 SCHEMA_VERSION = 1
 HISTORY_KEYS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "train_f1_macro",
-                "val_f1_macro")
+                "val_f1_macro", "train_iou", "val_iou")
 
 
 @dataclass(frozen=True)
@@ -259,6 +259,9 @@ def _flatten(cell: dict[str, Any]) -> dict[str, Any]:
             continue
         for key in ("accuracy", "f1_macro", "precision_macro", "recall_macro"):
             row[f"{split}_{key}"] = m.get(key)
+        if m.get("segmentation"):  # the change class of a binary mask, else averages
+            for key in ("iou", "f1", "precision", "recall", "mean_iou"):
+                row[f"{split}_{key}"] = m.get(key)
         for name, pc in (m.get("per_class") or {}).items():
             row[f"{split}_f1_{name}"] = pc.get("f1")
     of = cell.get("overfitting") or {}

@@ -1,9 +1,9 @@
 """``geofuse search``: pilot-fold hyperparameter search, then full CV of winner and baseline.
 
 Trials (grid or random combinations of ``search.space``) are trained on one fold
-(``search.fold``) and ranked by validation macro F1. Then the winner and the baseline config
-(the study config as written) are cross-validated over every fold and seed with the ablation
-runner, so that paired statistics can compare them. Layout::
+(``search.fold``) and ranked by validation macro F1 (IoU in segmentation studies). Then the
+winner and the baseline config (the study config as written) are cross-validated over every
+fold and seed with the ablation runner, so that paired statistics can compare them. Layout::
 
     <workdir>/<ablation.output>/<name>-search/
       search.json         space, method, fold, trials ranked (params, val metrics), best, baseline
@@ -82,28 +82,29 @@ def _cells(
 
 
 def rank_trials(
-    trials: list[dict[str, Any]], results: list[dict[str, Any]]
+    trials: list[dict[str, Any]], results: list[dict[str, Any]], metric: str = "f1_macro"
 ) -> list[dict[str, Any]]:
-    """Trials with their pilot metrics, best val macro F1 first (ties: earlier trial)."""
+    """Trials with their pilot metrics, best validation ``metric`` first (macro F1; IoU in
+    segmentation studies; ties: earlier trial)."""
     by_id = {r["config_id"]: r for r in results}
+    key = f"val_{metric}"
     rows = []
     for i, params in enumerate(trials):
         res = by_id.get(f"trial-{i:02d}") or {}
         val = res.get("val") or {}
-        rows.append({"trial": f"trial-{i:02d}", "params": params,
-                     "val_f1_macro": val.get("f1_macro"), "val_accuracy": val.get("accuracy"),
+        rows.append({"trial": f"trial-{i:02d}", "params": params, key: val.get(metric),
+                     "val_accuracy": val.get("accuracy"),
                      "collapsed": (res.get("guard") or {}).get("collapsed"),
                      "duration_s": res.get("duration_s")})
-    rows.sort(key=lambda r: -(r["val_f1_macro"] if r["val_f1_macro"] is not None else -1.0))
+    rows.sort(key=lambda r: -(r[key] if r[key] is not None else -1.0))
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
     return rows
 
 
 def _write_table(out_dir: Path, ranked: list[dict[str, Any]], progress: bool) -> None:
-    frame = pd.DataFrame([{"rank": r["rank"], "trial": r["trial"],
-                           **r["params"],
-                           "val_f1_macro": r["val_f1_macro"], "val_accuracy": r["val_accuracy"],
+    frame = pd.DataFrame([{"rank": r["rank"], "trial": r["trial"], **r["params"],
+                           **{k: v for k, v in r.items() if k.startswith("val_")},
                            "collapsed": r["collapsed"]} for r in ranked])
     atomic_write_text(out_dir / "trials.csv", frame.to_csv(index=False))
     if progress:
@@ -145,12 +146,13 @@ def run_search(
     results = run_study(cfg, out_dir / "pilot", pilot, patches, folds, kind="search-pilot",
                         epochs=s.epochs or cfg.ablation.epochs, workers=workers,
                         ray_address=ray_address, progress=progress, source=source)
-    ranked = rank_trials(trials, results)
+    metric = "iou" if patches.segmentation else "f1_macro"
+    ranked = rank_trials(trials, results, metric)
     data = cfg.model_dump(mode="json")
     baseline = {k: get_dotted(data, k) for k in s.space}
     best = ranked[0]["params"]
     record: dict[str, Any] = {
-        "space": s.space, "method": s.method, "fold": s.fold, "metric": "val_f1_macro",
+        "space": s.space, "method": s.method, "fold": s.fold, "metric": f"val_{metric}",
         "epochs": s.epochs or cfg.ablation.epochs or cfg.train.epochs,
         "trials": ranked, "best": {"trial": ranked[0]["trial"], "params": best},
         "baseline": {"params": baseline}, "winner_is_baseline": best == baseline,

@@ -1,5 +1,8 @@
 """scikit-learn baselines (random forest, logistic regression) on per-patch features.
 
+Segmentation PatchSets (per-pixel masks) are classified pixel by pixel instead, by
+:mod:`geofuse.models.pixel_forest`; the two functions below dispatch there.
+
 ``train.model.name: random_forest | logistic_regression`` routes :func:`geofuse.training.train.
 train_model` here. The baseline is fitted on the train split and leaves the same run directory
 as a network (config.yaml, run.json, normalization.json, a one-row history.csv, metrics.json
@@ -138,6 +141,8 @@ def fit_baseline(
 ) -> Path:
     """Fit ``cfg.train.model.name`` on the train split; write the model, history and run.json.
 
+    A segmentation PatchSet (masks) is fitted per pixel (:mod:`geofuse.models.pixel_forest`).
+
     Args:
         cfg: the study config.
         run: the run directory (config.yaml, normalization.json and run.json already written).
@@ -148,6 +153,10 @@ def fit_baseline(
     Returns:
         Path of the saved model.
     """
+    from geofuse.models import pixel_forest
+
+    if patches.segmentation:  # one sample per pixel: geofuse.models.pixel_forest
+        return pixel_forest.fit_pixel_baseline(cfg, run, patches, stats, info)
     name, base = cfg.train.model.name, cfg.train.baseline
     means = np.asarray(stats.mean)
     started = time.perf_counter()
@@ -158,7 +167,8 @@ def fit_baseline(
     with atomic_path(path, suffix=".joblib") as tmp:
         joblib.dump(model, tmp)
     write_history(run.history, [_history_row(model, patches, base.features, means)])
-    info["model"] = {"name": name, "kwargs": base.model_dump(mode="json")}
+    info["model"] = {"name": name, "kwargs": base.model_dump(
+        mode="json", exclude=set(pixel_forest.PIXEL_OPTIONS))}
     info["sessions"][-1].update(train_s=round(seconds, 3), epochs_at_end=1)
     info.update(status="finished", epochs_trained=1, max_epochs=1, stopped_early=False,
                 train_s_total=round(seconds, 3), model_file=MODEL_FILE,
@@ -169,7 +179,8 @@ def fit_baseline(
 
 def evaluate_baseline(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
     """Metrics of a baseline run on val and test; writes metrics.json like a network run, and
-    with a test split ``test_predictions.npz`` (:mod:`geofuse.evaluation.predictions`).
+    with a test split ``test_predictions.npz`` (:mod:`geofuse.evaluation.predictions`); a
+    segmentation run is evaluated per pixel (:mod:`geofuse.models.pixel_forest`).
 
     Raises:
         RunDirError: run.json, config.yaml, normalization.json or the model file is missing.
@@ -178,6 +189,10 @@ def evaluate_baseline(run_dir: str | Path, verbose: bool = True) -> dict[str, An
     model_path = run.path / MODEL_FILE
     run.require(run.run_json, run.config, run.normalization, model_path)
     info = run.read_json(run.run_json)
+    if info.get("task") == "segmentation":  # masks: geofuse.models.pixel_forest
+        from geofuse.models import pixel_forest
+
+        return pixel_forest.evaluate_pixel_baseline(run.path, verbose=verbose)
     cfg = load_config(run.config)
     patches = PatchSet.load(info["patches_path"]).select_bands(info["bands"])
     means = np.asarray(BandStats.load(run.normalization).mean)

@@ -2,10 +2,13 @@
 
 Every constructor takes ``in_channels``, ``num_classes`` and ``patch_size`` plus its own keyword
 arguments and returns an ``nn.Module`` mapping (B, C, P, P) to logits (B, num_classes). A
-constructor that also takes ``band_names`` gets the input band names. New models (fusion
-models) slot in by adding one entry to :data:`MODELS`; :func:`describe_models` lists every
-model's options with their defaults, and the scikit-learn baselines of
-:mod:`geofuse.models.forest` (:data:`BASELINE_OPTIONS`).
+constructor that also takes ``band_names`` gets the input band names, one that takes
+``time_steps`` the number of dates T stacked time-major in the channels (C = T x bands).
+Segmentation models (:data:`SEGMENTATION_MODELS`) map (B, T*C, H, W) to logits at full
+resolution: (B, 1, H, W), one binary logit, for 2 classes, else (B, num_classes, H, W).
+New models (fusion models) slot in by adding one entry to :data:`MODELS`;
+:func:`describe_models` lists every model's options with their defaults, and the
+scikit-learn baselines of :mod:`geofuse.models.forest` (:data:`BASELINE_OPTIONS`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from torch import nn
 from geofuse.errors import ConfigError
 from geofuse.models.backbones import backbone_builders
 from geofuse.models.fusion import DecisionFusion, LateFusion
+from geofuse.models.lstm_unet import LSTMUNet
 from geofuse.models.progressive import ProgressiveFusion
+from geofuse.models.seg_baselines import EarlyFusionUNet, SiameseUNet, SingleDateUNet
 from geofuse.models.simple_cnn import SimpleCNN
 from geofuse.models.tabular import TabularFusion
 
@@ -35,10 +40,19 @@ MODELS: dict[str, ModelBuilder] = {
     "decision_fusion": DecisionFusion,
     "progressive_fusion": ProgressiveFusion,
     "tabular_fusion": TabularFusion,
+    # dense (per-pixel) models for time series (models/lstm_unet.py, models/seg_baselines.py)
+    "lstm_unet": LSTMUNet,
+    "unet_early": EarlyFusionUNet,
+    "siamese_unet": SiameseUNet,
+    "unet_single": SingleDateUNet,
 }
 
+#: Models whose output is a logit map (B, 1 or K, H, W) rather than (B, K) patch logits.
+SEGMENTATION_MODELS: tuple[str, ...] = ("lstm_unet", "unet_early", "siamese_unet", "unet_single")
+
 _REQUIRED = ("in_channels", "num_classes", "patch_size")
-_SUPPLIED = (*_REQUIRED, "band_names", "multilabel")  # given by geofuse, not config options
+# given by geofuse, not config options
+_SUPPLIED = (*_REQUIRED, "band_names", "multilabel", "time_steps")
 
 
 def list_models() -> list[str]:
@@ -68,6 +82,21 @@ def model_options(name: str) -> dict[str, Any]:
 def takes_band_names(name: str) -> bool:
     """Whether model ``name`` wants the input band names (e.g. for band-aware adaptation)."""
     return "band_names" in inspect.signature(_builder(name)).parameters
+
+
+def takes_time_steps(name: str) -> bool:
+    """Whether model ``name`` wants the number of dates stacked in the channels."""
+    return "time_steps" in inspect.signature(_builder(name)).parameters
+
+
+def is_segmentation_model(name: str) -> bool:
+    """Whether model ``name`` predicts a mask (B, 1 or K, H, W) instead of patch logits.
+
+    Raises:
+        ConfigError: unknown name.
+    """
+    _builder(name)
+    return name in SEGMENTATION_MODELS
 
 
 def takes_multilabel(name: str) -> bool:
@@ -110,7 +139,8 @@ def _builder(name: str) -> ModelBuilder:
 
 def create_model(
     name: str, in_channels: int, num_classes: int, patch_size: int,
-    band_names: Sequence[str] | None = None, multilabel: bool = False, **kwargs: Any,
+    band_names: Sequence[str] | None = None, multilabel: bool = False, time_steps: int = 1,
+    **kwargs: Any,
 ) -> nn.Module:
     """Build the registered model ``name``.
 
@@ -122,6 +152,8 @@ def create_model(
         band_names: input band names; passed on only to models that take them.
         multilabel: the targets are label sets; passed on only to models whose output
             depends on it (:func:`takes_multilabel`).
+        time_steps: dates T stacked time-major in the channels; passed on only to models
+            that take it (:func:`takes_time_steps`).
         **kwargs: model-specific options (e.g. ``hidden``, ``dropout``).
 
     Raises:
@@ -139,6 +171,8 @@ def create_model(
         kwargs["band_names"] = list(band_names)
     if multilabel and takes_multilabel(name):
         kwargs["multilabel"] = True
+    if takes_time_steps(name):
+        kwargs["time_steps"] = time_steps
     return builder(in_channels=in_channels, num_classes=num_classes, patch_size=patch_size,
                    **kwargs)
 

@@ -49,15 +49,34 @@ class Study:
         return ids + sorted({c["config_id"] for c in self.cells} - set(ids))
 
     @property
+    def segmentation(self) -> bool:
+        """Whether the cells hold segmentation metrics (``val`` with ``segmentation: True``)."""
+        return any(isinstance(c.get("val"), Mapping) and c["val"].get("segmentation")
+                   for c in self.cells)
+
+    @property
+    def primary_metric(self) -> str:
+        """The metric the statistics compare unless told otherwise: IoU of segmentation
+        studies, macro F1 otherwise."""
+        return "iou" if self.segmentation else "f1_macro"
+
+    @property
     def multilabel(self) -> bool:
         """Whether the cells hold multi-label metrics (``val`` with ``multilabel: True``)."""
         return any(isinstance(c.get("val"), Mapping) and c["val"].get("multilabel")
                    for c in self.cells)
 
     @property
+    def strata_names(self) -> list[str]:
+        """The patches' classes (``y``): the strata of a segmentation study's tiles (e.g. its
+        change levels), the classes otherwise."""
+        return list(self.data.get("class_names") or self.class_names)
+
+    @property
     def class_names(self) -> list[str]:
-        """Class names from study.json, else from the first cell's per-class metrics."""
-        names = self.data.get("class_names")
+        """Class names from study.json (of a segmentation study: the mask's classes), else
+        from the first cell's per-class metrics."""
+        names = self.data.get("mask_names") or self.data.get("class_names")
         if names:
             return list(names)
         return list(self.cells[0]["val"].get("per_class", {})) if self.cells else []
@@ -76,10 +95,15 @@ def _read_cell(path: Path) -> dict[str, Any]:
         raise ValueError("no validation metrics ('val')")
     over = raw.get("overfitting") or {}
     best, final = over.get("best") or {}, over.get("final") or {}
+    # the selection score: IoU of a segmentation cell (and its train - val IoU gap, the
+    # land-take experiment's overfitting analysis), else macro F1 and the accuracy gap
+    seg = raw["val"].get("segmentation") and best.get("val_iou") is not None
+    score = "val_iou" if seg else "val_f1_macro"
+    gap = (best["train_iou"] - best["val_iou"] if seg and best.get("train_iou") is not None
+           else best.get("gap_accuracy"))
     runner = {"best_epoch": over.get("best_epoch"), "final_epoch": over.get("final_epoch"),
-              "best_val_f1_macro": best.get("val_f1_macro"),
-              "final_val_f1_macro": final.get("val_f1_macro"),
-              "train_val_gap": best.get("gap_accuracy")}
+              "best_val_f1_macro": best.get(score), "final_val_f1_macro": final.get(score),
+              "train_val_gap": gap}
     return {**CELL_DEFAULTS, **{k: v for k, v in runner.items() if v is not None},
             **{k: v for k, v in raw.items() if v is not None}}
 
@@ -95,6 +119,7 @@ def _normalise_meta(meta: dict[str, Any]) -> dict[str, Any]:
     grid.setdefault("group_by", folds.get("group_by", "?"))
     data = dict(meta.get("data") or {})
     data.setdefault("class_names", meta.get("class_names"))
+    data.setdefault("mask_names", meta.get("mask_names"))
     return {"name": meta.get("name"), "config": meta.get("config") or {}, "grid": grid,
             "baseline": meta.get("baseline", meta.get("baseline_config_id")), "data": data,
             "kind": meta.get("kind"), "config_file": meta.get("config_file")}

@@ -8,6 +8,14 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from geofuse.io_utils import atomic_path, atomic_write_text
+from geofuse.reporting._seg_report import (
+    is_segmentation,
+    load_split_masks,
+    per_class_rows,
+    plot_mask_examples,
+    seg_metrics_lines,
+    seg_metrics_note,
+)
 from geofuse.reporting.plots import plot_confusion_matrix, plot_training_curves
 from geofuse.rundir import RunDir, read_history
 
@@ -29,13 +37,33 @@ def _write_plots(run: RunDir, metrics: dict[str, Any], info: dict[str, Any]) -> 
     if history:
         plots["training_curves"] = save_figure(
             plot_training_curves(history), run.plots / "training_curves.png")
+    classes = info.get("mask_names") or info["class_names"]
     for split in EVAL_SPLITS:
         if split in metrics and metrics[split].get("confusion_matrix") is not None:
-            fig = plot_confusion_matrix(metrics[split]["confusion_matrix"], info["class_names"],
+            fig = plot_confusion_matrix(metrics[split]["confusion_matrix"], classes,
                                         title=f"Confusion matrix ({split})")
             plots[f"confusion_{split}"] = save_figure(
                 fig, run.plots / f"confusion_matrix_{split}.png")
+    if is_segmentation(metrics):
+        plots.update(_mask_plots(run, info))
     return {key: path.relative_to(run.path).as_posix() for key, path in plots.items()}
+
+
+def _mask_plots(run: RunDir, info: dict[str, Any]) -> dict[str, Path]:
+    """Example tiles (first and last date, true and predicted mask) of each evaluated split."""
+    from geofuse.data.patchset import PatchSet
+
+    out: dict[str, Path] = {}
+    try:
+        patches = PatchSet.load(info["patches_path"]).select_bands(info["bands"])
+    except (OSError, ValueError):  # the PatchSet moved: the report goes on without figures
+        return out
+    for split in EVAL_SPLITS:
+        saved = load_split_masks(run.path, split)
+        if saved is not None and len(saved[0]):
+            fig = plot_mask_examples(patches, *saved)
+            out[f"masks_{split}"] = save_figure(fig, run.plots / f"masks_{split}.png")
+    return out
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -54,21 +82,37 @@ def _guard_section(guard: dict[str, Any]) -> list[str]:
         lines += [">", "> Check class balance and splits, the learning rate, input "
                   "normalisation and frozen layers.", ""]
         return lines
-    parts = [f"{split}: largest prediction share {d['max_prediction_share']:.0%}, accuracy "
+    unit = "pixel accuracy" if "iou" in next(iter(guard.get("details", {}).values()), {}) \
+        else "accuracy"
+    parts = [f"{split}: largest prediction share {d['max_prediction_share']:.0%}, {unit} "
              f"{d['accuracy']:.3f} vs majority-class rate {d['majority_rate']:.3f}"
              for split, d in guard.get("details", {}).items()]
     return [f"**Collapse guard: passed** ({'; '.join(parts)}).", ""]
 
 
+def _model_options(model: dict[str, Any]) -> dict[str, Any]:
+    """The recorded ``train.model`` options that the network takes (all of them for a name
+    the registry no longer knows)."""
+    from geofuse.errors import ConfigError
+    from geofuse.models.registry import model_options
+
+    kwargs = dict(model.get("kwargs", {}))
+    try:
+        accepted = model_options(model["name"])
+    except ConfigError:  # a baseline (random_forest, ...) or a model from another version
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in accepted}
+
+
 def _summary_section(info: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
     model = info["model"]
-    kwargs = ", ".join(f"{k}={v}" for k, v in model.get("kwargs", {}).items())
+    kwargs = ", ".join(f"{k}={v}" for k, v in _model_options(model).items())
     rows = [
         ["model", f"`{model['name']}` ({kwargs}), {info.get('num_params', '?'):,} parameters"
          if isinstance(info.get("num_params"), int) else f"`{model['name']}` ({kwargs})"],
         ["inputs", f"{info['in_channels']} bands, {info['patch_size']}x{info['patch_size']} px"],
         ["modalities", ", ".join(f"{m} ({len(b)})" for m, b in info["modalities"].items())],
-        ["classes", ", ".join(info["class_names"])],
+        ["classes", ", ".join(info.get("mask_names") or info["class_names"])],
         ["seed", info["seed"]],
         ["epochs", f"{info.get('epochs_trained', '?')} of max {info.get('max_epochs', '?')}"
          + (" (early stopping)" if info.get("stopped_early") else "")],
@@ -108,6 +152,13 @@ def _per_class_rows(m: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
 
 
 def _metrics_section(metrics: dict[str, Any]) -> list[str]:
+    if is_segmentation(metrics):
+        lines = ["## Metrics (best checkpoint)", "", *seg_metrics_note(metrics),
+                 *_table(*seg_metrics_lines(metrics))]
+        for split in EVAL_SPLITS:
+            if (m := metrics.get(split)) is not None:
+                lines += [f"### Per class ({split})", "", *_table(*per_class_rows(m))]
+        return lines
     if any(metrics.get(split, {}).get("multilabel") for split in EVAL_SPLITS):
         header, rows = _multilabel_rows(metrics)
         note = [f"Multi-label: a class is predicted from probability "
@@ -139,14 +190,21 @@ def _data_section(info: dict[str, Any]) -> list[str]:
     splits = [s for s in SPLITS if sum(counts.get(s, {}).values())]
     rows = [[name, *[counts[s][name] for s in splits]] for name in info["class_names"]]
     rows.append(["**total**", *[sum(counts[s].values()) for s in splits]])
-    bands = ", ".join(f"`{b}`" for b in info["bands"])
-    return ["## Data", "", "Patches per class and split:", "",
+    shown = info.get("step_bands") or info["bands"]  # a time series: the bands of one date
+    bands = ", ".join(f"`{b}`" for b in shown) + (
+        f" at each of {info['time_steps']} dates" if info.get("step_bands") else "")
+    what = "Tiles per stratum" if info.get("task") == "segmentation" else "Patches per class"
+    steps = ([f"Time series: {info['time_steps']} dates ({', '.join(info['timestamps'])}), "
+              f"bands per date: {', '.join(info['step_bands'])}.", ""]
+             if info.get("time_steps") else [])
+    return ["## Data", "", *steps, f"{what} and split:", "",
             *_table(["class", *splits], rows), f"Bands used ({len(info['bands'])}): {bands}", ""]
 
 
 def _plots_section(plots: dict[str, str]) -> list[str]:
     titles = {"training_curves": "Training curves", "confusion_val": "Confusion matrix (val)",
-              "confusion_test": "Confusion matrix (test)"}
+              "confusion_test": "Confusion matrix (test)",
+              "masks_val": "Example tiles (val)", "masks_test": "Example tiles (test)"}
     lines = ["## Plots", ""]
     for key, rel in plots.items():
         lines += [f"### {titles.get(key, key)}", "", f"![{titles.get(key, key)}]({rel})", ""]

@@ -121,7 +121,8 @@ def compute_study_stats(
                                    if c[split].get("confusion_matrix")], axis=0).tolist()
                       for cid, cells in evaluated.items()
                       if any(c[split].get("confusion_matrix") for c in cells)},
-        "curves": {cid: st.mean_curve([c["history"] for c in cells], "val_f1_macro")
+        "curves": {cid: st.mean_curve([c["history"] for c in cells],
+                                      "val_iou" if study.segmentation else "val_f1_macro")
                    for cid, cells in by_config.items()},
         "importance": {cid: imp for cid, cells in by_config.items()
                        if (imp := aggregate_importance([c["importance"] for c in cells]))},
@@ -267,16 +268,18 @@ def _detail_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
     rows = [[cid, _f(o["best"]), _f(o["final"]), _f(o["drop"]), _f(o["worst_drop"]),
              _f(o["gap"]), _f(o["max_gap"]), _f(o["best_epoch"], 1), _f(o["final_epoch"], 1),
              o["flag"] or "-"] for cid, o in s["overfitting"].items()]
+    score, short = ("IoU", "IoU") if study.segmentation else ("macro F1", "F1")
+    gap = "IoU" if study.segmentation else ("subset " if s["multilabel"] else "") + "accuracy"
     blocks += [
         doc.Heading("Training curves and overfitting"),
         _figure(sp.plot_curves_by_config({k: v for k, v in s["curves"].items() if v[0]}),
-                study, "training_curves", "Mean validation macro F1 per epoch"),
-        doc.Para("Per configuration, means over cells: macro F1 at the best and at the final "
-                 "epoch, drop = final - best, and the train - validation "
-                 + ("subset " if s["multilabel"] else "") + "accuracy gap at the best epoch. "
-                 f"Flagged: drop below -{st.DROP_WARN} or gap above {st.GAP_WARN}."),
-        doc.Table(["configuration", "best F1", "final F1", "drop", "worst drop", "gap",
-                   "max gap", "best epoch", "final epoch", "flag"], rows)]
+                study, "training_curves", f"Mean validation {score} per epoch"),
+        doc.Para(f"Per configuration, means over cells: validation {score} at the best and at "
+                 f"the final epoch, drop = final - best, and the train - validation {gap} gap "
+                 f"at the best epoch. Flagged: drop below -{st.DROP_WARN} or gap above "
+                 f"{st.GAP_WARN}."),
+        doc.Table(["configuration", f"best {short}", f"final {short}", "drop", "worst drop",
+                   "gap", "max gap", "best epoch", "final epoch", "flag"], rows)]
     return blocks
 
 
@@ -304,7 +307,7 @@ def _data_blocks(study: Study) -> list[doc.Block]:
     counts = d.get("class_counts") or {}
     splits = d.get("split_counts") or {}
     rows = [[k, counts.get(k, "?"), *[splits[s].get(k, 0) for s in splits]]
-            for k in study.class_names]
+            for k in study.strata_names]
     bands = d.get("bands") or study.cells[0].get("bands") or []
     modalities = d.get("modalities") or {m.get("name"): m.get("bands") for m in
                                          study.config.get("modalities") or []}
@@ -315,7 +318,13 @@ def _data_blocks(study: Study) -> list[doc.Block]:
                       "patch with several labels counts once under each of them.")]
             if study.multilabel else [])
     header = "patches holding it" if study.multilabel else "patches"
-    return [doc.Heading("Data"), *note, doc.Table(["class", header, *splits], rows),
+    first = "class"
+    if study.segmentation:
+        first, header = "stratum", "tiles"
+        note = [doc.Para("Segmentation: folds are stratified by each tile's stratum (e.g. its "
+                         "change level); the metrics are per pixel of the mask classes "
+                         f"({', '.join(study.class_names)}).")]
+    return [doc.Heading("Data"), *note, doc.Table([first, header, *splits], rows),
             doc.BulletList([f"patches: {d.get('n_patches', '?')}",
                             f"bands ({len(bands)}): " + ", ".join(f"`{b}`" for b in bands),
                             "grid: " + (", ".join(f"{k} {v}" for k, v in grid.items()) or "n/a"),
@@ -323,7 +332,7 @@ def _data_blocks(study: Study) -> list[doc.Block]:
                             f"`{g.get('group_by', '?')}`, seeds: {g.get('seeds', '?')}, "
                             f"held-out test set: {d.get('test', g.get('test', '?'))}"]),
             *([doc.Para("Sensors:"), doc.BulletList(sensors)] if sensors else []),
-            *data_figure_blocks(study.path, d, study.class_names,
+            *data_figure_blocks(study.path, d, study.strata_names,
                                 lambda fig, name, title: _figure(fig, study, name, title),
                                 study.multilabel)]
 
@@ -339,14 +348,15 @@ def _reproduce_blocks(study: Study) -> list[doc.Block]:
 
 
 def write_study_report(
-    study_dir: str | Path, metric: str = "f1_macro", split: str = "val", alpha: float = 0.05,
+    study_dir: str | Path, metric: str | None = None, split: str = "val", alpha: float = 0.05,
     unit: st.Unit = "fold", baseline: str | None = None,
 ) -> Path:
     """Write ``stats.json``, ``report.md``, ``report.html`` and ``plots/*.png``.
 
     Args:
         study_dir: study directory (``study.json`` + ``cells/``).
-        metric: main metric of the cell metrics dicts.
+        metric: main metric of the cell metrics dicts; default the study's own (IoU of a
+            segmentation study, else macro F1).
         split: ``val`` (cross-validation folds) or ``test``.
         alpha: significance level after Holm correction.
         unit: ``fold`` (seeds averaged per fold) or ``cell``; see :mod:`geofuse.evaluation.stats`.
@@ -356,7 +366,7 @@ def write_study_report(
         Path of report.md (report.html lies beside it).
     """
     study = load_study(study_dir)
-    s = compute_study_stats(study, metric, split, alpha, unit, baseline)
+    s = compute_study_stats(study, metric or study.primary_metric, split, alpha, unit, baseline)
     atomic_write_json(study.path / "stats.json", st.finite_or_none(s))
     blocks: list[doc.Block] = [
         doc.Heading(f"Study report: {study.name}", 1),

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
+from geofuse.data.patchset import MASK_IGNORE
+
 
 class EpochAccumulator:
     """Losses, batch sizes, predicted and true classes of one stage since the last reset.
@@ -46,7 +48,11 @@ class EpochAccumulator:
         return not self.sizes
 
     def update(self, loss: torch.Tensor, preds: torch.Tensor, target: torch.Tensor) -> None:
-        """Add one batch: its mean loss (a scalar), predicted and true class indices."""
+        """Add one batch: its mean loss (a scalar), predicted and true class indices.
+
+        Segmentation batches add predicted and true masks ``(B, H, W)``; the batch size (the
+        loss's weight in the epoch mean) is then the number of tiles ``B``, as Lightning's.
+        """
         self.losses.append(loss.detach())
         self.sizes.append(len(target))
         self.preds.append(preds.detach())
@@ -71,7 +77,14 @@ class EpochAccumulator:
         return torch.from_numpy(np.asarray(total)) / count
 
     def predictions(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """All predicted and true class indices added since the last reset."""
+        """All predicted and true class indices added since the last reset.
+
+        Masks of batches whose tile sizes differ are flattened to pixels ``(N,)`` (the
+        segmentation scores count pixels, so the layout does not matter).
+        """
+        if len({tuple(t.shape[1:]) for t in self.targets}) > 1:
+            return (torch.cat([p.reshape(-1) for p in self.preds]),
+                    torch.cat([t.reshape(-1) for t in self.targets]))
         return torch.cat(self.preds), torch.cat(self.targets)
 
 
@@ -93,8 +106,51 @@ def multilabel_epoch_scores(preds: torch.Tensor, target: torch.Tensor
             "f1_macro": f1_macro.float()}
 
 
+def segmentation_epoch_scores(preds: torch.Tensor, target: torch.Tensor, num_classes: int
+                              ) -> dict[str, torch.Tensor]:
+    """Pixel scores of predicted and true class masks, unlabelled pixels (255) left out.
+
+    The values equal those of :func:`~geofuse.evaluation.seg_metrics.segmentation_metrics` on
+    the same pixels: ``iou`` and ``f1`` of the change class (index 1) pooled over pixels for
+    two classes, mean IoU and macro F1 over the classes present in truth or prediction for
+    more; ``accuracy`` is the pixel accuracy and ``f1_macro`` the macro F1 (for consumers that
+    select on it). Undefined ratios are 0.
+
+    Args:
+        preds: predicted class indices, any shape (``(B, H, W)``).
+        target: true class indices of the same shape, 255 where unlabelled.
+        num_classes: number of classes K.
+
+    Returns:
+        float32 0-dim tensors ``iou``, ``f1``, ``accuracy`` and ``f1_macro``.
+    """
+    true = target.reshape(-1).long()
+    valid = true != MASK_IGNORE
+    pred = preds.reshape(-1).long()[valid]
+    cm = torch.bincount(true[valid] * num_classes + pred, minlength=num_classes ** 2)
+    cm = cm.reshape(num_classes, num_classes).double()
+    tp, support, predicted = cm.diagonal(), cm.sum(dim=1), cm.sum(dim=0)
+
+    def ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+        return torch.where(den > 0, num / den.clamp(min=1e-300), 0.0)
+
+    iou = ratio(tp, support + predicted - tp)
+    f1 = ratio(2 * tp, support + predicted)
+    present = (support + predicted) > 0
+    zero = torch.zeros((), dtype=torch.float64, device=cm.device)
+    f1_macro = f1[present].mean() if present.any() else zero
+    if num_classes == 2:
+        iou_score, f1_score = iou[1], f1[1]
+    else:
+        iou_score = iou[present].mean() if present.any() else zero
+        f1_score = f1_macro
+    return {"iou": iou_score.float(), "f1": f1_score.float(),
+            "accuracy": ratio(tp.sum(), cm.sum()).float(), "f1_macro": f1_macro.float()}
+
+
 def epoch_scores(preds: torch.Tensor, target: torch.Tensor, num_classes: int,
-                 multilabel: bool = False) -> dict[str, torch.Tensor]:
+                 multilabel: bool = False, segmentation: bool = False
+                 ) -> dict[str, torch.Tensor]:
     """``accuracy`` (overall) and ``f1_macro`` of a stage's epoch, as torchmetrics computes them.
 
     The values equal those of ``MulticlassAccuracy(num_classes, average="micro")`` and
@@ -102,8 +158,11 @@ def epoch_scores(preds: torch.Tensor, target: torch.Tensor, num_classes: int,
     reduced by the same functions), at a fraction of the cost of the stateful metric objects.
     Inputs are not validated again: the loss of every step already required valid targets, and
     the predictions are arg-maxes over ``num_classes`` logits. Multi-label predictions
-    (B, K) go to :func:`multilabel_epoch_scores`.
+    (B, K) go to :func:`multilabel_epoch_scores`, masks (``segmentation``) to
+    :func:`segmentation_epoch_scores`.
     """
+    if segmentation:
+        return segmentation_epoch_scores(preds, target, num_classes)
     if multilabel:
         return multilabel_epoch_scores(preds, target)
     return {

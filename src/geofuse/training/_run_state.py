@@ -117,6 +117,11 @@ def run_info(
                "kwargs": cfg.train.model.model_dump(exclude={"name"})},
         class_counts=split_counts(patches), versions=versions(), **(extra or {}),
     )
+    if patches.segmentation:  # the model's classes are the mask's; class_names = strata
+        info.update(task="segmentation", mask_names=list(patches.mask_names))
+    if patches.timestamps:
+        info.update(time_steps=patches.time_steps, timestamps=list(patches.timestamps),
+                    step_bands=patches.step_bands)
     info.setdefault("created_at", now())
     info.setdefault("sessions", []).append({"started_at": now(), "resumed": resume})
     return info

@@ -24,6 +24,7 @@ from rich.panel import Panel
 from torch import nn
 
 from geofuse.config import GuardConfig
+from geofuse.data.patchset import MASK_IGNORE
 from geofuse.evaluation.metrics import classification_metrics
 from geofuse.evaluation.multilabel_metrics import multilabel_metrics
 
@@ -270,7 +271,7 @@ class CollapseStopper(Callback):
         batch_idx: int, dataloader_idx: int = 0,
     ) -> None:
         if self._hook is not None:
-            label = torch.as_tensor(batch["label"]).cpu()
+            label = torch.as_tensor(batch["mask"] if "mask" in batch else batch["label"]).cpu()
             self._labels.append(label if label.ndim == 2 else label.flatten())
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -297,6 +298,9 @@ class CollapseStopper(Callback):
         if self._preds and self._labels:
             y_pred = torch.cat(self._preds).numpy()
             y_true = torch.cat(self._labels).numpy()
+            if getattr(pl_module, "segmentation", False):  # pixels; unlabelled ones left out
+                labelled = y_true != MASK_IGNORE
+                y_pred, y_true = y_pred[labelled], y_true[labelled]
             k = int(pl_module.hparams.get("num_classes", y_pred.max() + 1))
             names = pl_module.hparams.get("class_names") or [str(i) for i in range(k)]
             if getattr(pl_module, "multilabel", False):

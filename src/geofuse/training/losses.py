@@ -2,6 +2,10 @@
 
 Every loss takes logits ``(B, K)`` with integer targets ``(B,)`` (patch classification) or
 logits ``(B, K, H, W)`` with targets ``(B, H, W)`` (segmentation masks) and returns a scalar.
+Mask pixels equal to :data:`~geofuse.data.patchset.MASK_IGNORE` (255) are unlabelled: every
+loss is then the mean over the labelled pixels only, and a batch without a labelled pixel
+gives a zero loss that is still attached to the logits (zero gradient). A binary segmentation
+model's single logit ``z`` enters as the two channels ``[0, z]`` (softmax == sigmoid).
 Multi-label sets (float multi-hot targets ``(B, K)``) use the sigmoid losses: ``bce`` and
 the sigmoid ``focal`` loss (:class:`MultiLabelFocalLoss`); ``auto`` picks cross-entropy for
 single-label and BCE for multi-label data.
@@ -20,6 +24,14 @@ from torch import nn
 from geofuse.config import LossConfig
 from geofuse.config_train import MULTILABEL_LOSSES
 from geofuse.errors import ConfigError
+from geofuse.training._mask_loss import (
+    is_mask,
+    mask_inputs,
+    masked_cross_entropy,
+    masked_mean,
+    masked_probabilities,
+    safe_divide,
+)
 
 
 def one_hot(target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -31,6 +43,17 @@ def one_hot(target: torch.Tensor, num_classes: int) -> torch.Tensor:
     if target.is_floating_point() and target.ndim >= 2 and target.shape[1] == num_classes:
         return target
     return F.one_hot(target.long(), num_classes).movedim(-1, 1).float()
+
+
+def binary_focal_alpha(alpha: float) -> list[float]:
+    """Class weights ``[1 - alpha, alpha]`` that make :class:`FocalLoss` on two channels the
+    alpha-balanced binary (sigmoid) focal loss of Lin et al. with this ``alpha``.
+
+    With logits ``[0, z]`` the softmax is the sigmoid of ``z``, and class 1 (the positive or
+    change class) gets ``alpha``: ``alpha=0.25`` is ``train.loss.class_weights: [0.75, 0.25]``
+    (``torchvision.ops.sigmoid_focal_loss(z, y, alpha=0.25, gamma=2, reduction="mean")``).
+    """
+    return [1.0 - alpha, alpha]
 
 
 def _class_shape(weight: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -64,6 +87,8 @@ class CrossEntropyLoss(_WeightedLoss):
         self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if is_mask(logits, target):
+            return masked_cross_entropy(logits, target, self.weight, self.label_smoothing)
         return F.cross_entropy(logits, target, weight=self.weight,
                                label_smoothing=self.label_smoothing)
 
@@ -71,7 +96,9 @@ class CrossEntropyLoss(_WeightedLoss):
 class FocalLoss(_WeightedLoss):
     """Multiclass focal loss ``-alpha_t (1 - p_t)^gamma log p_t``, averaged over samples.
 
-    With ``gamma=0`` and no ``alpha`` it equals the (unweighted-mean) cross-entropy.
+    With ``gamma=0`` and no ``alpha`` it equals the (unweighted-mean) cross-entropy. On two
+    channels with ``alpha = [1 - a, a]`` (:func:`binary_focal_alpha`) it is the binary sigmoid
+    focal loss with alpha ``a`` on the logit difference; masks average over labelled pixels.
 
     Args:
         alpha: per-class weights alpha_t (K,); None weights every class 1.
@@ -85,11 +112,17 @@ class FocalLoss(_WeightedLoss):
         self.gamma = gamma
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if is_mask(logits, target):
+            logits, safe, valid = mask_inputs(logits, target)
+            return masked_mean(self._per_sample(logits, safe), valid)
+        return self._per_sample(logits, target).mean()
+
+    def _per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         log_p = F.log_softmax(logits, dim=1).gather(1, target.long().unsqueeze(1)).squeeze(1)
         loss = -((1 - log_p.exp()) ** self.gamma) * log_p
         if self.weight is not None:
             loss = loss * self.weight[target.long()]
-        return loss.mean()
+        return loss
 
 
 class BinaryCrossEntropyLoss(_WeightedLoss):
@@ -113,13 +146,19 @@ class BinaryCrossEntropyLoss(_WeightedLoss):
         self.beta = beta
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if is_mask(logits, target):
+            logits, safe, valid = mask_inputs(logits, target)
+            return masked_mean(self._elementwise(logits, safe), valid)
+        return self._elementwise(logits, target).mean()
+
+    def _elementwise(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         y = one_hot(target, logits.shape[1])
         pos, neg = (1.0, 1.0) if self.beta is None else (self.beta, 1.0 - self.beta)
         loss = -(pos * self.pos_weight * y * F.logsigmoid(logits)
                  + neg * (1 - y) * F.logsigmoid(-logits))
         if self.weight is not None:
             loss = loss * _class_shape(self.weight, loss.ndim)
-        return loss.mean()
+        return loss
 
 
 class MultiLabelFocalLoss(_WeightedLoss):
@@ -140,20 +179,27 @@ class MultiLabelFocalLoss(_WeightedLoss):
         self.gamma = gamma
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if is_mask(logits, target):
+            logits, safe, valid = mask_inputs(logits, target)
+            return masked_mean(self._elementwise(logits, safe), valid)
+        return self._elementwise(logits, target).mean()
+
+    def _elementwise(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         y = one_hot(target, logits.shape[1])
         bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
         p_t = torch.exp(-bce)
         loss = (1 - p_t) ** self.gamma * bce
         if self.weight is not None:
             loss = loss * _class_shape(self.weight, loss.ndim)
-        return loss.mean()
+        return loss
 
 
 class DiceLoss(_WeightedLoss):
     """Soft multiclass Dice loss on softmax probabilities.
 
     Per class ``1 - (2 sum(p y) + s) / (sum(p) + sum(y) + s)`` over the batch (and pixels),
-    then the (weighted) mean over classes. A perfect prediction gives 0.
+    then the (weighted) mean over classes. A perfect prediction gives 0. Masks count their
+    labelled pixels only; a class with nothing to sum (no labelled pixel, ``s=0``) scores 0.
 
     Args:
         weight: per-class weights (K,).
@@ -167,11 +213,17 @@ class DiceLoss(_WeightedLoss):
         self.smooth = smooth
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        p = F.softmax(logits, dim=1)
-        y = one_hot(target, logits.shape[1])
         dims = [0, *range(2, logits.ndim)]
-        inter = (p * y).sum(dims)
-        dice = 1 - (2 * inter + self.smooth) / (p.sum(dims) + y.sum(dims) + self.smooth)
+        if is_mask(logits, target):
+            p, y = masked_probabilities(logits, target)
+            den = p.sum(dims) + y.sum(dims) + self.smooth
+            ratio = safe_divide(2 * (p * y).sum(dims) + self.smooth, den)
+            dice = torch.where(den > 0, 1 - ratio, torch.zeros_like(ratio))
+        else:
+            p = F.softmax(logits, dim=1)
+            y = one_hot(target, logits.shape[1])
+            inter = (p * y).sum(dims)
+            dice = 1 - (2 * inter + self.smooth) / (p.sum(dims) + y.sum(dims) + self.smooth)
         if self.weight is None:
             return dice.mean()
         return (dice * self.weight).sum() / self.weight.sum()

@@ -28,6 +28,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from geofuse.config import TrainConfig
 from geofuse.models.registry import create_model
+from geofuse.training._batch_mix import cutmix_images
 from geofuse.training._epoch import EpochAccumulator, epoch_scores, publish_epoch_values
 from geofuse.training._schedulers import EpochSchedule
 from geofuse.training._step_costs import direct_backward_allowed
@@ -64,6 +65,11 @@ class ClassificationTask(L.LightningModule):
         class_counts: training-split count per class (for balanced class weights).
         multilabel: targets are multi-hot label sets (B, K): sigmoid outputs (a class is
             predicted from probability 0.5), BCE or focal loss, accuracy = subset accuracy.
+        segmentation: targets are pixel masks (``batch["mask"]``, (B, H, W), 255 =
+            unlabelled) and the model returns logits (B, K, H, W); a binary model may return
+            one channel z, read as the logits [0, z] (softmax = sigmoid(z)). Adds
+            ``{stage}_iou`` (the change class of a binary mask, else mean IoU).
+        time_steps: dates of a time series stacked time-major in the channels (T x C).
     """
 
     def __init__(
@@ -81,15 +87,19 @@ class ClassificationTask(L.LightningModule):
         train_config: dict[str, Any] | None = None,
         class_counts: list[int] | None = None,
         multilabel: bool = False,
+        segmentation: bool = False,
+        time_steps: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = create_model(
             model, in_channels=in_channels, num_classes=num_classes, patch_size=patch_size,
-            multilabel=multilabel, **(model_kwargs or {}),
+            multilabel=multilabel, time_steps=time_steps, **(model_kwargs or {}),
         )
         self.multilabel = multilabel
+        self.segmentation = segmentation
         self._mixup_alpha = float(self.train_config.mixup)
+        self._cutmix_alpha = float(self.train_config.cutmix)
         self.loss_fn = build_loss(self.train_config.loss, num_classes, class_counts,
                                   multilabel=multilabel)
         self._epoch = {stage: EpochAccumulator() for stage in STAGES}
@@ -123,28 +133,47 @@ class ClassificationTask(L.LightningModule):
         ``uses_tabular`` (e.g. ``tabular_fusion``), their tabular attributes (B, F)."""
         if getattr(self.model, "uses_tabular", False):
             return self.model(x, tab)
-        return self.model(x)
+        logits = self.model(x)
+        if self.segmentation and logits.shape[1] == 1:  # binary: one logit z -> [0, z]
+            logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
+        return logits
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
-        target = batch["label"]
-        alpha = self._mixup_alpha if stage == "train" else 0.0
-        if alpha > 0 and len(target) > 1:
-            return self._mixup_step(batch, alpha)
+        target = batch["mask"] if self.segmentation else batch["label"]
+        if stage == "train" and len(target) > 1 and not self.segmentation:
+            mode = self._batch_mix_mode()
+            if mode is not None:
+                return self._mixed_step(batch, mode)
         logits = self(batch["image"], batch.get("tab"))
         loss = self.loss_fn(logits, target)
         preds = logits >= 0 if self.multilabel else logits.argmax(dim=1)  # sigmoid >= 0.5
         self._epoch[stage].update(loss, preds, target)
         return loss
 
-    def _mixup_step(self, batch: dict[str, Any], alpha: float) -> torch.Tensor:
-        """A training step on the batch blended with a shuffled copy of itself (mixup): the
-        loss is blended with the same weight; the epoch's scores count the dominant target."""
-        lam = float(torch.distributions.Beta(alpha, alpha).sample())
-        perm = torch.randperm(len(batch["label"]), device=batch["image"].device)
-        image = lam * batch["image"] + (1 - lam) * batch["image"][perm]
+    def _batch_mix_mode(self) -> str | None:
+        """``mixup``, ``cutmix`` or None for this training batch (one at random when both
+        are on, as timm's Mixup does)."""
+        modes = [m for m, a in (("mixup", self._mixup_alpha), ("cutmix", self._cutmix_alpha))
+                 if a > 0]
+        if len(modes) == 2:
+            return modes[int(torch.randint(0, 2, (1,)))]
+        return modes[0] if modes else None
+
+    def _mixed_step(self, batch: dict[str, Any], mode: str) -> torch.Tensor:
+        """A training step on the batch blended with a shuffled copy of itself: mixup blends
+        whole patches (and tabular attributes), cutmix pastes a box of the partner patch; the
+        loss is blended with the same weight, the epoch's scores count the dominant target."""
+        image = batch["image"]
         tab = batch.get("tab")
-        if tab is not None:
-            tab = lam * tab + (1 - lam) * tab[perm]
+        if mode == "mixup":
+            lam = float(torch.distributions.Beta(self._mixup_alpha, self._mixup_alpha).sample())
+            perm = torch.randperm(len(batch["label"]), device=image.device)
+            image = lam * image + (1 - lam) * image[perm]
+            if tab is not None:
+                tab = lam * tab + (1 - lam) * tab[perm]
+        else:
+            perm = torch.randperm(len(batch["label"]), device=image.device)
+            image, lam = cutmix_images(image, perm, self._cutmix_alpha)
         target = batch["label"]
         logits = self(image, tab)
         loss = lam * self.loss_fn(logits, target) + (1 - lam) * self.loss_fn(logits,
@@ -250,7 +279,7 @@ class ClassificationTask(L.LightningModule):
         preds, target = epoch.predictions()
         epoch.reset()
         scores = epoch_scores(preds, target, int(self.hparams["num_classes"]),
-                              multilabel=self.multilabel)
+                              multilabel=self.multilabel, segmentation=self.segmentation)
         values = {f"{stage}_loss": loss}
         values.update({f"{stage}_{name}": value for name, value in scores.items()})
         prog_bar = [name for name in values
@@ -264,7 +293,8 @@ class ClassificationTask(L.LightningModule):
                      prog_bar=name in prog_bar, add_dataloader_idx=False)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """Class indices (B,); of a multi-label task, class probabilities (B, K)."""
+        """Class indices (B,) or, of a segmentation task, class masks (B, H, W); of a
+        multi-label task, class probabilities (B, K)."""
         logits = self(batch["image"], batch.get("tab"))
         return logits.sigmoid() if self.multilabel else logits.argmax(dim=1)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import lightning as L
+import numpy as np
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from rich.console import Console
 
@@ -22,7 +23,7 @@ from geofuse.data.datamodule import (
     train_tabular_stats,
 )
 from geofuse.data.normalize import BandStats, TabularStats, compute_band_stats
-from geofuse.data.patchset import PatchSet
+from geofuse.data.patchset import MASK_IGNORE, PatchSet
 from geofuse.errors import ConfigError, RunDirError
 from geofuse.io_utils import atomic_write_json
 from geofuse.locks import locked
@@ -165,6 +166,7 @@ def _train_locked(
         patches, batch_size=cfg.train.batch_size, num_workers=cfg.train.num_workers,
         augment=cfg.train.augment, stats=stats, seed=cfg.seed, tabular_stats=tab_stats,
         jitter=cfg.train.jitter, per_patch=cfg.train.normalization == "per_patch",
+        crop=cfg.train.crop,
     )
     task = build_task(cfg, patches)
     started = time.perf_counter()
@@ -187,14 +189,27 @@ def build_task(cfg: StudyConfig, patches: PatchSet) -> ClassificationTask:
     """The Lightning task for ``cfg.train`` on ``patches`` (bands already selected)."""
     t = cfg.train
     return ClassificationTask(
-        model=t.model.name, in_channels=len(patches.band_names), num_classes=patches.num_classes,
+        model=t.model.name, in_channels=len(patches.band_names),
+        num_classes=len(patches.mask_names) if patches.segmentation else patches.num_classes,
         patch_size=patches.patch_size, model_kwargs=model_kwargs(cfg, patches),
         lr=t.lr, weight_decay=t.weight_decay, plateau_patience=t.plateau_patience,
-        plateau_factor=t.plateau_factor, class_names=list(patches.class_names),
+        plateau_factor=t.plateau_factor,
+        class_names=list(patches.mask_names if patches.segmentation else patches.class_names),
         train_config=t.model_dump(mode="json", exclude={"model"}),
-        class_counts=list(patches.class_counts("train").values()),
-        multilabel=patches.multilabel,
+        class_counts=_train_class_counts(patches),
+        multilabel=patches.multilabel, segmentation=patches.segmentation,
+        time_steps=patches.time_steps,
     )
+
+
+def _train_class_counts(patches: PatchSet) -> list[int]:
+    """Training-split count per output class: patches per class, or labelled pixels per mask
+    class of a segmentation set (for balanced class weights)."""
+    if patches.masks is None:
+        return list(patches.class_counts("train").values())
+    masks = patches.masks[patches.split_indices("train")]
+    return np.bincount(masks[masks != MASK_IGNORE].ravel(),
+                       minlength=len(patches.mask_names)).tolist()
 
 
 def model_kwargs(cfg: StudyConfig, patches: PatchSet) -> dict[str, Any]:
@@ -204,13 +219,15 @@ def model_kwargs(cfg: StudyConfig, patches: PatchSet) -> dict[str, Any]:
     the model rejects it with a ConfigError); ``pretrained_path`` is resolved against the
     config file's folder.
     """
-    from geofuse.models.registry import model_options
+    from geofuse.models.registry import is_segmentation_model, model_options
 
     model = cfg.train.model
     accepted = model_options(model.name)
     defaults = type(model)().model_dump()
+    # segmentation models keep their own defaults for options left at the config default
+    own = is_segmentation_model(model.name)
     out = {k: v for k, v in model.model_dump(exclude={"name"}).items()
-           if k in accepted or v != defaults.get(k)}
+           if (k in accepted and not own) or v != defaults.get(k)}
     if out.get("pretrained_path"):
         out["pretrained_path"] = str(cfg.resolve(out["pretrained_path"]).resolve())
     out["band_names"] = list(patches.band_names)
@@ -248,7 +265,7 @@ def _band_stats(run: RunDir, patches: PatchSet, resume: bool) -> BandStats:
     return _run_stats(
         run, BandStats, run.normalization, list(patches.band_names), resume,
         lambda: compute_band_stats(patches.x[patches.split_indices("train")],
-                                   patches.band_names),
+                                   patches.band_names, patches.time_steps),
         f"bands {{saved}}, the config now selects {{now}}; resume with the run's own "
         f"{run.config.name} or start a new run with --run-name",
     )

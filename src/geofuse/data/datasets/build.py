@@ -40,13 +40,24 @@ def _read_so2sat_pop(d: DatasetConfig, city: Path, cfg: StudyConfig, external: b
 def _readers() -> dict[str, tuple[Reader, Modalities | None]]:
     """Dataset name -> (reader, modalities); imported lazily (each reader is its own module).
     The city datasets' modalities come from :meth:`DatasetConfig.modality_configs` itself."""
-    from geofuse.data.datasets import bigearthnet_mm, eurosat_ms, so2sat_lcz42
+    from geofuse.data.datasets import (
+        bigearthnet_mm,
+        eopatch,
+        eurosat_ms,
+        land_take,
+        so2sat_lcz42,
+        temporal_tiles,
+    )
 
     return {"so2sat_lcz": (_read_so2sat_lcz, None), "so2sat_pop": (_read_so2sat_pop, None),
             "eurosat_ms": (eurosat_ms.read_eurosat_ms, eurosat_ms.dataset_modalities),
             "so2sat_lcz42": (so2sat_lcz42.read_so2sat_lcz42, so2sat_lcz42.dataset_modalities),
             "bigearthnet_mm": (bigearthnet_mm.read_bigearthnet_mm,
-                               bigearthnet_mm.dataset_modalities)}
+                               bigearthnet_mm.dataset_modalities),
+            "land_take_synthetic": (land_take.read_land_take, land_take.dataset_modalities),
+            "eopatch": (eopatch.read_eopatch, eopatch.dataset_modalities),
+            "temporal_tiles": (temporal_tiles.read_temporal_tiles,
+                               temporal_tiles.dataset_modalities)}
 
 
 def dataset_modalities(d: DatasetConfig) -> list[ModalityConfig]:
