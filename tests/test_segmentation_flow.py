@@ -169,3 +169,41 @@ def test_a_segmentation_model_on_patch_labels_is_refused(tmp_path: Path) -> None
     make_patchset(n=20).save(cfg.patches_path)
     problems = [str(p) for p in check_config(cfg, "train")]
     assert any("is a segmentation model" in p for p in problems), problems
+
+
+def test_augmentation_moves_every_date_and_the_mask_together(tmp_path: Path) -> None:
+    from geofuse.data.datamodule import PatchDataModule
+    from geofuse.data.patchset import PatchSet, temporal_band_names
+
+    rng = np.random.default_rng(0)
+    masks = (rng.random((8, 6, 6)) > 0.5).astype(np.uint8)
+    names = temporal_band_names(["a"], ["2018", "2019", "2020"])
+    x = np.repeat(masks[:, None].astype(np.float32), 3, axis=1) * 10 + 5  # every date = mask
+    patches = PatchSet(x=x, y=np.zeros(8), band_names=names, modalities={"s2": names},
+                       class_names=["low"], groups=[f"tile:{i}" for i in range(8)],
+                       coords=np.zeros((8, 2)), split=np.zeros(8), masks=masks,
+                       mask_names=["no_change", "land_take"], timestamps=["2018", "2019", "2020"])
+    data = PatchDataModule(patches, batch_size=4, augment=True, crop=0.6)
+    torch.manual_seed(0)
+    for i in range(8):
+        sample = data.dataset("train")[i]
+        image, mask = sample["image"], sample["mask"]
+        assert image.shape == (3, 6, 6) and mask.shape == (6, 6)
+        torch.testing.assert_close(image[0], image[2])  # the dates moved alike
+        high = image[0] > image[0].mean() if image[0].std() > 0 else image[0] > 1e9
+        assert ((mask == 1) == high).float().mean() > 0.8  # mask and image moved alike
+
+
+def test_search_ranks_segmentation_trials_by_iou(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    path = _study(tmp_path, ablation={"folds": 2, "group_by": "polygon"},
+                  search={"fold": 0, "space": {"train.lr": [0.01, 0.001]}, "epochs": 1})
+    result = CliRunner().invoke(app, ["search", "-c", str(path)])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "work" / "studies" / "lt-search"
+    record = json.loads((out / "search.json").read_text())
+    assert record["metric"] == "val_iou" and len(record["trials"]) == 2
+    ious = [t["val_iou"] for t in record["trials"]]
+    assert ious == sorted(ious, reverse=True)
+    md = (out / "report.md").read_text()
+    assert "Main metric: **iou**" in md and "paired Cohen's d" in md

@@ -100,7 +100,7 @@ def resize_window(
                                                   align_corners=False)
     else:
         resized = torch.nn.functional.interpolate(flat.float(), size=size,
-                                                  mode="nearest").to(value.dtype)
+                                                  mode="nearest-exact").to(value.dtype)
     return resized.reshape(*lead, *size)
 
 
