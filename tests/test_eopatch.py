@@ -193,3 +193,21 @@ def test_cli_extract_error_is_one_line_exit_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["extract", "-c", str(path)])
     assert result.exit_code == 2, result.output
     assert "LULC.npy" in result.output and "Traceback" not in result.output
+
+
+def test_annual_composites_ignore_quarters_never_observed(shared_data: Path, tmp_path: Path
+                                                          ) -> None:
+    """The real patch starts in July 2015: its annual composites average the quarters it has,
+    an unobserved quarter does not count as a cloudy one."""
+    from geofuse.config import parse_config
+    from geofuse.data.temporal import group_by_period
+
+    root = shared_data / "eolearn_slovenia" / "TestEOPatch"
+    cfg = parse_config({"name": "t", "workdir": str(tmp_path), "extract": {"patch_size": 16},
+                        "dataset": {"name": "eopatch", "root": str(root),
+                                    "composite": "annual"}}, tmp_path)
+    p = read_eopatch(cfg.dataset, root, cfg, external=False)
+    assert p.timestamps == ["2015", "2016", "2017"]
+    assert np.isfinite(p.x).mean() > 0.9
+    stamps = json.loads((root / "timestamps.json").read_text())
+    assert group_by_period(np.zeros((len(stamps), 1, 2, 2)), stamps).counts[0, 0] == 0

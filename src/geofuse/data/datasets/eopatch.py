@@ -270,8 +270,12 @@ def _steps(p: EOPatchData, d: DatasetConfig, first: Any, last: Any
         steps, labels = composite_quarters(stack.values, strategy="all", years=stack.years,
                                            periods=stack.periods)
         return steps[i0:i1 + 1], labels[i0:i1 + 1]
-    return composite_quarters(stack.values, None, cast(Strategy, composite), d.max_missing,
-                              d.min_clean, stack.years, stack.periods)
+    # annual / bitemporal: periods of the year the patch never observes (no acquisition in
+    # any year) would count as 100% missing and make the cleanest-period rule fire
+    seen = stack.counts.sum(axis=0) > 0
+    return composite_quarters(stack.values[:, seen], None, cast(Strategy, composite),
+                              d.max_missing, d.min_clean, stack.years,
+                              [p for p, keep in zip(stack.periods, seen, strict=True) if keep])
 
 
 def _check_same_dates(patches: list[EOPatchData], labels: list[list[str]]) -> None:
