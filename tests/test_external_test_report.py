@@ -196,3 +196,21 @@ def test_old_study_without_predictions_has_no_ensembles(study: Path, tmp_path: P
     md = (copy / "report.md").read_text()
     assert "configurations have no intervals and no ensembles: the cells saved no test " \
            "predictions" in md
+
+
+def test_likely_causes_follow_each_configurations_own_training_settings() -> None:
+    from geofuse.reporting._study_test_blocks import _all_causes, effective_train
+
+    config = {"train": {"augment": True, "jitter": 0.0, "monitor": "val_loss"},
+              "ablation": {"models": ["random_forest",
+                                      {"name": "simple_cnn", "label": "cnn_jitter",
+                                       "train": {"jitter": 0.1, "monitor": "val_f1_macro"}}]}}
+    assert effective_train(config, "s2/cnn_jitter")["monitor"] == "val_f1_macro"
+    assert effective_train(config, "s2/simple_cnn")["monitor"] == "val_loss"
+    t = {"train_groups": 40, "flags": [{"config_id": "s2/simple_cnn"},
+                                       {"config_id": "s2/cnn_jitter"}]}
+    causes = _all_causes(t, config)
+    assert len(causes) == 2 and causes[1].startswith("**s2/cnn_jitter**")
+    assert "val_f1_macro" in causes[1] and "no radiometric jitter" not in causes[1]
+    assert "no radiometric jitter" in causes[0]
+    assert len(_all_causes({**t, "flags": t["flags"][:1]}, config)) == 1

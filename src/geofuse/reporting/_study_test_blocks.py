@@ -65,9 +65,31 @@ def _flag_item(flag: Mapping[str, Any], row: Mapping[str, Any], acc: str) -> str
             f"{_f(row['val']['f1_macro'])})")
 
 
-def transfer_alert(t: Mapping[str, Any] | None, train: Mapping[str, Any],
+def effective_train(config: Mapping[str, Any], config_id: str) -> dict[str, Any]:
+    """The ``train`` settings a configuration ran with: the study's, updated by the
+    ``ablation.models`` entry whose label (or name) ends its config id."""
+    train = dict(config.get("train") or {})
+    label = config_id.split("/", 1)[-1]
+    for entry in (config.get("ablation") or {}).get("models") or []:
+        if isinstance(entry, Mapping) and (entry.get("label") or entry.get("name")) == label:
+            train.update(entry.get("train") or {})
+    return train
+
+
+def _all_causes(t: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    """One likely-causes sentence, or one per flagged configuration when their training
+    settings differ (``ablation.models[i].train`` overrides)."""
+    ids = [f["config_id"] for f in t["flags"]]
+    causes = {cid: _causes(t, effective_train(config, cid)) for cid in ids}
+    if len(set(causes.values())) == 1:
+        return [next(iter(causes.values()))]
+    return [f"**{cid}**: {text}" for cid, text in causes.items()]
+
+
+def transfer_alert(t: Mapping[str, Any] | None, config: Mapping[str, Any],
                    multilabel: bool) -> list[doc.Block]:
-    """The summary's POOR TRANSFER alert (or a one-line pass) for the test set."""
+    """The summary's POOR TRANSFER alert (or a one-line pass) for the test set; ``config`` is
+    the study's resolved config (its train section and per-model overrides)."""
     if t is None:
         return []
     acc = _accuracy(t, multilabel)
@@ -82,7 +104,7 @@ def transfer_alert(t: Mapping[str, Any] | None, train: Mapping[str, Any],
                       f"{len(items)} configuration(s) score below {below} on data they never "
                       "saw. Their cross-validation figures overstate what they give on new "
                       "ground (this is not a collapse: their own-area metrics may be normal).",
-                      [*items, _causes(t, train)])]
+                      [*items, *_all_causes(t, config)])]
 
 
 def _results_table(t: Mapping[str, Any], multilabel: bool) -> doc.Table:

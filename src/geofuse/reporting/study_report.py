@@ -372,7 +372,7 @@ def write_study_report(
         doc.Heading(f"Study report: {study.name}", 1),
         doc.Para(f"{len(s['configs'])} configurations, {len(study.cells)} cells; baseline: "
                  f"**{s['baseline'] or 'none'}**; best: **{s['best']}**."),
-        *transfer_alert(s["test_set"], study.config.get("train") or {}, study.multilabel),
+        *transfer_alert(s["test_set"], study.config, study.multilabel),
         *_guard_blocks(s), *_results_blocks(s, study), *_significance_blocks(s),
         *study_test_blocks(s["test_set"], s["per_class_f1_test"], study.class_names,
                            study.multilabel,
