@@ -89,6 +89,7 @@ def test_a_segmentation_study_compares_models_on_iou(tmp_path: Path) -> None:
     md = (study / "report.md").read_text()
     assert "Main metric: **iou**" in md and "| stratum | tiles |" in md
     assert "Mean validation IoU per epoch" in md
+    assert "Masks of a few validation tiles" in md and (study / "plots" / "masks.png").is_file()
     results = (study / "results.csv").read_text().splitlines()[0]
     assert "val_iou" in results and "val_f1" in results
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -70,12 +71,15 @@ def _display(image: np.ndarray, band_names: Sequence[str], rgb: Sequence[str]) -
     return np.moveaxis(out, 0, -1) if len(out) == 3 else out[0]
 
 
-def plot_mask_examples(patches: PatchSet, rows: np.ndarray, pred: np.ndarray,
+def plot_mask_examples(patches: PatchSet, rows: np.ndarray, pred: np.ndarray | dict[str, Any],
                        rgb: Sequence[str] = ("B04", "B03", "B02"), max_tiles: int = 4
                        ) -> Figure:
     """For a few tiles (the most changed first): the first and last date, the true mask and
-    the predicted mask; unlabelled pixels in grey."""
-    true = patches.masks[rows] if patches.masks is not None else np.zeros_like(pred)
+    the predicted mask (or one column per model when ``pred`` maps names to masks of the same
+    tiles); unlabelled pixels in grey."""
+    preds = pred if isinstance(pred, dict) else {"predicted mask": pred}
+    true = patches.masks[rows] if patches.masks is not None else \
+        np.zeros_like(next(iter(preds.values())))
     share = [(t == 1).mean() for t in true]
     order = np.argsort(share)[::-1][:max_tiles]
     steps, per_step = patches.time_steps, len(patches.band_names) // patches.time_steps
@@ -84,24 +88,58 @@ def plot_mask_examples(patches: PatchSet, rows: np.ndarray, pred: np.ndarray,
     colours = ListedColormap(["#f2f2f2", "#d7301f", "#2b8cbe", "#31a354", "#756bb1",
                               "#fdae6b", "#636363", "#e7ba52", "#9ecae1", "#a1d99b"]
                              [:max(2, len(patches.mask_names))])
-    fig = Figure(figsize=(10, 2.6 * len(order)), layout="constrained")
-    axes = fig.subplots(len(order), 4, squeeze=False)
+    columns = 3 + len(preds)
+    fig = Figure(figsize=(2.5 * columns, 2.6 * len(order)), layout="constrained")
+    axes = fig.subplots(len(order), columns, squeeze=False)
     for r, tile in enumerate(order):
         x = patches.x[rows[tile]].reshape(steps, per_step, *patches.x.shape[2:])
-        panels = [(_display(x[0], bands, rgb), f"{stamps[0]}"),
-                  (_display(x[-1], bands, rgb), f"{stamps[-1]}"),
-                  (true[tile], "true mask"), (pred[tile], "predicted mask")]
-        for c, (img, title) in enumerate(panels):
+        panels = [(_display(x[0], bands, rgb), f"{stamps[0]}", False),
+                  (_display(x[-1], bands, rgb), f"{stamps[-1]}", False),
+                  (true[tile], "true mask", True),
+                  *[(p[tile], name, True) for name, p in preds.items()]]
+        for c, (img, title, is_mask) in enumerate(panels):
             ax = axes[r, c]
-            if c >= 2:
+            if is_mask:
                 shown = np.ma.masked_equal(img.astype(np.int64), MASK_IGNORE)
                 ax.imshow(shown, cmap=colours, vmin=0, vmax=colours.N - 1,
                           interpolation="nearest")
             else:
                 ax.imshow(img, cmap=None if img.ndim == 3 else "viridis")
-            ax.set_title(f"{patches.groups[rows[tile]]}: {title}", fontsize=8)
+            ax.set_title(f"{patches.groups[rows[tile]]}: {title}" if c == 0 else title,
+                         fontsize=8)
             ax.set_axis_off()
     return fig
+
+
+def study_mask_comparison(study_path: Path, cells: Sequence[dict[str, Any]],
+                          config_ids: Sequence[str]) -> Figure | None:
+    """The validation tiles of the first fold that every configuration in ``config_ids`` was
+    evaluated on (same seed): dates, truth and each configuration's predicted mask."""
+    by_config: dict[str, dict[str, Any]] = {}
+    for cell in sorted(cells, key=lambda c: (c["fold"], c["seed"])):
+        if cell["config_id"] in config_ids and cell.get("run_dir"):
+            by_config.setdefault(cell["config_id"], cell)
+    if not by_config:
+        return None
+    first = next(iter(by_config.values()))
+    same = {cid: c for cid, c in by_config.items()
+            if (c["fold"], c["seed"]) == (first["fold"], first["seed"])}
+    preds: dict[str, np.ndarray] = {}
+    rows: np.ndarray | None = None
+    for cid in config_ids:
+        cell = same.get(cid)
+        saved = load_split_masks(study_path / cell["run_dir"], "val") if cell else None
+        if saved is None or (rows is not None and not np.array_equal(saved[0], rows)):
+            continue
+        rows, preds[cid] = saved
+    if rows is None or not preds:
+        return None
+    run = json.loads((study_path / first["run_dir"] / "run.json").read_text())
+    try:
+        patches = PatchSet.load(run["patches_path"]).select_bands(run["bands"])
+    except (OSError, ValueError, KeyError):
+        return None
+    return plot_mask_examples(patches, rows, preds)
 
 
 def load_split_masks(run_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray] | None:

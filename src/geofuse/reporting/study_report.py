@@ -30,6 +30,7 @@ from geofuse.io_utils import atomic_path, atomic_write_json, atomic_write_text
 from geofuse.reporting import html as doc
 from geofuse.reporting import study_plots as sp
 from geofuse.reporting._completeness import completeness, continue_command, unfinished_alert
+from geofuse.reporting._seg_report import study_mask_comparison
 from geofuse.reporting._study_data_figures import data_figure_blocks
 from geofuse.reporting._study_load import (
     CELL_DEFAULTS,
@@ -258,6 +259,8 @@ def _detail_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
                    _figure(sp.plot_per_class_heatmap(ap, ids, classes, "Per-class AP (mean "
                                                      "over cells)", label="AP"),
                            study, "per_class_ap", "Per-class AP across configurations")]
+    if study.segmentation:
+        blocks += _mask_blocks(s, study)
     if s["confusion"]:
         blocks.append(doc.Heading("Confusion matrices (summed over folds and seeds)"))
     for role, cid in (("baseline", s["baseline"]), ("best", s["best"])):
@@ -281,6 +284,19 @@ def _detail_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
         doc.Table(["configuration", f"best {short}", f"final {short}", "drop", "worst drop",
                    "gap", "max gap", "best epoch", "final epoch", "flag"], rows)]
     return blocks
+
+
+def _mask_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
+    """Input dates, true and predicted masks of a few validation tiles, every configuration
+    side by side (segmentation studies)."""
+    fig = study_mask_comparison(study.path, study.cells, list(s["configs"]))
+    if fig is None:
+        return []
+    return [doc.Heading("Masks of a few validation tiles"),
+            doc.Para("The first validation fold's most changed tiles: the first and last date, "
+                     "the true mask and each configuration's predicted mask (grey: "
+                     "unlabelled)."),
+            _figure(fig, study, "masks", "Input dates, true and predicted masks")]
 
 
 def _importance_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
