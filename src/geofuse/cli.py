@@ -265,6 +265,100 @@ def show(
 
 @app.command()
 @_friendly
+def predict(
+    run_dir: Path = typer.Argument(
+        ..., help="A run directory ('geofuse train'), or a study directory (study.json): the "
+        "fold models of its best configuration map as an ensemble."),
+    stack: Path = typer.Option(..., "--stack", help="Fused stack holding the run's bands "
+                               "('geofuse prepare')."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the map products."),
+    stride: int = typer.Option(1, "--stride", min=1, help="Patch classifiers: classify every "
+                               "S-th pixel; the class fills its S x S cell (1 = every pixel)."),
+    tile_size: int = typer.Option(256, "--tile-size", min=16, help="Dense models: model tile "
+                                  "side (half-overlapping, blended); others: window side."),
+    tta: bool = typer.Option(False, "--tta", help="Average over the 8 flips and rotations."),
+    probabilities: bool = typer.Option(False, "--probabilities",
+                                       help="Also write probabilities.tif (one band a class)."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1,
+                                help="Windows mapped in parallel processes."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1,
+                                          help="Patches (dense models: tiles) per forward pass."),
+    ray: str | None = typer.Option(None, "--ray", help="Ray address, or 'local' to start one."),
+) -> None:
+    """Map a stack with a run or a study: classes.tif (colour table), uncertainty.tif,
+    optional probabilities.tif (COGs on the stack's grid), quicklook.png and predict.json.
+    An interrupted map resumes from its finished windows when run again."""
+    from geofuse.mapping.predict import PredictOptions, predict_map
+
+    record = predict_map(run_dir, stack, out, PredictOptions(
+        stride=stride, tile_size=tile_size, tta=tta, probabilities=probabilities,
+        workers=workers, batch_size=batch_size, ray_address=ray))
+    windows = record["windows"]
+    console.print(f"map of {record['grid']['width']}x{record['grid']['height']} px (windows: "
+                  f"{windows['computed']} mapped, {windows['resumed']} resumed): [bold]{out}[/] "
+                  f"({', '.join(record['products'].values())}, predict.json)", soft_wrap=True)
+
+
+@app.command()
+@_friendly
+def assess(
+    map_path: Path = typer.Argument(..., metavar="MAP",
+                                    help="Class map GeoTIFF ('geofuse predict': classes.tif)."),
+    polygons: Path | None = typer.Option(
+        None, "--polygons", help="Held-out reference polygons, or a filled --sample-design "
+        "GeoPackage (points: one reference pixel each)."),
+    labels: Path | None = typer.Option(
+        None, "--labels", help="Reference raster of class codes (read onto the map grid, "
+        "nearest neighbour)."),
+    sample_design: int | None = typer.Option(
+        None, "--sample-design", min=0, help="Instead: draw N stratified random points for a "
+        "person to label (0 = Cochran's size for --target-se)."),
+    out: Path | None = typer.Option(None, "--out", "-o",
+                                    help="Output folder (default: the map's folder)."),
+    class_field: str = typer.Option("class", "--class-field",
+                                    help="--polygons: attribute holding the reference class."),
+    classes: str | None = typer.Option(
+        None, "--classes", help="Comma-separated class names, for a map without a "
+        "class_names tag (default: class_0, class_1, ...)."),
+    unlabelled: int = typer.Option(255, "--unlabelled",
+                                   help="--labels: code of unlabelled pixels."),
+    target_se: float = typer.Option(
+        0.01, "--target-se", help="--sample-design: target standard error of overall accuracy."),
+    min_per_class: int = typer.Option(50, "--min-per-class",
+                                      help="--sample-design: minimum points per class."),
+    expected_ua: float = typer.Option(
+        0.85, "--expected-ua", help="--sample-design: expected user's accuracy (Cochran)."),
+    seed: int = typer.Option(0, "--seed", help="--sample-design: random seed."),
+) -> None:
+    """Accuracy (overall, user's, producer's, with standard errors) and error-adjusted class
+    areas with 95% intervals of a class map (Olofsson et al. 2014): assessment.json, .md and
+    .html; or, with --sample-design, a stratified random validation sample to label."""
+    if sum(x is not None for x in (polygons, labels, sample_design)) != 1:
+        raise typer.BadParameter("give one of --polygons FILE, --labels RASTER, --sample-design N")
+    names = [c.strip() for c in classes.split(",")] if classes else None
+    if sample_design is not None:
+        from geofuse.mapping.sample_design import design_sample
+
+        d = design_sample(map_path, sample_design, out_dir=out, target_se=target_se,
+                          min_per_class=min_per_class, expected_ua=expected_ua, seed=seed,
+                          classes=names)
+        console.print(f"{d.n} points: {d.allocation} (Cochran's size for SE {target_se}: "
+                      f"{d.recommended_n})", soft_wrap=True, highlight=False)
+        console.print(f"validation sample: [bold]{d.gpkg_path}[/]; fill its 'reference' column, "
+                      f"then run: geofuse assess {map_path} --polygons {d.gpkg_path} "
+                      "--class-field reference", soft_wrap=True, highlight=False)
+        return
+    from geofuse.mapping.assess import assess_map, summary_line
+
+    res = assess_map(map_path, polygons=polygons, labels=labels, out_dir=out,
+                     class_field=class_field, classes=names, unlabelled=unlabelled)
+    console.print(summary_line(res.result), highlight=False)
+    console.print(f"assessment: [bold]{res.markdown_path}[/], {res.html_path.name} and "
+                  f"{res.json_path.name}")
+
+
+@app.command()
+@_friendly
 def demo(
     workdir: Path = typer.Option(Path("demo_output"), help="Where the demo writes everything."),
     seed: int = typer.Option(0, help="Scene and training seed."),

@@ -1,0 +1,1 @@
+"""Whole-scene mapping (predict) and map accuracy assessment with area estimates (assess)."""

@@ -1,0 +1,327 @@
+"""``geofuse predict``: a run (or a study's best configuration) + a stack -> map products.
+
+Flow: check the stack against the run (bands, CRS, pixel size); cut the scene into output
+windows (:mod:`geofuse.mapping.windows`); map each window (:mod:`geofuse.mapping.infer`), in
+this process, in ``--workers`` processes or on Ray, and write it into partial GeoTIFFs in
+``OUT/.predict-partial/`` (the parent alone writes); then publish COGs, the quicklook and
+``predict.json`` (:mod:`geofuse.mapping.outputs`).
+
+Resume: ``.predict-partial/state.json`` holds a fingerprint of what determines the map (the
+members' model files, the stack, stride, tile and window sizes, TTA) and ``done.txt`` one line
+per window whose pixels are on disk (appended after the window's files were closed). Running
+the same command again maps only the windows not listed; a different fingerprint, or a partial
+file a kill left unreadable, starts over. Memory is bounded by a window (plus its halo) and
+one batch, whatever the scene size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from geofuse import __version__
+from geofuse.errors import ConfigError
+from geofuse.io_utils import atomic_write_json
+from geofuse.mapping import outputs
+from geofuse.mapping.infer import compute_window, release_engines, uncertainty_names
+from geofuse.mapping.members import MapSource, grid_reference, resolve_source
+from geofuse.mapping.stack import StackInfo, band_moments, check_stack, read_stack_info
+from geofuse.mapping.windows import (
+    MapWindow,
+    block_size,
+    dense_tile_size,
+    dense_window_size,
+    patch_window_size,
+    scene_windows,
+)
+from geofuse.progress_bars import step_progress
+
+PARTIAL_DIR = ".predict-partial"
+RECORD = "predict.json"
+#: Input pixels per forward pass by default: 4096 patches of 8 x 8, 4 tiles of 256 x 256 (small
+#: batches waste most of a CPU's time on per-call overhead; larger ones only cost memory).
+BATCH_PIXELS = 2**18
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """Options of ``geofuse predict``.
+
+    Attributes:
+        stride: patch classifiers classify the patch centred on every ``stride``-th pixel
+            (1 = every pixel); the class fills its stride x stride cell. Dense models map every
+            pixel (a larger stride is ignored with a warning).
+        tile_size: dense models: the model tile side (neighbours overlap by half and are
+            blended); patch classifiers: the side of the windows read and written at once.
+        tta: average the probabilities over the 8 flips and rotations.
+        probabilities: also write ``probabilities.tif``.
+        workers: windows mapped in parallel processes.
+        batch_size: patches (or dense tiles) per forward pass; default
+            :data:`BATCH_PIXELS` input pixels, at most 4096 patches.
+        ray_address: map the windows as Ray tasks on this cluster ('local' starts one).
+    """
+
+    stride: int = 1
+    tile_size: int = 256
+    tta: bool = False
+    probabilities: bool = False
+    workers: int = 1
+    batch_size: int | None = None
+    ray_address: str | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    source: MapSource
+    stack: StackInfo
+    kind: str
+    stride: int
+    tile: int
+    window: int
+    batch: int
+    windows: list[MapWindow]
+
+
+def _plan(source: MapSource, stack: StackInfo, opts: PredictOptions) -> _Plan:
+    if opts.stride < 1 or opts.tile_size < 1 or opts.workers < 1:
+        raise ConfigError(f"stride ({opts.stride}), tile size ({opts.tile_size}) and workers "
+                          f"({opts.workers}) must be >= 1")
+    kind = source.first.kind
+    stride = opts.stride
+    if kind in ("dense", "pixel_forest") and stride > 1:
+        warnings.warn(f"--stride {stride} is ignored: {source.first.model} gives a class per "
+                      "pixel and maps every pixel", UserWarning, stacklevel=3)
+        stride = 1
+    if kind == "dense":
+        tile = dense_tile_size(opts.tile_size)
+        window = dense_window_size(tile)
+    else:
+        tile = max(16, opts.tile_size)
+        window = patch_window_size(tile, stride)
+    side = tile if kind == "dense" else source.first.patch_size
+    batch = opts.batch_size or max(1, min(4096, BATCH_PIXELS // side ** 2))
+    grid = stack.grid
+    return _Plan(source, stack, kind, stride, tile, window, batch,
+                 scene_windows(grid.height, grid.width, window))
+
+
+def _file_key(path: str | Path) -> list[Any]:
+    st = Path(path).stat()
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+
+
+def _fingerprint(plan: _Plan, tta: bool) -> str:
+    key = {"members": [_file_key(m.model_file) for m in plan.source.members],
+           "stack": _file_key(plan.stack.path), "stride": plan.stride, "tile": plan.tile,
+           "window": plan.window, "tta": tta, "bands": plan.source.bands,
+           "version": 1}
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _Partial:
+    """The partial products and the record of finished windows (see the module docstring)."""
+
+    def __init__(self, out: Path, products: dict[str, outputs.Product]) -> None:
+        self.folder = out / PARTIAL_DIR
+        self.products = products
+        self.state = self.folder / "state.json"
+        self.done_file = self.folder / "done.txt"
+
+    def path(self, name: str) -> Path:
+        return self.folder / self.products[name].filename
+
+    def done(self, fingerprint: str) -> set[int]:
+        """Indices of finished windows of this fingerprint (empty: start over)."""
+        try:
+            state = json.loads(self.state.read_text())
+        except (OSError, ValueError):
+            return set()
+        if state.get("fingerprint") != fingerprint or not all(
+                outputs.readable(self.path(n)) for n in self.products):
+            return set()
+        if not self.done_file.is_file():
+            return set()
+        text = self.done_file.read_text()
+        lines = text[: text.rfind("\n") + 1].split()  # a line cut short by a kill is dropped
+        return {int(v) for v in lines if v.isdigit()}
+
+    def start(self, fingerprint: str, plan: _Plan) -> None:
+        """A fresh partial folder: empty products, no finished window."""
+        outputs.remove_tree(self.folder)
+        self.folder.mkdir(parents=True)
+        for name, product in self.products.items():
+            outputs.create_partial(self.path(name), plan.stack.grid, product,
+                                   block_size(plan.window))
+        self.done_file.write_text("")
+        atomic_write_json(self.state, {"fingerprint": fingerprint, "windows": len(plan.windows)})
+
+    def write(self, result: dict[str, Any]) -> None:
+        """Write one window's arrays, then record the window as finished."""
+        window = MapWindow.from_dict(result["window"])
+        for name in self.products:
+            outputs.write_window(self.path(name), window.row, window.col, result[name])
+        with self.done_file.open("a") as f:
+            f.write(f"{window.index}\n")
+
+
+def _context(plan: _Plan, opts: PredictOptions, fingerprint: str) -> dict[str, Any]:
+    moments = None
+    if any(m.normalization == "test_area" for m in plan.source.members):
+        moments = band_moments(plan.stack, plan.source.bands)
+    return {"key": f"{fingerprint}-{plan.batch}",  # a worker's cached models and stack
+            "members": [m.to_dict() for m in plan.source.members],
+            "stack": str(plan.stack.path), "bands": plan.source.bands, "moments": moments,
+            "params": {"stride": plan.stride, "tile": plan.tile, "batch_size": plan.batch,
+                       "tta": opts.tta}, "threads": None}
+
+
+def _run_windows(ctx: dict[str, Any], cells: list[dict[str, Any]], opts: PredictOptions,
+                 on_done: Callable[[dict[str, Any]], None]) -> None:
+    """Map ``cells`` serially, in worker processes or on Ray; ``on_done`` in this process."""
+    from geofuse.experiments import _parallel
+
+    if opts.ray_address:  # one CPU and one torch thread per task, as study cells
+        _parallel.run_ray(compute_window, {**ctx, "threads": 1}, cells, opts.ray_address, 1.0,
+                          on_done,
+                          local_cpus=opts.workers if opts.workers > 1 else None)
+    elif opts.workers > 1 and len(cells) > 1:
+        workers = min(opts.workers, len(cells))
+        ctx = {**ctx, "threads": _parallel.threads_per_worker(workers)}
+        _parallel.run_pool(compute_window, ctx, cells, workers, on_done)
+    else:
+        try:
+            for cell in cells:
+                on_done(compute_window(ctx, cell))
+        finally:
+            release_engines()
+
+
+def _areas(plan: _Plan, counts: list[int]) -> dict[str, Any]:
+    t = plan.stack.grid.transform
+    pixel = abs(t.a * t.e - t.b * t.d)
+    units = (plan.stack.grid.crs.linear_units or "").lower()
+    metres = units in ("metre", "meter", "metres", "meters", "m")
+    total = max(sum(counts), 1)
+    return {name: {"pixels": n, "share": n / total,
+                   "area": n * pixel, "area_ha": n * pixel / 1e4 if metres else None}
+            for name, n in zip(plan.source.first.class_names, counts, strict=True)}
+
+
+def _publish(plan: _Plan, partial: _Partial, out: Path, opts: PredictOptions,
+             ) -> dict[str, str]:
+    names = ["classes", "uncertainty"] + (["probabilities"] if opts.probabilities else [])
+    written = {}
+    for name in names:
+        product = partial.products[name]
+        written[name] = outputs.publish(partial.path(name), out / product.filename,
+                                        product).name
+    if not opts.probabilities:  # an earlier map's probabilities would not match this one
+        (out / partial.products["probabilities"].filename).unlink(missing_ok=True)
+    title = f"{plan.source.first.model}: {plan.stack.path.name}"
+    fig = outputs.quicklook_figure(out / "classes.tif", plan.source.first.class_names, title)
+    written["quicklook"] = outputs.save_figure(fig, out / "quicklook.png").name
+    return written
+
+
+def _record(plan: _Plan, opts: PredictOptions, out: Path, files: dict[str, str],
+            partial: _Partial, timings: dict[str, float], resumed: int) -> dict[str, Any]:
+    k = len(plan.source.first.class_names)
+    counts, nodata = outputs.class_counts(out / files["classes"], k)
+    grid = plan.stack.grid
+    src = plan.source
+    return {
+        "created_by": "geofuse predict", "geofuse_version": __version__,
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "source": {"kind": src.kind, "path": str(src.path), "config_id": src.config_id,
+                   "members": [m.run_dir for m in src.members]},
+        "model": src.first.model, "engine": plan.kind, "stack": str(plan.stack.path),
+        "grid": {"crs": grid.crs_string(), "transform": list(grid.transform)[:6],
+                 "width": grid.width, "height": grid.height},
+        "bands": src.bands, "class_names": src.first.class_names,
+        "normalization": src.first.normalization,
+        "stride": plan.stride, "tile_size": plan.tile, "window_size": plan.window,
+        "tta": opts.tta, "batch_size": plan.batch, "workers": opts.workers,
+        "ray": opts.ray_address,
+        "products": files,
+        "uncertainty_bands": partial.products["uncertainty"].descriptions,
+        "counts": dict(zip(src.first.class_names, counts.tolist(), strict=True)),
+        "nodata_pixels": nodata, "areas": _areas(plan, counts.tolist()),
+        "area_unit": f"{grid.crs.linear_units or 'CRS unit'} squared",
+        "windows": {"total": len(plan.windows), "resumed": resumed,
+                    "computed": len(plan.windows) - resumed},
+        "timings_s": {k2: round(v, 3) for k2, v in timings.items()},
+    }
+
+
+def predict_map(
+    source: str | Path, stack: str | Path, out: str | Path,
+    options: PredictOptions | None = None, progress: bool = True,
+    on_window: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Map ``stack`` with the run or study ``source`` into the folder ``out``.
+
+    Args:
+        source: a run directory, or a study directory (``study.json``): the fold models of
+            its best configuration form an ensemble.
+        stack: the fused stack (any GeoTIFF holding the run's bands, named).
+        out: output folder (created); see :mod:`geofuse.mapping.outputs` for the products.
+        options: stride, tile size, TTA, probabilities, workers, batch size, Ray.
+        progress: show a progress bar on stderr.
+        on_window: called in this process after each window is on disk with the number of
+            windows finished in this session (tests interrupt a run from it).
+
+    Returns:
+        The ``predict.json`` record.
+
+    Raises:
+        RunDirError, ConfigError: an unusable run or study (see
+            :func:`~geofuse.mapping.members.resolve_source`).
+        BandError, AlignmentError: the stack lacks a band, or is in another CRS or pixel size.
+        DataNotFoundError, RasterError: the stack is missing or unreadable.
+    """
+    opts = options or PredictOptions()
+    started = time.perf_counter()
+    src = resolve_source(source)
+    info = read_stack_info(stack)
+    check_stack(info, src.bands, grid_reference(src.first.run_dir), src.describe())
+    plan = _plan(src, info, opts)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    products = outputs.build_products(src.first.class_names, uncertainty_names(len(src.members)))
+    partial = _Partial(out, products)
+    fingerprint = _fingerprint(plan, opts.tta)
+    done = partial.done(fingerprint)
+    if not done:
+        (out / RECORD).unlink(missing_ok=True)  # this folder no longer holds a finished map
+        partial.start(fingerprint, plan)
+    pending = [w.to_dict() for w in plan.windows if w.index not in done]
+    ctx = _context(plan, opts, fingerprint)
+    mapped = 0
+    with step_progress(progress) as bar:
+        task = bar.add_task(f"map {info.grid.width}x{info.grid.height} px, windows",
+                            total=len(plan.windows), completed=len(done))
+
+        def on_done(result: dict[str, Any]) -> None:
+            nonlocal mapped
+            partial.write(result)
+            mapped += 1
+            bar.advance(task)
+            if on_window is not None:
+                on_window(mapped)
+
+        _run_windows(ctx, pending, opts, on_done)
+    windows_s = time.perf_counter() - started
+    files = _publish(plan, partial, out, opts)
+    timings = {"windows": windows_s, "products": time.perf_counter() - started - windows_s}
+    timings["total"] = time.perf_counter() - started
+    record = _record(plan, opts, out, files, partial, timings, len(done))
+    atomic_write_json(out / RECORD, record)
+    outputs.remove_tree(partial.folder)
+    return record
