@@ -44,3 +44,28 @@ def test_temporal_throughput_prints_lstm_unet_samples_per_second_and_peak_rss() 
     assert low - half <= ratio <= high + half, row  # ratio of times = inverse of throughputs
     assert all(float(x) > 0 for x in numbers[5:]), row
     assert "16 x 16 px" in out and "T 3 x C 4" in out
+
+
+def test_mapping_prints_pixels_per_second_ratio_and_peak_rss_of_both_map_paths() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "mapping.py"), "--quick",
+         "--naive-pixels", "600", "--naive-read-pixels", "100", "--train-patches", "128"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+
+    def numbers(prefix: str) -> list[float]:
+        row = next(line for line in out.splitlines() if line.startswith(prefix))
+        figures = row[46:]  # after the method column: pixels, seconds, px/s, ratio, RSS
+        return [float(x.replace(",", "")) for x in re.findall(r"\d[\d,]*(?:\.\d+)?", figures)]
+
+    naive = numbers("naive (a)")
+    geofuse = numbers("geofuse predict, simple_cnn")
+    dense = numbers("geofuse predict, unet_early")
+    assert naive[0] == 600 and geofuse[0] == dense[0] == 256 * 256
+    assert naive[2] > 0 and geofuse[2] > 0 and dense[2] > 0
+    ratio = geofuse[2] / naive[2]  # px/s are printed as whole numbers, ratios to 1 decimal
+    assert abs(naive[3] - ratio) <= 0.05 + 0.01 * ratio, (naive, geofuse)
+    assert len(geofuse) == len(dense) == 5 and geofuse[4] > 0 and dense[4] > 0  # peak RSS MB
+    agreement = re.search(r"same pixels: ([\d.]+)% \(a\), ([\d.]+)% \(b\)", out)
+    assert agreement and float(agreement[1]) >= 95 and float(agreement[2]) >= 95, out
+    assert "target >= 20x" in out and "target < 2,048 MB" in out

@@ -38,6 +38,13 @@ def test_demo_runs_the_sensor_ablation_and_writes_the_study_report(demo_dir: Pat
         assert f"plots/{name}.png" in md and title in html
         image = mpimg.imread(study / "plots" / f"{name}.png")
         assert image.shape[0] > 100 and image[..., :3].std() > 0.05
+    # the best configuration's fold models mapped the scene; the map is assessed on the
+    # polygons held out of every fold
+    assessment = json.loads((study / "map" / "assessment.json").read_text())
+    assert 0.3 < assessment["overall_accuracy"] <= 1
+    assert assessment["reference"]["n_reference_pixels"] > 100
+    assert (study / "map" / "classes.tif").is_file() and "Map of the scene" in md
+    assert "map/quicklook.png" in md
     # Re-running in the same folder reuses the finished cells and writes the same report.
     mtimes = {p: p.stat().st_mtime for p in (study / "cells").glob("*.json")}
     assert run_demo(demo_dir, seed=2, epochs=2, size_m=6000.0) == report

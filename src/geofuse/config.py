@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_valid
 
 from geofuse._config_base import ModalityConfig, _Model
 from geofuse.config_dataset import DatasetConfig
-from geofuse.config_experiments import AblationConfig, GuardConfig
+from geofuse.config_experiments import AblationConfig, GuardConfig, MappingConfig
 from geofuse.config_experiments import AblationModelConfig as AblationModelConfig  # re-export
 from geofuse.config_experiments import RayConfig as RayConfig  # re-export
 from geofuse.config_train import BaselineConfig as BaselineConfig  # re-export
@@ -165,6 +165,7 @@ class StudyConfig(_Model):
     guards: GuardConfig = GuardConfig()
     ablation: AblationConfig = AblationConfig()
     search: SearchConfig = SearchConfig()
+    mapping: MappingConfig = MappingConfig()
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: Path | None = PrivateAttr(default=None)

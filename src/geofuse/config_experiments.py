@@ -111,3 +111,21 @@ class AblationConfig(_Model):
         if self.group_by == "block" and self.block_size is None:
             raise ValueError("group_by 'block' needs ablation.block_size (CRS units); set it")
         return self
+
+
+class MappingConfig(_Model):
+    """Map a scene with the study's best configuration after ``geofuse ablate`` (``mapping``)."""
+
+    scene: str | None = Field(
+        None, description="Fused stack to map once the ablation has finished: a path "
+        "(relative to the config file) or 'stack' for the study's own prepared stack; the "
+        "best configuration's fold models map it as an ensemble (geofuse predict) into "
+        "<study>/map/, and with an ablation.test_fraction the map is assessed against the "
+        "held-out polygons (geofuse assess). Keeps the cells' checkpoints. Default: no map."
+    )
+    stride: int = Field(1, ge=1, description="Patch classifiers: map every stride-th pixel "
+                        "(each class fills its stride x stride cell); 1 = every pixel.")
+    tile_size: int = Field(256, ge=16, description="Dense models: tile size of the blended "
+                           "sliding window.")
+    tta: bool = Field(False, description="Average the 8 flips and rotations.")
+

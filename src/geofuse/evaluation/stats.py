@@ -183,12 +183,15 @@ def _mean_or_nan(values: Iterable[float | None]) -> float:
     return float(np.mean(finite)) if finite else _nan()
 
 
-def overfitting_summary(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def overfitting_summary(cells: Sequence[Mapping[str, Any]], score: str = "macro F1",
+                        gap: str = "train accuracy") -> dict[str, Any]:
     """Best vs final epoch and train-validation gap over the cells of one configuration.
 
     Args:
         cells: cell records with ``best_val_f1_macro``, ``final_val_f1_macro``,
             ``train_val_gap``, ``best_epoch`` and ``final_epoch`` (any may be missing).
+        score: name of the selection score in the flag (IoU in segmentation studies).
+        gap: name of the training figure compared with validation in the flag.
 
     Returns:
         Means of best/final F1, ``drop`` (final - best; negative = worse at the end),
@@ -210,9 +213,9 @@ def overfitting_summary(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
     flags = []
     if drops and out["drop"] < -DROP_WARN:
-        flags.append(f"macro F1 falls {-out['drop']:.3f} from the best to the final epoch")
+        flags.append(f"{score} falls {-out['drop']:.3f} from the best to the final epoch")
     if gaps and out["gap"] > GAP_WARN:
-        flags.append(f"train accuracy exceeds validation by {out['gap']:.3f}")
+        flags.append(f"{gap} exceeds validation by {out['gap']:.3f}")
     out["flag"] = "; ".join(flags)
     return out
 

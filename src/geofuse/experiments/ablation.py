@@ -155,7 +155,8 @@ def _run_study_locked(
     ctx = StudyContext(
         config=cfg.model_dump(mode="json"), base_dir=str(cfg.base_dir),
         study_dir=str(study_dir.resolve()), fold_paths=fold_paths, epochs=epochs,
-        keep_checkpoints=cfg.ablation.keep_checkpoints, importance=cfg.ablation.importance,
+        keep_checkpoints=cfg.ablation.keep_checkpoints or cfg.mapping.scene is not None,
+        importance=cfg.ablation.importance,
         importance_repeats=cfg.ablation.importance_repeats,
     )
     counter = {"n": len(cells) - len(todo)}
@@ -287,6 +288,10 @@ def run_ablation(
               workers=workers, ray_address=ray_address, progress=progress,
               extra={"baseline_config_id": baseline_config_id(cfg, cells)},
               source=cfg.patches_path if patchset is None else None)
+    if cfg.mapping.scene is not None:  # before the report, which then shows the map
+        from geofuse.experiments.study_map import map_study
+
+        map_study(cfg, study_dir, progress)
     finish_study(study_dir, progress)
     return study_dir
 

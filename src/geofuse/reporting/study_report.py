@@ -30,8 +30,8 @@ from geofuse.io_utils import atomic_path, atomic_write_json, atomic_write_text
 from geofuse.reporting import html as doc
 from geofuse.reporting import study_plots as sp
 from geofuse.reporting._completeness import completeness, continue_command, unfinished_alert
-from geofuse.reporting._seg_report import study_mask_comparison
 from geofuse.reporting._study_data_figures import data_figure_blocks
+from geofuse.reporting._study_extra_blocks import map_blocks, mask_blocks
 from geofuse.reporting._study_load import (
     CELL_DEFAULTS,
     Study,
@@ -109,11 +109,15 @@ def compute_study_stats(
                              for k in MULTILABEL_COLUMNS} if multilabel else {},
         "test": st.summarize_configs(cell_scores(study, metric, "test"), unit),
         "test_accuracy": st.summarize_configs(cell_scores(study, "accuracy", "test"), unit),
-        "test_set": study_test_stats(study, baseline, alpha),
+        # patch-level test section (fold ensembles, floors, bootstrap over test groups);
+        # a segmentation study's test figures are the per-pixel table of the results
+        "test_set": None if study.segmentation else study_test_stats(study, baseline, alpha),
         "per_class_f1_test": {cid: {k: _class_f1(cells, "test", k) for k in classes}
                               for cid, cells in by_config.items()
                               if any(isinstance(c.get("test"), Mapping) for c in cells)},
-        "overfitting": {cid: st.overfitting_summary(cells) for cid, cells in by_config.items()},
+        "overfitting": {cid: st.overfitting_summary(cells, *(("IoU", "train IoU")
+                                                          if study.segmentation else ()))
+                        for cid, cells in by_config.items()},
         "per_class_f1": {cid: {k: _class_f1(cells, split, k) for k in classes}
                          for cid, cells in evaluated.items()},
         "per_class_ap": {cid: {k: _class_ap(cells, split, k) for k in classes}
@@ -260,7 +264,7 @@ def _detail_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
                                                      "over cells)", label="AP"),
                            study, "per_class_ap", "Per-class AP across configurations")]
     if study.segmentation:
-        blocks += _mask_blocks(s, study)
+        blocks += mask_blocks(s, study, _figure)
     if s["confusion"]:
         blocks.append(doc.Heading("Confusion matrices (summed over folds and seeds)"))
     for role, cid in (("baseline", s["baseline"]), ("best", s["best"])):
@@ -284,19 +288,6 @@ def _detail_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
         doc.Table(["configuration", f"best {short}", f"final {short}", "drop", "worst drop",
                    "gap", "max gap", "best epoch", "final epoch", "flag"], rows)]
     return blocks
-
-
-def _mask_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
-    """Input dates, true and predicted masks of a few validation tiles, every configuration
-    side by side (segmentation studies)."""
-    fig = study_mask_comparison(study.path, study.cells, list(s["configs"]))
-    if fig is None:
-        return []
-    return [doc.Heading("Masks of a few validation tiles"),
-            doc.Para("The first validation fold's most changed tiles: the first and last date, "
-                     "the true mask and each configuration's predicted mask (grey: "
-                     "unlabelled)."),
-            _figure(fig, study, "masks", "Input dates, true and predicted masks")]
 
 
 def _importance_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
@@ -393,6 +384,7 @@ def write_study_report(
         *study_test_blocks(s["test_set"], s["per_class_f1_test"], study.class_names,
                            study.multilabel,
                            lambda fig, name, title: _figure(fig, study, name, title)),
+        *map_blocks(study),
         *_detail_blocks(s, study), *_importance_blocks(s, study), *_data_blocks(study),
         *_reproduce_blocks(study)]
     md_path = study.path / "report.md"

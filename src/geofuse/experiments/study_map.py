@@ -1,0 +1,94 @@
+"""After an ablation: map a scene with the best configuration and assess it (``mapping``).
+
+The best configuration's fold models map the scene as an ensemble (:mod:`geofuse.mapping.
+predict`) into ``<study>/map/``. When the study held polygons out (``ablation.test_fraction``),
+those polygons, which no fold model ever trained on, are written to
+``map/heldout_polygons.gpkg`` and the map is assessed against them (:mod:`geofuse.mapping.
+assess`): confusion matrix, accuracies and error-adjusted class areas. The study report then
+shows the map and its assessment.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from geofuse.config import StudyConfig
+from geofuse.errors import ConfigError
+
+console = Console(stderr=True)
+MAP_DIR = "map"
+HELDOUT = "heldout_polygons.gpkg"
+
+
+def scene_path(cfg: StudyConfig) -> Path:
+    """The stack named by ``mapping.scene`` ('stack': the study's own prepared stack).
+
+    Raises:
+        ConfigError: no scene configured.
+    """
+    scene = cfg.mapping.scene
+    if scene is None:
+        raise ConfigError("mapping.scene is not set; name a fused stack or 'stack'")
+    return cfg.stack_path if scene == "stack" else cfg.resolve(scene)
+
+
+def heldout_polygons(cfg: StudyConfig, study_dir: Path, out_dir: Path) -> Path | None:
+    """Write the label polygons of the study's test groups (``polygon:<id>``) to a
+    GeoPackage with a ``class`` field; None when the study held no polygon out."""
+    import geopandas as gpd
+
+    from geofuse.labels.polygons import read_label_polygons
+    from geofuse.raster.io import read_stack_header
+
+    folds = json.loads((study_dir / "folds.json").read_text())
+    ids = {g.split(":", 1)[1] for g in folds.get("test_groups") or []
+           if g.startswith("polygon:")}
+    lab = cfg.labels
+    if not ids or lab is None or lab.path is None:
+        return None
+    polygons = read_label_polygons(
+        cfg.resolve(lab.path), class_field=lab.class_field, classes=lab.classes,
+        id_field=lab.id_field, crs=read_stack_header(cfg.stack_path).grid.crs_string())
+    keep = [i for i, pid in enumerate(polygons.ids) if pid in ids]
+    if not keep:
+        return None
+    frame = gpd.GeoDataFrame(
+        {"id": [polygons.ids[i] for i in keep],
+         "class": [polygons.class_names[int(polygons.y[i])] for i in keep]},
+        geometry=[polygons.geometries[i] for i in keep], crs=polygons.crs)
+    path = out_dir / HELDOUT
+    frame.to_file(path, driver="GPKG")
+    return path
+
+
+def map_study(cfg: StudyConfig, study_dir: Path, progress: bool = True) -> Path:
+    """Map ``mapping.scene`` with the study's best configuration, then assess the map against
+    the held-out polygons when there are any; returns the map folder."""
+    from geofuse.mapping.assess import assess_map
+    from geofuse.mapping.predict import PredictOptions, predict_map
+
+    out = study_dir / MAP_DIR
+    m = cfg.mapping
+    cells = [p.stat().st_mtime for p in (study_dir / "cells").glob("*.json")]
+    record = out / "predict.json"
+    if record.is_file() and cells and record.stat().st_mtime >= max(cells):
+        if progress:  # no cell changed since the map was made
+            console.print(f"map up to date: {out}")
+        return out
+    if progress:
+        console.rule("[bold]map: the best configuration's fold models on the scene")
+    predict_map(study_dir, scene_path(cfg), out,
+                PredictOptions(stride=m.stride, tile_size=m.tile_size, tta=m.tta),
+                progress=progress)
+    reference = heldout_polygons(cfg, study_dir, out)
+    if reference is not None:
+        assess_map(out / "classes.tif", polygons=reference, out_dir=out, class_field="class")
+        if progress:
+            console.print(f"map assessed against {reference.name}: {out / 'assessment.md'}")
+    elif progress:
+        console.print("no held-out polygons (ablation.test_fraction: 0): the map is not "
+                      "assessed; run 'geofuse assess' with independent reference data")
+    return out

@@ -1,0 +1,69 @@
+"""Study report blocks of segmentation studies (example masks) and of a study's map."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from matplotlib.figure import Figure as MplFigure
+
+from geofuse.reporting import html as doc
+from geofuse.reporting._seg_report import study_mask_comparison
+from geofuse.reporting._study_load import Study
+from geofuse.reporting._study_test_blocks import _f
+
+#: (figure, study, file name, title) -> a report figure (study_report._figure).
+FigureFn = Callable[[MplFigure, Study, str, str], doc.Figure]
+
+
+def mask_blocks(s: dict[str, Any], study: Study, figure: FigureFn) -> list[doc.Block]:
+    """Input dates, true and predicted masks of a few validation tiles, every configuration
+    side by side (segmentation studies)."""
+    fig = study_mask_comparison(study.path, study.cells, list(s["configs"]))
+    if fig is None:
+        return []
+    return [doc.Heading("Masks of a few validation tiles"),
+            doc.Para("The first validation fold's most changed tiles: the first and last date, "
+                     "the true mask and each configuration's predicted mask (grey: "
+                     "unlabelled)."),
+            figure(fig, study, "masks", "Input dates, true and predicted masks")]
+
+
+def map_blocks(study: Study) -> list[doc.Block]:
+    """The map of the best configuration (``mapping.scene``) and its assessment, when the
+    study made one (``<study>/map/``)."""
+    folder = study.path / "map"
+    record = folder / "predict.json"
+    if not record.is_file():
+        return []
+    meta = json.loads(record.read_text())
+    blocks: list[doc.Block] = [doc.Heading("Map of the scene (best configuration)"), doc.Para(
+        f"`{meta.get('stack', '?')}` mapped by the fold models of the best configuration "
+        f"(stride {meta.get('stride', 1)}): `map/classes.tif`, `map/uncertainty.tif`.")]
+    quicklook = folder / "quicklook.png"
+    if quicklook.is_file():
+        blocks.append(doc.Figure(title="Class map", png=quicklook.read_bytes(),
+                                 path="map/quicklook.png"))
+    assessment = folder / "assessment.json"
+    if not assessment.is_file():
+        return [*blocks, doc.Para("Not assessed: the study held no polygons out.")]
+    a = json.loads(assessment.read_text())
+    rows = [[c["name"], _f(c["mapped_area_ha"], 1), _area(c), _f(c["users_accuracy"]),
+             _f(c["producers_accuracy"])] for c in a["per_class"]]
+    return [
+        *blocks,
+        doc.Para(f"Assessed against the {a['reference'].get('n_reference_pixels', '?')} pixels "
+                 "of the held-out polygons, which no fold model trained on: overall accuracy "
+                 f"{_f(a['overall_accuracy'])} +- {_f(a['overall_accuracy_se'])} (SE); "
+                 "error-adjusted areas with 95% intervals (Olofsson et al. 2014). Polygon "
+                 "pixels are clustered, so the intervals are too narrow: `map/assessment.md`."),
+        doc.Table(["class", "mapped area (ha)", "adjusted area (ha, 95% CI)", "user's acc.",
+                   "producer's acc."], rows)]
+
+
+def _area(c: dict[str, Any]) -> str:
+    if c.get("area_ha") is None:
+        return "n/a"
+    half = 1.96 * (c.get("area_ha_se") or 0.0)
+    return f"{c['area_ha']:.1f} [{c['area_ha'] - half:.1f}, {c['area_ha'] + half:.1f}]"
