@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -42,12 +43,18 @@ from geofuse.mapping.windows import (
     scene_windows,
 )
 from geofuse.progress_bars import step_progress
+from geofuse.raster.io import gdal_env
 
 PARTIAL_DIR = ".predict-partial"
 RECORD = "predict.json"
-#: Input pixels per forward pass by default: 4096 patches of 8 x 8, 4 tiles of 256 x 256 (small
-#: batches waste most of a CPU's time on per-call overhead; larger ones only cost memory).
+#: Input pixels per forward pass by default: 4 tiles of 256 x 256 px for dense models.
 BATCH_PIXELS = 2**18
+#: Patches per forward pass of a patch classifier by default: on a 2-core CPU SimpleCNN runs
+#: 1.6x faster in batches of 256 than of 4096 (benchmarks/mapping.py).
+PATCH_BATCH = 256
+#: GDAL block cache while mapping (MB), unless GDAL_CACHEMAX is set: GDAL's default (5% of the
+#: RAM) grew a 10,000 px map by 1.2 GB; windows are read once, a cache does not help them.
+GDAL_CACHE_MB = 256
 
 
 @dataclass(frozen=True)
@@ -106,7 +113,8 @@ def _plan(source: MapSource, stack: StackInfo, opts: PredictOptions) -> _Plan:
         tile = max(16, opts.tile_size)
         window = patch_window_size(tile, stride)
     side = tile if kind == "dense" else source.first.patch_size
-    batch = opts.batch_size or max(1, min(4096, BATCH_PIXELS // side ** 2))
+    batch = opts.batch_size or (max(1, BATCH_PIXELS // side ** 2) if kind == "dense" else
+                                max(1, min(PATCH_BATCH, BATCH_PIXELS // side ** 2)))
     grid = stack.grid
     return _Plan(source, stack, kind, stride, tile, window, batch,
                  scene_windows(grid.height, grid.width, window))
@@ -287,6 +295,21 @@ def predict_map(
         DataNotFoundError, RasterError: the stack is missing or unreadable.
     """
     opts = options or PredictOptions()
+    if "GDAL_CACHEMAX" in os.environ:  # the user's own setting
+        return _predict_map(source, stack, out, opts, progress, on_window)
+    os.environ["GDAL_CACHEMAX"] = str(GDAL_CACHE_MB)  # worker processes inherit it
+    try:
+        with gdal_env(GDAL_CACHE_MB):
+            return _predict_map(source, stack, out, opts, progress, on_window)
+    finally:
+        del os.environ["GDAL_CACHEMAX"]
+
+
+def _predict_map(
+    source: str | Path, stack: str | Path, out: str | Path, opts: PredictOptions,
+    progress: bool, on_window: Callable[[int], None] | None,
+) -> dict[str, Any]:
+    """:func:`predict_map` inside its GDAL settings."""
     started = time.perf_counter()
     src = resolve_source(source)
     info = read_stack_info(stack)
