@@ -192,7 +192,7 @@ def evaluate_baseline(run_dir: str | Path, verbose: bool = True) -> dict[str, An
     if info.get("task") == "segmentation":  # masks: geofuse.models.pixel_forest
         from geofuse.models import pixel_forest
 
-        return pixel_forest.evaluate_pixel_baseline(run.path, verbose=verbose)
+        return pixel_forest.evaluate_pixel_baseline(run, info, verbose=verbose)
     cfg = load_config(run.config)
     patches = PatchSet.load(info["patches_path"]).select_bands(info["bands"])
     means = np.asarray(BandStats.load(run.normalization).mean)

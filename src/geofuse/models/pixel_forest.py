@@ -219,17 +219,18 @@ def fit_pixel_baseline(
     return path
 
 
-def evaluate_pixel_baseline(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
+def evaluate_pixel_baseline(run: RunDir, info: dict[str, Any], verbose: bool = True
+                            ) -> dict[str, Any]:
     """Masks of a per-pixel baseline run on val and test; writes ``metrics.json`` (the layout
     of a segmentation network run, with its collapse guard) and ``{split}_masks.npz``.
 
-    Raises:
-        RunDirError: run.json, config.yaml, normalization.json or the model file is missing.
+    Args:
+        run: the run directory, its files checked by
+            :func:`~geofuse.models.forest.evaluate_baseline`.
+        info: its run.json record.
+        verbose: print the collapse guard's verdict even when it passes.
     """
-    run = RunDir(Path(run_dir))
     model_path = run.path / MODEL_FILE
-    run.require(run.run_json, run.config, run.normalization, model_path)
-    info = run.read_json(run.run_json)
     cfg = load_config(run.config)
     patches = PatchSet.load(info["patches_path"]).select_bands(info["bands"])
     all_masks = _masks(patches)
