@@ -15,7 +15,7 @@ from rich.console import Console
 from typer.exceptions import TyperException
 
 from geofuse._signals import install_stop_handlers
-from geofuse.errors import friendly_error
+from geofuse.errors import ConfigError, friendly_error
 
 app = typer.Typer(
     add_completion=False,
@@ -269,8 +269,11 @@ def predict(
     run_dir: Path = typer.Argument(
         ..., help="A run directory ('geofuse train'), or a study directory (study.json): the "
         "fold models of its best configuration map as an ensemble."),
-    stack: Path = typer.Option(..., "--stack", help="Fused stack holding the run's bands "
-                               "('geofuse prepare')."),
+    stack: Path | None = typer.Option(None, "--stack", help="Fused stack holding the run's "
+                                      "bands ('geofuse prepare')."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Instead of --stack: a "
+                                       "study YAML whose sensor rasters are aligned onto its "
+                                       "reference grid on the fly."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for the map products."),
     stride: int = typer.Option(1, "--stride", min=1, help="Patch classifiers: classify every "
                                "S-th pixel; the class fills its S x S cell (1 = every pixel)."),
@@ -284,15 +287,27 @@ def predict(
     batch_size: int | None = typer.Option(None, "--batch-size", min=1,
                                           help="Patches (dense models: tiles) per forward pass."),
     ray: str | None = typer.Option(None, "--ray", help="Ray address, or 'local' to start one."),
+    mc_dropout: int = typer.Option(0, "--mc-dropout", min=0, help="Networks: N passes with "
+                                   "dropout active (Monte Carlo dropout); their spread is an "
+                                   "uncertainty band."),
+    device: str = typer.Option("auto", "--device", help="Torch device of the networks: auto "
+                               "(CUDA when visible), cpu, cuda, cuda:N."),
 ) -> None:
-    """Map a stack with a run or a study: classes.tif (colour table), uncertainty.tif,
-    optional probabilities.tif (COGs on the stack's grid), quicklook.png and predict.json.
-    An interrupted map resumes from its finished windows when run again."""
+    """Map a stack (or a study config's sensor rasters, aligned on the fly) with a run or a
+    study: classes.tif (colour table), uncertainty.tif, optional probabilities.tif (COGs on the
+    scene's grid), quicklook.png and predict.json. An interrupted map resumes from its
+    finished windows when run again."""
     from geofuse.mapping.predict import PredictOptions, predict_map
+    from geofuse.mapping.scene import SceneSpec
 
-    record = predict_map(run_dir, stack, out, PredictOptions(
+    if (stack is None) == (config is None):
+        raise ConfigError("geofuse predict needs the scene: either --stack STACK (a fused "
+                          "stack) or -c STUDY.yaml (its sensor rasters), not both")
+    scene = SceneSpec("stack", str(stack)) if stack else SceneSpec("config", str(config))
+    record = predict_map(run_dir, scene, out, PredictOptions(
         stride=stride, tile_size=tile_size, tta=tta, probabilities=probabilities,
-        workers=workers, batch_size=batch_size, ray_address=ray))
+        workers=workers, batch_size=batch_size, ray_address=ray, mc_dropout=mc_dropout,
+        device=device))
     windows = record["windows"]
     console.print(f"map of {record['grid']['width']}x{record['grid']['height']} px (windows: "
                   f"{windows['computed']} mapped, {windows['resumed']} resumed): [bold]{out}[/] "

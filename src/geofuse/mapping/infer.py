@@ -11,7 +11,10 @@
 
 An ensemble averages its members' probabilities; their spread is the mean over classes of the
 standard deviation of the members' probabilities (``member_std``), and the vote disagreement is
-the share of members whose own class is not the ensemble's (``vote_disagreement``).
+the share of members whose own class is not the ensemble's (``vote_disagreement``). Monte Carlo
+dropout (``mc_dropout`` N) runs every network N times with its dropout layers active (batch
+norm stays in evaluation mode); each pass counts as a member. The passes of a window are seeded
+by the window's index, so a map does not depend on workers, resumption or the window order.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from geofuse.data.normalize import MIN_STD, BandStats, normalize
+from geofuse.errors import ConfigError
 from geofuse.mapping.members import MemberSpec
-from geofuse.mapping.stack import StackSource
+from geofuse.mapping.passes import enable_mc_dropout, member_passes
+from geofuse.mapping.scene import SceneSource
 from geofuse.mapping.windows import (
     MapWindow,
     blend_weights,
@@ -38,6 +43,7 @@ from geofuse.mapping.windows import (
 )
 
 PIXEL_CHUNK = 2**16  #: pixels a per-pixel forest predicts at once
+MC_SEED = 7919  #: window index * MC_SEED seeds the dropout masks of a window's passes
 
 
 @dataclass
@@ -56,6 +62,14 @@ class LoadedMember:
     def num_classes(self) -> int:
         return len(self.spec.class_names)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device if self.is_network else torch.device("cpu")
+
+    @property
+    def is_network(self) -> bool:
+        return self.spec.kind in ("patch", "dense")
+
 
 def _scene_stats(moments: dict[str, list[float]], spec: MemberSpec) -> BandStats:
     """The mapped scene's own band statistics (``test_area``), pooled over the dates."""
@@ -71,16 +85,15 @@ def _scene_stats(moments: dict[str, list[float]], spec: MemberSpec) -> BandStats
     return BandStats(bands=list(spec.bands), mean=mean, std=np.where(std < MIN_STD, 1.0, std))
 
 
-def load_member(spec: MemberSpec, moments: dict[str, list[float]] | None = None
-                ) -> LoadedMember:
-    """Load a member's model and statistics (``moments``: the scene's, for test_area runs).
+def load_member(spec: MemberSpec, moments: dict[str, list[float]] | None = None,
+                device: str = "cpu", mc_dropout: int = 0) -> LoadedMember:
+    """Load a member's model and statistics (``moments``: the scene's, for test_area runs)
+    onto ``device``, with dropout active when ``mc_dropout``.
 
     Raises:
-        ConfigError: the checkpoint holds a multi-label model.
+        ConfigError: the checkpoint holds a multi-label model, or MC dropout without dropout.
     """
     from pathlib import Path
-
-    from geofuse.errors import ConfigError
 
     run = Path(spec.run_dir)
     stats = BandStats.load(run / "normalization.json")
@@ -96,6 +109,9 @@ def load_member(spec: MemberSpec, moments: dict[str, list[float]] | None = None
     if task.multilabel:
         raise ConfigError(f"run {spec.run_dir!r} is multi-label; 'geofuse predict' maps "
                           "single-label and segmentation runs only")
+    task = task.to(device)
+    if mc_dropout:
+        enable_mc_dropout(task, f"run {spec.run_dir!r}")
     return LoadedMember(spec, stats, task)
 
 
@@ -134,19 +150,20 @@ def _patch_batch(member: LoadedMember, x: np.ndarray, tta: bool) -> np.ndarray:
     from geofuse.data.transforms import standardize_patches
     from geofuse.evaluation.tta import tta_probabilities
 
-    image = torch.from_numpy(x)
+    image = torch.from_numpy(x).to(member.device)
     if member.per_patch:
         image = standardize_patches(image)
     task = member.model
     probs = tta_probabilities(task, image) if tta else task(image).softmax(dim=1)
-    return probs.float().numpy()
+    return probs.float().cpu().numpy()
 
 
 def _patch_engine(members: list[LoadedMember], bands: list[str], raw: np.ndarray,
                   origin: tuple[int, int], rows: np.ndarray, cols: np.ndarray,
-                  valid: np.ndarray, batch: int, tta: bool) -> list[np.ndarray]:
-    """Per member, probabilities (K, n_rows, n_cols) of the patches centred on the grid
-    ``rows`` x ``cols`` (NaN where not ``valid``)."""
+                  valid: np.ndarray, params: EngineParams) -> list[np.ndarray]:
+    """Per member and pass, probabilities (K, n_rows, n_cols) of the patches centred on the
+    grid ``rows`` x ``cols`` (NaN where not ``valid``)."""
+    batch, tta = params.batch_size, params.tta
     size = members[0].spec.patch_size
     before, _ = patch_halo(size)
     vi, vj = np.nonzero(valid)
@@ -158,12 +175,13 @@ def _patch_engine(members: list[LoadedMember], bands: list[str], raw: np.ndarray
             x = normalize(x, m.stats)
         hwc = np.ascontiguousarray(np.moveaxis(x, 0, -1))
         view = sliding_window_view(hwc, (size, size), axis=(0, 1))  # (R, C', C, P, P)
-        probs = np.full((m.num_classes, len(rows), len(cols)), np.nan, dtype=np.float32)
-        for s in range(0, len(vi), batch):
-            p = _patch_batch(m, np.ascontiguousarray(view[top[s:s + batch],
-                                                          left[s:s + batch]]), tta)
-            probs[:, vi[s:s + batch], vj[s:s + batch]] = p.T
-        out.append(probs)
+        for _ in range(member_passes(m.spec.kind, params.mc_dropout)):
+            probs = np.full((m.num_classes, len(rows), len(cols)), np.nan, dtype=np.float32)
+            for s in range(0, len(vi), batch):
+                p = _patch_batch(m, np.ascontiguousarray(view[top[s:s + batch],
+                                                              left[s:s + batch]]), tta)
+                probs[:, vi[s:s + batch], vj[s:s + batch]] = p.T
+            out.append(probs)
     return out
 
 
@@ -184,10 +202,10 @@ def _dense_member(m: LoadedMember, x: np.ndarray, tile: int, batch: int, tta: bo
             if not skip[i, j]]
     for s in range(0, len(todo), batch):
         part = todo[s:s + batch]
-        image = torch.stack([tiles[:, i, j] for i, j in part])
+        image = torch.stack([tiles[:, i, j] for i, j in part]).to(m.device)
         if m.per_patch:
             image = standardize_patches(image)
-        probs = mask_probabilities(m.model, image, tta).float()
+        probs = mask_probabilities(m.model, image, tta).float().cpu()
         for (i, j), p in zip(part, probs, strict=True):
             acc[:, i * hop:i * hop + tile, j * hop:j * hop + tile] += p * weights
             wsum[i * hop:i * hop + tile, j * hop:j * hop + tile] += weights
@@ -212,18 +230,21 @@ def _pixel_forest(m: LoadedMember, x: np.ndarray, valid: np.ndarray) -> np.ndarr
 @dataclass(frozen=True)
 class EngineParams:
     """How windows are mapped: stride (patch classifiers), model tile side (dense models),
-    batch size (patches or tiles per forward pass) and test-time augmentation."""
+    batch size (patches or tiles per forward pass), test-time augmentation, Monte Carlo
+    dropout passes (0 = off) and the networks' torch device."""
 
     stride: int
     tile: int
     batch_size: int
     tta: bool
+    mc_dropout: int = 0
+    device: str = "cpu"
 
 
 class WindowEngine:
     """Maps windows of one stack with one or more loaded members."""
 
-    def __init__(self, members: list[LoadedMember], source: StackSource,
+    def __init__(self, members: list[LoadedMember], source: SceneSource,
                  params: EngineParams) -> None:
         self.members = members
         self.source = source
@@ -259,7 +280,7 @@ class WindowEngine:
         inside_c = (cols - before >= 0) & (cols + after < self.width)
         valid = inside_r[:, None] & inside_c[None, :] & (share <= spec.max_nodata + 1e-9)
         cells = _patch_engine(self.members, self.source.bands, raw, (r0, c0), rows, cols,
-                              valid, self.params.batch_size, self.params.tta)
+                              valid, self.params)
         probs = [expand_cells(p, s, w.height, w.width) for p in cells]
         window_nodata = nodata[w.row - r0:w.row - r0 + w.height, w.col - c0:w.col - c0 + w.width]
         return probs, window_nodata
@@ -279,8 +300,9 @@ class WindowEngine:
         probs = []
         for m in self.members:
             x = normalize(_channels(m, self.source.bands, raw), m.stats)
-            p = _dense_member(m, x, tile, self.params.batch_size, self.params.tta, skip)
-            probs.append(p[:, crop[0], crop[1]])
+            for _ in range(member_passes(m.spec.kind, self.params.mc_dropout)):
+                p = _dense_member(m, x, tile, self.params.batch_size, self.params.tta, skip)
+                probs.append(p[:, crop[0], crop[1]])
         return probs, nodata[crop]
 
 
@@ -327,19 +349,25 @@ _ENGINES: dict[str, WindowEngine] = {}
 def compute_window(ctx: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
     """Worker entry point: map one window (``cell``: :meth:`MapWindow.to_dict`) with the
     members and stack of ``ctx``; returns the window and its :func:`summarise` arrays."""
-    from geofuse.mapping.stack import read_stack_info
+    from geofuse.mapping.scene import DerivedBand, SceneSpec, scene_info
 
     if ctx.get("threads"):
         torch.set_num_threads(int(ctx["threads"]))
     engine = _ENGINES.get(ctx["key"])
     if engine is None:
-        _ENGINES.clear()
+        release_engines()
+        params = EngineParams(**ctx["params"])
         specs = [MemberSpec(**s) for s in ctx["members"]]
-        members = [load_member(s, ctx.get("moments")) for s in specs]
-        source = StackSource(read_stack_info(ctx["stack"]), list(ctx["bands"]))
-        engine = WindowEngine(members, source, EngineParams(**ctx["params"]))
+        members = [load_member(s, ctx.get("moments"), params.device, params.mc_dropout)
+                   for s in specs]
+        scene = SceneSpec(**ctx["scene"])
+        source = SceneSource(scene, scene_info(scene), list(ctx["bands"]),
+                             [DerivedBand(**d) for d in ctx.get("derived") or []])
+        engine = WindowEngine(members, source, params)
         _ENGINES[ctx["key"]] = engine
     window = MapWindow.from_dict(cell)
+    if engine.params.mc_dropout:
+        torch.manual_seed(window.index * MC_SEED + 1)
     probs, nodata = engine.member_probabilities(window)
     return {"window": window.to_dict(), **summarise(probs, nodata)}
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,8 @@ class MemberSpec:
             ``extract.max_nodata_fraction``; 1 when extract only flagged such patches).
         features: feature kind of a scikit-learn baseline (``stats`` or ``pixels``).
         model_file: checkpoint or joblib file.
+        derived: index bands among ``bands`` (:class:`~geofuse.mapping.scene.DerivedBand`
+            as dicts), computed on the fly when the scene lacks them.
     """
 
     run_dir: str
@@ -63,6 +65,7 @@ class MemberSpec:
     max_nodata: float
     features: str
     model_file: str
+    derived: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,7 +170,27 @@ def read_member_spec(run_dir: str | Path) -> MemberSpec:
         normalization=str(cfg.train.normalization),
         max_nodata=float(ex.max_nodata_fraction) if ex.on_nodata == "drop" else 1.0,
         features=str(cfg.train.baseline.features), model_file=str(model_file),
+        derived=_derived_bands(cfg, info),
     )
+
+
+def _derived_bands(cfg: Any, info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's index bands (``<modality>_<INDEX>``) with their inputs; whether radar inputs
+    were dB comes from the run's PatchSet (unknown when it is gone)."""
+    from geofuse.data.indices import index_band, index_bands
+
+    bands = set(info["bands"])
+    record = _patchset_attrs(Path(info.get("patches_path") or "")).get("provenance") or "{}"
+    indices = json.loads(record).get("indices") or {}
+    out = []
+    for m in cfg.modalities:
+        db = (indices.get(m.index_modality) or {}).get("db_to_linear")
+        for ix in m.indices:
+            if index_band(m.name, ix) in bands:
+                out.append({"name": index_band(m.name, ix), "index": ix,
+                            "inputs": index_bands(m.name, m.bands, ix),
+                            "db_to_linear": None if db is None else bool(db)})
+    return out
 
 
 def grid_reference(run_dir: str | Path) -> GridReference | None:
@@ -187,22 +210,23 @@ def grid_reference(run_dir: str | Path) -> GridReference | None:
     if cfg.grid is not None:
         return GridReference(cfg.grid.crs, (cfg.grid.resolution, cfg.grid.resolution),
                              "the grid section of its config.yaml")
-    crs = _patchset_crs(Path(_read_json(run / "run.json").get("patches_path") or ""))
+    patches = Path(_read_json(run / "run.json").get("patches_path") or "")
+    crs = str(_patchset_attrs(patches).get("crs") or "")
     return GridReference(crs, None, "its PatchSet") if crs else None
 
 
-def _patchset_crs(path: Path) -> str | None:
-    """The ``crs`` attribute of a PatchSet file, without reading its arrays."""
+def _patchset_attrs(path: Path) -> dict[str, Any]:
+    """The ``crs`` and ``provenance`` attributes of a PatchSet file (empty when it is gone),
+    without reading its arrays."""
     import h5py
 
     if not path.is_file():
-        return None
+        return {}
     try:
         with h5py.File(path, "r") as f:
-            crs = str(f.attrs.get("crs", ""))
+            return {k: str(f.attrs[k]) for k in ("crs", "provenance") if k in f.attrs}
     except OSError:
-        return None
-    return crs or None
+        return {}
 
 
 def _best_config(study_dir: Path) -> str:

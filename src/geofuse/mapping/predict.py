@@ -1,6 +1,8 @@
-"""``geofuse predict``: a run (or a study's best configuration) + a stack -> map products.
+"""``geofuse predict``: a run (or a study's best configuration) + a scene -> map products.
 
-Flow: check the stack against the run (bands, CRS, pixel size); cut the scene into output
+The scene is a fused stack, or a study config whose sensor rasters are aligned on the fly
+(:mod:`geofuse.mapping.scene`). Flow: check the scene against the run (bands, CRS, pixel
+size); cut the scene into output
 windows (:mod:`geofuse.mapping.windows`); map each window (:mod:`geofuse.mapping.infer`), in
 this process, in ``--workers`` processes or on Ray, and write it into partial GeoTIFFs in
 ``OUT/.predict-partial/`` (the parent alone writes); then publish COGs, the quicklook and
@@ -31,9 +33,23 @@ from geofuse import __version__
 from geofuse.errors import ConfigError
 from geofuse.io_utils import atomic_write_json
 from geofuse.mapping import outputs
-from geofuse.mapping.infer import compute_window, release_engines, uncertainty_names
+from geofuse.mapping.infer import (
+    compute_window,
+    load_member,
+    release_engines,
+    uncertainty_names,
+)
 from geofuse.mapping.members import MapSource, grid_reference, resolve_source
-from geofuse.mapping.stack import StackInfo, band_moments, check_stack, read_stack_info
+from geofuse.mapping.passes import member_passes, resolve_device
+from geofuse.mapping.scene import (
+    DerivedBand,
+    SceneSource,
+    SceneSpec,
+    base_bands,
+    scene_files,
+    scene_info,
+)
+from geofuse.mapping.stack import StackInfo, band_moments, check_stack
 from geofuse.mapping.windows import (
     MapWindow,
     block_size,
@@ -73,6 +89,10 @@ class PredictOptions:
         batch_size: patches (or dense tiles) per forward pass; default
             :data:`BATCH_PIXELS` input pixels, at most 4096 patches.
         ray_address: map the windows as Ray tasks on this cluster ('local' starts one).
+        mc_dropout: networks: this many stochastic passes with dropout active (Monte Carlo
+            dropout), each a member of the uncertainty outputs; 0 = off.
+        device: torch device of the networks: ``auto`` (CUDA when visible), ``cpu``,
+            ``cuda`` or ``cuda:N``.
     """
 
     stride: int = 1
@@ -82,11 +102,14 @@ class PredictOptions:
     workers: int = 1
     batch_size: int | None = None
     ray_address: str | None = None
+    mc_dropout: int = 0
+    device: str = "auto"
 
 
 @dataclass(frozen=True)
 class _Plan:
     source: MapSource
+    scene: SceneSpec
     stack: StackInfo
     kind: str
     stride: int
@@ -96,11 +119,16 @@ class _Plan:
     windows: list[MapWindow]
 
 
-def _plan(source: MapSource, stack: StackInfo, opts: PredictOptions) -> _Plan:
-    if opts.stride < 1 or opts.tile_size < 1 or opts.workers < 1:
+def _plan(source: MapSource, scene: SceneSpec, stack: StackInfo, opts: PredictOptions
+          ) -> _Plan:
+    if opts.stride < 1 or opts.tile_size < 1 or opts.workers < 1 or opts.mc_dropout < 0:
         raise ConfigError(f"stride ({opts.stride}), tile size ({opts.tile_size}) and workers "
-                          f"({opts.workers}) must be >= 1")
+                          f"({opts.workers}) must be >= 1, --mc-dropout ({opts.mc_dropout}) "
+                          ">= 0")
     kind = source.first.kind
+    if opts.mc_dropout and kind in ("patch_forest", "pixel_forest"):
+        raise ConfigError(f"--mc-dropout {opts.mc_dropout}: {source.first.model} is a "
+                          "scikit-learn baseline without dropout; map it without --mc-dropout")
     stride = opts.stride
     if kind in ("dense", "pixel_forest") and stride > 1:
         warnings.warn(f"--stride {stride} is ignored: {source.first.model} gives a class per "
@@ -116,7 +144,7 @@ def _plan(source: MapSource, stack: StackInfo, opts: PredictOptions) -> _Plan:
     batch = opts.batch_size or (max(1, BATCH_PIXELS // side ** 2) if kind == "dense" else
                                 max(1, min(PATCH_BATCH, BATCH_PIXELS // side ** 2)))
     grid = stack.grid
-    return _Plan(source, stack, kind, stride, tile, window, batch,
+    return _Plan(source, scene, stack, kind, stride, tile, window, batch,
                  scene_windows(grid.height, grid.width, window))
 
 
@@ -125,11 +153,11 @@ def _file_key(path: str | Path) -> list[Any]:
     return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
 
 
-def _fingerprint(plan: _Plan, tta: bool) -> str:
+def _fingerprint(plan: _Plan, opts: PredictOptions) -> str:
     key = {"members": [_file_key(m.model_file) for m in plan.source.members],
-           "stack": _file_key(plan.stack.path), "stride": plan.stride, "tile": plan.tile,
-           "window": plan.window, "tta": tta, "bands": plan.source.bands,
-           "version": 1}
+           "stack": [_file_key(p) for p in scene_files(plan.scene)], "stride": plan.stride,
+           "tile": plan.tile, "window": plan.window, "tta": opts.tta,
+           "mc_dropout": opts.mc_dropout, "bands": plan.source.bands, "version": 2}
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -179,15 +207,25 @@ class _Partial:
             f.write(f"{window.index}\n")
 
 
-def _context(plan: _Plan, opts: PredictOptions, fingerprint: str) -> dict[str, Any]:
+def _derived(source: MapSource) -> list[DerivedBand]:
+    return list({d["name"]: DerivedBand(**d) for m in source.members for d in m.derived
+                 }.values())
+
+
+def _context(plan: _Plan, opts: PredictOptions, fingerprint: str, device: str
+             ) -> dict[str, Any]:
     moments = None
+    derived = _derived(plan.source)
     if any(m.normalization == "test_area" for m in plan.source.members):
-        moments = band_moments(plan.stack, plan.source.bands)
-    return {"key": f"{fingerprint}-{plan.batch}",  # a worker's cached models and stack
+        with SceneSource(plan.scene, plan.stack, plan.source.bands, derived) as scene:
+            moments = band_moments(scene)
+    return {"key": f"{fingerprint}-{plan.batch}-{device}",  # a worker's models and scene
             "members": [m.to_dict() for m in plan.source.members],
-            "stack": str(plan.stack.path), "bands": plan.source.bands, "moments": moments,
+            "scene": plan.scene.to_dict(), "derived": [d.to_dict() for d in derived],
+            "bands": plan.source.bands, "moments": moments,
             "params": {"stride": plan.stride, "tile": plan.tile, "batch_size": plan.batch,
-                       "tta": opts.tta}, "threads": None}
+                       "tta": opts.tta, "mc_dropout": opts.mc_dropout, "device": device},
+            "threads": None}
 
 
 def _run_windows(ctx: dict[str, Any], cells: list[dict[str, Any]], opts: PredictOptions,
@@ -250,12 +288,14 @@ def _record(plan: _Plan, opts: PredictOptions, out: Path, files: dict[str, str],
         "source": {"kind": src.kind, "path": str(src.path), "config_id": src.config_id,
                    "members": [m.run_dir for m in src.members]},
         "model": src.first.model, "engine": plan.kind, "stack": str(plan.stack.path),
+        "scene": plan.scene.to_dict(),
         "grid": {"crs": grid.crs_string(), "transform": list(grid.transform)[:6],
                  "width": grid.width, "height": grid.height},
         "bands": src.bands, "class_names": src.first.class_names,
         "normalization": src.first.normalization,
         "stride": plan.stride, "tile_size": plan.tile, "window_size": plan.window,
-        "tta": opts.tta, "batch_size": plan.batch, "workers": opts.workers,
+        "tta": opts.tta, "mc_dropout": opts.mc_dropout, "batch_size": plan.batch,
+        "workers": opts.workers,
         "ray": opts.ray_address,
         "products": files,
         "uncertainty_bands": partial.products["uncertainty"].descriptions,
@@ -269,7 +309,7 @@ def _record(plan: _Plan, opts: PredictOptions, out: Path, files: dict[str, str],
 
 
 def predict_map(
-    source: str | Path, stack: str | Path, out: str | Path,
+    source: str | Path, stack: str | Path | SceneSpec, out: str | Path,
     options: PredictOptions | None = None, progress: bool = True,
     on_window: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
@@ -278,9 +318,12 @@ def predict_map(
     Args:
         source: a run directory, or a study directory (``study.json``): the fold models of
             its best configuration form an ensemble.
-        stack: the fused stack (any GeoTIFF holding the run's bands, named).
+        stack: the fused stack (any GeoTIFF holding the run's bands, named), or a
+            :class:`~geofuse.mapping.scene.SceneSpec` (``config``: a study YAML whose
+            modalities are aligned on the fly).
         out: output folder (created); see :mod:`geofuse.mapping.outputs` for the products.
-        options: stride, tile size, TTA, probabilities, workers, batch size, Ray.
+        options: stride, tile size, TTA, probabilities, workers, batch size, Ray, MC
+            dropout, device.
         progress: show a progress bar on stderr.
         on_window: called in this process after each window is on disk with the number of
             windows finished in this session (tests interrupt a run from it).
@@ -291,8 +334,9 @@ def predict_map(
     Raises:
         RunDirError, ConfigError: an unusable run or study (see
             :func:`~geofuse.mapping.members.resolve_source`).
-        BandError, AlignmentError: the stack lacks a band, or is in another CRS or pixel size.
-        DataNotFoundError, RasterError: the stack is missing or unreadable.
+        BandError, AlignmentError: the scene lacks a band, or is in another CRS or pixel size.
+        DataNotFoundError, RasterError: the stack (or a config's raster) is missing or
+            unreadable.
     """
     opts = options or PredictOptions()
     if "GDAL_CACHEMAX" in os.environ:  # the user's own setting
@@ -306,26 +350,32 @@ def predict_map(
 
 
 def _predict_map(
-    source: str | Path, stack: str | Path, out: str | Path, opts: PredictOptions,
+    source: str | Path, stack: str | Path | SceneSpec, out: str | Path, opts: PredictOptions,
     progress: bool, on_window: Callable[[int], None] | None,
 ) -> dict[str, Any]:
     """:func:`predict_map` inside its GDAL settings."""
     started = time.perf_counter()
     src = resolve_source(source)
-    info = read_stack_info(stack)
-    check_stack(info, src.bands, grid_reference(src.first.run_dir), src.describe())
-    plan = _plan(src, info, opts)
+    device = resolve_device(opts.device)
+    scene = stack if isinstance(stack, SceneSpec) else SceneSpec("stack", str(stack))
+    info = scene_info(scene)
+    check_stack(info, base_bands(src.bands, _derived(src), info.bands),
+                grid_reference(src.first.run_dir), src.describe())
+    plan = _plan(src, scene, info, opts)
+    if opts.mc_dropout:  # a model without dropout fails here, before anything is written
+        load_member(src.first, None, "cpu", opts.mc_dropout)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    products = outputs.build_products(src.first.class_names, uncertainty_names(len(src.members)))
+    members = len(src.members) * member_passes(plan.kind, opts.mc_dropout)
+    products = outputs.build_products(src.first.class_names, uncertainty_names(members))
     partial = _Partial(out, products)
-    fingerprint = _fingerprint(plan, opts.tta)
+    fingerprint = _fingerprint(plan, opts)
     done = partial.done(fingerprint)
     if not done:
         (out / RECORD).unlink(missing_ok=True)  # this folder no longer holds a finished map
         partial.start(fingerprint, plan)
     pending = [w.to_dict() for w in plan.windows if w.index not in done]
-    ctx = _context(plan, opts, fingerprint)
+    ctx = _context(plan, opts, fingerprint, device)
     mapped = 0
     with step_progress(progress) as bar:
         task = bar.add_task(f"map {info.grid.width}x{info.grid.height} px, windows",

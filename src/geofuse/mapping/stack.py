@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 from rasterio.crs import CRS
@@ -166,22 +167,22 @@ class StackSource:
         self.close()
 
 
-def band_moments(info: StackInfo, bands: list[str]) -> dict[str, list[float]]:
-    """Count, sum and sum of squares of the valid values of each band over the whole stack,
+def band_moments(source: Any) -> dict[str, list[float]]:
+    """Count, sum and sum of squares of the valid values of each band of ``source`` (a
+    :class:`StackSource` or :class:`~geofuse.mapping.scene.SceneSource`) over the whole scene,
     read strip by strip (for ``train.normalization: test_area``: the mapped area's own
     statistics)."""
+    bands, grid = list(source.bands), source.info.grid
     count = np.zeros(len(bands))
     total = np.zeros(len(bands))
     squares = np.zeros(len(bands))
-    with StackSource(info, bands) as src:
-        for row in range(0, info.grid.height, SCAN_ROWS):
-            h = min(SCAN_ROWS, info.grid.height - row)
-            block = src.read(row, 0, h, info.grid.width).reshape(len(bands), -1)
-            block = block.astype(np.float64)
-            valid = np.isfinite(block)
-            values = np.where(valid, block, 0.0)
-            count += valid.sum(axis=1)
-            total += values.sum(axis=1)
-            squares += (values ** 2).sum(axis=1)
-    return {"bands": list(bands), "count": count.tolist(), "sum": total.tolist(),
+    for row in range(0, grid.height, SCAN_ROWS):
+        h = min(SCAN_ROWS, grid.height - row)
+        block = source.read(row, 0, h, grid.width).reshape(len(bands), -1).astype(np.float64)
+        valid = np.isfinite(block)
+        values = np.where(valid, block, 0.0)
+        count += valid.sum(axis=1)
+        total += values.sum(axis=1)
+        squares += (values ** 2).sum(axis=1)
+    return {"bands": bands, "count": count.tolist(), "sum": total.tolist(),
             "sumsq": squares.tolist()}
