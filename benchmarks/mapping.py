@@ -27,8 +27,11 @@ rows (``--naive-pixels``, ``--naive-read-pixels``) and write nothing; their clas
 compared with geofuse's map at the same pixels (agreement printed). The ratio is geofuse
 pixels/s over naive (a) pixels/s.
 
-Run: ``.venv/bin/python benchmarks/mapping.py [--size 10000] [--workers 1] [--batch-size N]
-[--naive-pixels 100000] [--naive-read-pixels 2000] [--skip-dense] [--quick] [--keep]``.
+Run: ``.venv/bin/python benchmarks/mapping.py [--size 10000] [--stride 1] [--workers 1]
+[--batch-size N] [--naive-pixels 100000] [--naive-read-pixels 2000] [--skip-dense] [--quick]
+[--keep]``. ``--stride S`` maps the SimpleCNN at stride S (the memory of a large scene in less
+time); its ratio is then per classified patch. The last line counts the network's
+multiply-accumulates per patch and the rate each side reaches.
 ``--quick``: a 256 px scene, 2,000 + 200 naive pixels (the smoke test's size).
 Target (issue 14): geofuse >= 20x the naive loop, peak RSS < 2 GB.
 """
@@ -214,9 +217,9 @@ class MapResult:
     window: int
 
 
-def run_predict(run: Path, stack: Path, out: Path, workers: int, batch_size: int | None = None
-                ) -> MapResult:
-    """``geofuse predict RUN --stack STACK -o OUT --stride 1 -w WORKERS [--batch-size N]`` in
+def run_predict(run: Path, stack: Path, out: Path, workers: int, batch_size: int | None = None,
+                stride: int = 1) -> MapResult:
+    """``geofuse predict RUN --stack STACK -o OUT --stride S -w WORKERS [--batch-size N]`` in
     its own process.
 
     Seconds: ``predict.json``'s ``timings_s`` (inside ``predict_map``: no interpreter start or
@@ -225,7 +228,7 @@ def run_predict(run: Path, stack: Path, out: Path, workers: int, batch_size: int
     """
     cli = Path(sys.executable).parent / "geofuse"
     cmd = [str(cli), "predict", str(run), "--stack", str(stack), "-o", str(out),
-           "--stride", "1", "--workers", str(workers)]
+           "--stride", str(stride), "--workers", str(workers)]
     cmd += ["--batch-size", str(batch_size)] if batch_size else []
     log = out.parent / f"{out.name}.log"
     with log.open("w") as sink:
@@ -248,6 +251,28 @@ def run_predict(run: Path, stack: Path, out: Path, workers: int, batch_size: int
     peak = usage.ru_maxrss / 1024  # Linux: kB
     return MapResult(record["timings_s"]["total"], record["timings_s"]["windows"], peak,
                      max(tree_rss, peak), tree_pss, record["batch_size"], record["window_size"])
+
+
+def macs_per_patch(run: Path) -> float:
+    """Multiply-accumulates of one forward pass of the run's network on one patch (convolution
+    and linear layers, counted with forward hooks)."""
+    task, _ = load_task(run / "checkpoints" / "best.ckpt")
+    total = [0.0]
+
+    def hook(module: torch.nn.Module, _: Any, out: torch.Tensor) -> None:
+        if isinstance(module, torch.nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            total[0] += out[0].numel() * module.in_channels // module.groups * k
+        else:
+            total[0] += out[0].numel() * module.in_features
+
+    handles = [m.register_forward_hook(hook) for m in task.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.inference_mode():
+        task(torch.zeros(1, len(BANDS), PATCH, PATCH))
+    for h in handles:
+        h.remove()
+    return total[0]
 
 
 # -- the naive loops --------------------------------------------------------------------------
@@ -349,6 +374,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="pixels of naive loop (b), a window read each (2000; 0: skip)")
     parser.add_argument("--train-patches", type=int, default=512,
                         help="patches the SimpleCNN trains on for its one epoch (512)")
+    parser.add_argument("--stride", type=int, default=1,
+                        help="predict --stride of the simple_cnn map (1); >1 measures memory "
+                        "on a large scene in less time (px/s then counts the stride cells)")
     parser.add_argument("--skip-dense", action="store_true", help="no unet_early map")
     parser.add_argument("--quick", action="store_true",
                         help="tiny defaults: 256 px scene, 2000 + 200 naive pixels")
@@ -382,8 +410,9 @@ def _benchmark(root: Path, size: int, opt: dict[str, int], args: argparse.Namesp
     print(f"scene {size:,} x {size:,} px x {len(BANDS)} bands float32 "
           f"({stack.stat().st_size / 2**20:,.0f} MB DEFLATE on disk, written in {scene_s:.1f} s);"
           f" run: {run}", flush=True)
-    geo = run_predict(run, stack, root / "map", args.workers, args.batch_size)
+    geo = run_predict(run, stack, root / "map", args.workers, args.batch_size, args.stride)
     pixels = size * size
+    patches = (-(-size // args.stride)) ** 2  # patches classified (stride grid)
     rows, cols = naive_pixels(size, opt["naive_pixels"])
     naive_s, naive_cls = naive_in_memory(run, stack, rows, cols)
     agree = float((map_classes(root / "map" / "classes.tif", rows, cols) == naive_cls).mean())
@@ -397,7 +426,21 @@ def _benchmark(root: Path, size: int, opt: dict[str, int], args: argparse.Namesp
     if not args.skip_dense:
         drun = dense_run(root, stack, run / "normalization.json")
         dense = run_predict(drun, stack, root / "map_dense", args.workers)
-    _report(size, pixels, geo, (len(rows), naive_s, agree), read_result, dense, args.workers)
+    _report(size, pixels, geo, (len(rows), naive_s, agree), read_result, dense, args.workers,
+            args.stride)
+    _report_compute(run, patches, geo, (len(rows), naive_s), args.stride)
+
+
+def _report_compute(run: Path, patches: int, geo: MapResult, naive: tuple[int, float],
+                    stride: int) -> None:
+    """Why the ratio is what it is: both loops run the same forward passes, so their speed is
+    the CPU's multiply-accumulate rate on the network."""
+    macs = macs_per_patch(run)
+    geo_rate, naive_rate = patches / geo.seconds, naive[0] / naive[1]
+    print(f"SimpleCNN forward pass: {macs / 1e6:.2f} M multiply-accumulates per 8 x 8 patch; "
+          f"naive (a) {naive_rate * macs / 1e9:.1f} GMAC/s ({naive_rate:,.0f} patches/s), "
+          f"geofuse at stride {stride} {geo_rate * macs / 1e9:.1f} GMAC/s ({geo_rate:,.0f} "
+          f"patches/s, {geo_rate / naive_rate:.2f}x naive (a) per patch)")
 
 
 def _rss(m: MapResult, workers: int) -> str:
@@ -405,11 +448,11 @@ def _rss(m: MapResult, workers: int) -> str:
 
 
 def _report(size: int, pixels: int, geo: MapResult, naive: tuple[int, float, float],
-            read: tuple[int, float, float] | None, dense: MapResult | None, workers: int
-            ) -> None:
+            read: tuple[int, float, float] | None, dense: MapResult | None, workers: int,
+            stride: int = 1) -> None:
     geo_rate = pixels / geo.seconds
     n, naive_s, agree = naive
-    ratio = geo_rate / (n / naive_s)
+    ratio = (-(-size // stride)) ** 2 / geo.seconds / (n / naive_s)  # per classified patch
     print(f"\n{'method':<46}{'pixels':>12}{'seconds':>10}{'px/s':>12}{'geofuse/x':>11}"
           f"{'peak RSS MB':>18}")
     print(_row(f"naive (a): in-memory slicing, batch {NAIVE_BATCH}", n, naive_s,
@@ -417,7 +460,7 @@ def _report(size: int, pixels: int, geo: MapResult, naive: tuple[int, float, flo
     if read is not None:
         print(_row(f"naive (b): window read per patch, batch {NAIVE_BATCH}", read[0], read[1],
                    f"{geo_rate / (read[0] / read[1]):.1f}x", "-"))
-    print(_row(f"geofuse predict, simple_cnn stride 1, w {workers}", pixels, geo.seconds,
+    print(_row(f"geofuse predict, simple_cnn stride {stride}, w {workers}", pixels, geo.seconds,
                "1.0x", _rss(geo, workers)))
     if dense is not None:
         print(_row(f"geofuse predict, unet_early (dense), w {workers}", pixels, dense.seconds,
