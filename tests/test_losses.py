@@ -115,3 +115,17 @@ def test_loss_config_lives_under_train_and_rejects_unknown_names() -> None:
     assert isinstance(build_loss(TrainConfig().loss, 3), CrossEntropyLoss)
     with pytest.raises(ValueError, match="focal"):
         TrainConfig.model_validate({"loss": {"name": "hinge"}})
+
+
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_focal_losses_keep_finite_gradients_when_a_prediction_saturates(gamma: float) -> None:
+    from geofuse.training.losses import MultiLabelFocalLoss
+
+    logits = torch.tensor([[60.0, -40.0, 0.3], [0.2, -0.1, 0.5]], requires_grad=True)
+    FocalLoss(gamma=gamma)(logits, torch.tensor([0, 2])).backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+    assert logits.grad[1].abs().sum() > 0  # the unsaturated sample still learns
+    multi = torch.tensor([[40.0, -40.0, 0.3]], requires_grad=True)
+    MultiLabelFocalLoss(gamma=gamma)(multi, torch.tensor([[1.0, 0.0, 1.0]])).backward()
+    assert multi.grad is not None and torch.isfinite(multi.grad).all()
+    assert multi.grad[0, 2] < 0

@@ -117,3 +117,13 @@ def test_divide_groups_gives_every_split_a_group() -> None:
     assert sorted(assign.tolist()) == [0, 1, 2] and assign[0] == 0
     assign = divide_groups(np.array([5.0, 5.0, 5.0, 5.0]), [0.3, 0.7], rng)
     assert np.bincount(assign).tolist() == [1, 3]
+
+
+def test_impossible_split_message_names_tiles_when_the_groups_are_tiles() -> None:
+    y, groups = make_patches([5, 2, 1])
+    tiles = np.array([f"tile:{str(g).split(':', 1)[-1]}" for g in groups])
+    with pytest.raises(SplitError) as err:
+        assign_splits(y, tiles, 0.2, 0.1, seed=0, class_names=["crop", "water", "urban"])
+    msg = str(err.value)
+    assert "at least 3 tile groups" in msg and "add tiles holding" in msg
+    assert "polygon" not in msg

@@ -42,18 +42,26 @@ def group_table(
     return inverse, table.argmax(axis=1), table.sum(axis=1)
 
 
+def _group_kind(groups: np.ndarray) -> str:
+    """What the groups are, from their names (``polygon:17``, ``tile:3``, ``cell:...``)."""
+    kinds = {str(g).split(":", 1)[0] for g in np.unique(groups) if ":" in str(g)}
+    return kinds.pop() if len(kinds) == 1 else "group"
+
+
 def _impossible_message(
-    n_groups: np.ndarray, names: list[str], need: int, split_names: list[str]
+    n_groups: np.ndarray, names: list[str], need: int, split_names: list[str],
+    kind: str = "polygon",
 ) -> str:
     short = [f"{names[k]!r} has {n}" for k, n in enumerate(n_groups) if n < need]
     all_counts = ", ".join(f"{names[k]} {n}" for k, n in enumerate(n_groups))
-    fix = "add polygons for those classes"
+    unit = "groups" if kind == "group" else f"{kind} groups"
+    fix = f"add {kind}s holding those classes"
     if need == 3:
         fix += ", set splits.test_fraction to 0 (then 2 groups per class suffice)"
     return (
-        f"cannot split without leakage: every class needs at least {need} polygon groups (one "
+        f"cannot split without leakage: every class needs at least {need} {unit} (one "
         f"each for {'/'.join(split_names)}), but {'; '.join(short)}; groups per class "
-        f"(polygons holding it): {all_counts}. Fix: {fix}, or drop the "
+        f"({kind}s holding it): {all_counts}. Fix: {fix}, or drop the "
         "class from labels.classes"
     )
 
@@ -149,7 +157,8 @@ def assign_splits(
         if (present >= len(fractions)).all():
             found = stratify_units(table, fractions, seed)
         if found is None:
-            raise SplitError(_impossible_message(present, names, len(fractions), split_names))
+            raise SplitError(_impossible_message(present, names, len(fractions), split_names,
+                                                 _group_kind(groups)))
         return found[inverse].astype(np.uint8)
     group_split = np.zeros(len(major), dtype=np.uint8)
     for k in range(num_classes):

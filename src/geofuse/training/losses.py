@@ -119,7 +119,7 @@ class FocalLoss(_WeightedLoss):
 
     def _per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         log_p = F.log_softmax(logits, dim=1).gather(1, target.long().unsqueeze(1)).squeeze(1)
-        loss = -((1 - log_p.exp()) ** self.gamma) * log_p
+        loss = -focal_factor(log_p, self.gamma) * log_p
         if self.weight is not None:
             loss = loss * self.weight[target.long()]
         return loss
@@ -161,6 +161,17 @@ class BinaryCrossEntropyLoss(_WeightedLoss):
         return loss
 
 
+#: Smallest (1 - p_t) raised to gamma: keeps the gradient finite for 0 < gamma < 1 when a
+#: prediction saturates (p_t = 1, where d/dx x^gamma is infinite).
+_FOCAL_FLOOR = 1e-12
+
+
+def focal_factor(log_p: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``(1 - p)^gamma`` from ``log p``, computed as ``-expm1(log p)`` (exact near p = 1) and
+    floored so that fractional exponents keep finite gradients."""
+    return (-torch.expm1(log_p)).clamp(min=_FOCAL_FLOOR) ** gamma
+
+
 class MultiLabelFocalLoss(_WeightedLoss):
     """Sigmoid focal loss for multi-label targets (Lin et al. 2017), averaged over elements.
 
@@ -187,8 +198,7 @@ class MultiLabelFocalLoss(_WeightedLoss):
     def _elementwise(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         y = one_hot(target, logits.shape[1])
         bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
-        p_t = torch.exp(-bce)
-        loss = (1 - p_t) ** self.gamma * bce
+        loss = focal_factor(-bce, self.gamma) * bce
         if self.weight is not None:
             loss = loss * _class_shape(self.weight, loss.ndim)
         return loss
