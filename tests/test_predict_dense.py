@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -50,11 +51,11 @@ def _run_dir(root: Path, stack: Path, model: str) -> Path:
     return run
 
 
-def _fit_unet(seed: int = 0, steps: int = 25) -> ClassificationTask:
+def _fit_unet(seed: int = 0, steps: int = 25, **kwargs: Any) -> ClassificationTask:
     """A small U-Net fitted for a few steps on random 32 px crops of the scene."""
     torch.manual_seed(seed)
     task = ClassificationTask(model="unet_early", in_channels=4, num_classes=3, patch_size=32,
-                              model_kwargs={"band_names": BANDS, **TINY},
+                              model_kwargs={"band_names": BANDS, **TINY, **kwargs},
                               class_names=CLASSES, segmentation=True)
     data = scene()
     x = torch.from_numpy(normalize(data[None], compute_band_stats(data[None], BANDS)))
@@ -119,6 +120,26 @@ def test_the_dense_map_does_not_depend_on_the_tile_size(
     diff = np.abs(pa.astype(int) - pb)[:, ~nodata]  # percent
     assert np.median(diff) <= 1 and diff.mean() < 2.0
     assert (ca == truth())[~nodata].mean() > 0.6  # the fitted model maps the scene
+
+
+def test_mc_dropout_passes_of_a_dense_model_are_fixed_networks_across_tiles(
+    tmp_path: Path
+) -> None:
+    stack = write_stack(tmp_path / "stack.tif")
+    run = _run_dir(tmp_path, stack, "unet_early")
+    task = _fit_unet(dropout=0.5)
+    torch.save({"hyper_parameters": dict(task.hparams), "state_dict": task.state_dict(),
+                "epoch": 0}, run / "checkpoints" / "best.ckpt")
+    spreads = []
+    for name, tile in (("a", 48), ("b", 64)):
+        predict_map(run, stack, tmp_path / name, PredictOptions(tile_size=tile, mc_dropout=3),
+                    progress=False)
+        spreads.append(read(tmp_path / name / "uncertainty.tif", 3))  # member_std
+    nodata = np.isnan(scene()).any(axis=0)
+    a, b = spreads[0][~nodata], spreads[1][~nodata]
+    assert a.mean() > 1e-4  # the passes differ
+    # one network per pass whatever the tiles: the spread follows the scene, not the tiling
+    assert np.corrcoef(a, b)[0, 1] > 0.7 and 0.5 < a.mean() / b.mean() < 2.0
 
 
 def test_the_dense_map_matches_the_model_run_on_the_whole_scene_at_once(

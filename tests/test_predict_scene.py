@@ -27,6 +27,9 @@ from geofuse.config import parse_config
 from geofuse.data.indices import add_index_modalities, compute_index
 from geofuse.data.patchset import PatchSet
 from geofuse.data.stack_reader import StackPatchReader
+from geofuse.mapping.infer import load_member
+from geofuse.mapping.members import read_member_spec
+from geofuse.mapping.scene import DerivedBand, SceneSource, SceneSpec, resolve_db, scene_info
 from geofuse.raster.prepare import prepare_stack
 from geofuse.training.train import train_model
 from test_predict import (
@@ -178,10 +181,10 @@ def test_mc_dropout_passes_are_members_with_a_spread_and_repeat_exactly(
 ) -> None:
     _, stack, run = config_run
     maps = []
-    for name in ("a", "b"):
+    for name, tile in (("a", "32"), ("b", "64")):  # other windows, same passes
         result = runner.invoke(app, ["predict", str(run), "--stack", str(stack), "-o",
                                      str(tmp_path / name), "--mc-dropout", "4",
-                                     "--device", "cpu"])
+                                     "--device", "cpu", "--tile-size", tile])
         assert result.exit_code == 0, result.output
         with rasterio.open(tmp_path / name / "uncertainty.tif") as src:
             assert list(src.descriptions) == ["entropy", "one_minus_max_probability",
@@ -191,9 +194,31 @@ def test_mc_dropout_passes_are_members_with_a_spread_and_repeat_exactly(
     valid = np.isfinite(unc[0])
     assert valid.mean() > 0.5
     assert unc[2][valid].mean() > 1e-3  # dropout makes the passes differ
-    assert np.array_equal(maps[0], maps[1], equal_nan=True)  # seeded by window
+    assert np.array_equal(maps[0], maps[1], equal_nan=True)  # fixed masks per pass
     record = json.loads((tmp_path / "a" / "predict.json").read_text())
-    assert record["mc_dropout"] == 4
+    assert record["mc_dropout"] == 4 and record["device"] == "cpu"
+    member = load_member(read_member_spec(run), mc_dropout=4)
+    assert not any(m.training for m in member.model.modules())  # batch norm stays in eval
+    result = runner.invoke(app, ["predict", str(run), "--stack", str(stack), "-o",
+                                 str(tmp_path / "c"), "--mc-dropout", "1"], terminal_width=400)
+    assert result.exit_code == 2 and "at least 2 passes" in result.output, result.output
+
+
+def test_an_unknown_radar_scale_is_decided_once_for_the_whole_scene(tmp_path: Path) -> None:
+    vv = np.full((HEIGHT, WIDTH), 0.2, dtype=np.float32)
+    vh = np.full((HEIGHT, WIDTH), 0.05, dtype=np.float32)
+    vv[:8, :8], vh[:8, :8] = -8.0, -14.0  # dB in one corner: the whole scene is dB
+    stack = write_stack(tmp_path / "s1.tif", np.stack([vv, vh]), bands=["VV", "VH"])
+    spec = SceneSpec("stack", str(stack))
+    info = scene_info(spec)
+    rvi = DerivedBand("s1_RVI", "RVI", {"vv": "VV", "vh": "VH"}, None)
+    (resolved,) = resolve_db(spec, info, [rvi])
+    assert resolved.db_to_linear is True
+    with SceneSource(spec, info, ["VV", "s1_RVI"], [resolved]) as src:
+        far = src.read(40, 40, 8, 8)  # a window without a negative value
+    lin_vv, lin_vh = 10 ** (0.2 / 10), 10 ** (0.05 / 10)
+    assert np.allclose(far[1], 4 * lin_vh / (lin_vv + lin_vh), rtol=1e-5)
+    assert np.allclose(far[0], 0.2)  # the stack's own band is read as it is
 
 
 def test_mc_dropout_without_dropout_and_an_unknown_device_are_one_line_errors(

@@ -12,15 +12,14 @@
 An ensemble averages its members' probabilities; their spread is the mean over classes of the
 standard deviation of the members' probabilities (``member_std``), and the vote disagreement is
 the share of members whose own class is not the ensemble's (``vote_disagreement``). Monte Carlo
-dropout (``mc_dropout`` N) runs every network N times with its dropout layers active (batch
-norm stays in evaluation mode); each pass counts as a member. The passes of a window are seeded
-by the window's index, so a map does not depend on workers, resumption or the window order.
+dropout (``mc_dropout`` N) runs every network N times, each pass with its own fixed dropout
+masks (:mod:`geofuse.mapping.passes`); each pass counts as a member.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -30,7 +29,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from geofuse.data.normalize import MIN_STD, BandStats, normalize
 from geofuse.errors import ConfigError
 from geofuse.mapping.members import MemberSpec
-from geofuse.mapping.passes import enable_mc_dropout, member_passes
+from geofuse.mapping.passes import McDropout, member_passes, resolve_device
 from geofuse.mapping.scene import SceneSource
 from geofuse.mapping.windows import (
     MapWindow,
@@ -43,7 +42,6 @@ from geofuse.mapping.windows import (
 )
 
 PIXEL_CHUNK = 2**16  #: pixels a per-pixel forest predicts at once
-MC_SEED = 7919  #: window index * MC_SEED seeds the dropout masks of a window's passes
 
 
 @dataclass
@@ -53,6 +51,7 @@ class LoadedMember:
     spec: MemberSpec
     stats: BandStats
     model: Any  # ClassificationTask (eval mode) or a fitted scikit-learn estimator
+    mc: McDropout | None = None  # Monte Carlo dropout masks of a network
 
     @property
     def per_patch(self) -> bool:
@@ -110,9 +109,8 @@ def load_member(spec: MemberSpec, moments: dict[str, list[float]] | None = None,
         raise ConfigError(f"run {spec.run_dir!r} is multi-label; 'geofuse predict' maps "
                           "single-label and segmentation runs only")
     task = task.to(device)
-    if mc_dropout:
-        enable_mc_dropout(task, f"run {spec.run_dir!r}")
-    return LoadedMember(spec, stats, task)
+    mc = McDropout(task, f"run {spec.run_dir!r}") if mc_dropout else None
+    return LoadedMember(spec, stats, task, mc)
 
 
 def pixel_nodata(raw: np.ndarray, time_steps: int) -> np.ndarray:
@@ -175,7 +173,9 @@ def _patch_engine(members: list[LoadedMember], bands: list[str], raw: np.ndarray
             x = normalize(x, m.stats)
         hwc = np.ascontiguousarray(np.moveaxis(x, 0, -1))
         view = sliding_window_view(hwc, (size, size), axis=(0, 1))  # (R, C', C, P, P)
-        for _ in range(member_passes(m.spec.kind, params.mc_dropout)):
+        for k in range(member_passes(m.spec.kind, params.mc_dropout)):
+            if m.mc is not None:
+                m.mc.set_pass(k)
             probs = np.full((m.num_classes, len(rows), len(cols)), np.nan, dtype=np.float32)
             for s in range(0, len(vi), batch):
                 p = _patch_batch(m, np.ascontiguousarray(view[top[s:s + batch],
@@ -300,7 +300,9 @@ class WindowEngine:
         probs = []
         for m in self.members:
             x = normalize(_channels(m, self.source.bands, raw), m.stats)
-            for _ in range(member_passes(m.spec.kind, self.params.mc_dropout)):
+            for k in range(member_passes(m.spec.kind, self.params.mc_dropout)):
+                if m.mc is not None:
+                    m.mc.set_pass(k)
                 p = _dense_member(m, x, tile, self.params.batch_size, self.params.tta, skip)
                 probs.append(p[:, crop[0], crop[1]])
         return probs, nodata[crop]
@@ -356,7 +358,8 @@ def compute_window(ctx: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
     engine = _ENGINES.get(ctx["key"])
     if engine is None:
         release_engines()
-        params = EngineParams(**ctx["params"])
+        params = EngineParams(**ctx["params"])  # its device resolved on this machine
+        params = replace(params, device=resolve_device(params.device))
         specs = [MemberSpec(**s) for s in ctx["members"]]
         members = [load_member(s, ctx.get("moments"), params.device, params.mc_dropout)
                    for s in specs]
@@ -366,8 +369,6 @@ def compute_window(ctx: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
         engine = WindowEngine(members, source, params)
         _ENGINES[ctx["key"]] = engine
     window = MapWindow.from_dict(cell)
-    if engine.params.mc_dropout:
-        torch.manual_seed(window.index * MC_SEED + 1)
     probs, nodata = engine.member_probabilities(window)
     return {"window": window.to_dict(), **summarise(probs, nodata)}
 

@@ -137,7 +137,8 @@ def _refuse_unsupported(run: Path, info: dict[str, Any]) -> None:
 
 
 def read_member_spec(run_dir: str | Path) -> MemberSpec:
-    """The :class:`MemberSpec` of a run directory (reads only JSON and YAML).
+    """The :class:`MemberSpec` of a run directory (reads its JSON and YAML files and the
+    attributes of its PatchSet, never model weights).
 
     Raises:
         RunDirError: a file the map needs is missing (the message names it).

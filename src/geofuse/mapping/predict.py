@@ -40,12 +40,14 @@ from geofuse.mapping.infer import (
     uncertainty_names,
 )
 from geofuse.mapping.members import MapSource, grid_reference, resolve_source
-from geofuse.mapping.passes import member_passes, resolve_device
+from geofuse.mapping.passes import check_mc_dropout, member_passes, resolve_device
 from geofuse.mapping.scene import (
     DerivedBand,
     SceneSource,
     SceneSpec,
     base_bands,
+    check_derivable,
+    resolve_db,
     scene_files,
     scene_info,
 )
@@ -121,10 +123,10 @@ class _Plan:
 
 def _plan(source: MapSource, scene: SceneSpec, stack: StackInfo, opts: PredictOptions
           ) -> _Plan:
-    if opts.stride < 1 or opts.tile_size < 1 or opts.workers < 1 or opts.mc_dropout < 0:
+    if opts.stride < 1 or opts.tile_size < 1 or opts.workers < 1:
         raise ConfigError(f"stride ({opts.stride}), tile size ({opts.tile_size}) and workers "
-                          f"({opts.workers}) must be >= 1, --mc-dropout ({opts.mc_dropout}) "
-                          ">= 0")
+                          f"({opts.workers}) must be >= 1")
+    check_mc_dropout(opts.mc_dropout)
     kind = source.first.kind
     if opts.mc_dropout and kind in ("patch_forest", "pixel_forest"):
         raise ConfigError(f"--mc-dropout {opts.mc_dropout}: {source.first.model} is a "
@@ -212,10 +214,9 @@ def _derived(source: MapSource) -> list[DerivedBand]:
                  }.values())
 
 
-def _context(plan: _Plan, opts: PredictOptions, fingerprint: str, device: str
-             ) -> dict[str, Any]:
+def _context(plan: _Plan, opts: PredictOptions, fingerprint: str, device: str,
+             derived: list[DerivedBand]) -> dict[str, Any]:
     moments = None
-    derived = _derived(plan.source)
     if any(m.normalization == "test_area" for m in plan.source.members):
         with SceneSource(plan.scene, plan.stack, plan.source.bands, derived) as scene:
             moments = band_moments(scene)
@@ -224,7 +225,8 @@ def _context(plan: _Plan, opts: PredictOptions, fingerprint: str, device: str
             "scene": plan.scene.to_dict(), "derived": [d.to_dict() for d in derived],
             "bands": plan.source.bands, "moments": moments,
             "params": {"stride": plan.stride, "tile": plan.tile, "batch_size": plan.batch,
-                       "tta": opts.tta, "mc_dropout": opts.mc_dropout, "device": device},
+                       "tta": opts.tta, "mc_dropout": opts.mc_dropout,
+                       "device": device},
             "threads": None}
 
 
@@ -277,7 +279,8 @@ def _publish(plan: _Plan, partial: _Partial, out: Path, opts: PredictOptions,
 
 
 def _record(plan: _Plan, opts: PredictOptions, out: Path, files: dict[str, str],
-            partial: _Partial, timings: dict[str, float], resumed: int) -> dict[str, Any]:
+            partial: _Partial, timings: dict[str, float], resumed: int,
+            ctx: dict[str, Any]) -> dict[str, Any]:
     k = len(plan.source.first.class_names)
     counts, nodata = outputs.class_counts(out / files["classes"], k)
     grid = plan.stack.grid
@@ -294,7 +297,8 @@ def _record(plan: _Plan, opts: PredictOptions, out: Path, files: dict[str, str],
         "bands": src.bands, "class_names": src.first.class_names,
         "normalization": src.first.normalization,
         "stride": plan.stride, "tile_size": plan.tile, "window_size": plan.window,
-        "tta": opts.tta, "mc_dropout": opts.mc_dropout, "batch_size": plan.batch,
+        "tta": opts.tta, "mc_dropout": opts.mc_dropout, "device": ctx["params"]["device"],
+        "derived_bands": ctx["derived"], "batch_size": plan.batch,
         "workers": opts.workers,
         "ray": opts.ray_address,
         "products": files,
@@ -356,11 +360,14 @@ def _predict_map(
     """:func:`predict_map` inside its GDAL settings."""
     started = time.perf_counter()
     src = resolve_source(source)
-    device = resolve_device(opts.device)
+    # with Ray, "auto" is resolved by each task on its own node
+    device = opts.device if opts.ray_address else resolve_device(opts.device)
     scene = stack if isinstance(stack, SceneSpec) else SceneSpec("stack", str(stack))
     info = scene_info(scene)
-    check_stack(info, base_bands(src.bands, _derived(src), info.bands),
-                grid_reference(src.first.run_dir), src.describe())
+    derived = _derived(src)
+    check_derivable(info, derived, scene.kind, src.describe())
+    check_stack(info, base_bands(src.bands, derived, info.bands),
+                grid_reference(src.first.run_dir), src.describe(), scene.kind)
     plan = _plan(src, scene, info, opts)
     if opts.mc_dropout:  # a model without dropout fails here, before anything is written
         load_member(src.first, None, "cpu", opts.mc_dropout)
@@ -375,7 +382,8 @@ def _predict_map(
         (out / RECORD).unlink(missing_ok=True)  # this folder no longer holds a finished map
         partial.start(fingerprint, plan)
     pending = [w.to_dict() for w in plan.windows if w.index not in done]
-    ctx = _context(plan, opts, fingerprint, device)
+    derived = resolve_db(scene, info, derived)
+    ctx = _context(plan, opts, fingerprint, device, derived)
     mapped = 0
     with step_progress(progress) as bar:
         task = bar.add_task(f"map {info.grid.width}x{info.grid.height} px, windows",
@@ -394,7 +402,7 @@ def _predict_map(
     files = _publish(plan, partial, out, opts)
     timings = {"windows": windows_s, "products": time.perf_counter() - started - windows_s}
     timings["total"] = time.perf_counter() - started
-    record = _record(plan, opts, out, files, partial, timings, len(done))
+    record = _record(plan, opts, out, files, partial, timings, len(done), ctx)
     atomic_write_json(out / RECORD, record)
     outputs.remove_tree(partial.folder)
     return record

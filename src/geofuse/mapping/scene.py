@@ -10,7 +10,8 @@ on the fly; index bands a run was trained on are computed on the fly from their 
 - Index bands (``<modality>_<INDEX>``, e.g. ``s2_NDVI``, added at extract time by a modality's
   ``indices``) that the scene lacks are computed from the physical values of their input bands
   with the formulas of :mod:`geofuse.data.indices`; radar inputs the run's PatchSet recorded
-  as dB are converted to linear power first.
+  as dB are converted to linear power first (when that PatchSet is gone, the whole scene's
+  radar inputs decide once, as extract did: any negative value means dB).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class SceneSpec:
 @dataclass(frozen=True)
 class DerivedBand:
     """An index band computed from other bands: ``index`` over ``inputs`` (role -> band);
-    ``db_to_linear``: radar inputs hold dB (None: unknown, decided by the values read)."""
+    ``db_to_linear``: radar inputs hold dB (None: unknown until :func:`resolve_db`)."""
 
     name: str
     index: str
@@ -197,11 +198,51 @@ def _compute(d: DerivedBand, raw: np.ndarray, where: dict[str, int]) -> np.ndarr
     from geofuse.data.indices import compute_index
 
     values = {role: raw[where[band]].astype(np.float64) for role, band in d.inputs.items()}
-    radar = [r for r in values if r in _RADAR_ROLES]
-    db = d.db_to_linear
-    if db is None:  # unknown: negative power is impossible, so negative values are dB
-        db = any(bool(np.any(values[r][np.isfinite(values[r])] < 0)) for r in radar)
-    if db:
-        for r in radar:
+    if d.db_to_linear:  # decided for the whole scene (resolve_db), never per window
+        for r in (r for r in values if r in _RADAR_ROLES):
             values[r] = 10.0 ** (values[r] / 10.0)
     return compute_index(d.index, values)
+
+
+def check_derivable(info: StackInfo, derived: Sequence[DerivedBand], kind: str, what: str
+                    ) -> None:
+    """Raise a one-line BandError when an index band the scene lacks cannot be computed
+    because the scene lacks one of its inputs."""
+    from geofuse.errors import BandError
+
+    have = set(info.bands)
+    for d in derived:
+        missing = [b for b in d.inputs.values() if b not in have]
+        if d.name not in have and missing:
+            raise BandError(
+                f"{kind} {str(info.path)!r} has neither band {d.name!r} that {what} was trained "
+                f"on nor its input(s) {missing} ({d.index} from {list(d.inputs.values())}); "
+                f"map a scene with those bands (it has {info.bands})")
+
+
+def resolve_db(spec: SceneSpec, info: StackInfo, derived: Sequence[DerivedBand]
+               ) -> list[DerivedBand]:
+    """``derived`` with every unknown dB flag of a radar index decided once for the whole
+    scene (any finite negative value of its radar inputs: dB), so that no window decides
+    alone. Reads only those inputs, strip by strip."""
+    from geofuse.mapping.stack import SCAN_ROWS
+
+    out = []
+    for d in derived:
+        radar = sorted({b for r, b in d.inputs.items() if r in _RADAR_ROLES})
+        if d.db_to_linear is not None or not radar or d.name in info.bands:
+            out.append(d)
+            continue
+        reader = _open_reader(spec, info, radar)
+        negative = False
+        try:
+            for row in range(0, info.grid.height, SCAN_ROWS):
+                block = reader.read(row, 0, min(SCAN_ROWS, info.grid.height - row),
+                                    info.grid.width)
+                if bool(np.any(block[np.isfinite(block)] < 0)):
+                    negative = True
+                    break
+        finally:
+            reader.close()
+        out.append(DerivedBand(d.name, d.index, d.inputs, negative))
+    return out

@@ -87,40 +87,54 @@ def _pixel_size(grid: Grid) -> tuple[float, float]:
     return (math.hypot(t.a, t.d), math.hypot(t.b, t.e))
 
 
+_FIXES = {
+    "stack": {"band": "map a stack prepared with the run's modalities ('geofuse prepare -c' the "
+                      "run's config.yaml)",
+              "crs": "prepare the stack on the run's grid ('geofuse prepare' with the run's grid "
+                     "section)",
+              "pixel": "resample the stack to the run's resolution ('geofuse prepare' with "
+                       "grid.resolution)"},
+    "config": {"band": "add the modality holding them to the config's modalities, or map a "
+                       "stack that has them (--stack)",
+               "crs": "set the config's grid.crs (or its first modality) to the run's CRS",
+               "pixel": "set the config's grid.resolution to the run's pixel size"},
+}
+
+
 def check_stack(stack: StackInfo, bands: list[str], reference: GridReference | None,
-                what: str) -> None:
-    """Raise a one-line error when ``stack`` cannot feed the model(s) of ``what``.
+                what: str, kind: str = "stack") -> None:
+    """Raise a one-line error when the scene ``stack`` (``kind``: a fused ``stack``, or the
+    reference grid and bands of a study ``config``) cannot feed the model(s) of ``what``.
 
     Raises:
-        BandError: a band the run was trained on is not in the stack.
+        BandError: a band the run was trained on is not in the scene.
         AlignmentError: another CRS, another pixel size, or a rotated grid.
     """
+    fix = _FIXES[kind]
+    name = f"{kind} {str(stack.path)!r}"
     missing = [b for b in bands if b not in stack.bands]
     if missing:
         raise BandError(
-            f"stack {str(stack.path)!r} lacks band(s) {missing} that {what} was trained on "
-            f"(the stack has {stack.bands}); map a stack prepared with the run's modalities "
-            "('geofuse prepare -c' the run's config.yaml)")
+            f"{name} lacks band(s) {missing} that {what} was trained on (it has "
+            f"{stack.bands}); {fix['band']}")
     t = stack.grid.transform
     if t.b != 0 or t.d != 0:
-        raise AlignmentError(f"stack {str(stack.path)!r} has a rotated geotransform; "
-                             "reproject it north-up ('geofuse prepare' does)")
+        raise AlignmentError(f"{name} has a rotated geotransform; reproject it north-up "
+                             "('geofuse prepare' does)")
     if reference is None:
         return
     if reference.crs is not None:
         ref = CRS.from_user_input(reference.crs)
         if ref != stack.grid.crs:
             raise AlignmentError(
-                f"stack {str(stack.path)!r} is in {crs_to_string(stack.grid.crs)}, {what} was "
-                f"trained on data in {crs_to_string(ref)} ({reference.source}); prepare the "
-                "stack on the run's grid ('geofuse prepare' with the run's grid section)")
+                f"{name} is in {crs_to_string(stack.grid.crs)}, {what} was trained on data "
+                f"in {crs_to_string(ref)} ({reference.source}); {fix['crs']}")
     if reference.pixel_size is not None:
         have, want = _pixel_size(stack.grid), reference.pixel_size
         if not all(math.isclose(h, w, rel_tol=1e-6) for h, w in zip(have, want, strict=True)):
             raise AlignmentError(
-                f"stack {str(stack.path)!r} has {have[0]:g} x {have[1]:g} pixels, {what} was "
-                f"trained on {want[0]:g} x {want[1]:g} pixels ({reference.source}); resample "
-                "the stack to the run's resolution ('geofuse prepare' with grid.resolution)")
+                f"{name} has {have[0]:g} x {have[1]:g} pixels, {what} was trained on "
+                f"{want[0]:g} x {want[1]:g} pixels ({reference.source}); {fix['pixel']}")
 
 
 class StackSource:
