@@ -8,7 +8,7 @@ stopping or checkpoint selection, which use the validation fold. Prints mean +- 
 folds x seeds of accuracy and macro F1 on the validation folds and on the held-out test set,
 the spread of the per-seed means, and each model's test accuracy / the forest's.
 
-    .venv/bin/python benchmarks/eurosat_ms_accuracy.py                      # ~5 min on 2 CPUs
+    .venv/bin/python benchmarks/eurosat_ms_accuracy.py                      # ~12 min on 2 CPUs
     .venv/bin/python benchmarks/eurosat_ms_accuracy.py --study DIR          # summarise a study
 """
 
@@ -113,7 +113,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(CONFIG))
     ap.add_argument("--study", type=Path, help="summarise this finished study folder only")
-    ap.add_argument("--models", nargs="+", default=["simple_cnn_stats", BASELINE])
+    ap.add_argument("--models", nargs="+", default=["simple_cnn_stats", "pixel_net", BASELINE])
     ap.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--test-fraction", type=float, default=0.2)

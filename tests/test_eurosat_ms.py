@@ -182,7 +182,10 @@ def test_external_test_root_and_one_epoch_study(tmp_path: Path, eurosat_root: Pa
     data["splits"]["test_fraction"] = 0.0
     data["train"].update(epochs=1, batch_size=64)
     data["train"]["baseline"]["n_estimators"] = 20
-    data["ablation"].update(folds=2, models=data["ablation"]["models"][1:])
+    pixel_net, forest = data["ablation"]["models"][1], data["ablation"]["models"][-1]
+    assert pixel_net["name"] == "pixel_net" and forest == "random_forest"
+    pixel_net["train"].update(epochs=1, batch_size=64)  # its own schedule, shortened
+    data["ablation"].update(folds=2, models=[pixel_net, forest])
     path.write_text(yaml.safe_dump(data))
     runner = CliRunner()
     result = runner.invoke(app, ["extract", "-c", str(path)])
@@ -213,4 +216,4 @@ def test_ready_config_checks(eurosat_root: Path) -> None:
         eurosat_root.resolve())
     assert [m.name for m in cfg.modalities] == ["s2"] and cfg.modalities[0].bands == list(BANDS)
     labels = [m if isinstance(m, str) else m.label for m in cfg.ablation.models or []]
-    assert labels == ["simple_cnn_stats", "resnet18_band_aware", "random_forest"]
+    assert labels == ["simple_cnn_stats", "pixel_net", "resnet18_band_aware", "random_forest"]

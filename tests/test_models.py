@@ -69,3 +69,19 @@ def test_every_registered_model_honours_the_contract() -> None:
         model.eval()
         want = (2, 4, 16, 16) if seg else (2, 4)
         assert model(torch.randn(2, 7, 16, 16)).shape == want, name
+
+
+def test_pixel_net_classifies_the_set_of_pixel_spectra_whatever_their_places() -> None:
+    from geofuse.models.pixel_net import PixelNet
+
+    torch.manual_seed(0)
+    net = PixelNet(in_channels=13, num_classes=10, patch_size=64).eval()
+    x = torch.randn(3, 13, 16, 16)
+    out = net(x)
+    assert out.shape == (3, 10)
+    shuffled = x.flatten(2)[:, :, torch.randperm(256)].reshape(3, 13, 16, 16)
+    assert torch.allclose(net(shuffled), out, atol=1e-5)  # shapes do not matter
+    assert not torch.allclose(net(x * 2), out)  # spectra do
+    assert net(torch.randn(2, 13, 7, 7)).shape == (2, 10)  # any patch size
+    with pytest.raises(ConfigError, match="pixel_net needs"):
+        PixelNet(in_channels=13, num_classes=1, patch_size=8)

@@ -24,6 +24,7 @@ from geofuse.errors import ConfigError
 from geofuse.models.backbones import backbone_builders
 from geofuse.models.fusion import DecisionFusion, LateFusion
 from geofuse.models.lstm_unet import LSTMUNet
+from geofuse.models.pixel_net import PixelNet
 from geofuse.models.progressive import ProgressiveFusion
 from geofuse.models.seg_baselines import EarlyFusionUNet, SiameseUNet, SingleDateUNet
 from geofuse.models.simple_cnn import SimpleCNN
@@ -33,6 +34,7 @@ ModelBuilder = Callable[..., nn.Module]
 
 MODELS: dict[str, ModelBuilder] = {
     "simple_cnn": SimpleCNN,
+    "pixel_net": PixelNet,  # per-pixel spectra, mean + max pooled (models/pixel_net.py)
     **backbone_builders(),
     # fusion models (models/fusion.py): one network on the stacked bands *is* early fusion
     "early_fusion": SimpleCNN,
