@@ -1,8 +1,9 @@
 """PixelNet: a patch classified by the distribution of its pixels' spectra.
 
 Every pixel's spectrum goes through the same small network (two 1 x 1 convolutions with batch
-norm and ReLU, so ``hidden`` features per pixel); the patch is summarised by the mean and the
-maximum of each feature over its pixels (a set model over pixels, as DeepSets or PointNet),
+norm and ReLU, so ``hidden`` features per pixel); the patch is summarised by the mean, the
+maximum and the standard deviation of each feature over its pixels (a set model over pixels,
+as DeepSets or PointNet),
 and one linear layer gives the class logits. It sees no shapes, only which spectra occur and
 how often, which is what tells many land-cover classes apart when there are few labelled
 images: every pixel is a training signal, and the pooled summary cannot overfit positions.
@@ -19,7 +20,7 @@ from geofuse.errors import ConfigError
 
 
 class PixelNet(nn.Module):
-    """Per-pixel spectral network with mean + max pooling over the patch.
+    """Per-pixel spectral network with mean, max and std pooling over the patch.
 
     Args:
         in_channels: number of input bands (any count).
@@ -48,9 +49,10 @@ class PixelNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.Dropout2d(dropout),
         )
-        self.head = nn.Linear(2 * hidden, num_classes)
+        self.head = nn.Linear(3 * hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map a batch (B, C, P, P) to class logits (B, num_classes)."""
         f = self.features(x).flatten(2)
-        return self.head(torch.cat([f.mean(dim=2), f.amax(dim=2)], dim=1))
+        pooled = [f.mean(dim=2), f.amax(dim=2), f.std(dim=2, unbiased=False)]
+        return self.head(torch.cat(pooled, dim=1))

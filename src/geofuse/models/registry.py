@@ -34,7 +34,7 @@ ModelBuilder = Callable[..., nn.Module]
 
 MODELS: dict[str, ModelBuilder] = {
     "simple_cnn": SimpleCNN,
-    "pixel_net": PixelNet,  # per-pixel spectra, mean + max pooled (models/pixel_net.py)
+    "pixel_net": PixelNet,  # per-pixel spectra, mean/max/std pooled (models/pixel_net.py)
     **backbone_builders(),
     # fusion models (models/fusion.py): one network on the stacked bands *is* early fusion
     "early_fusion": SimpleCNN,
