@@ -47,6 +47,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,49 +300,55 @@ def _classify(task: Any, patches: list[np.ndarray], stats: BandStats | None) -> 
     return task(torch.from_numpy(x)).softmax(dim=1).argmax(dim=1).numpy()
 
 
+def _naive_model(run: Path) -> tuple[Any, BandStats]:
+    """The run's network (warmed up) and normalisation statistics, as a naive loop loads them."""
+    task, _ = load_task(run / "checkpoints" / "best.ckpt")
+    _warm_up(task)
+    return task, BandStats.load(run / "normalization.json")
+
+
+def _classify_stream(task: Any, patches: Iterator[np.ndarray], stats: BandStats | None
+                     ) -> np.ndarray:
+    """Classes of patches handed over one at a time, classified in batches of NAIVE_BATCH."""
+    classes: list[np.ndarray] = []
+    batch: list[np.ndarray] = []
+    for patch in patches:
+        batch.append(patch)
+        if len(batch) == NAIVE_BATCH:
+            classes.append(_classify(task, batch, stats))
+            batch = []
+    if batch:
+        classes.append(_classify(task, batch, stats))
+    return np.concatenate(classes)
+
+
 def naive_in_memory(run: Path, stack: Path, rows: np.ndarray, cols: np.ndarray
                     ) -> tuple[float, np.ndarray]:
     """Seconds and classes of the per-pixel loop over an in-memory, normalised strip."""
-    task, _ = load_task(run / "checkpoints" / "best.ckpt")
-    stats = BandStats.load(run / "normalization.json")
-    _warm_up(task)
+    task, stats = _naive_model(run)
     half = PATCH // 2
     started = time.perf_counter()
     top = int(rows.min()) - half
     with rasterio.open(stack) as src:
         strip = src.read(window=Window(0, top, src.width, int(rows.max()) - top + PATCH - half))
     x = normalize(strip, stats)
-    classes: list[np.ndarray] = []
-    batch: list[np.ndarray] = []
-    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
-        batch.append(x[:, r - half - top:r - half - top + PATCH, c - half:c - half + PATCH])
-        if len(batch) == NAIVE_BATCH:
-            classes.append(_classify(task, batch, None))
-            batch = []
-    if batch:
-        classes.append(_classify(task, batch, None))
-    return time.perf_counter() - started, np.concatenate(classes)
+    patches = (x[:, r - half - top:r - half - top + PATCH, c - half:c - half + PATCH]
+               for r, c in zip(rows.tolist(), cols.tolist(), strict=True))
+    classes = _classify_stream(task, patches, None)
+    return time.perf_counter() - started, classes
 
 
 def naive_window_reads(run: Path, stack: Path, rows: np.ndarray, cols: np.ndarray
                        ) -> tuple[float, np.ndarray]:
     """Seconds and classes of the per-pixel loop with one window read per patch."""
-    task, _ = load_task(run / "checkpoints" / "best.ckpt")
-    stats = BandStats.load(run / "normalization.json")
-    _warm_up(task)
+    task, stats = _naive_model(run)
     half = PATCH // 2
     started = time.perf_counter()
-    classes: list[np.ndarray] = []
-    batch: list[np.ndarray] = []
     with rasterio.open(stack) as src:
-        for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
-            batch.append(src.read(window=Window(c - half, r - half, PATCH, PATCH)))
-            if len(batch) == NAIVE_BATCH:
-                classes.append(_classify(task, batch, stats))
-                batch = []
-    if batch:
-        classes.append(_classify(task, batch, stats))
-    return time.perf_counter() - started, np.concatenate(classes)
+        patches = (src.read(window=Window(c - half, r - half, PATCH, PATCH))
+                   for r, c in zip(rows.tolist(), cols.tolist(), strict=True))
+        classes = _classify_stream(task, patches, stats)
+    return time.perf_counter() - started, classes
 
 
 def map_classes(path: Path, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
