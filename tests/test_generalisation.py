@@ -127,6 +127,21 @@ def test_simple_cnn_average_pooling_and_band_statistics() -> None:
         SimpleCNN(5, 4, 16, pool="max")
 
 
+def test_simple_cnn_statistics_pooling_sees_texture_that_averaging_loses() -> None:
+    torch.manual_seed(0)
+    avg, stats = SimpleCNN(1, 3, 16, pool="avg"), SimpleCNN(1, 3, 16, pool="stats")
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(stats) == count(avg) + 2 * 64 * 128  # mean, max and std of 64 maps
+    stats.features.load_state_dict(avg.features.state_dict())
+    features = stats.features.eval()
+    flat = torch.full((1, 1, 16, 16), 0.5)
+    pooled = stats.pool(features(flat))
+    torch.testing.assert_close(pooled[:, :64], avg.pool(features(flat)).flatten(1))
+    torch.testing.assert_close(pooled[:, :64], features(flat).mean(dim=(2, 3)))
+    torch.testing.assert_close(pooled[:, 64:128], features(flat).amax(dim=(2, 3)))
+    assert stats.eval()(torch.randn(2, 1, 24, 24)).shape == (2, 3)  # any patch size
+
+
 def test_ablation_entries_compare_training_levers(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
     cfg.ablation.folds = 2

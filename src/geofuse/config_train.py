@@ -19,10 +19,15 @@ class ModelConfig(_Model):
     )
     hidden: int = Field(128, ge=1)
     dropout: float = Field(0.5, ge=0, lt=1)
-    pool: Literal["flatten", "avg"] = Field(
+    pool: Literal["flatten", "avg", "stats"] = Field(
         "flatten", description="simple_cnn: flatten the feature map into the dense layer (the "
-        "reports' model) or average it per channel (global average pooling: 64 features "
-        "whatever the patch size, far fewer weights for small datasets)."
+        "reports' model), average it per channel (global average pooling: 64 features "
+        "whatever the patch size, far fewer weights for small datasets) or take each "
+        "channel's mean, max and std (stats: 192 features, adds texture)."
+    )
+    kernel_size: int = Field(
+        1, ge=1, description="pixel_net: side of the first convolution; 1 sees each pixel "
+        "alone, an odd size > 1 its neighbourhood too."
     )
     band_stats: bool = Field(
         False, description="simple_cnn: also feed the dense layer each input band's mean, std, "

@@ -28,13 +28,15 @@ class PixelNet(nn.Module):
         patch_size: patch side in pixels (any; the pooling is global).
         hidden: features per pixel.
         dropout: channel dropout on the pixel features before pooling.
+        kernel_size: side of the first convolution: 1 (each pixel alone, the default) or an odd
+            size > 1 that lets every pixel feature see its neighbourhood (texture).
 
     Raises:
         ConfigError: an invalid option.
     """
 
     def __init__(self, in_channels: int, num_classes: int, patch_size: int, hidden: int = 64,
-                 dropout: float = 0.2) -> None:
+                 dropout: float = 0.2, kernel_size: int = 1) -> None:
         super().__init__()
         if in_channels < 1 or num_classes < 2 or patch_size < 1 or hidden < 1:
             raise ConfigError(
@@ -42,8 +44,13 @@ class PixelNet(nn.Module):
                 f"got in_channels={in_channels}, num_classes={num_classes}, "
                 f"patch_size={patch_size}, hidden={hidden}; check train.bands, the classes and "
                 "train.model.hidden")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ConfigError(f"pixel_net: kernel_size={kernel_size} must be an odd number >= 1 "
+                              "(1 = each pixel alone); fix train.model.kernel_size")
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, hidden, kernel_size=1), nn.BatchNorm2d(hidden),
+            nn.Conv2d(in_channels, hidden, kernel_size=kernel_size, padding=kernel_size // 2,
+                      padding_mode="reflect" if kernel_size > 1 else "zeros"),
+            nn.BatchNorm2d(hidden),
             nn.ReLU(inplace=True),
             nn.Conv2d(hidden, hidden, kernel_size=1), nn.BatchNorm2d(hidden),
             nn.ReLU(inplace=True),
@@ -53,6 +60,10 @@ class PixelNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map a batch (B, C, P, P) to class logits (B, num_classes)."""
-        f = self.features(x).flatten(2)
-        pooled = [f.mean(dim=2), f.amax(dim=2), f.std(dim=2, unbiased=False)]
-        return self.head(torch.cat(pooled, dim=1))
+        return self.head(feature_statistics(self.features(x)))
+
+
+def feature_statistics(f: torch.Tensor) -> torch.Tensor:
+    """Mean, maximum and standard deviation of each feature map: (B, F, H, W) -> (B, 3F)."""
+    flat = f.flatten(2)
+    return torch.cat([flat.mean(dim=2), flat.amax(dim=2), flat.std(dim=2, unbiased=False)], dim=1)

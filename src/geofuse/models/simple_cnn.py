@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from geofuse.errors import ConfigError
+from geofuse.models.pixel_net import feature_statistics
 
 MIN_PATCH_SIZE = 4
 
@@ -37,8 +38,9 @@ class SimpleCNN(nn.Module):
         patch_size: patch height/width in pixels (at least 4); sets the flatten size.
         hidden: units of the dense layer.
         dropout: dropout probability before the output layer.
-        pool: ``flatten`` the last feature map (the reports' model) or ``avg``: global
-            average pooling, 64 features whatever the patch size.
+        pool: ``flatten`` the last feature map (the reports' model), ``avg``: global
+            average pooling, 64 features whatever the patch size, or ``stats``: the mean,
+            maximum and standard deviation of each feature map (192 features; texture).
         band_stats: concatenate every input band's mean, std, min and max over the patch
             (:func:`band_statistics`) to the features before the dense layer.
         pretrained_path: local weight file whose ``features.*`` tensors (the encoder) are
@@ -74,16 +76,17 @@ class SimpleCNN(nn.Module):
                 f"simple_cnn needs >= 1 band and >= 2 classes, got in_channels={in_channels}, "
                 f"num_classes={num_classes}; check train.bands and the label classes"
             )
-        if pool not in ("flatten", "avg"):
-            raise ConfigError(f"simple_cnn: pool={pool!r} is not one of 'flatten', 'avg'; fix "
-                              "train.model.pool")
+        if pool not in ("flatten", "avg", "stats"):
+            raise ConfigError(f"simple_cnn: pool={pool!r} is not one of 'flatten', 'avg', "
+                              "'stats'; fix train.model.pool")
         side = patch_size // 2 // 2
         self.features = nn.Sequential(_conv_block(in_channels, 32), _conv_block(32, 64))
         if pretrained_path is not None:
             load_encoder(self.features, pretrained_path, band_names)
-        self.pool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else nn.Identity()
+        self.pool = {"avg": nn.AdaptiveAvgPool2d(1), "stats": FeatureStatistics()}.get(
+            pool, nn.Identity())
         self.band_stats = band_stats
-        n_features = 64 if pool == "avg" else 64 * side * side
+        n_features = {"avg": 64, "stats": 3 * 64}.get(pool, 64 * side * side)
         n_features += 4 * in_channels if band_stats else 0
         self.head = nn.Sequential(  # Flatten kept: the state-dict keys of earlier runs
             nn.Flatten(),
@@ -99,6 +102,14 @@ class SimpleCNN(nn.Module):
         if self.band_stats:
             features = torch.cat([features.flatten(1), band_statistics(x)], dim=1)
         return self.head(features)
+
+
+class FeatureStatistics(nn.Module):
+    """Global mean, max and std pooling of feature maps (no weights)."""
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        """(B, F, H, W) -> (B, 3F)."""
+        return feature_statistics(f)
 
 
 def band_statistics(x: torch.Tensor) -> torch.Tensor:
