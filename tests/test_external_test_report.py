@@ -214,3 +214,9 @@ def test_likely_causes_follow_each_configurations_own_training_settings() -> Non
     assert "val_f1_macro" in causes[1] and "no radiometric jitter" not in causes[1]
     assert "no radiometric jitter" in causes[0]
     assert len(_all_causes({**t, "flags": t["flags"][:1]}, config)) == 1
+    assert "class-balanced loss" not in causes[0] and "checkpoint: last" in causes[0]
+    config["ablation"]["models"][1]["train"].update(
+        checkpoint="last", loss={"name": "cross_entropy", "class_weights": "balanced"})
+    causes = _all_causes(t, config)
+    assert "model selection on the validation fold" not in causes[1]
+    assert "class-balanced loss" in causes[1] and "unweighted loss" in causes[1]

@@ -24,8 +24,8 @@ from geofuse.evaluation.tta import DIHEDRAL, dihedral, tta_probabilities
 from geofuse.experiments.grid import build_grid, cell_config
 from geofuse.models.simple_cnn import SimpleCNN, band_statistics
 from geofuse.preflight import check_config
-from geofuse.rundir import read_history
-from geofuse.training.train import build_task, train_model
+from geofuse.rundir import RunDir, read_history
+from geofuse.training.train import _build_trainer, build_task, train_model
 
 
 @pytest.mark.parametrize("monitor", ["val_f1_macro", "val_accuracy"])
@@ -38,6 +38,25 @@ def test_monitor_picks_the_best_checkpoint_by_that_score(tmp_path: Path, monitor
     assert json.loads((run / "metrics.json").read_text())["best_epoch"] == history[best]["epoch"]
     _, epoch = load_task(run / "checkpoints" / "best.ckpt")
     assert epoch == history[best]["epoch"]
+
+
+def test_checkpoint_last_keeps_the_final_epoch_without_early_stopping(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, epochs=4, lr=0.5, early_stopping_patience=1,
+                      checkpoint="last", model={"hidden": 16})
+    run = train_model(cfg, patchset=make_patchset(n=60), progress=False, run_name="last")
+    history = read_history(run / "history.csv")
+    assert [row["epoch"] for row in history] == [0, 1, 2, 3]
+    assert json.loads((run / "metrics.json").read_text())["best_epoch"] == 3
+    task, epoch = load_task(run / "checkpoints" / "best.ckpt")
+    assert epoch == 3
+    final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    for name, value in task.state_dict().items():
+        torch.testing.assert_close(value, final[name])
+    kinds = {type(c).__name__ for c in _build_trainer(cfg, RunDir(run), 4, False).callbacks}
+    assert "EarlyStopping" not in kinds and "BestAndLastCheckpoint" in kinds
+    cfg.train.checkpoint = "best"
+    kinds = {type(c).__name__ for c in _build_trainer(cfg, RunDir(run), 4, False).callbacks}
+    assert "EarlyStopping" in kinds
 
 
 def test_monitor_typo_is_refused() -> None:

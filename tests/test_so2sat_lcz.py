@@ -86,6 +86,7 @@ def test_ready_config_extracts_the_gdansk_study(tmp_path: Path) -> None:
     assert cfg.dataset is not None and cfg.dataset.city_dir.endswith("so2sat_pop/gdansk")
     assert cfg.resolve(cfg.dataset.city_dir).is_dir()
     assert cfg.ablation.group_by == "cell"
+    assert cfg.train.loss.class_weights is None  # balanced weights lost 7 points held out
     seasons_only = ["s2_spring", "s2_summer", "s2_autumn", "s2_winter"]
     assert seasons_only in cfg.ablation.sensors and ["s2_summer"] in cfg.ablation.sensors
     data = yaml.safe_load(CONFIG.read_text())

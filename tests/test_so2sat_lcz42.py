@@ -212,7 +212,9 @@ def test_ready_config_validates_and_runs_one_epoch(lcz_file: Path, tmp_path: Pat
     cfg = load_config(CONFIG)
     assert cfg.dataset is not None and cfg.dataset.name == "so2sat_lcz42"
     assert cfg.ablation.sensors == [["s2"], ["s1"], ["s1", "s2"]]
-    assert cfg.ablation.models == ["simple_cnn", "late_fusion", "random_forest"]
+    assert [m if isinstance(m, str) else m.label for m in cfg.ablation.models] == [
+        "simple_cnn_stats", "late_fusion", "random_forest"]
+    assert cfg.ablation.baseline == "s2/simple_cnn_stats" and cfg.train.loss.class_weights is None
     assert cfg.train.baseline.features == "pixels" and cfg.extract.patch_size == 32
     data = yaml.safe_load(_config(tmp_path, lcz_file).read_text())
     data["train"].update(epochs=1, batch_size=64)

@@ -174,6 +174,13 @@ class TrainConfig(_Model):
         "val_f1_macro selects on the metric the study compares. val_iou: segmentation "
         "(masks) only, the change class's IoU of a binary mask, else mean IoU."
     )
+    checkpoint: Literal["best", "last"] = Field(
+        "best", description="Weights a run keeps: best (the epoch with the best train.monitor "
+        "on the validation fold; early stopping on) or last (the final epoch of the fixed "
+        "schedule; no early stopping and no selection on the validation fold, so its "
+        "validation figures are as unbiased as a held-out test's). last suits a cosine or "
+        "linear schedule."
+    )
     plateau_patience: int = Field(4, ge=1)
     plateau_factor: float = Field(0.5, gt=0, lt=1)
     loss: LossConfig = LossConfig()

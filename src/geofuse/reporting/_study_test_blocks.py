@@ -46,12 +46,19 @@ def _causes(t: Mapping[str, Any], train: Mapping[str, Any]) -> str:
                else "augmentation limited to flips and rotations" + (
                    "" if train.get("jitter") else " (no radiometric jitter, `train.jitter`)"))
     monitor = train.get("monitor", "val_loss")
+    selection = ("" if train.get("checkpoint") == "last" else
+                 f"; model selection on the validation fold (`train.monitor: {monitor}`), "
+                 "which lies in the training area")
+    balanced = ("; a class-balanced loss (`train.loss.class_weights: balanced`), which trades "
+                "overall accuracy for the rare classes"
+                if (train.get("loss") or {}).get("class_weights") == "balanced" else "")
     return ("Likely causes: overfitting to the training area ("
             + (f"{groups} groups to learn from" if groups else "few training groups")
-            + f"); {augment}; model selection on the validation fold (`train.monitor: "
-            f"{monitor}`), which lies in the training area. Remedies to try: more and more "
+            + f"); {augment}{selection}{balanced}. Remedies to try: more and more "
             "varied training groups, `train.augment` and `train.jitter`, `train.tta`, the fold "
-            "ensemble, a smaller model or stronger regularisation.")
+            "ensemble, a smaller model or stronger regularisation"
+            + (", `train.checkpoint: last` with a cosine schedule" if selection else "")
+            + (", unweighted loss" if balanced else "") + ".")
 
 
 def _flag_item(flag: Mapping[str, Any], row: Mapping[str, Any], acc: str) -> str:

@@ -43,12 +43,15 @@ class BestAndLastCheckpoint(Callback):
         mode: ``min`` (a loss) or ``max`` (a score) of ``monitor``.
         max_overhead: largest share of training time spent writing checkpoints between
             epochs; writes happen after every epoch while they are cheaper than that.
+        keep_last: the "best" weights are those of the latest validated epoch, whatever
+            ``monitor`` says (``train.checkpoint: last``: no selection on validation).
     """
 
     def __init__(self, best_path: Path, last_path: Path, interval_s: float = 300.0,
                  monitor: str = "val_loss", max_overhead: float = 0.02,
-                 mode: str = "min") -> None:
+                 mode: str = "min", keep_last: bool = False) -> None:
         self.best_path, self.last_path = Path(best_path), Path(last_path)
+        self.keep_last = keep_last
         self.sign = 1.0 if mode == "min" else -1.0  # best_score is minimised internally
         self.interval_s, self.monitor, self.max_overhead = interval_s, monitor, max_overhead
         self.best_score = math.inf
@@ -67,7 +70,7 @@ class BestAndLastCheckpoint(Callback):
             return
         value = trainer.callback_metrics.get(self.monitor)
         score = self.sign * float(value) if value is not None else math.nan
-        if math.isfinite(score) and score < self.best_score:
+        if self.keep_last or (math.isfinite(score) and score < self.best_score):
             self.best_score, self.best_epoch = score, trainer.current_epoch
             self._best_state = {k: v.detach().to("cpu", copy=True)
                                 for k, v in pl_module.state_dict().items()}

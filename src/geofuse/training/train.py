@@ -323,14 +323,17 @@ def monitor_mode(monitor: str) -> str:
 
 
 def _build_trainer(cfg: StudyConfig, run: RunDir, max_epochs: int, progress: bool) -> L.Trainer:
+    keep_last = cfg.train.checkpoint == "last"
     callbacks: list[Callback] = [
         HistoryWriter(run.history),
-        EarlyStopping(monitor=cfg.train.monitor, mode=monitor_mode(cfg.train.monitor),
-                      patience=cfg.train.early_stopping_patience),
         BestAndLastCheckpoint(run.best_ckpt, run.last_ckpt, cfg.train.checkpoint_interval_s,
                               monitor=cfg.train.monitor, mode=monitor_mode(cfg.train.monitor),
-                              max_overhead=cfg.train.checkpoint_overhead),
+                              max_overhead=cfg.train.checkpoint_overhead, keep_last=keep_last),
     ]
+    if not keep_last:  # the final epoch is kept: nothing to stop early for
+        callbacks.insert(1, EarlyStopping(monitor=cfg.train.monitor,
+                                          mode=monitor_mode(cfg.train.monitor),
+                                          patience=cfg.train.early_stopping_patience))
     if cfg.guards.stop_on_collapse:
         callbacks.append(CollapseStopper(cfg.guards))
     if progress:
