@@ -217,3 +217,5 @@ def test_ready_config_checks(eurosat_root: Path) -> None:
     assert [m.name for m in cfg.modalities] == ["s2"] and cfg.modalities[0].bands == list(BANDS)
     labels = [m if isinstance(m, str) else m.label for m in cfg.ablation.models or []]
     assert labels == ["simple_cnn_stats", "pixel_net", "resnet18_band_aware", "random_forest"]
+    pixel = cfg.ablation.models[1]
+    assert not isinstance(pixel, str) and pixel.train["checkpoint"] == "last"
