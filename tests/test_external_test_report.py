@@ -220,3 +220,35 @@ def test_likely_causes_follow_each_configurations_own_training_settings() -> Non
     causes = _all_causes(t, config)
     assert "model selection on the validation fold" not in causes[1]
     assert "class-balanced loss" in causes[1] and "unweighted loss" in causes[1]
+
+
+def test_out_of_fold_comparison_pools_the_validation_predictions(study: Path) -> None:
+    from geofuse.reporting._study_oof import study_oof_stats
+
+    folds = _fold_set(study)
+    pooled = np.flatnonzero(folds.split != 2)  # every patch outside the test set
+    loaded = load_study(study)
+    o = study_oof_stats(loaded, FOREST)
+    assert o is not None and o["n_patches"] == len(pooled) == 80
+    assert o["n_groups"] == len(np.unique(folds.groups[pooled]))
+    for cid in (CNN, FOREST):
+        preds = [load_predictions(study / c["run_dir"], "val") for c in load_cells(study)
+                 if c["config_id"] == cid]
+        assert len(preds) == 2 and all(p is not None for p in preds)
+        indices = np.concatenate([p.indices for p in preds])
+        assert sorted(indices.tolist()) == pooled.tolist()  # each patch exactly once
+        labels = np.concatenate([p.labels() for p in preds])
+        targets = np.concatenate([p.targets for p in preds])
+        hand = classification_metrics(targets, labels, list(folds.class_names))
+        row = o["configs"][cid]
+        assert row["accuracy"]["value"] == pytest.approx(hand["accuracy"])
+        assert row["f1_macro"]["value"] == pytest.approx(hand["f1_macro"])
+        assert row["accuracy"]["ci_low"] <= hand["accuracy"] <= row["accuracy"]["ci_high"]
+        assert row["selected"] == (cid == CNN)  # the forest selects no checkpoint
+    (comparison,) = o["comparisons"]
+    assert comparison["config_id"] == CNN and comparison["compared"] == "out-of-fold"
+    diff = o["configs"][CNN]["accuracy"]["value"] - o["configs"][FOREST]["accuracy"]["value"]
+    assert comparison["accuracy"]["diff"] == pytest.approx(diff)
+    md = (study / "report.md").read_text()
+    assert "### Out-of-fold comparison" in md and "80 patches in" in md
+    assert "Out-of-fold paired comparison against" in md

@@ -173,8 +173,8 @@ def evaluate_run(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
             y_pred = probs if task.multilabel else probs.argmax(axis=1)
             results[split] = split_metrics(y_true, y_pred, list(patches.class_names),
                                            task.multilabel)
-            if split == "test":
-                save_predictions(run.path, patches.split_indices(split), probs, y_true)
+            if split in ("val", "test"):
+                save_predictions(run.path, patches.split_indices(split), probs, y_true, split)
     verdict = run_guards(results, read_history(run.history), cfg.guards,
                          frozen=info.get("frozen_fraction"),
                          stop_reason=info.get("collapse_stop", {}).get("reason"))

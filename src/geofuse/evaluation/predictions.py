@@ -1,4 +1,5 @@
-"""Test-set predictions of a run, saved at evaluation time (``test_predictions.npz``).
+"""Predictions of a run, saved at evaluation time: ``test_predictions.npz`` and
+``val_predictions.npz`` (the validation fold's, pooled over folds by the study report).
 
 A study deletes its cells' checkpoints once a cell is finished, so whatever is computed later
 from a model's outputs (fold ensembles, bootstrap confidence intervals over test groups, paired
@@ -27,6 +28,12 @@ import numpy as np
 from geofuse.io_utils import atomic_path
 
 PREDICTIONS_FILE = "test_predictions.npz"
+VAL_PREDICTIONS_FILE = "val_predictions.npz"
+
+
+def predictions_file(split: str) -> str:
+    """File name of a split's saved predictions (``test`` or ``val``)."""
+    return VAL_PREDICTIONS_FILE if split == "val" else PREDICTIONS_FILE
 
 
 @dataclass(frozen=True)
@@ -48,8 +55,8 @@ class Predictions:
 
 
 def save_predictions(run_dir: str | Path, indices: np.ndarray, probabilities: np.ndarray,
-                     targets: np.ndarray) -> Path:
-    """Write ``<run_dir>/test_predictions.npz`` atomically; returns its path.
+                     targets: np.ndarray, split: str = "test") -> Path:
+    """Write ``<run_dir>/<split>_predictions.npz`` atomically; returns its path.
 
     Raises:
         ValueError: the arrays disagree in length.
@@ -58,21 +65,21 @@ def save_predictions(run_dir: str | Path, indices: np.ndarray, probabilities: np
     probabilities = np.asarray(probabilities, dtype=np.float32)
     targets = np.asarray(targets)
     if not len(indices) == len(probabilities) == len(targets):
-        raise ValueError(f"test predictions: {len(indices)} indices, {len(probabilities)} "
+        raise ValueError(f"{split} predictions: {len(indices)} indices, {len(probabilities)} "
                          f"probability rows, {len(targets)} targets")
     targets = targets.astype(np.uint8 if targets.ndim == 2 else np.int64)
-    path = Path(run_dir) / PREDICTIONS_FILE
+    path = Path(run_dir) / predictions_file(split)
     with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, indices=indices, probabilities=probabilities, targets=targets)
     return path
 
 
-def load_predictions(path: str | Path) -> Predictions | None:
+def load_predictions(path: str | Path, split: str = "test") -> Predictions | None:
     """The predictions saved in ``path`` (a run directory or the ``.npz`` itself); ``None``
-    when there are none (runs evaluated before they were saved, or without a test split)."""
+    when there are none (runs evaluated before they were saved, or without that split)."""
     path = Path(path)
     if path.is_dir():
-        path = path / PREDICTIONS_FILE
+        path = path / predictions_file(split)
     if not path.is_file():
         return None
     try:

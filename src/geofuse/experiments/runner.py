@@ -15,7 +15,8 @@ Study folder layout (``<workdir>/<ablation.output>/<study name>/``)::
     folds/fold<k>.h5  the PatchSet with split codes of fold k (train / val / test)
     cells/<slug>.json one result per finished cell (schema below), written atomically
     runs/<slug>/      the cell's run directory (checkpoints deleted unless keep_checkpoints;
-                      test_predictions.npz kept for the ensembles and the test-set statistics)
+                      test_predictions.npz and val_predictions.npz kept for the ensembles,
+                      the test-set statistics and the pooled out-of-fold comparison)
     results.csv       one row per cell: see :func:`results_frame`
     ensembles.json    fold ensembles on the test set (:mod:`geofuse.experiments.ensemble`)
 
@@ -61,8 +62,8 @@ import pandas as pd
 
 from geofuse.config import StudyConfig, parse_config
 from geofuse.evaluation.predictions import (
-    PREDICTIONS_FILE,
     load_predictions,
+    predictions_file,
     save_predictions,
 )
 from geofuse.experiments import _parallel
@@ -182,9 +183,9 @@ def execute_cell(ctx: StudyContext, cell_data: dict[str, Any]) -> dict[str, Any]
     }
     result = _json_safe(result)
     atomic_write_json(cell_path(study_dir, cell.slug), result)
-    predictions = load_predictions(run.path)
-    if predictions is not None:  # travels back with the result: see run_cells
-        result[PREDICTIONS_KEY] = predictions
+    for split, key in PREDICTIONS_KEYS.items():  # travel back with the result: see run_cells
+        if (predictions := load_predictions(run.path, split)) is not None:
+            result[key] = predictions
     return result
 
 
@@ -306,9 +307,9 @@ def pending_cells(study_dir: Path, cells: list[dict[str, Any]]) -> list[dict[str
     return out
 
 
-#: Key of a cell result carrying its test predictions back to the study's process (never
-#: written to the cell JSON).
-PREDICTIONS_KEY = "_test_predictions"
+#: Keys of a cell result carrying its test and validation predictions back to the study's
+#: process (never written to the cell JSON).
+PREDICTIONS_KEYS = {"test": "_test_predictions", "val": "_val_predictions"}
 
 
 def run_cells(
@@ -321,12 +322,13 @@ def run_cells(
     workers = max(1, min(workers, len(cells)))
 
     def _done(result: dict[str, Any]) -> None:
-        predictions = result.pop(PREDICTIONS_KEY, None)
         run_dir = study_dir / "runs" / result["slug"]
-        if predictions is not None and not (run_dir / PREDICTIONS_FILE).is_file():
-            # a remote Ray worker saved them on its own disk: the ensembles need them here
-            save_predictions(run_dir, predictions.indices, predictions.probabilities,
-                             predictions.targets)
+        for split, key in PREDICTIONS_KEYS.items():
+            predictions = result.pop(key, None)
+            if predictions is not None and not (run_dir / predictions_file(split)).is_file():
+                # a remote Ray worker saved them on its own disk: the report needs them here
+                save_predictions(run_dir, predictions.indices, predictions.probabilities,
+                                 predictions.targets, split)
         path = cell_path(study_dir, result["slug"])
         if read_cell(path) is None:  # a remote Ray worker wrote it on its own disk
             atomic_write_json(path, result)

@@ -202,14 +202,14 @@ def evaluate_baseline(run_dir: str | Path, verbose: bool = True) -> dict[str, An
         if len(patches.split_indices(split)):
             x, y = _split(patches, split, cfg.train.baseline.features, means)
             results[split] = _scores(model, patches, x, y)
-            if split == "test":  # saved for fold ensembles and test-set bootstraps
+            if split in ("val", "test"):  # for fold ensembles and bootstraps over groups
                 k = patches.num_classes
                 if patches.multilabel:
                     probs = label_probabilities(model, x, k)
                 else:  # columns of the classes seen in training; the others keep 0
                     probs = np.zeros((len(x), k))
                     probs[:, _estimator(model).classes_.astype(int)] = model.predict_proba(x)
-                save_predictions(run.path, patches.split_indices(split), probs, y)
+                save_predictions(run.path, patches.split_indices(split), probs, y, split)
     verdict = run_guards(results, read_history(run.history), cfg.guards, frozen=0.0)
     metrics = {"run_name": run.name, "checkpoint": MODEL_FILE, "best_epoch": 0, **results,
                "guard": verdict.to_dict()}

@@ -154,16 +154,7 @@ def _comparison_blocks(t: Mapping[str, Any], multilabel: bool) -> list[doc.Block
                "the baseline has no test predictions")
         return [doc.Para(f"No paired comparison on {t['name']}: {why}.")]
     acc = _accuracy(t, multilabel)
-    rows = []
-    for c in t["comparisons"]:
-        row = [c["config_id"], c["compared"]]
-        for m in ("f1_macro", "accuracy"):
-            d = c[m]
-            row += [f"{d['diff']:+.3f} [{_f(d['ci_low'])}, {_f(d['ci_high'])}]", _p(d["p"]),
-                    _p(d["p_holm"])]
-        sig = [f"**{lbl}** ({'better' if c[m]['diff'] > 0 else 'worse'})"
-               for m, lbl in (("f1_macro", "macro F1"), ("accuracy", acc)) if c[m]["significant"]]
-        rows.append([*row, ", ".join(sig) or "no"])
+    rows = _comparison_rows(t["comparisons"], acc)
     return [doc.Para(
         f"Paired bootstrap over the groups of {t['name']} ({t['resamples']} resamples, the "
         "same for every configuration): difference configuration - baseline "
@@ -173,6 +164,55 @@ def _comparison_blocks(t: Mapping[str, Any], multilabel: bool) -> list[doc.Block
         doc.Table(["configuration", "compared", "diff macro F1 [95% CI]", "p", "p_holm",
                    f"diff {acc} [95% CI]", "p", "p_holm", "significant"], rows,
                   caption=f"Paired comparison on {t['name']} against {t['baseline']}")]
+
+
+def _comparison_rows(comparisons: list[Mapping[str, Any]], acc: str) -> list[list[Any]]:
+    rows = []
+    for c in comparisons:
+        row = [c["config_id"], c["compared"]]
+        for m in ("f1_macro", "accuracy"):
+            d = c[m]
+            row += [f"{d['diff']:+.3f} [{_f(d['ci_low'])}, {_f(d['ci_high'])}]", _p(d["p"]),
+                    _p(d["p_holm"])]
+        sig = [f"**{lbl}** ({'better' if c[m]['diff'] > 0 else 'worse'})"
+               for m, lbl in (("f1_macro", "macro F1"), ("accuracy", acc)) if c[m]["significant"]]
+        rows.append([*row, ", ".join(sig) or "no"])
+    return rows
+
+
+def oof_blocks(o: Mapping[str, Any] | None, multilabel: bool) -> list[doc.Block]:
+    """The pooled out-of-fold section (:mod:`geofuse.reporting._study_oof`); none without
+    saved validation predictions."""
+    if not o:
+        return []
+    acc = "subset accuracy" if multilabel else "OA"
+    selected = [cid for cid, r in o["configs"].items() if r["selected"]]
+    rows = [[cid + (" (baseline)" if cid == o["baseline"] else ""), r["n_seeds"],
+             _ci(r["accuracy"]), _ci(r["f1_macro"]), "yes" if r["selected"] else "no"]
+            for cid, r in o["configs"].items()]
+    blocks: list[doc.Block] = [
+        doc.Heading("Out-of-fold comparison", 3),
+        doc.Para(f"The validation predictions of all folds pooled: {o['n_patches']} patches in "
+                 f"{o['n_groups']} groups, each predicted once per seed by a fold model that "
+                 "never trained on it (mean over seeds); 95% percentile bootstrap intervals "
+                 f"over the groups ({o['resamples']} resamples, seed {o['seed']}), far tighter "
+                 "than a t interval over the fold means."
+                 + (f" Checkpoint picked on these validation folds (flatters them a little; "
+                    f"`train.checkpoint: last` avoids it): {', '.join(selected)}."
+                    if selected else " Nothing was selected on the validation folds.")),
+        doc.Table(["configuration", "seeds", f"{acc} [95% CI]", "macro F1 [95% CI]",
+                   "checkpoint selected on validation"], rows,
+                  caption="Pooled out-of-fold predictions (95% CI over groups)")]
+    if o["comparisons"]:
+        blocks += [doc.Para(
+            f"Paired bootstrap over the same groups: difference configuration - baseline "
+            f"(**{o['baseline']}**); two-sided p-values, Holm-corrected across configurations "
+            f"per metric; significant: p_holm < {o['alpha']}."),
+            doc.Table(["configuration", "compared", "diff macro F1 [95% CI]", "p", "p_holm",
+                       f"diff {acc} [95% CI]", "p", "p_holm", "significant"],
+                      _comparison_rows(o["comparisons"], acc),
+                      caption=f"Out-of-fold paired comparison against {o['baseline']}")]
+    return blocks
 
 
 def study_test_blocks(t: Mapping[str, Any] | None, per_class_f1: Mapping[str, Mapping[str, float]],

@@ -39,8 +39,9 @@ from geofuse.reporting._study_load import (
     load_study,
     metric_names,
 )
+from geofuse.reporting._study_oof import study_oof_stats
 from geofuse.reporting._study_test import study_test_stats
-from geofuse.reporting._study_test_blocks import study_test_blocks, transfer_alert
+from geofuse.reporting._study_test_blocks import oof_blocks, study_test_blocks, transfer_alert
 from geofuse.reporting.plots import plot_confusion_matrix
 
 __all__ = ["CELL_DEFAULTS", "Study", "cell_scores", "compute_study_stats", "load_study",
@@ -112,6 +113,7 @@ def compute_study_stats(
         # patch-level test section (fold ensembles, floors, bootstrap over test groups);
         # a segmentation study's test figures are the per-pixel table of the results
         "test_set": None if study.segmentation else study_test_stats(study, baseline, alpha),
+        "out_of_fold": None if study.segmentation else study_oof_stats(study, baseline, alpha),
         "per_class_f1_test": {cid: {k: _class_f1(cells, "test", k) for k in classes}
                               for cid, cells in by_config.items()
                               if any(isinstance(c.get("test"), Mapping) for c in cells)},
@@ -230,7 +232,8 @@ def _significance_blocks(s: dict[str, Any]) -> list[doc.Block]:
     blocks: list[doc.Block] = [doc.Heading("Significance against the baseline")]
     if not s["baseline"]:
         return [*blocks, doc.Para("No baseline configuration named: no paired tests."),
-                *[doc.Para(n) for n in s["notes"]]]
+                *[doc.Para(n) for n in s["notes"]],
+                *oof_blocks(s.get("out_of_fold"), s["multilabel"])]
     rows = [[c["config_id"], c["n"], _f(c["diff"], 4), f"[{_f(c['ci_low'], 4)}, "
              f"{_f(c['ci_high'], 4)}]", _p(c["p_t"]), _p(c["p_wilcoxon"]), _p(c["p_holm"]),
              _f(c["d"], 2), ("**yes** (" + ("better" if c["diff"] > 0 else "worse") + ")")
@@ -243,7 +246,8 @@ def _significance_blocks(s: dict[str, Any]) -> list[doc.Block]:
         f"difference / sd of differences). Significant: p_holm < {s['alpha']}."),
         doc.Table(["configuration", "n", "diff", "95% CI of diff", "p_t", "p_wilcoxon",
                    "p_holm", "d", "significant"], rows),
-        *([doc.BulletList(notes + s["notes"])] if notes or s["notes"] else [])]
+        *([doc.BulletList(notes + s["notes"])] if notes or s["notes"] else []),
+        *oof_blocks(s.get("out_of_fold"), s["multilabel"])]
 
 
 def _detail_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
