@@ -194,3 +194,17 @@ def test_bad_addresses_fail_fast_with_the_fix(tmp_path: Path, address: str, mess
     cfg.ablation.ray.address = address  # the same through the config, not the flag
     with pytest.raises(ConfigError, match=message):
         run_ablation(cfg, progress=False, patchset=make_patchset(n=48))
+
+
+def test_more_gpus_per_cell_than_the_cluster_has_is_refused(
+    cluster: tuple[str, Path], tmp_path: Path
+) -> None:
+    address, _ = cluster
+    cfg = _cfg(tmp_path)
+    cfg.ablation.ray.num_gpus_per_cell = 64  # the cells would wait for GPUs forever
+    with pytest.raises(ConfigError, match=r"num_gpus_per_cell = 64, but the Ray cluster at "
+                                          r".* has \d+ GPU\(s\): no cell could start"):
+        run_ablation(cfg, study_name="gpus", ray_address=address, progress=False,
+                     patchset=make_patchset(n=48))
+    assert not ray.is_initialized()
+    assert not load_cells(cfg.workdir_path / "studies" / "gpus")

@@ -171,6 +171,26 @@ def train_problems(cfg: StudyConfig, inputs: Inputs) -> list[Problem]:
     return out
 
 
+def device_problems(cfg: StudyConfig) -> list[Problem]:
+    """``train.devices``: no more GPUs than the machine has, and a Ray cell that reserves
+    GPUs reserves enough of them."""
+    t, reserved = cfg.train, cfg.ablation.ray.num_gpus_per_cell
+    if 0 < reserved < t.devices:
+        return [Problem("ablation.ray.num_gpus_per_cell", reserved, f"each cell trains on "
+                        f"train.devices = {t.devices} devices; reserve at least {t.devices} "
+                        "GPUs per cell, or set train.devices to the GPUs reserved")]
+    if t.devices <= 1 or t.accelerator not in ("gpu", "cuda") or cfg.ablation.ray.address:
+        return []  # a Ray cell's GPUs are the cluster's, checked when the study starts
+    import torch
+
+    present = torch.cuda.device_count()
+    if present >= t.devices:
+        return []
+    return [Problem("train.devices", t.devices, f"train.accelerator is {t.accelerator!r} and "
+                    f"this machine has {present} GPU(s); set train.devices to at most "
+                    f"{max(present, 1)}, or accelerator: cpu")]
+
+
 def loss_problems(cfg: StudyConfig, inputs: Inputs) -> list[Problem]:
     """``train.loss`` against the targets: label sets need a sigmoid loss."""
     name = cfg.train.loss.name

@@ -38,6 +38,11 @@ class RayConfig(_Model):
         "local Ray instance; default: no Ray (local processes, see ablation.workers)."
     )
     num_cpus_per_cell: float = Field(1.0, gt=0, description="CPUs Ray reserves per cell.")
+    num_gpus_per_cell: float = Field(
+        0.0, ge=0, description="GPUs Ray reserves per cell: each cell then trains on its own "
+        "GPU(s) (Ray sets CUDA_VISIBLE_DEVICES); a fraction such as 0.5 puts two cells on one "
+        "GPU; at least train.devices for data-parallel cells; 0 = none reserved."
+    )
 
 
 class AblationModelConfig(_Model):

@@ -254,7 +254,25 @@ class TrainConfig(_Model):
         "out to keep that share."
     )
     num_workers: int = Field(0, ge=0)
-    accelerator: str = "auto"
+    accelerator: str = Field(
+        "auto", description="Lightning accelerator: auto (a GPU when present), cpu, gpu, mps."
+    )
+    devices: int = Field(
+        1, ge=1, description="Devices to train on with data-parallel DDP (e.g. 4 GPUs of one "
+        "machine; on the CPU, processes). Each device takes batch_size patches a step, so the "
+        "effective batch is batch_size x devices; epoch metrics are computed over the whole "
+        "split, gathered from every device. Evaluation after training runs on one device."
+    )
+    strategy: Literal["ddp_spawn", "ddp_fork"] = Field(
+        "ddp_spawn", description="How the devices > 1 processes start: ddp_spawn (fresh "
+        "interpreters; works everywhere) or ddp_fork (faster start; CPU or a GPU not yet "
+        "used by the parent process; not on Windows)."
+    )
+    precision: Literal["32-true", "16-mixed", "bf16-mixed"] = Field(
+        "32-true", description="Numeric precision of training: 32-true, or mixed precision "
+        "16-mixed (CUDA GPUs, with loss scaling) or bf16-mixed (recent GPUs and CPUs): about "
+        "half the activation memory and faster steps on tensor-core GPUs."
+    )
     deterministic: bool | Literal["warn"] = Field(
         True, description="Deterministic kernels (same config, same metrics); 'warn' lets ops "
         "without a deterministic GPU kernel run with a warning instead of failing."

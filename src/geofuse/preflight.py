@@ -35,6 +35,7 @@ from geofuse._preflight_files import (
 from geofuse._preflight_files import fold_problems as _fold_problems
 from geofuse._preflight_files import free_bytes as _free_bytes
 from geofuse._preflight_models import (
+    device_problems,
     grid_problems,
     loss_problems,
     search_problems,
@@ -85,7 +86,7 @@ def check_config(cfg: StudyConfig, command: str = "check") -> list[Problem]:
     if command in ("check", "ablate", "demo"):
         problems += grid_problems(cfg, inputs)
     if command in ("check", "train", "search", "demo", "ablate"):
-        problems += loss_problems(cfg, inputs)
+        problems += loss_problems(cfg, inputs) + device_problems(cfg)
     if command == "search" or (command == "check" and cfg.search.space):
         problems += search_problems(cfg, inputs)
     if meta is not None and command in ("check", "ablate", "search"):

@@ -213,7 +213,7 @@ def _connect(ray: Any, address: str, local_cpus: int | None) -> None:
 
 def run_ray(
     fn: CellFn, ctx: Any, cells: list[dict[str, Any]], address: str, num_cpus: float,
-    on_done: OnDone, local_cpus: int | None = None,
+    on_done: OnDone, local_cpus: int | None = None, num_gpus: float = 0.0,
 ) -> None:
     """Cells as Ray tasks on ``address``: 'local' starts a Ray instance in this process;
     HOST:PORT, 'auto' or ray://HOST:PORT connect to a running cluster (``ray start``).
@@ -221,9 +221,12 @@ def run_ray(
     An already initialised Ray session is used as is (and left running); a session started
     here is shut down at the end (a cluster connected to keeps running).
 
+    Each cell reserves ``num_cpus`` CPUs and ``num_gpus`` GPUs of the cluster.
+
     Raises:
         ConfigError: the cluster at ``address`` cannot be reached (checked within
-            :data:`CONNECT_TIMEOUT_S` seconds instead of Ray's minutes of retries).
+            :data:`CONNECT_TIMEOUT_S` seconds instead of Ray's minutes of retries), or it has
+            fewer GPUs than one cell reserves (the cells would wait forever).
     """
     ray = _import_ray()
     started = False
@@ -231,7 +234,14 @@ def run_ray(
         _connect(ray, address, local_cpus)
         started = True
     try:
-        remote = ray.remote(num_cpus=num_cpus, max_retries=0)(fn)
+        gpus = ray.cluster_resources().get("GPU", 0.0)
+        if num_gpus > gpus:
+            raise ConfigError(
+                f"ablation.ray.num_gpus_per_cell = {num_gpus:g}, but the Ray cluster at "
+                f"{address!r} has {gpus:g} GPU(s): no cell could start; add GPU nodes or "
+                "lower it (0 trains the cells on CPUs)"
+            )
+        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(fn)
         refs = [remote.remote(ctx, cell) for cell in cells]
         try:
             while refs:

@@ -179,7 +179,8 @@ def _run_study_locked(
     if todo:
         try:
             run_cells(ctx, todo, workers=workers, ray_address=ray_address,
-                      ray_cpus=cfg.ablation.ray.num_cpus_per_cell, on_done=_report)
+                      ray_cpus=cfg.ablation.ray.num_cpus_per_cell,
+                      ray_gpus=cfg.ablation.ray.num_gpus_per_cell, on_done=_report)
         except StopRequested as err:
             write_results(study_dir)
             raise StopRequested(err.signum, detail=(

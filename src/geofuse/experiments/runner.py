@@ -314,7 +314,7 @@ PREDICTIONS_KEYS = {"test": "_test_predictions", "val": "_val_predictions"}
 
 def run_cells(
     ctx: StudyContext, cells: list[dict[str, Any]], workers: int = 1,
-    ray_address: str | None = None, ray_cpus: float = 1.0,
+    ray_address: str | None = None, ray_cpus: float = 1.0, ray_gpus: float = 0.0,
     on_done: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
     """Run cells (dicts with a ``fingerprint``) serially, in processes or on Ray."""
@@ -341,7 +341,8 @@ def run_cells(
         if ray_address:
             threads = max(1, int(ray_cpus))
             _parallel.run_ray(execute_cell, _with_threads(ctx, threads), cells, ray_address,
-                              ray_cpus, _done, local_cpus=workers if workers > 1 else None)
+                              ray_cpus, _done, local_cpus=workers if workers > 1 else None,
+                              num_gpus=ray_gpus)
         elif workers > 1:
             threads = _parallel.threads_per_worker(workers)
             _parallel.run_pool(execute_cell, _with_threads(ctx, threads), cells, workers, _done)

@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import RunningStage
 
 from geofuse.io_utils import atomic_path
+from geofuse.training._distributed import is_distributed
 
 _clock = time.monotonic  # seconds; replaced by a fake clock in tests
 
@@ -80,7 +81,10 @@ class BestAndLastCheckpoint(Callback):
         self._finished_epoch = trainer.current_epoch
         since = _clock() - self._last_write
         cheap = self._write_cost is None or self._write_cost <= self.max_overhead * since
-        if cheap or since >= self.interval_s:
+        write = cheap or since >= self.interval_s
+        if is_distributed(trainer):  # saving is collective: every process follows rank 0
+            write = trainer.strategy.broadcast(write, src=0)
+        if write:
             started = _clock()
             self._write_all(trainer)
             self._saved_epoch = trainer.current_epoch
@@ -99,7 +103,7 @@ class BestAndLastCheckpoint(Callback):
         stage = trainer.state.stage
         in_validation = stage is not None and stage != RunningStage.TRAINING
         if self._saved_epoch != self._finished_epoch and not in_validation:
-            self._write_last(trainer)
+            self._write_last(trainer, collective=False)
         if not self._best_written or not self.best_path.exists():
             self._write_best(trainer)
 
@@ -108,15 +112,29 @@ class BestAndLastCheckpoint(Callback):
         if not self._best_written or not self.best_path.exists():
             self._write_best(trainer)
 
-    def _write_last(self, trainer: L.Trainer) -> None:
+    def _write_last(self, trainer: L.Trainer, collective: bool = True) -> None:
+        """Write the resumable state. With several processes, rank 0 writes the file;
+        ``collective`` (all processes are here) keeps Lightning's barrier, otherwise (an
+        exception, where another process may be gone) rank 0 writes alone."""
+        if is_distributed(trainer) and not trainer.is_global_zero:
+            if collective:
+                trainer.save_checkpoint(self.last_path)  # writes nothing; joins the barrier
+            return
         with atomic_path(self.last_path, suffix=".ckpt") as tmp:
-            trainer.save_checkpoint(tmp)
+            if collective:
+                trainer.save_checkpoint(tmp)
+            else:
+                trainer.strategy.checkpoint_io.save_checkpoint(
+                    trainer._checkpoint_connector.dump_checkpoint(), tmp)
         self._last_write = _clock()
         self.writes += 1
 
     def _write_best(self, trainer: L.Trainer) -> None:
         """Write the best weights; with no finite val_loss ever (a diverged run), the current
-        weights, so the run can still be evaluated and flagged by the guard."""
+        weights, so the run can still be evaluated and flagged by the guard. Rank 0 only."""
+        if not trainer.is_global_zero:
+            self._best_written = True
+            return
         if self._best_state is None and self.best_path.exists():
             return  # no improvement in this session: keep the earlier file
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=True)

@@ -27,6 +27,7 @@ from geofuse.config import GuardConfig
 from geofuse.data.patchset import MASK_IGNORE
 from geofuse.evaluation.metrics import classification_metrics
 from geofuse.evaluation.multilabel_metrics import multilabel_metrics
+from geofuse.training._distributed import gather_rows, is_distributed
 
 LOSS_COLUMNS = ("train_loss", "val_loss")
 FROZEN_NOTE_FRACTION = 0.5  # the diagnosis names the frozen share from here on
@@ -256,6 +257,8 @@ class CollapseStopper(Callback):
         self._hook: Any = None
 
     def _record(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        if not isinstance(output, torch.Tensor) or output.ndim < 2:
+            return  # under DDP the module's call is also the step itself (returns the loss)
         if getattr(module, "multilabel", False):  # label sets: sigmoid >= 0.5
             self._preds.append((output.detach() >= 0).cpu())
         else:
@@ -279,10 +282,22 @@ class CollapseStopper(Callback):
             return
         self._hook.remove()
         self._hook = None
+        if is_distributed(trainer):  # every process judges the whole split, as rank 0 does
+            self._preds = [gather_rows(pl_module, torch.cat(self._preds))] if self._preds else []
+            self._labels = ([gather_rows(pl_module, torch.cat(self._labels))]
+                            if self._labels else [])
         reason = self._check(trainer, pl_module)
+        if is_distributed(trainer):
+            reason = trainer.strategy.broadcast(reason, src=0)
         if reason and self.reason is None:
             self.reason, self.epoch = reason, trainer.current_epoch
             trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason, "epoch": self.epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.reason, self.epoch = state_dict.get("reason"), state_dict.get("epoch")
 
     def _check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
         value = trainer.callback_metrics.get("val_loss")

@@ -29,6 +29,12 @@ from lightning.pytorch.trainer.states import TrainerFn
 from geofuse.config import TrainConfig
 from geofuse.models.registry import create_model
 from geofuse.training._batch_mix import cutmix_images
+from geofuse.training._distributed import (
+    broadcast_buffers,
+    gather_mean_loss,
+    gather_rows,
+    is_distributed,
+)
 from geofuse.training._epoch import EpochAccumulator, epoch_scores, publish_epoch_values
 from geofuse.training._schedulers import EpochSchedule
 from geofuse.training._step_costs import direct_backward_allowed
@@ -231,6 +237,8 @@ class ClassificationTask(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._epoch["val"].reset()
+        if is_distributed(self.trainer):
+            broadcast_buffers(self)
 
     def on_test_epoch_start(self) -> None:
         self._epoch["test"].reset()
@@ -277,6 +285,11 @@ class ClassificationTask(L.LightningModule):
             return
         loss = epoch.loss()
         preds, target = epoch.predictions()
+        if is_distributed(self.trainer):  # the whole split: every process's share
+            if self.segmentation:  # tile shapes may differ between processes
+                preds, target = preds.reshape(-1), target.reshape(-1)
+            loss = gather_mean_loss(self, loss, sum(epoch.sizes))
+            preds, target = gather_rows(self, preds), gather_rows(self, target)
         epoch.reset()
         scores = epoch_scores(preds, target, int(self.hparams["num_classes"]),
                               multilabel=self.multilabel, segmentation=self.segmentation)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,7 +32,13 @@ from geofuse.rundir import (
     read_history,
     write_history,
 )
+from geofuse.training._distributed import (
+    ddp_strategy,
+    restore_callback_states,
+    stop_processes,
+)
 from geofuse.training._progress import ThrottledProgressBar
+from geofuse.training._quiet import quiet_lightning as _quiet_lightning
 from geofuse.training._run_state import (
     finish_run_info,
     mark_failed,
@@ -52,12 +55,6 @@ from geofuse.training.task import ClassificationTask
 
 StatsT = TypeVar("StatsT", BandStats, TabularStats)
 
-_QUIET_WARNINGS = (
-    ".*does not have many workers.*",
-    ".*exists and is not empty.*",
-    ".*smaller than the logging interval.*",
-    ".*LeafSpec.*",
-)
 
 
 class HistoryWriter(Callback):
@@ -69,6 +66,8 @@ class HistoryWriter(Callback):
         self.lr: float | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:  # one writer (data-parallel training)
+            return
         start = trainer.current_epoch
         write_history(self.path, [row for row in read_history(self.path) if row["epoch"] < start])
 
@@ -77,6 +76,8 @@ class HistoryWriter(Callback):
         self.lr = float(trainer.optimizers[0].param_groups[0]["lr"])
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
         metrics = trainer.callback_metrics
         row: dict[str, Any] = {"epoch": trainer.current_epoch}
         for column in HISTORY_COLUMNS[1:-1]:
@@ -175,10 +176,14 @@ def _train_locked(
         try:
             trainer.fit(task, datamodule=datamodule, ckpt_path=run.last_ckpt if resume else None)
         except (KeyboardInterrupt, SystemExit) as err:  # Lightning: Ctrl+C -> sys.exit(1)
+            stop_processes(trainer)
             raise mark_interrupted(cfg, run, info, err) from None
         except Exception as err:
+            stop_processes(trainer)
             mark_failed(run, info, err)
             raise
+    if cfg.train.devices > 1:  # the callbacks ran in the training processes
+        restore_callback_states(trainer, run.last_ckpt)
     finish_run_info(run, info, trainer, time.perf_counter() - started, task.model)
     evaluate_run(run.path, verbose=progress)
     write_report(run.path)
@@ -338,28 +343,14 @@ def _build_trainer(cfg: StudyConfig, run: RunDir, max_epochs: int, progress: boo
         callbacks.append(CollapseStopper(cfg.guards))
     if progress:
         callbacks.append(ThrottledProgressBar())
+    devices = cfg.train.devices
     return L.Trainer(
-        max_epochs=max_epochs, accelerator=cfg.train.accelerator, devices=1,
+        max_epochs=max_epochs, accelerator=cfg.train.accelerator, devices=devices,
+        strategy=ddp_strategy(cfg.train.strategy) if devices > 1 else "auto",
+        precision=cfg.train.precision,
         deterministic=cfg.train.deterministic, logger=False, callbacks=callbacks,
         enable_checkpointing=False,  # BestAndLastCheckpoint writes the files
         default_root_dir=run.path,
         enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=1,
         profiler=NoOpProfiler(),
     )
-
-
-@contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Hide Lightning's info lines (and known-harmless warnings); the progress bar stays."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        for pattern in _QUIET_WARNINGS:
-            warnings.filterwarnings("ignore", message=pattern)
-        for lg in loggers:  # GPU/TPU availability lines and tips; the report has the facts
-            lg.setLevel(logging.WARNING)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels, strict=True):
-                lg.setLevel(level)

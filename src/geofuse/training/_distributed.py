@@ -1,0 +1,105 @@
+"""Data-parallel training (``train.devices`` > 1): what every process must do together.
+
+Lightning's DDP gives each device a shard of every split (a ``DistributedSampler``) and
+averages the gradients. geofuse computes its epoch values from the predictions of the whole
+split, so each process hands its own to the others (:func:`gather_rows`) before the values
+are computed: every process then holds the same values, and the callbacks that read them
+(early stopping, checkpoints, the collapse guard) take the same decisions. The training
+processes are children of the command (``ddp_spawn``/``ddp_fork``); what the command needs
+afterwards comes back through the files rank 0 writes (``history.csv``, ``last.ckpt`` with
+the callbacks' state: :func:`restore_callback_states`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.strategies import DDPStrategy
+
+from geofuse.training._quiet import silence_lightning
+
+_START_METHODS = {"ddp_spawn": "spawn", "ddp_fork": "fork"}
+
+
+class QuietDDPStrategy(DDPStrategy):
+    """Lightning's DDP whose training processes are as quiet as the command itself."""
+
+    def setup_environment(self) -> None:
+        silence_lightning()
+        super().setup_environment()
+
+
+def ddp_strategy(name: str) -> QuietDDPStrategy:
+    """The strategy of ``train.strategy`` (``ddp_spawn`` or ``ddp_fork``)."""
+    return QuietDDPStrategy(start_method=_START_METHODS[name])
+
+
+def is_distributed(trainer: L.Trainer) -> bool:
+    """Whether more than one process trains."""
+    return trainer.world_size > 1
+
+
+def gather_rows(module: L.LightningModule, rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` of every process concatenated along dim 0, in rank order (the same tensor in
+    every process). Processes may hold different numbers of rows; the trailing shapes must
+    agree. Collective: every process must call it."""
+    device = module.device
+    dtype = rows.dtype
+    local = rows.to(device)
+    if dtype == torch.bool:  # not every backend gathers booleans
+        local = local.to(torch.uint8)
+    sizes = module.all_gather(torch.tensor([len(local)], device=device)).reshape(-1)
+    longest = int(sizes.max())
+    padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype, device=device)
+    padded[: len(local)] = local
+    gathered = module.all_gather(padded)  # (world, longest, ...)
+    parts = [gathered[rank, : int(size)] for rank, size in enumerate(sizes)]
+    return torch.cat(parts).to(dtype=dtype, device=rows.device)
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers (batch-norm running statistics). DDP syncs them
+    only before training steps, so the last step of an epoch leaves each process with its own;
+    validating with rank 0's makes the epoch's values those of the weights rank 0 saves.
+    Collective."""
+    for buffer in module.buffers():
+        torch.distributed.broadcast(buffer.data, src=0)
+
+
+def gather_mean_loss(module: L.LightningModule, loss: torch.Tensor, count: int) -> torch.Tensor:
+    """The sample-weighted mean of every process's epoch loss (``count`` samples each)."""
+    pair = torch.stack([loss.detach().double() * count,
+                        torch.tensor(float(count), dtype=torch.float64)]).to(module.device)
+    totals = module.all_gather(pair).reshape(-1, 2).sum(dim=0)
+    return (totals[0] / totals[1]).to(device=loss.device, dtype=torch.float32)
+
+
+def restore_callback_states(trainer: L.Trainer, checkpoint: Path) -> None:
+    """Load the callbacks' state saved in ``checkpoint`` into this process's callbacks.
+
+    Under ``ddp_spawn``/``ddp_fork`` the callbacks ran in the child processes; rank 0 saved
+    their state (early stopping's stopped epoch, the collapse guard's verdict) in last.ckpt
+    when training ended, and the command reads it back from there.
+    """
+    if not checkpoint.is_file():
+        return
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False).get("callbacks", {})
+    for callback in trainer.callbacks:
+        state = saved.get(callback.state_key)
+        if state is not None:
+            callback.load_state_dict(state)
+
+
+
+def stop_processes(trainer: L.Trainer, timeout_s: float = 10.0) -> None:
+    """Terminate the training processes the command started (nothing when there are none):
+    the command was interrupted or failed while they ran. Lightning leaves them running.
+    They lose at most the epoch in progress (last.ckpt is written after every epoch)."""
+    processes = getattr(trainer.strategy.launcher, "procs", None) or []
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=timeout_s)
