@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -69,3 +71,21 @@ def test_mapping_prints_pixels_per_second_ratio_and_peak_rss_of_both_map_paths()
     agreement = re.search(r"same pixels: ([\d.]+)% \(a\), ([\d.]+)% \(b\)", out)
     assert agreement and float(agreement[1]) >= 95 and float(agreement[2]) >= 95, out
     assert "target >= 20x" in out and "target < 2,048 MB" in out
+
+
+def test_multi_device_prints_throughput_against_one_device_in_32_bit() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "multi_device.py"), "--n", "80",
+         "--patch-size", "8", "--epochs", "2", "--devices", "1", "--precision",
+         "32-true,bf16-mixed"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith("1 ")]
+    assert [row[1] for row in rows] == ["32-true", "bf16-mixed"], out
+    for row in rows:
+        startup, epoch_s, patches_s, _, accuracy = (float(x) for x in row[2:])
+        assert epoch_s >= 0 and startup >= 0 and patches_s > 0 and 0 <= accuracy <= 1
+        if epoch_s >= 0.01:  # 56 training patches; seconds printed to 3 decimals
+            assert 56 / (epoch_s + 0.0005) - 0.05 <= patches_s <= 56 / (epoch_s - 0.0005) + 0.05
+    assert float(rows[0][5]) == 1.0
+    assert float(rows[1][5]) == pytest.approx(float(rows[1][4]) / float(rows[0][4]), abs=0.01)

@@ -87,8 +87,9 @@ def test_devices_and_precision_are_checked_before_training(tmp_path: Path) -> No
 
 
 def test_sigterm_stops_every_training_process_and_the_run_resumes(tmp_path: Path) -> None:
+    # forked processes inherit the command's signal handlers (spawned ones start bare)
     cfg = make_config(tmp_path, epochs=200, early_stopping_patience=500, devices=2,
-                      accelerator="cpu", model={"hidden": 32})
+                      strategy="ddp_fork", accelerator="cpu", model={"hidden": 32})
     make_patchset(n=600, patch_size=16).save(cfg.patches_path)
     path = tmp_path / "study.yaml"
     dump_config(cfg, path)
