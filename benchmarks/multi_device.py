@@ -41,7 +41,7 @@ def make_patches(n: int, patch_size: int, seed: int = 0) -> PatchSet:
     """Learnable 6-band PatchSet with noisy class means, 70/20/10 split."""
     rng = np.random.default_rng(seed)
     y = np.arange(n) % len(CLASSES)
-    means = rng.normal(0, 0.4, (len(CLASSES), len(BANDS)))
+    means = rng.normal(0, 0.1, (len(CLASSES), len(BANDS)))
     x = means[y][:, :, None, None] + rng.normal(0, 1.0, (n, len(BANDS), patch_size, patch_size))
     split = np.zeros(n, dtype=np.uint8)
     split[(np.arange(n) // len(CLASSES)) % 10 >= 7] = 1
