@@ -81,9 +81,19 @@ def test_devices_and_precision_are_checked_before_training(tmp_path: Path) -> No
     cfg.ablation.ray.num_gpus_per_cell = 1
     problems = [str(p) for p in check_config(cfg, "ablate")]
     assert any("ablation.ray.num_gpus_per_cell" in p and "at least 2" in p for p in problems)
-    for bad in ({"devices": 0}, {"strategy": "ddp_sapwn"}, {"precision": "16"}):
+    for bad in ({"devices": 0}, {"strategy": "ddp_sapwn"}, {"precision": "16"},
+                {"accelerator": "tpuu"}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             make_config(tmp_path, **bad)
+    # past the preflight (the Python API), Lightning's refusal is a one-line ConfigError and
+    # the run says it failed
+    cfg = make_config(tmp_path, devices=999, accelerator="gpu")
+    make_patchset().save(cfg.patches_path)
+    with pytest.raises(ConfigError, match=r"Lightning cannot train with train.accelerator = "
+                                          r"'gpu', devices = 999.*change those keys"):
+        train_model(cfg, progress=False)
+    run = next(cfg.runs_path.iterdir())
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"
 
 
 def test_sigterm_stops_every_training_process_and_the_run_resumes(tmp_path: Path) -> None:

@@ -254,8 +254,9 @@ class TrainConfig(_Model):
         "out to keep that share."
     )
     num_workers: int = Field(0, ge=0)
-    accelerator: str = Field(
-        "auto", description="Lightning accelerator: auto (a GPU when present), cpu, gpu, mps."
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field(
+        "auto", description="Lightning accelerator: auto (a GPU when present), cpu, gpu "
+        "(= cuda), mps (Apple silicon)."
     )
     devices: int = Field(
         1, ge=1, description="Devices to train on with data-parallel DDP (e.g. 4 GPUs of one "

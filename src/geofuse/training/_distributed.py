@@ -93,10 +93,12 @@ def restore_callback_states(trainer: L.Trainer, checkpoint: Path) -> None:
 
 
 
-def stop_processes(trainer: L.Trainer, timeout_s: float = 10.0) -> None:
+def stop_processes(trainer: L.Trainer | None, timeout_s: float = 10.0) -> None:
     """Terminate the training processes the command started (nothing when there are none):
     the command was interrupted or failed while they ran. Lightning leaves them running.
     They lose at most the epoch in progress (last.ckpt is written after every epoch)."""
+    if trainer is None:
+        return
     processes = getattr(trainer.strategy.launcher, "procs", None) or []
     for process in processes:
         if process.is_alive():

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import lightning as L
 import numpy as np
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from rich.console import Console
 
@@ -172,8 +173,9 @@ def _train_locked(
     task = build_task(cfg, patches)
     started = time.perf_counter()
     with _quiet_lightning(), cuda_check_without_missing_nvml():
-        trainer = _build_trainer(cfg, run, max_epochs, progress)
+        trainer: L.Trainer | None = None
         try:
+            trainer = _build_trainer(cfg, run, max_epochs, progress)
             trainer.fit(task, datamodule=datamodule, ckpt_path=run.last_ckpt if resume else None)
         except (KeyboardInterrupt, SystemExit) as err:  # Lightning: Ctrl+C -> sys.exit(1)
             stop_processes(trainer)
@@ -344,6 +346,19 @@ def _build_trainer(cfg: StudyConfig, run: RunDir, max_epochs: int, progress: boo
     if progress:
         callbacks.append(ThrottledProgressBar())
     devices = cfg.train.devices
+    try:
+        return _trainer(cfg, run, max_epochs, progress, callbacks, devices)
+    except MisconfigurationException as err:  # e.g. a GPU asked for and none present
+        t = cfg.train
+        raise ConfigError(
+            f"{cfg.source or 'config'}: Lightning cannot train with train.accelerator = "
+            f"{t.accelerator!r}, devices = {devices}, precision = {t.precision!r}: "
+            f"{' '.join(str(err).split())}; change those keys in the train section"
+        ) from None
+
+
+def _trainer(cfg: StudyConfig, run: RunDir, max_epochs: int, progress: bool,
+             callbacks: list[Callback], devices: int) -> L.Trainer:
     return L.Trainer(
         max_epochs=max_epochs, accelerator=cfg.train.accelerator, devices=devices,
         strategy=ddp_strategy(cfg.train.strategy) if devices > 1 else "auto",
