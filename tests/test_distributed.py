@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from factories import make_config, make_multilabel_patchset, make_patchset
@@ -98,14 +99,17 @@ def test_devices_and_precision_are_checked_before_training(tmp_path: Path) -> No
 
 def test_sigterm_stops_every_training_process_and_the_run_resumes(tmp_path: Path) -> None:
     # forked processes inherit the command's signal handlers (spawned ones start bare)
-    cfg = make_config(tmp_path, epochs=200, early_stopping_patience=500, devices=2,
+    cfg = make_config(tmp_path, epochs=200, early_stopping_patience=500,
                       strategy="ddp_fork", accelerator="cpu", model={"hidden": 32})
     make_patchset(n=600, patch_size=16).save(cfg.patches_path)
     path = tmp_path / "study.yaml"
     dump_config(cfg, path)
     run = RunDir(cfg.runs_path / RUN)
-    proc = _start("train", "-c", str(path), root=tmp_path)
+    proc = _start("train", "-c", str(path), "--devices", "2", "--precision", "bf16-mixed",
+                  root=tmp_path)
     _wait_for("an epoch", lambda: len(read_history(run.history)) >= 1, proc)
+    recorded = yaml.safe_load(run.config.read_text())["train"]  # the flags override the file
+    assert (recorded["devices"], recorded["precision"]) == (2, "bf16-mixed")
     workers = _children(proc.pid)
     assert len(workers) >= 2  # the two training processes
     proc.send_signal(signal.SIGTERM)
@@ -115,8 +119,7 @@ def test_sigterm_stops_every_training_process_and_the_run_resumes(tmp_path: Path
     assert not _outliving(workers)
     assert json.loads(run.run_json.read_text())["status"] == "interrupted"
     done = torch.load(run.last_ckpt, map_location="cpu", weights_only=False)["epoch"]
-    # the resumable state written by the processes continues on one device
-    cfg.train.devices = 1
+    # the resumable state written by the processes continues on one device, in 32 bit
     train_model(cfg, resume=True, progress=False, run_name=RUN, epochs=done + 2)
     assert json.loads(run.run_json.read_text())["status"] == "finished"
     assert [r["epoch"] for r in read_history(run.history)] == list(range(done + 2))

@@ -146,6 +146,10 @@ def train(
                                           help="Override train.batch_size."),
     lstm_hidden_dim: int | None = typer.Option(
         None, "--lstm-hidden-dim", help="Override train.model.lstm_hidden_dim (lstm_unet)."),
+    devices: int | None = typer.Option(
+        None, "--devices", min=1, help="Override train.devices (data-parallel DDP)."),
+    precision: str | None = typer.Option(
+        None, "--precision", help="Override train.precision (32-true, bf16-mixed, 16-mixed)."),
 ) -> None:
     """Train a network or baseline on the PatchSet; writes a self-describing run directory.
     The options override the config's train section (recorded in the run's config.yaml)."""
@@ -156,7 +160,8 @@ def train(
     cfg = with_overrides(load_config(config), {
         "train.optimizer": optimizer, "train.scheduler": scheduler, "train.lr": lr,
         "train.epochs": epochs, "train.batch_size": batch_size,
-        "train.model.lstm_hidden_dim": lstm_hidden_dim})
+        "train.model.lstm_hidden_dim": lstm_hidden_dim, "train.devices": devices,
+        "train.precision": precision})
     preflight(cfg, "train")
     run_dir = train_model(cfg, resume=resume, run_name=run_name)
     metrics_file = run_dir / "metrics.json"
