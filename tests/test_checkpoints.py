@@ -56,7 +56,8 @@ def _cadence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, epoch_s: float, wr
     monkeypatch.setattr(cb, "_write_all", fake_write)
     for epoch[0] in range(epochs):
         clock[0] += epoch_s
-        cb.on_train_epoch_end(SimpleNamespace(current_epoch=epoch[0]), None)  # type: ignore[arg-type]
+        trainer = SimpleNamespace(current_epoch=epoch[0], world_size=1)
+        cb.on_train_epoch_end(trainer, None)  # type: ignore[arg-type]
     return written
 
 

@@ -119,7 +119,8 @@ def test_heavily_frozen_network_collapses_and_is_stopped_with_diagnosis(
 
 def _fake_trainer(val_loss: float) -> SimpleNamespace:
     return SimpleNamespace(callback_metrics={"val_loss": torch.tensor(val_loss)},
-                           current_epoch=0, sanity_checking=False, should_stop=False)
+                           current_epoch=0, sanity_checking=False, should_stop=False,
+                           world_size=1)
 
 
 def _validate(stopper: CollapseStopper, trainer: SimpleNamespace, task: ClassificationTask,

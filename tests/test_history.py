@@ -45,10 +45,11 @@ def test_resumed_training_replaces_the_rows_from_its_start_epoch(tmp_path: Path)
     path = tmp_path / "history.csv"
     write_history(path, [_row(e, 1.0 / (e + 1)) for e in range(4)])  # killed after epoch 3,
     writer = HistoryWriter(path)  # but last.ckpt was written after epoch 1
-    writer.on_train_start(SimpleNamespace(current_epoch=2), None)  # type: ignore[arg-type]
-    assert [r["epoch"] for r in read_history(path)] == [0, 1]
     trainer = SimpleNamespace(current_epoch=2, callback_metrics={"val_loss": 0.7},
-                              optimizers=[SimpleNamespace(param_groups=[{"lr": 0.01}])])
+                              optimizers=[SimpleNamespace(param_groups=[{"lr": 0.01}])],
+                              is_global_zero=True)
+    writer.on_train_start(trainer, None)  # type: ignore[arg-type]
+    assert [r["epoch"] for r in read_history(path)] == [0, 1]
     writer.on_train_epoch_start(trainer, None)  # type: ignore[arg-type]
     writer.on_train_epoch_end(trainer, None)  # type: ignore[arg-type]
     rows = read_history(path)
