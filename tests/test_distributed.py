@@ -111,13 +111,13 @@ def test_sigterm_stops_every_training_process_and_the_run_resumes(tmp_path: Path
     recorded = yaml.safe_load(run.config.read_text())["train"]  # the flags override the file
     assert (recorded["devices"], recorded["precision"]) == (2, "bf16-mixed")
     workers = _children(proc.pid)
-    assert len(workers) >= 2  # the two training processes
+    assert len(workers) >= 2, workers  # the two training processes
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=90)
     assert proc.returncode == 128 + signal.SIGTERM, out
-    assert "Traceback" not in out
-    assert not _outliving(workers)
-    assert json.loads(run.run_json.read_text())["status"] == "interrupted"
+    assert "Traceback" not in out, out
+    assert not _outliving(workers), out
+    assert json.loads(run.run_json.read_text())["status"] == "interrupted", out
     done = torch.load(run.last_ckpt, map_location="cpu", weights_only=False)["epoch"]
     # the resumable state written by the processes continues on one device, in 32 bit
     train_model(cfg, resume=True, progress=False, run_name=RUN, epochs=done + 2)

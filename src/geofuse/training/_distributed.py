@@ -12,6 +12,7 @@ the callbacks' state: :func:`restore_callback_states`).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import lightning as L
@@ -93,15 +94,31 @@ def restore_callback_states(trainer: L.Trainer, checkpoint: Path) -> None:
 
 
 
-def stop_processes(trainer: L.Trainer | None, timeout_s: float = 10.0) -> None:
-    """Terminate the training processes the command started (nothing when there are none):
-    the command was interrupted or failed while they ran. Lightning leaves them running.
-    They lose at most the epoch in progress (last.ckpt is written after every epoch)."""
+def stop_processes(trainer: L.Trainer | None, grace_s: float = 5.0) -> None:
+    """End the training processes the command started (nothing when there are none): the
+    command was interrupted or failed while they ran, and Lightning leaves them running.
+
+    SIGTERM first; a process still alive after ``grace_s`` seconds (blocked in a collective
+    whose peer is gone, where no Python handler runs) gets SIGKILL, so that the command can
+    exit (Python waits for its children at exit). They lose at most the epoch in progress:
+    last.ckpt is written after every epoch.
+    """
     if trainer is None:
         return
     processes = getattr(trainer.strategy.launcher, "procs", None) or []
     for process in processes:
         if process.is_alive():
             process.terminate()
+    deadline = time.monotonic() + grace_s
     for process in processes:
-        process.join(timeout=timeout_s)
+        process.join(timeout=max(deadline - time.monotonic(), 0.0))
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=grace_s)
+
+
+def in_training_process(trainer: L.Trainer) -> bool:
+    """False in the command's own process while child processes train (``ddp_spawn``,
+    ``ddp_fork``): there the callbacks only see an untrained copy, and must not write."""
+    return trainer.world_size == 1 or torch.distributed.is_initialized()

@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import RunningStage
 
 from geofuse.io_utils import atomic_path
-from geofuse.training._distributed import is_distributed
+from geofuse.training._distributed import in_training_process, is_distributed
 
 _clock = time.monotonic  # seconds; replaced by a fake clock in tests
 
@@ -100,6 +100,8 @@ class BestAndLastCheckpoint(Callback):
         """Save what a resume can use: the best weights always; the training state only when
         the last finished epoch is not on disk yet and training is not inside validation (a
         state saved mid-validation cannot be resumed: its epoch's metrics are lost)."""
+        if not in_training_process(trainer):
+            return  # the training processes saved their own state
         stage = trainer.state.stage
         in_validation = stage is not None and stage != RunningStage.TRAINING
         if self._saved_epoch != self._finished_epoch and not in_validation:
