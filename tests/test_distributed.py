@@ -9,6 +9,7 @@ import math
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -34,6 +35,7 @@ def test_two_processes_train_on_shards_and_judge_the_whole_split(tmp_path: Path)
     cfg.guards.flat_epochs = 2
     cfg.guards.flat_tolerance = 1.0
     patches = make_multilabel_patchset()
+    patches.split[np.flatnonzero(patches.split == 1)[0]] = 0  # an odd validation split
     patches.save(cfg.patches_path)
     run = RunDir(train_model(cfg, progress=False))
 
@@ -50,7 +52,7 @@ def test_two_processes_train_on_shards_and_judge_the_whole_split(tmp_path: Path)
     assert last["global_step"] == 2 * math.ceil(math.ceil(n_train / 2) / cfg.train.batch_size)
     assert last["global_step"] < 2 * (n_train // cfg.train.batch_size)
     # the values the processes computed together equal one process evaluating the saved
-    # (final) weights on the whole validation split
+    # (final) weights on the whole validation split (31 patches: none counted twice)
     metrics = json.loads((run.path / "metrics.json").read_text())["val"]
     assert metrics["n"] == int((patches.split == 1).sum())
     assert history[-1]["val_accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-6)
@@ -86,12 +88,20 @@ def test_devices_and_precision_are_checked_before_training(tmp_path: Path) -> No
                 {"accelerator": "tpuu"}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             make_config(tmp_path, **bad)
+    cfg = make_config(tmp_path / "shares", devices=5)
+    few = make_patchset(n=40)
+    few.split[few.split == 1] = 0
+    few.split[:4] = 1  # one validation patch per class, 4 for 5 devices
+    few.save(cfg.patches_path)
+    with pytest.raises(ConfigError, match=r"validation split holds 4 patch\(es\), fewer than "
+                                          r"train.devices = 5"):
+        train_model(cfg, progress=False)
     # past the preflight (the Python API), Lightning's refusal is a one-line ConfigError and
     # the run says it failed
-    cfg = make_config(tmp_path, devices=999, accelerator="gpu")
+    cfg = make_config(tmp_path, devices=39, accelerator="gpu")  # 40 validation patches
     make_patchset().save(cfg.patches_path)
     with pytest.raises(ConfigError, match=r"Lightning cannot train with train.accelerator = "
-                                          r"'gpu', devices = 999.*change those keys"):
+                                          r"'gpu', devices = 39.*change those keys"):
         train_model(cfg, progress=False)
     run = next(cfg.runs_path.iterdir())
     assert json.loads((run / "run.json").read_text())["status"] == "failed"
@@ -99,15 +109,18 @@ def test_devices_and_precision_are_checked_before_training(tmp_path: Path) -> No
 
 def test_sigterm_stops_every_training_process_and_the_run_resumes(tmp_path: Path) -> None:
     # forked processes inherit the command's signal handlers (spawned ones start bare)
+    # checkpoints written at the start only (a tiny overhead budget): the state of the later
+    # epochs is saved by rank 0 when the signal arrives
     cfg = make_config(tmp_path, epochs=200, early_stopping_patience=500,
-                      strategy="ddp_fork", accelerator="cpu", model={"hidden": 32})
+                      strategy="ddp_fork", accelerator="cpu", model={"hidden": 32},
+                      checkpoint_overhead=1e-6, checkpoint_interval_s=3600)
     make_patchset(n=600, patch_size=16).save(cfg.patches_path)
     path = tmp_path / "study.yaml"
     dump_config(cfg, path)
     run = RunDir(cfg.runs_path / RUN)
     proc = _start("train", "-c", str(path), "--devices", "2", "--precision", "bf16-mixed",
                   root=tmp_path)
-    _wait_for("an epoch", lambda: len(read_history(run.history)) >= 1, proc)
+    _wait_for("4 epochs", lambda: len(read_history(run.history)) >= 4, proc)
     recorded = yaml.safe_load(run.config.read_text())["train"]  # the flags override the file
     assert (recorded["devices"], recorded["precision"]) == (2, "bf16-mixed")
     workers = _children(proc.pid)
@@ -119,7 +132,27 @@ def test_sigterm_stops_every_training_process_and_the_run_resumes(tmp_path: Path
     assert not _outliving(workers), out
     assert json.loads(run.run_json.read_text())["status"] == "interrupted", out
     done = torch.load(run.last_ckpt, map_location="cpu", weights_only=False)["epoch"]
+    assert done >= max(len(read_history(run.history)) - 2, 2)  # saved on the way out
     # the resumable state written by the processes continues on one device, in 32 bit
     train_model(cfg, resume=True, progress=False, run_name=RUN, epochs=done + 2)
     assert json.loads(run.run_json.read_text())["status"] == "finished"
     assert [r["epoch"] for r in read_history(run.history)] == list(range(done + 2))
+
+
+def test_each_device_drops_only_its_own_one_sample_last_batch() -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    from geofuse.data.datamodule import PatchDataModule
+
+    for n_train, drop in ((66, True), (65, True), (161, False), (64, False)):
+        patches = make_patchset(n=n_train + 10)
+        patches.split[:] = 1
+        patches.split[:n_train] = 0
+        module = PatchDataModule(patches, batch_size=32)
+        module.trainer = SimpleNamespace(world_size=2, global_rank=1)  # shares 33, 33, 81, 32
+        assert module.train_dataloader().drop_last is drop, n_train
+        val = module.val_dataloader()
+        assert isinstance(val.sampler, UnrepeatedDistributedSampler)
+        assert len(val.sampler) == 5  # rank 1's 5 of the 10 validation patches, none padded

@@ -175,7 +175,7 @@ def device_problems(cfg: StudyConfig) -> list[Problem]:
     """``train.devices``: no more GPUs than the machine has, and a Ray cell that reserves
     GPUs reserves enough of them."""
     t, reserved = cfg.train, cfg.ablation.ray.num_gpus_per_cell
-    if 0 < reserved < t.devices:
+    if t.devices > 1 and 0 < reserved < t.devices:
         return [Problem("ablation.ray.num_gpus_per_cell", reserved, f"each cell trains on "
                         f"train.devices = {t.devices} devices; reserve at least {t.devices} "
                         "GPUs per cell, or set train.devices to the GPUs reserved")]

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from geofuse.config import TrainConfig
@@ -236,13 +237,25 @@ class PatchDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader[Sample]:
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         dataset = self.dataset(split)
-        # A last training batch of one sample breaks batch-norm statistics: drop only that one.
-        drop_last = shuffle and len(dataset) % self.batch_size == 1 and len(dataset) > 1
+        trainer = self._trainer_if_attached()
+        world = trainer.world_size if trainer is not None else 1
+        sampler = None
+        if world > 1 and not shuffle:  # every patch once: no padding that counts some twice
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world,
+                                                   rank=trainer.global_rank, shuffle=False)
+        # A last training batch of one sample breaks batch-norm statistics: drop only that
+        # one (with several devices: of each device's share, padded to equal sizes)
+        share = -(-len(dataset) // world)
+        drop_last = shuffle and share % self.batch_size == 1 and share > 1
         return DataLoader(
             dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last,
-            num_workers=self.num_workers, generator=generator,
+            num_workers=self.num_workers, generator=generator, sampler=sampler,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _trainer_if_attached(self) -> L.Trainer | None:
+        """The trainer while one fits this data module (None for evaluation loaders)."""
+        return getattr(self, "trainer", None)
 
     def train_dataloader(self) -> DataLoader[Sample]:
         return self._loader("train", shuffle=True)

@@ -12,24 +12,63 @@ the callbacks' state: :func:`restore_callback_states`).
 
 from __future__ import annotations
 
+import os
+import random
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from lightning.pytorch.trainer.call import _interrupt
 
+from geofuse._signals import install_stop_handlers
 from geofuse.training._quiet import silence_lightning
 
 _START_METHODS = {"ddp_spawn": "spawn", "ddp_fork": "fork"}
 
 
+class _GuardedLauncher(_MultiProcessingLauncher):
+    """Lightning's launcher, whose training processes stop on SIGINT/SIGTERM and run the
+    callbacks' ``on_exception`` hooks as a one-process fit does (Lightning's launcher calls
+    the fit without them): rank 0 saves the resumable state of an interrupted run."""
+
+    def _wrapping_function(self, process_idx: int, trainer: L.Trainer | None,
+                           function: Callable[..., Any], args: Any, kwargs: Any,
+                           return_queue: Any, global_states: Any = None) -> None:
+        def guarded(*a: Any, **k: Any) -> Any:
+            install_stop_handlers()
+            try:
+                return function(*a, **k)
+            except BaseException as err:
+                if trainer is not None:
+                    _interrupt(trainer, err)
+                raise
+
+        super()._wrapping_function(process_idx, trainer, guarded, args, kwargs, return_queue,
+                                   global_states)
+
+
 class QuietDDPStrategy(DDPStrategy):
-    """Lightning's DDP whose training processes are as quiet as the command itself."""
+    """Lightning's DDP whose training processes are as quiet as the command itself, run the
+    exception hooks, and draw their own random augmentations (seed + rank)."""
+
+    def _configure_launcher(self) -> None:
+        self._launcher = _GuardedLauncher(self, start_method=self._start_method)
 
     def setup_environment(self) -> None:
         silence_lightning()
-        super().setup_environment()
+        super().setup_environment()  # every process reseeded with the same seed
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        if seed is not None:  # DDP copies rank 0's weights: only the augmentations differ
+            rank_seed = int(seed) + self.global_rank
+            torch.manual_seed(rank_seed)
+            np.random.seed(rank_seed % 2**32)
+            random.seed(rank_seed)
 
 
 def ddp_strategy(name: str) -> QuietDDPStrategy:

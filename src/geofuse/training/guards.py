@@ -293,6 +293,11 @@ class CollapseStopper(Callback):
             self.reason, self.epoch = reason, trainer.current_epoch
             trainer.should_stop = True
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # a resumed run is judged afresh (the saved verdict is for the command's read-back
+        # after data-parallel training: restore_callback_states)
+        self.reason, self.epoch = None, None
+
     def state_dict(self) -> dict[str, Any]:
         return {"reason": self.reason, "epoch": self.epoch}
 

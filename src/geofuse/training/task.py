@@ -286,10 +286,12 @@ class ClassificationTask(L.LightningModule):
         loss = epoch.loss()
         preds, target = epoch.predictions()
         if is_distributed(self.trainer):  # the whole split: every process's share
-            if self.segmentation:  # tile shapes may differ between processes
-                preds, target = preds.reshape(-1), target.reshape(-1)
+            if self.segmentation:  # pixels (tile shapes may differ), one byte each
+                preds, target = preds.reshape(-1).byte(), target.reshape(-1).byte()
             loss = gather_mean_loss(self, loss, sum(epoch.sizes))
             preds, target = gather_rows(self, preds), gather_rows(self, target)
+            if self.segmentation:
+                preds, target = preds.long(), target.long()
         epoch.reset()
         scores = epoch_scores(preds, target, int(self.hparams["num_classes"]),
                               multilabel=self.multilabel, segmentation=self.segmentation)

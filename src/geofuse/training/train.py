@@ -163,6 +163,7 @@ def _train_locked(
         write_report(run.path)
         return run.path
 
+    _check_shares(cfg, patches, patches_path)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = PatchDataModule(
         patches, batch_size=cfg.train.batch_size, num_workers=cfg.train.num_workers,
@@ -190,6 +191,16 @@ def _train_locked(
     evaluate_run(run.path, verbose=progress)
     write_report(run.path)
     return run.path
+
+
+def _check_shares(cfg: StudyConfig, patches: PatchSet, path: Path) -> None:
+    """Every device needs at least one validation patch (each validates its own share)."""
+    devices, n_val = cfg.train.devices, len(patches.split_indices("val"))
+    if devices > n_val:
+        raise ConfigError(
+            f"{str(path)!r}: the validation split holds {n_val} patch(es), fewer than "
+            f"train.devices = {devices}; lower train.devices or give the split more patches"
+        )
 
 
 def build_task(cfg: StudyConfig, patches: PatchSet) -> ClassificationTask:
