@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -170,3 +171,51 @@ def test_cli_pretrain_then_errors(tmp_path: Path) -> None:
     assert "w.pt" in line and "was pretrained on bands" in line and "s2_nir']" in line
     assert not (tmp_path / "work" / "runs").exists() or not any(
         (tmp_path / "work" / "runs").iterdir())
+
+
+def _write_stack(path: Path, bands: list[str], size: int = 64, nodata_cols: int = 0) -> None:
+    """A float32 stack with named bands; the first ``nodata_cols`` columns are nodata."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    data = np.random.default_rng(5).normal(1500, 800, (len(bands), size, size)).astype("f4")
+    data[:, :, :nodata_cols] = np.nan
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=len(bands),
+                       dtype="float32", crs="EPSG:32633", nodata=np.nan,
+                       transform=from_origin(500000, 6000000, 10, 10)) as dst:
+        dst.write(data)
+        dst.descriptions = tuple(bands)
+
+
+def test_pretraining_also_learns_from_unlabelled_windows_of_the_stack(tmp_path: Path) -> None:
+    from geofuse.training.ssl.stack_windows import stack_windows
+
+    patches = make_patchset(80, 8, seed=1)
+    bands = list(patches.band_names)
+    # the stack stores the bands in another order; its left half is nodata
+    _write_stack(tmp_path / "stack.tif", bands[::-1], nodata_cols=32)
+    windows = stack_windows(tmp_path / "stack.tif", bands, 8, 50, np.random.default_rng(0))
+    assert windows.shape == (50, len(bands), 8, 8)
+    assert (np.isfinite(windows).mean(axis=(1, 2, 3)) >= 0.9).all()  # nodata windows skipped
+    with pytest.raises(ConfigError, match=r"no band \['s2_NDVI'\]"):
+        stack_windows(tmp_path / "stack.tif", [*bands, "s2_NDVI"], 8, 5,
+                      np.random.default_rng(0))
+
+    cfg = make_config(tmp_path, epochs=1)
+    cfg.pretrain.batch_size = 64
+    cfg.pretrain.stack_patches = 120
+    patches.save(cfg.patches_path)
+    with pytest.raises(DataNotFoundError, match="run 'geofuse prepare"):
+        pretrain(cfg, epochs=1, progress=False)
+    _write_stack(cfg.stack_path, bands[::-1], nodata_cols=32)
+    result = pretrain(cfg, epochs=1, progress=False, out=tmp_path / "w.pt")
+    assert result.n_stack_windows == 120
+    meta = torch.load(result.path, weights_only=False)[METADATA_KEY]
+    assert meta["stack_windows"] == 120 and meta["stack"] == str(cfg.stack_path.resolve())
+    assert meta["n_patches"] == result.n_patches == int((patches.split != 2).sum())
+    dump_config(cfg, tmp_path / "study.yaml")
+    res = runner.invoke(app, ["pretrain", "-c", str(tmp_path / "study.yaml"), "--epochs", "1",
+                              "--out", str(tmp_path / "w2.pt")])
+    assert res.exit_code == 0, res.output
+    assert "+ 120 unlabelled windows of the stack" in " ".join(res.output.split())

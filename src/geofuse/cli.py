@@ -191,7 +191,9 @@ def pretrain(
     result = run_pretrain(cfg, epochs=epochs, out=out, include_test=include_test or None)
     console.print(f"contrastive loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f} over "
                   f"{len(result.losses)} epoch(s), {result.n_patches} patches "
-                  f"({' + '.join(result.splits)})")
+                  f"({' + '.join(result.splits)})"
+                  + (f" + {result.n_stack_windows} unlabelled windows of the stack"
+                     if result.n_stack_windows else ""))
     console.print(f"pretrained weights: [bold]{result.path}[/]")
     console.print(f"to use them, set in {config}:  {result.config_line}", soft_wrap=True,
                   highlight=False)

@@ -321,6 +321,14 @@ class PretrainConfig(_Model):
         False, description="Also use the test split's images (never its labels): transductive "
         "pretraining, which makes the test set less independent; default train + val only."
     )
+    stack_patches: int = Field(
+        0, ge=0, description="Also learn from this many random windows of the fused stack "
+        "(prepare's output: every pixel of the scene, labelled or not), of the study's patch "
+        "size and bands; windows mostly nodata are skipped. Users have far more imagery than "
+        "labels: e.g. 20000 (held in memory: N x bands x patch_size^2 x 4 bytes). The scene "
+        "holds the test areas too: their images (never labels) are then seen, as with "
+        "include_test. 0 = the study's patches only."
+    )
     output: str | None = Field(
         None, description="Weight file, relative to workdir; default "
         "pretrained/<model>_simclr.pt."

@@ -29,6 +29,7 @@ from geofuse.models.backbones import METADATA_KEY
 from geofuse.progress_bars import step_progress
 from geofuse.training.ssl.loss import nt_xent_loss
 from geofuse.training.ssl.model import SimCLRModel, build_encoder
+from geofuse.training.ssl.stack_windows import stack_windows
 from geofuse.training.ssl.views import SimCLRViews
 
 MIN_LR_FRACTION = 0.01
@@ -44,6 +45,7 @@ class PretrainResult:
         n_patches: unlabelled patches used.
         splits: the splits they came from.
         config_line: the config key to set, with the path relative to the config's folder.
+        n_stack_windows: unlabelled windows of the fused stack used as well.
     """
 
     path: Path
@@ -51,6 +53,7 @@ class PretrainResult:
     n_patches: int
     splits: list[str]
     config_line: str = field(default="")
+    n_stack_windows: int = 0
 
 
 def default_output(cfg: StudyConfig) -> Path:
@@ -93,7 +96,14 @@ def pretrain(
                           f"{str(cfg.patches_path)!r}, found {len(index)}; extract more patches")
     stats = compute_band_stats(patches.x[patches.split_indices("train")], patches.band_names)
     device = _device(cfg.train.accelerator)
-    x = torch.from_numpy(normalize(patches.x[index], stats)).to(device)
+    images = patches.x[index]
+    n_stack = 0
+    if p.stack_patches:  # the unlabelled scene as well: normalised as the training split
+        windows = stack_windows(cfg.stack_path, list(patches.band_names), patches.patch_size,
+                                p.stack_patches, np.random.default_rng(cfg.seed))
+        n_stack = len(windows)
+        images = np.concatenate([images.astype(np.float32, copy=False), windows])
+    x = torch.from_numpy(normalize(images, stats)).to(device)
     if cfg.train.normalization == "per_patch":  # the inputs the supervised run will see
         x = standardize_patches(x)
     torch.manual_seed(cfg.seed)
@@ -108,10 +118,14 @@ def pretrain(
     path = Path(out) if out is not None else default_output(cfg)
     meta = _metadata(cfg, patches, stats, splits, len(index), n_epochs, losses)
     meta["patches"] = "(in memory)" if patchset is not None else str(cfg.patches_path.resolve())
+    meta["stack_windows"] = n_stack
+    if n_stack:
+        meta["stack"] = str(cfg.stack_path.resolve())
     with atomic_path(path) as tmp:
         torch.save({"state_dict": encoder.weights(), METADATA_KEY: meta}, tmp)
     return PretrainResult(path=path, losses=losses, n_patches=len(index), splits=splits,
-                          config_line=f"train.model.pretrained_path: {_relative(path, cfg)}")
+                          config_line=f"train.model.pretrained_path: {_relative(path, cfg)}",
+                          n_stack_windows=n_stack)
 
 
 def _fit(model: SimCLRModel, x: torch.Tensor, epochs: int, cfg: StudyConfig,
