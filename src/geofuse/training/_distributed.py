@@ -12,10 +12,11 @@ the callbacks' state: :func:`restore_callback_states`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,19 @@ def in_training_process(trainer: L.Trainer) -> bool:
     """False in the command's own process while child processes train (``ddp_spawn``,
     ``ddp_fork``): there the callbacks only see an untrained copy, and must not write."""
     return trainer.world_size == 1 or torch.distributed.is_initialized()
+
+
+@contextlib.contextmanager
+def launch_environment() -> Iterator[None]:
+    """Leave ``MASTER_ADDR`` / ``MASTER_PORT`` as they were: Lightning's launcher sets them in
+    the command's process, and a later data-parallel run (the next study cell) would reuse a
+    port the previous process group may still hold."""
+    saved = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT")}
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -35,6 +35,7 @@ from geofuse.rundir import (
 )
 from geofuse.training._distributed import (
     ddp_strategy,
+    launch_environment,
     restore_callback_states,
     stop_processes,
 )
@@ -173,7 +174,7 @@ def _train_locked(
     )
     task = build_task(cfg, patches)
     started = time.perf_counter()
-    with _quiet_lightning(), cuda_check_without_missing_nvml():
+    with _quiet_lightning(), cuda_check_without_missing_nvml(), launch_environment():
         trainer: L.Trainer | None = None
         try:
             trainer = _build_trainer(cfg, run, max_epochs, progress)
