@@ -109,18 +109,17 @@ def test_devices_and_precision_are_checked_before_training(tmp_path: Path) -> No
 
 def test_sigterm_stops_every_training_process_and_the_run_resumes(tmp_path: Path) -> None:
     # forked processes inherit the command's signal handlers (spawned ones start bare)
-    # checkpoints written at the start only (a tiny overhead budget): the state of the later
-    # epochs is saved by rank 0 when the signal arrives
+    # last.ckpt after every epoch (a loaded machine must not space the writes out)
     cfg = make_config(tmp_path, epochs=200, early_stopping_patience=500,
                       strategy="ddp_fork", accelerator="cpu", model={"hidden": 32},
-                      checkpoint_overhead=1e-6, checkpoint_interval_s=3600)
+                      checkpoint_overhead=1.0)
     make_patchset(n=600, patch_size=16).save(cfg.patches_path)
     path = tmp_path / "study.yaml"
     dump_config(cfg, path)
     run = RunDir(cfg.runs_path / RUN)
     proc = _start("train", "-c", str(path), "--devices", "2", "--precision", "bf16-mixed",
                   root=tmp_path)
-    _wait_for("4 epochs", lambda: len(read_history(run.history)) >= 4, proc)
+    _wait_for("2 epochs", lambda: len(read_history(run.history)) >= 2, proc)
     recorded = yaml.safe_load(run.config.read_text())["train"]  # the flags override the file
     assert (recorded["devices"], recorded["precision"]) == (2, "bf16-mixed")
     workers = _children(proc.pid)
@@ -132,7 +131,7 @@ def test_sigterm_stops_every_training_process_and_the_run_resumes(tmp_path: Path
     assert not _outliving(workers), out
     assert json.loads(run.run_json.read_text())["status"] == "interrupted", out
     done = torch.load(run.last_ckpt, map_location="cpu", weights_only=False)["epoch"]
-    assert done >= max(len(read_history(run.history)) - 2, 2)  # saved on the way out
+    assert done >= len(read_history(run.history)) - 2  # at most one epoch lost
     # the resumable state written by the processes continues on one device, in 32 bit
     train_model(cfg, resume=True, progress=False, run_name=RUN, epochs=done + 2)
     assert json.loads(run.run_json.read_text())["status"] == "finished"
