@@ -126,12 +126,13 @@ def restore_callback_states(trainer: L.Trainer, checkpoint: Path) -> None:
     """
     if not checkpoint.is_file():
         return
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False).get("callbacks", {})
+    # memory-mapped: only the callbacks' entries are read, not the weights and optimiser
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False,
+                       mmap=True).get("callbacks", {})
     for callback in trainer.callbacks:
         state = saved.get(callback.state_key)
         if state is not None:
             callback.load_state_dict(state)
-
 
 
 def stop_processes(trainer: L.Trainer | None, grace_s: float = 5.0) -> None:
