@@ -26,6 +26,8 @@ NAMES = [f"{b}@{year}" for year in (2018, 2019, 2020) for b in BANDS]  # time-ma
 SMALL = {"decoder_channels": (32, 16, 16, 8, 8)}
 TINY = {"lstm_unet": {**SMALL, "lstm_hidden_dim": 16}, "unet_early": SMALL,
         "siamese_unet": SMALL, "unet_single": SMALL}
+#: the models for time series (unet_late fuses the modalities of one date: test_mask_tiles.py)
+TEMPORAL = tuple(n for n in SEGMENTATION_MODELS if n in TINY)
 
 
 def _model(name: str, num_classes: int = 2, **kwargs: object) -> nn.Module:
@@ -55,7 +57,7 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def binary() -> dict[str, nn.Module]:
     """One tiny binary model per segmentation model, built once."""
-    return {name: _model(name) for name in SEGMENTATION_MODELS}
+    return {name: _model(name) for name in TEMPORAL}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +71,7 @@ def rgb_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # -- shapes --------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", SEGMENTATION_MODELS)
+@pytest.mark.parametrize("name", TEMPORAL)
 def test_output_shapes_at_any_tile_size(name: str, binary: dict[str, nn.Module]) -> None:
     model, multi = binary[name], _model(name, num_classes=3)
     for size in (32, 40, 64):  # 40: padded to 64 inside, cropped back
@@ -81,7 +83,7 @@ def test_output_shapes_at_any_tile_size(name: str, binary: dict[str, nn.Module])
     assert _run(model, torch.randn(1, T * C, 32, 48)).shape == (1, 1, 32, 48)
 
 
-@pytest.mark.parametrize("name", SEGMENTATION_MODELS)
+@pytest.mark.parametrize("name", TEMPORAL)
 def test_gradient_reaches_the_encoder(name: str, binary: dict[str, nn.Module]) -> None:
     model = binary[name].train()
     model.zero_grad()
@@ -237,7 +239,7 @@ def test_registry_tells_segmentation_models_apart() -> None:
     assert classifier(torch.randn(2, 12, 16, 16)).shape == (2, 3)
 
 
-@pytest.mark.parametrize("name", SEGMENTATION_MODELS)
+@pytest.mark.parametrize("name", TEMPORAL)
 def test_models_build_from_the_config_defaults(name: str) -> None:
     """Every ``train.model`` field a model takes, at its config default (as 'geofuse train'
     passes them: decoder_channels null = the model's own, input_adaptation, dropout ...)."""

@@ -58,8 +58,8 @@ def model_problems(
     if inputs.segmentation is not None and is_segmentation_model(name) != inputs.segmentation:
         return [Problem(key_of("name"), name, (
             f"{inputs.origin} carries pixel masks (segmentation) and {name!r} classifies whole "
-            "patches; pick a segmentation model (lstm_unet, unet_early, siamese_unet, "
-            "unet_single) or random_forest" if inputs.segmentation else
+            "patches; pick a segmentation model (lstm_unet, unet_early, unet_late, "
+            "siamese_unet, unet_single) or random_forest" if inputs.segmentation else
             f"{name!r} is a segmentation model (pixel masks) but {inputs.origin} carries one "
             "label per patch; pick a patch classifier (see 'geofuse models')"))]
     accepted = model_options(name)

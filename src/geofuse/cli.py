@@ -342,8 +342,9 @@ def assess(
     classes: str | None = typer.Option(
         None, "--classes", help="Comma-separated class names, for a map without a "
         "class_names tag (default: class_0, class_1, ...)."),
-    unlabelled: int = typer.Option(255, "--unlabelled",
-                                   help="--labels: code of unlabelled pixels."),
+    unlabelled: int | None = typer.Option(
+        None, "--unlabelled", help="--labels: code of unlabelled pixels (default: that of the "
+        "label raster the map's model was trained on, else 255)."),
     target_se: float = typer.Option(
         0.01, "--target-se", help="--sample-design: target standard error of overall accuracy."),
     min_per_class: int = typer.Option(50, "--min-per-class",

@@ -89,8 +89,20 @@ class ExtractConfig(_Model):
     max_nodata_fraction: float = Field(0.0, ge=0, le=1)
     on_nodata: Literal["drop", "flag"] = "drop"
     block_size: int | None = Field(
-        None, ge=1, description="labels.raster: side of the spatial blocks (stack pixels) that "
-        "group patches for the splits; default 8 x patch_size."
+        None, ge=1, description="labels.raster and target mask: side of the spatial blocks "
+        "(stack pixels) that group patches for the splits; default 8 x patch_size (target "
+        "mask: rounded up to a multiple of patch_size, so no tile straddles two blocks)."
+    )
+    target: Literal["class", "mask"] = Field(
+        "class", description="class: one class per patch (the class at its centre or of its "
+        "polygon); mask: semantic segmentation, a class per pixel: the stack is cut into "
+        "non-overlapping tiles of patch_size px, each with its mask from labels.raster or the "
+        "burnt-in labels.path polygons (unlabelled pixels ignored); tiles are grouped by "
+        "spatial block for the splits and capped per dominant class by per_class (default 200)."
+    )
+    min_labelled: float = Field(
+        0.05, gt=0, le=1, description="target mask: the least share of a tile's pixels that "
+        "must carry a class for the tile to be kept."
     )
     memory_limit_mb: int = Field(
         2048, ge=0, description="Stacks up to this size are read into memory for fast patch "
@@ -172,6 +184,11 @@ class StudyConfig(_Model):
 
     @model_validator(mode="after")
     def _check_names(self) -> StudyConfig:
+        if self.dataset is not None and self.extract.target == "mask":
+            raise ValueError(
+                "extract.target mask cuts tiles from a prepared stack with labels; a dataset "
+                "brings its own targets (its time series carry masks): remove extract.target"
+            )
         self._fill_dataset_modalities()
         names = [m.name for m in self.modalities]
         dupes = sorted({n for n in names if names.count(n) > 1})

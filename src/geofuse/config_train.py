@@ -88,10 +88,10 @@ class ModelConfig(_Model):
         1.0, ge=0, description="Backbones: backbone learning rate = lr * this (head: lr)."
     )
     encoder: str = Field(
-        "resnet18", description="Segmentation models (lstm_unet, unet_early, siamese_unet, "
-        "unet_single): the timm/smp encoder, e.g. resnet18 or resnet50. Options left at "
-        "this section's defaults take the model's own (dropout 0; input adaptation band_aware "
-        "with a pretrained_path and R, G, B bands, else cycle)."
+        "resnet18", description="Segmentation models (lstm_unet, unet_early, unet_late, "
+        "siamese_unet, unet_single): the timm/smp encoder, e.g. resnet18 or resnet50. Options "
+        "left at this section's defaults take the model's own (dropout 0; input adaptation "
+        "band_aware with a pretrained_path and R, G, B bands, else cycle)."
     )
     lstm_hidden_dim: int = Field(
         256, ge=1, description="lstm_unet: hidden channels of the ConvLSTM at the bottleneck."

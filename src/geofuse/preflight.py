@@ -205,17 +205,21 @@ def _inputs(cfg: StudyConfig) -> Inputs:
             mods = {k: list(v) for k, v in man.modalities.items()}
             derived = {m.index_modality: m.index_bands for m in cfg.modalities
                        if m.indices and m.name in mods}  # added by extract
+            masks = cfg.extract.target == "mask"
             return Inputs([*man.bands, *(b for v in derived.values() for b in v)],
-                          {**mods, **derived}, f"stack manifest {str(path)!r}",
-                          from_config=False)
+                          {**mods, **derived}, "extract.target mask" if masks else
+                          f"stack manifest {str(path)!r}", from_config=False,
+                          segmentation=True if masks else None)
         except (OSError, ValueError, TypeError):
             pass  # an unreadable manifest: prepare rewrites it, extract reports it
     mods = {m.name: list(m.bands) for m in cfg.modalities}
     multilabel = cfg.dataset is not None and cfg.dataset.name in MULTILABEL_DATASETS
     dense = cfg.dataset is not None and cfg.dataset.name in TEMPORAL_DATASETS
+    masks = cfg.dataset is None and cfg.extract.target == "mask"
+    origin = (f"dataset {cfg.dataset.name!r}" if (multilabel or dense) and cfg.dataset else
+              "extract.target mask" if masks else "the config's modalities")
     return Inputs(list(cfg.all_band_names), {**mods, **dict(cfg.derived_modalities())},
-                  f"dataset {cfg.dataset.name!r}" if (multilabel or dense) and cfg.dataset else
-                  "the config's modalities", multilabel=multilabel, segmentation=dense)
+                  origin, multilabel=multilabel, segmentation=dense or (True if masks else None))
 
 
 def _patchset(cfg: StudyConfig, command: str) -> tuple[PatchMeta | None, list[Problem]]:

@@ -256,6 +256,10 @@ def extract_patches(cfg: StudyConfig, progress: bool = True) -> PatchSet:
         return build_dataset_patches(cfg)
     lab = _labels_config(cfg)
     manifest = StackManifest.load(manifest_path(cfg.stack_path))
+    if cfg.extract.target == "mask":
+        from geofuse.data.extract_masks import extract_mask_tiles
+
+        return extract_mask_tiles(cfg, manifest, progress)
     if lab.raster is not None:
         from geofuse.data.extract_raster import extract_from_label_raster
 
@@ -276,7 +280,8 @@ def extract_patches(cfg: StudyConfig, progress: bool = True) -> PatchSet:
 def finish_patchset(
     cfg: StudyConfig, manifest: StackManifest, x: np.ndarray, y: np.ndarray,
     groups: np.ndarray, coords: np.ndarray, frac: np.ndarray, class_names: list[str],
-    provenance: dict[str, Any], qc: dict[str, Any],
+    provenance: dict[str, Any], qc: dict[str, Any], masks: np.ndarray | None = None,
+    mask_names: list[str] | None = None,
 ) -> PatchSet:
     """Split by group, build the PatchSet (plus index modalities), save it and its QC report.
 
@@ -291,7 +296,8 @@ def finish_patchset(
     patches = PatchSet(
         x=x, y=y, band_names=list(manifest.bands), modalities=dict(manifest.modalities),
         class_names=class_names, groups=groups, coords=coords, split=split,
-        nodata_fraction=frac, crs=manifest.crs, provenance=provenance,
+        nodata_fraction=frac, crs=manifest.crs, provenance=provenance, masks=masks,
+        mask_names=list(mask_names or []),
     )
     patches = add_index_modalities(patches, cfg.index_requests())
     patches.save(cfg.patches_path)

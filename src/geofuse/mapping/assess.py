@@ -168,7 +168,7 @@ def assess_map(
     out_dir: str | Path | None = None,
     class_field: str = "class",
     classes: list[str] | None = None,
-    unlabelled: int = 255,
+    unlabelled: int | None = None,
 ) -> AssessmentOutputs:
     """Assess a class map against reference polygons/points or a label raster.
 
@@ -179,7 +179,8 @@ def assess_map(
         out_dir: folder of the outputs; default: the map's folder.
         class_field: attribute of ``polygons`` holding the reference class.
         classes: class names for a map that carries none.
-        unlabelled: code of unlabelled pixels in ``labels``.
+        unlabelled: code of unlabelled pixels in ``labels``; default: the map's
+            ``label_unlabelled`` tag (the training label raster's), else 255.
 
     Raises:
         DataNotFoundError, RasterError, AlignmentError, LabelError: unusable inputs (one line

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,9 @@ class ClassMap:
         pixel_area_m2: area of one pixel in square metres.
         counts: mapped pixels per class (length ``K``).
         names_from: where the names came from: ``map``, ``--classes`` or ``default``.
+        label_codes: class name -> code in the label raster the map's model was trained on
+            (``label_codes`` tag; empty when it had none).
+        label_unlabelled: that raster's unlabelled code (``label_unlabelled`` tag).
     """
 
     path: Path
@@ -61,6 +64,8 @@ class ClassMap:
     pixel_area_m2: float
     counts: np.ndarray
     names_from: str
+    label_codes: dict[str, int] = field(default_factory=dict)
+    label_unlabelled: int | None = None
 
     @property
     def n_classes(self) -> int:
@@ -110,6 +115,18 @@ def _tag_names(src: Any) -> list[str] | None:
         if isinstance(names, list) and names:
             return [str(n) for n in names]
     return None
+
+
+def _tag_label_codes(src: Any) -> tuple[dict[str, int], int | None]:
+    """Class name -> training label-raster code and its unlabelled code, from the map's
+    ``label_codes`` / ``label_unlabelled`` tags (written by ``geofuse predict``)."""
+    tags = src.tags()
+    try:
+        codes = {str(n): int(c) for n, c in json.loads(tags.get("label_codes", "{}")).items()}
+        unlabelled = int(tags["label_unlabelled"]) if "label_unlabelled" in tags else None
+    except (ValueError, TypeError, AttributeError):
+        return {}, None
+    return codes, unlabelled
 
 
 def pixel_area_m2(path: Path, grid: Grid) -> float:
@@ -191,6 +208,7 @@ def open_class_map(path: str | Path, classes: list[str] | None = None) -> ClassM
             grid = Grid(src.crs, src.transform, src.width, src.height)
             nodata = DEFAULT_NODATA if src.nodata is None else int(src.nodata)
             tag_names = _tag_names(src)
+            label_codes, label_unlabelled = _tag_label_codes(src)
             names_from = "map" if tag_names else ("--classes" if classes else "default")
             names = tag_names or (list(classes) if classes else None)
             area = pixel_area_m2(path, grid)
@@ -217,7 +235,8 @@ def open_class_map(path: str | Path, classes: list[str] | None = None) -> ClassM
     full[: len(counts)] = counts
     return ClassMap(path=path, grid=grid, class_names=names, nodata=nodata,
                     colours=colours[: len(names)], pixel_area_m2=area, counts=full,
-                    names_from=names_from)
+                    names_from=names_from, label_codes=label_codes,
+                    label_unlabelled=label_unlabelled)
 
 
 def uncertainty_summary(path: Path, grid: Grid, bins: int = 40) -> dict[str, Any] | None:

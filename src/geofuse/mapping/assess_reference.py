@@ -235,9 +235,11 @@ class VectorReference:
 class RasterReference:
     """A label raster read onto the map's grid with nearest-neighbour resampling."""
 
-    def __init__(self, path: str | Path, cmap: ClassMap, unlabelled: int = 255) -> None:
+    def __init__(self, path: str | Path, cmap: ClassMap, unlabelled: int | None = None) -> None:
         self.path = Path(path)
         self.cmap = cmap
+        if unlabelled is None:  # the training raster's, when the map records it
+            unlabelled = 255 if cmap.label_unlabelled is None else cmap.label_unlabelled
         self.unlabelled = unlabelled
         self.summary = ReferenceSummary(kind="raster", path=str(self.path))
         self.info = self._open()
@@ -260,11 +262,14 @@ class RasterReference:
         return info
 
     def _code_lookup(self) -> dict[int, int] | None:
-        """Raster code -> map index from the raster's ``class_names`` tag, else None."""
+        """Raster code -> map index from the raster's ``class_names`` tag, else from the
+        map's ``label_codes`` (the codes of the raster its model was trained on), else None."""
         with rasterio.open(self.path) as src:
             raw = src.tags().get("class_names")
         if raw is None:
-            return None
+            names = self.cmap.class_names
+            return ({int(c): names.index(n) for n, c in self.cmap.label_codes.items()
+                     if n in names} or None)
         try:
             names = [str(n) for n in json.loads(raw)]
         except (ValueError, TypeError):
@@ -299,9 +304,11 @@ class RasterReference:
         """Raise for codes that are no map class (after the scan, with pixel counts)."""
         if self.unknown:
             k = self.cmap.n_classes
+            codes = (f"label codes {self.cmap.label_codes}" if self.lookup is not None
+                     and self.cmap.label_codes else f"codes 0..{k - 1}")
             raise LabelError(
                 f"label raster {str(self.path)!r} holds code(s) the map does not have: "
                 f"{self.unknown} (pixel counts); the map's classes are "
-                f"{self.cmap.class_names} (codes 0..{k - 1}); pass --unlabelled with the code "
+                f"{self.cmap.class_names} ({codes}); pass --unlabelled with the code "
                 f"of unlabelled pixels (now {self.unlabelled}) or recode the raster")
 

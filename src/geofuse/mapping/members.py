@@ -66,6 +66,8 @@ class MemberSpec:
     features: str
     model_file: str
     derived: list[dict[str, Any]] = field(default_factory=list)
+    label_codes: dict[str, int] = field(default_factory=dict)
+    label_unlabelled: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,7 +174,22 @@ def read_member_spec(run_dir: str | Path) -> MemberSpec:
         max_nodata=float(ex.max_nodata_fraction) if ex.on_nodata == "drop" else 1.0,
         features=str(cfg.train.baseline.features), model_file=str(model_file),
         derived=_derived_bands(cfg, info),
+        **_label_codes(cfg, [str(c) for c in classes or []]),
     )
+
+
+def _label_codes(cfg: Any, classes: list[str]) -> dict[str, Any]:
+    """Label-raster code of each class of a run trained from ``labels.raster`` (its
+    ``class_codes``, or the code in a default ``class_<code>`` name) and the unlabelled code;
+    nothing for other runs. ``geofuse assess --labels`` reads them from the map."""
+    lab = cfg.labels
+    if lab is None or lab.raster is None:
+        return {}
+    if lab.class_codes:
+        codes = {n: int(c) for n, c in lab.class_codes.items() if n in classes}
+    else:
+        codes = {n: int(n[6:]) for n in classes if n.startswith("class_") and n[6:].isdigit()}
+    return {"label_codes": codes, "label_unlabelled": int(lab.unlabelled)} if codes else {}
 
 
 def _derived_bands(cfg: Any, info: dict[str, Any]) -> list[dict[str, Any]]:

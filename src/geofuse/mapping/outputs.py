@@ -92,15 +92,25 @@ class Product:
         return f"{self.name}.tif"
 
 
-def build_products(class_names: list[str], uncertainty: list[str]) -> dict[str, Product]:
-    """The class, probability and uncertainty products of a map."""
+def build_products(
+    class_names: list[str], uncertainty: list[str], label_codes: dict[str, int] | None = None,
+    label_unlabelled: int | None = None,
+) -> dict[str, Product]:
+    """The class, probability and uncertainty products of a map.
+
+    ``label_codes`` (class name -> code of the training label raster) and its unlabelled code
+    are tagged on the class map, so that ``geofuse assess --labels`` reads such a raster as is.
+    """
     colours = class_colours(class_names)
     cmap = {i: (*rgb, 255) for i, rgb in enumerate(colours)}
     cmap[CLASS_NODATA] = (0, 0, 0, 0)
     tags = {"class_names": json.dumps(class_names),
             **{f"class_{i}": n for i, n in enumerate(class_names)}}
+    codes = ({"label_codes": json.dumps(label_codes), "label_unlabelled": str(label_unlabelled)}
+             if label_codes else {})
     return {
-        "classes": Product("classes", ["class"], "uint8", CLASS_NODATA, "mode", tags, cmap),
+        "classes": Product("classes", ["class"], "uint8", CLASS_NODATA, "mode",
+                           {**tags, **codes}, cmap),
         "probabilities": Product("probabilities", list(class_names), "uint8", CLASS_NODATA,
                                  "average", {"unit": "percent", **tags}, scale=0.01),
         "uncertainty": Product("uncertainty", list(uncertainty), "float32", float("nan"),

@@ -374,7 +374,8 @@ def _predict_map(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     members = len(src.members) * member_passes(plan.kind, opts.mc_dropout)
-    products = outputs.build_products(src.first.class_names, uncertainty_names(members))
+    products = outputs.build_products(src.first.class_names, uncertainty_names(members),
+                                      src.first.label_codes, src.first.label_unlabelled)
     partial = _Partial(out, products)
     fingerprint = _fingerprint(plan, opts)
     done = partial.done(fingerprint)

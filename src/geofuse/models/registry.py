@@ -27,6 +27,7 @@ from geofuse.models.lstm_unet import LSTMUNet
 from geofuse.models.pixel_net import PixelNet
 from geofuse.models.progressive import ProgressiveFusion
 from geofuse.models.seg_baselines import EarlyFusionUNet, SiameseUNet, SingleDateUNet
+from geofuse.models.seg_fusion import LateFusionUNet
 from geofuse.models.simple_cnn import SimpleCNN
 from geofuse.models.tabular import TabularFusion
 
@@ -47,10 +48,12 @@ MODELS: dict[str, ModelBuilder] = {
     "unet_early": EarlyFusionUNet,
     "siamese_unet": SiameseUNet,
     "unet_single": SingleDateUNet,
+    "unet_late": LateFusionUNet,  # one encoder per modality (models/seg_fusion.py)
 }
 
 #: Models whose output is a logit map (B, 1 or K, H, W) rather than (B, K) patch logits.
-SEGMENTATION_MODELS: tuple[str, ...] = ("lstm_unet", "unet_early", "siamese_unet", "unet_single")
+SEGMENTATION_MODELS: tuple[str, ...] = ("lstm_unet", "unet_early", "siamese_unet", "unet_single",
+                                        "unet_late")
 
 _REQUIRED = ("in_channels", "num_classes", "patch_size")
 # given by geofuse, not config options

@@ -327,8 +327,9 @@ def _write_resolved_config(
     data["workdir"] = str(cfg.workdir_path.resolve())
     for mod in data["modalities"]:
         mod["files"] = [str(cfg.resolve(f).resolve()) for f in mod["files"]]
-    if data.get("labels"):
-        data["labels"]["path"] = str(cfg.resolve(data["labels"]["path"]).resolve())
+    for key in ("path", "raster"):  # label polygons or a label raster
+        if data.get("labels") and data["labels"].get(key):
+            data["labels"][key] = str(cfg.resolve(data["labels"][key]).resolve())
     data["prepare"]["output"] = str(cfg.stack_path.resolve())
     data["extract"]["output"] = str(patches_path)
     data["train"].update(output=str(run.path.parent.resolve()), epochs=max_epochs,

@@ -1,0 +1,125 @@
+"""``geofuse extract`` with ``extract.target: mask``: tiles of the fused stack with pixel masks.
+
+Semantic segmentation on the prepared stack: the label raster (``labels.raster``) or the label
+polygons burnt in (``labels.path``) give a class per pixel; tiles come from a regular grid
+(:mod:`geofuse.labels.label_tiles`), are grouped by spatial block (blocks are whole tiles, so
+no tile straddles two groups and no labelled pixel is in two splits) and split stratified by
+their dominant class. Pixels where any stack band is nodata are unlabelled in the mask.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasterio.crs import CRS
+
+from geofuse.config import StudyConfig
+from geofuse.data.extract import (
+    _apply_nodata,
+    _base_provenance,
+    _check_stack,
+    _labels_config,
+    _scene_bounds,
+    finish_patchset,
+)
+from geofuse.data.patchset import MASK_IGNORE, PatchSet
+from geofuse.data.stack_reader import StackPatchReader
+from geofuse.errors import SamplingError
+from geofuse.labels.label_tiles import (
+    CodeReader,
+    TileSampling,
+    polygon_code_reader,
+    raster_code_reader,
+    sample_label_tiles,
+)
+from geofuse.labels.polygons import read_label_polygons
+from geofuse.labels.raster_labels import DEFAULT_PER_CLASS, block_groups
+from geofuse.raster.io import Grid
+from geofuse.raster.manifest import StackManifest
+
+
+def tile_block_size(block_size: int | None, patch_size: int) -> int:
+    """Block side in pixels: ``block_size`` (default 8 tiles) rounded up to whole tiles."""
+    block = block_size or 8 * patch_size
+    return patch_size * math.ceil(block / patch_size)
+
+
+def _label_source(
+    cfg: StudyConfig, reader: StackPatchReader, grid: Grid
+) -> tuple[CodeReader, TileSampling, str]:
+    """Code reader, tile options and the label file's path, for a label raster or polygons."""
+    lab, ex = _labels_config(cfg), cfg.extract
+    per_class = ex.per_class or DEFAULT_PER_CLASS
+    if lab.raster is not None:
+        path = cfg.resolve(lab.raster)
+        opts = TileSampling(ex.patch_size, per_class, ex.min_labelled, lab.unlabelled, cfg.seed,
+                            lab.class_codes)
+        return raster_code_reader(path, grid), opts, str(path)
+    path = cfg.resolve(lab.path or "")
+    polygons = read_label_polygons(path, class_field=lab.class_field, classes=lab.classes,
+                                   id_field=lab.id_field, crs=reader.crs,
+                                   scene_bounds=_scene_bounds(reader))
+    codes = {name: k + 1 for k, name in enumerate(polygons.class_names)}
+    opts = TileSampling(ex.patch_size, per_class, ex.min_labelled, 0, cfg.seed, codes)
+    return polygon_code_reader(polygons.geometries, polygons.y, grid), opts, str(path)
+
+
+def extract_mask_tiles(
+    cfg: StudyConfig, manifest: StackManifest, progress: bool = True
+) -> PatchSet:
+    """Cut mask tiles from the stack and its labels and write the PatchSet.
+
+    Raises:
+        DataNotFoundError: the stack, its manifest or the label file is missing.
+        RasterError: the stack does not match its manifest; the label raster has no CRS or
+            does not overlap the stack.
+        LabelError: bad label polygons.
+        SamplingError: no tile with enough labelled pixels; every tile dropped for nodata.
+        SplitError: a dominant class has too few blocks for every split.
+    """
+    ex = cfg.extract
+    limit = ex.memory_limit_mb * 2**20
+    with StackPatchReader(cfg.stack_path, max_memory_bytes=limit) as reader:
+        _check_stack(reader, manifest, cfg.stack_path)
+        grid = Grid(CRS.from_user_input(reader.crs), reader.transform, reader.width,
+                    reader.height)
+        read, opts, source = _label_source(cfg, reader, grid)
+        tiles = sample_label_tiles(read, grid, opts, source)
+        half = ex.patch_size // 2
+        x = reader.read_patches(tiles.rows + half, tiles.cols + half, ex.patch_size, progress)
+        coords = reader.pixel_centre_coords(tiles.rows + half, tiles.cols + half)
+    keep, frac, nodata = _apply_nodata(cfg, Path(source), x, None, None, manifest)
+    masks = tiles.masks.copy()
+    masks[np.isnan(x).any(axis=1)] = MASK_IGNORE
+    keep &= (masks != MASK_IGNORE).any(axis=(1, 2))
+    if not keep.any():
+        raise SamplingError(
+            f"labels {source!r}: every tile's labelled pixels are nodata in the stack; check "
+            f"the stack's QC report ({cfg.stack_path.name}) and that the labels cover its data"
+        )
+    present, y = np.unique(tiles.y[keep], return_inverse=True)  # strata still with tiles
+    strata = [tiles.strata[k] for k in present.tolist()]
+    block = tile_block_size(ex.block_size, ex.patch_size)
+    groups = block_groups(tiles.rows[keep], tiles.cols[keep], block)
+    qc: dict[str, Any] = {"status": "passed", "warnings": [],
+                          "label_fit": {"status": "passed", "warnings": [], "classes": {}},
+                          "nodata": nodata}
+    provenance = {
+        **_base_provenance(cfg),
+        "labels_raster" if _labels_config(cfg).raster else "labels_polygons": source,
+        "target": "mask",
+        "patch_size": ex.patch_size,
+        "centre_convention": "tiles of a regular grid from the stack's top-left corner; window "
+                             "rows/cols start at centre - patch_size // 2; coords are the map "
+                             "x, y of the centre pixel's centre; y = the tile's dominant class",
+        "sampling": {"per_class": opts.per_class, "block_size": block, **tiles.report},
+        "seed": cfg.seed,
+        "nodata": nodata,
+    }
+    return finish_patchset(
+        cfg, manifest, x[keep], y, groups, coords[keep], frac[keep], strata,
+        provenance, qc, masks=masks[keep], mask_names=tiles.mask_names,
+    )
