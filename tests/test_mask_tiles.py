@@ -20,7 +20,7 @@ from geofuse.data.extract import extract_patches
 from geofuse.data.patchset import MASK_IGNORE, PatchSet
 from geofuse.data.synthetic import generate_scene
 from geofuse.errors import ConfigError
-from geofuse.labels.label_tiles import _dominant
+from geofuse.labels.label_tiles import _dominant, tile_strata
 from geofuse.models.registry import create_model
 from test_raster_labels import CLASSES, _write_labels
 
@@ -111,6 +111,15 @@ def test_dominant_class_ignores_unlabelled_pixels() -> None:
     ok = tiles != 9
     count, dominant = _dominant(tiles, ok)
     assert count.tolist() == [4, 3, 0] and dominant.tolist() == [5, 2, -1]
+
+
+def test_a_class_dominant_in_too_few_groups_passes_its_tiles_to_their_next_class() -> None:
+    pixels = np.array([[9, 1, 0], [8, 0, 0], [0, 5, 0], [0, 6, 0], [0, 1, 7], [0, 0, 3]])
+    groups = np.array(["a", "b", "c", "d", "e", "e"])
+    y, has, passed = tile_strata(pixels, groups, min_groups=2)
+    # class 2 dominates tiles of one group only: tile 4 goes to class 1, tile 5 has no other
+    assert y.tolist() == [0, 0, 1, 1, 1, -1] and has.tolist() == [True] * 5 + [False]
+    assert passed == {2: 1}
 
 
 def test_polygons_are_burnt_into_the_masks(scene: dict[str, Path]) -> None:

@@ -10,6 +10,7 @@ their dominant class. Pixels where any stack band is nodata are unlabelled in th
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from geofuse.labels.label_tiles import (
     polygon_code_reader,
     raster_code_reader,
     sample_label_tiles,
+    tile_strata,
 )
 from geofuse.labels.polygons import read_label_polygons
 from geofuse.labels.raster_labels import DEFAULT_PER_CLASS, block_groups
@@ -67,6 +69,40 @@ def _label_source(
     return polygon_code_reader(polygons.geometries, polygons.y, grid), opts, str(path)
 
 
+def _stratify(
+    cfg: StudyConfig, masks: np.ndarray, keep: np.ndarray, groups: np.ndarray,
+    names: list[str], source: str,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Tiles kept, the stratum of each kept tile and the strata names (see
+    :func:`~geofuse.labels.label_tiles.tile_strata`): strata span the study's folds when the
+    blocks allow it, else the splits; warns about the classes passed over."""
+    splits = 3 if cfg.splits.test_fraction > 0 else 2
+    pixels = np.stack([(masks == c).sum(axis=(1, 2)) for c in range(len(names))],
+                      axis=1) * keep[:, None]
+    for need in (max(splits, cfg.ablation.folds), splits):
+        dominant, has, passed = tile_strata(pixels, groups, need)
+        if has.any():
+            break
+    if not has.any():
+        raise SamplingError(
+            f"labels {source!r}: no mask class dominates tiles in {splits} spatial blocks "
+            f"({len(set(groups[keep].tolist()))} blocks hold tiles); lower extract.block_size "
+            "or label a larger area"
+        )
+    if passed:
+        lost = int((keep & ~has).sum())
+        warnings.warn(
+            f"labels {source!r}: class(es) { {names[k]: n for k, n in passed.items()} } "
+            f"dominate tiles in fewer than {need} spatial blocks (blocks shown), too few to "
+            "stratify splits and folds on; their tiles are stratified by their next most "
+            "frequent class (their pixels stay in the masks)"
+            + (f"; {lost} tile(s) with no other class are left out" if lost else ""),
+            UserWarning, stacklevel=3)
+    keep = keep & has
+    present, y = np.unique(dominant[keep], return_inverse=True)
+    return keep, y, [names[c] for c in present.tolist()]
+
+
 def extract_mask_tiles(
     cfg: StudyConfig, manifest: StackManifest, progress: bool = True
 ) -> PatchSet:
@@ -78,7 +114,7 @@ def extract_mask_tiles(
             does not overlap the stack.
         LabelError: bad label polygons.
         SamplingError: no tile with enough labelled pixels; every tile dropped for nodata.
-        SplitError: a dominant class has too few blocks for every split.
+        SplitError: the blocks cannot be split with every stratum in every split.
     """
     ex = cfg.extract
     limit = ex.memory_limit_mb * 2**20
@@ -100,10 +136,10 @@ def extract_mask_tiles(
             f"labels {source!r}: every tile's labelled pixels are nodata in the stack; check "
             f"the stack's QC report ({cfg.stack_path.name}) and that the labels cover its data"
         )
-    present, y = np.unique(tiles.y[keep], return_inverse=True)  # strata still with tiles
-    strata = [tiles.strata[k] for k in present.tolist()]
     block = tile_block_size(ex.block_size, ex.patch_size)
-    groups = block_groups(tiles.rows[keep], tiles.cols[keep], block)
+    groups = block_groups(tiles.rows, tiles.cols, block)
+    keep, y, strata = _stratify(cfg, masks, keep, groups, tiles.mask_names, source)
+    groups = groups[keep]
     qc: dict[str, Any] = {"status": "passed", "warnings": [],
                           "label_fit": {"status": "passed", "warnings": [], "classes": {}},
                           "nodata": nodata}

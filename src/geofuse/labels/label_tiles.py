@@ -54,14 +54,11 @@ class TileSampling:
 @dataclass
 class LabelTiles:
     """Chosen tiles: top-left stack rows/cols; masks (index into ``mask_names``, 255 =
-    unlabelled); ``y``, each tile's dominant class as an index into ``strata`` (the classes
-    dominant in at least one tile); what the sampling found."""
+    unlabelled); what the sampling found."""
 
     rows: np.ndarray
     cols: np.ndarray
     masks: np.ndarray
-    y: np.ndarray
-    strata: list[str]
     mask_names: list[str]
     report: dict[str, Any] = field(default_factory=dict)
 
@@ -228,19 +225,49 @@ def sample_label_tiles(read: CodeReader, grid: Grid, opts: TileSampling,
             f"{sorted(found)}, unlabelled code {opts.unlabelled}); lower "
             "extract.min_labelled or extract.patch_size, or check that the labels cover the stack"
         )
-    rows, cols, strata = [], [], []
-    for k, code in enumerate(usable.values()):
+    rows, cols = [], []
+    for code in usable.values():
         keys, rr, cc = pool[code]
         order = np.argsort(keys, kind="stable")[: opts.per_class]
         rows.append(rr[order])
         cols.append(cc[order])
-        strata.append(np.full(len(order), k, dtype=np.int64))
     out_r, out_c = np.concatenate(rows), np.concatenate(cols)
     masks = _cut_masks(read, grid, out_r, out_c, classes, opts)
     report = {"source": "tiles", "class_codes": dict(classes), "tiles_on_grid": n_tiles,
               "labelled_pixels": {str(c): n for c, n in sorted(found.items())},
               "tiles_per_dominant_class": {n: len(r) for n, r in zip(usable, rows, strict=True)},
               "min_labelled": opts.min_labelled, "unlabelled": opts.unlabelled}
-    y = np.concatenate(strata)
-    return LabelTiles(rows=out_r, cols=out_c, masks=masks, y=y, strata=list(usable),
-                      mask_names=list(classes), report=report)
+    return LabelTiles(rows=out_r, cols=out_c, masks=masks, mask_names=list(classes),
+                      report=report)
+
+
+def tile_strata(
+    class_pixels: np.ndarray, groups: np.ndarray, min_groups: int
+) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
+    """Each tile's stratum for grouped, stratified splits and folds.
+
+    A tile's stratum is its most frequent mask class among the classes that are the stratum
+    of tiles in at least ``min_groups`` groups (a class dominant in fewer groups could not
+    reach every split or fold); rarer dominant classes are passed over, repeatedly, so
+    their tiles join the next most frequent class of their mask. Their pixels stay in the masks.
+
+    Args:
+        class_pixels: (N, K) labelled pixels per mask class of each tile.
+        groups: group of each tile.
+        min_groups: groups a stratum must span (the splits, or the folds of a study).
+
+    Returns:
+        Stratum (mask class index) per tile, -1 for a tile left without one; which tiles
+        keep one; the classes passed over -> the groups they were dominant in.
+    """
+    counts = np.asarray(class_pixels, dtype=np.int64).copy()
+    passed: dict[int, int] = {}
+    while True:
+        y = np.where(counts.max(axis=1) > 0, counts.argmax(axis=1), -1)
+        spans = {int(k): len(set(groups[y == k].tolist())) for k in np.unique(y[y >= 0])}
+        rare = [k for k, n in spans.items() if n < min_groups]
+        if not rare:
+            return y, y >= 0, passed
+        for k in rare:
+            passed.setdefault(k, spans[k])
+            counts[:, k] = 0
