@@ -94,8 +94,11 @@ class DatasetConfig(_Model):
         1, ge=1, description="so2sat_lcz: classes found in fewer cells are dropped (grouped "
         "k-fold needs each class in at least k cells)."
     )
-    target: Literal["class", "bins"] = Field(
-        "bins", description="so2sat_pop: raw population classes or merged bins."
+    target: Literal["class", "bins", "mask"] = Field(
+        "bins", description="so2sat_pop: raw population classes (class) or merged bins; "
+        "so2sat_lcz: mask = semantic segmentation, each lattice window keeps the LCZ raster "
+        "under it as its mask (0 and pixels outside the cell ignored; a window needs "
+        "extract.min_labelled of its pixels labelled), for the segmentation models."
     )
     class_bins: dict[str, list[int]] | None = Field(
         None, description="so2sat_pop with target bins: bin name -> population classes."
@@ -242,6 +245,9 @@ class DatasetConfig(_Model):
                     raise ValueError(f"dataset.{key} is not used by dataset {self.name!r} (it "
                                      "is generated); remove it")
             return self
+        if self.target == "mask" and self.name != "so2sat_lcz":
+            raise ValueError(f"dataset.target mask is for so2sat_lcz, not {self.name!r} (time "
+                             "series carry their masks; other datasets one label per sample)")
         if self.name in TEMPORAL_DATASETS and self.test_root is not None:
             raise ValueError(f"dataset.test_root is not supported by dataset {self.name!r}; "
                              "hold out a test split with splits.test_fraction")
@@ -256,6 +262,11 @@ class DatasetConfig(_Model):
                                  f"dataset.{needed}" + ("" if key == other else " and its "
                                  f"test_{'city_dir' if city else 'root'}"))
         return self
+
+    @property
+    def segmentation(self) -> bool:
+        """Whether this dataset's samples carry pixel masks (time series, LCZ masks)."""
+        return self.name in TEMPORAL_DATASETS or self.target == "mask"
 
     @property
     def source(self) -> str:

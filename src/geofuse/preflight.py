@@ -42,7 +42,7 @@ from geofuse._preflight_models import (
     train_problems,
 )
 from geofuse.config import StudyConfig
-from geofuse.config_dataset import MULTILABEL_DATASETS, TEMPORAL_DATASETS
+from geofuse.config_dataset import MULTILABEL_DATASETS
 from geofuse.data.patchset import PatchSet
 from geofuse.errors import ConfigError
 
@@ -214,7 +214,7 @@ def _inputs(cfg: StudyConfig) -> Inputs:
             pass  # an unreadable manifest: prepare rewrites it, extract reports it
     mods = {m.name: list(m.bands) for m in cfg.modalities}
     multilabel = cfg.dataset is not None and cfg.dataset.name in MULTILABEL_DATASETS
-    dense = cfg.dataset is not None and cfg.dataset.name in TEMPORAL_DATASETS
+    dense = cfg.dataset is not None and cfg.dataset.segmentation
     masks = cfg.dataset is None and cfg.extract.target == "mask"
     origin = (f"dataset {cfg.dataset.name!r}" if (multilabel or dense) and cfg.dataset else
               "extract.target mask" if masks else "the config's modalities")

@@ -13,7 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from geofuse.data.patchset import SPLIT_CODES, PatchSet, class_totals, primary_labels
+from geofuse.data.patchset import (
+    MASK_IGNORE,
+    SPLIT_CODES,
+    PatchSet,
+    class_totals,
+    primary_labels,
+)
 from geofuse.errors import BandError, ConfigError, SamplingError
 
 _SOURCE_KEYS = ("dataset", "city", "city_dir", "cells", "dropped_cells", "patch_size", "stride")
@@ -43,10 +49,18 @@ def with_external_test(train: PatchSet, test: PatchSet, name: str) -> PatchSet:
     if (train.split == SPLIT_CODES["test"]).any():
         raise ConfigError("the training city already has a test split while an external test "
                           "set is given; set splits.test_fraction to 0")
+    masks = None
+    if (train.masks is None) != (test.masks is None):
+        which = "training" if train.masks is not None else "external test"
+        raise ConfigError(f"only the {which} set carries pixel masks (external test set "
+                          f"{name!r}); read both with the same dataset.target")
     if train.multilabel or test.multilabel:
         _check_multilabel(train, test, name)
         dropped: dict[str, int] = {}
         y = test.y
+    elif train.masks is not None:
+        test, y, test_masks, dropped = _known_mask_classes(train, test, name)
+        masks = np.concatenate([train.masks, test_masks])
     else:
         test, y, dropped = _known_classes(train, test, name)
     hot = None if train.multi_hot is None or test.multi_hot is None else np.concatenate(
@@ -68,6 +82,7 @@ def with_external_test(train: PatchSet, test: PatchSet, name: str) -> PatchSet:
         split=np.concatenate([train.split, np.full(len(test), SPLIT_CODES["test"], np.uint8)]),
         nodata_fraction=np.concatenate([train.nodata_fraction, test.nodata_fraction]),
         tabular=tab, provenance={**train.provenance, "external_test": info},
+        **({"masks": masks} if masks is not None else {}),
     )
 
 
@@ -99,6 +114,32 @@ def _known_classes(train: PatchSet, test: PatchSet, name: str
                       f"lacks: {dropped}", stacklevel=3)
     y = np.array([known[c] for c in test_classes[keep]], dtype=np.int64)
     return test.subset(keep), y, dropped
+
+
+def _known_mask_classes(train: PatchSet, test: PatchSet, name: str
+                        ) -> tuple[PatchSet, np.ndarray, np.ndarray, dict[str, int]]:
+    """Test tiles with masks recoded to the training mask classes (pixels of other classes
+    ignored), those still holding a labelled pixel, their strata (the most frequent training
+    stratum class in the mask) and the ignored pixels per unknown class."""
+    known = {c: k for k, c in enumerate(train.mask_names)}
+    lookup = np.full(256, MASK_IGNORE, dtype=np.uint8)
+    dropped: dict[str, int] = {}
+    for k, c in enumerate(test.mask_names):
+        if c in known:
+            lookup[k] = known[c]
+        else:
+            dropped[c] = int((test.masks == k).sum())
+    masks = lookup[test.masks]
+    keep = (masks != MASK_IGNORE).any(axis=(1, 2))
+    if not keep.any():
+        raise SamplingError(f"external test set {name!r} has no pixel of a mask class of the "
+                            f"training set {train.mask_names}; check the test folder")
+    if any(dropped.values()):
+        warnings.warn(f"external test set {name!r}: pixels of classes the training set lacks "
+                      f"are ignored (pixel counts): {dropped}", stacklevel=3)
+    strata = [known[c] for c in train.class_names if c in known]
+    counts = np.stack([(masks[keep] == m).sum(axis=(1, 2)) for m in strata], axis=1)
+    return test.subset(keep), counts.argmax(axis=1).astype(np.int64), masks[keep], dropped
 
 
 def external_test_mask(patches: PatchSet) -> np.ndarray | None:

@@ -25,6 +25,13 @@ Modalities = Callable[[DatasetConfig], list[ModalityConfig]]
 
 def _read_so2sat_lcz(d: DatasetConfig, city: Path, cfg: StudyConfig, external: bool
                      ) -> PatchSet:
+    if d.target == "mask":
+        from geofuse.data.datasets.so2sat_lcz_masks import load_so2sat_lcz_masks
+
+        return load_so2sat_lcz_masks(
+            city, d.seasons, d.layers, cfg.extract.patch_size, d.stride,
+            cfg.extract.max_nodata_fraction, 1 if external else d.min_cells_per_class,
+            cfg.extract.min_labelled)
     return load_so2sat_lcz(
         city, d.seasons, d.layers, cfg.extract.patch_size, d.stride,
         cfg.extract.max_nodata_fraction, 1 if external else d.min_cells_per_class,
