@@ -183,3 +183,22 @@ def test_real_ctrl_c_during_prepare(study: Path) -> None:
     if after["stack.tif"] != before["stack.tif"]:  # stopped just after the stack's rename
         with rasterio.open(work / "stack.tif") as src:
             assert src.count == 8 and src.read().shape[0] == 8
+
+
+def test_an_error_of_a_training_process_is_printed_as_its_own_one_line_error() -> None:
+    from torch.multiprocessing.spawn import ProcessRaisedException
+
+    from geofuse.errors import SplitError, child_error, friendly_error
+
+    text = ("\n\n-- Process 1 terminated with the following error:\nTraceback (most recent "
+            "call last):\n  File \"x.py\", line 1, in <module>\ngeofuse.errors.SplitError: "
+            "class 'Water' has 1 polygon; add polygons\n")
+    wrapped = ProcessRaisedException(text, 1, 4242)
+    err = friendly_error(wrapped)
+    assert isinstance(err, SplitError) and str(err) == "class 'Water' has 1 polygon; add polygons"
+    other = child_error(ProcessRaisedException(text.replace(
+        "geofuse.errors.SplitError", "ZeroDivisionError"), 0, 1))
+    assert isinstance(other, RuntimeError) and "ZeroDivisionError: class 'Water'" in str(other)
+    assert friendly_error(other) is None  # still a bug, now named by its own last line
+    plain = ValueError("x")
+    assert child_error(plain) is plain

@@ -181,6 +181,7 @@ def friendly_error(err: BaseException) -> GeofuseError | None:
     Covers Ctrl+C, disk full, read-only outputs, other ``OSError`` with a file name, and
     GDAL (rasterio) and HDF5 (h5py) errors. Returns None for anything else (a bug).
     """
+    err = child_error(err)
     if isinstance(err, GeofuseError):
         return err
     if isinstance(err, KeyboardInterrupt):
@@ -202,6 +203,29 @@ def friendly_error(err: BaseException) -> GeofuseError | None:
             "the disk and the permissions, then re-run"
         )
     return None
+
+
+def child_error(err: BaseException) -> BaseException:
+    """The error a training process raised, for one that reached the command wrapped.
+
+    torch's ``ProcessRaisedException`` (a data-parallel training process failed) carries only
+    the child's traceback text; its last line is ``module.Class: message``. A geofuse error is
+    rebuilt from it (so the command prints it on one line and exits 2), any other error becomes
+    a RuntimeError with that line. Other exceptions are returned unchanged.
+    """
+    if type(err).__name__ != "ProcessRaisedException":
+        return err
+    lines = [ln for ln in str(err).splitlines() if ln.strip()]
+    last = lines[-1].strip() if lines else str(err)
+    name, _, message = last.partition(": ")
+    module, _, cls_name = name.rpartition(".")
+    cls = globals().get(cls_name) if module == __name__ else None
+    if isinstance(cls, type) and issubclass(cls, GeofuseError):
+        try:
+            return cls(message)
+        except TypeError:  # a constructor with other arguments
+            pass
+    return RuntimeError(f"a training process failed: {last}")
 
 
 class WorkerDiedError(GeofuseError, RuntimeError):

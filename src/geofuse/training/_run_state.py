@@ -23,7 +23,7 @@ import geofuse
 from geofuse.config import StudyConfig
 from geofuse.data.datamodule import split_counts
 from geofuse.data.patchset import PatchSet
-from geofuse.errors import RunDirError, StopRequested
+from geofuse.errors import RunDirError, StopRequested, child_error
 from geofuse.io_utils import atomic_write_json
 from geofuse.locks import LOCK_NAME
 from geofuse.models.freeze import frozen_fraction, frozen_parameter_fraction
@@ -150,6 +150,7 @@ def mark_failed(run: RunDir, info: dict[str, Any], err: BaseException) -> None:
     """Record a session that ended with an error (not a kill: the next start must not take it
     for one)."""
     info.update(status="failed", epochs_trained=len(read_history(run.history)))
+    err = child_error(err)  # a training process's own error, not torch's wrapper
     info["sessions"][-1].update(failed_at=now(), error=f"{type(err).__name__}: {err}"[:500])
     atomic_write_json(run.run_json, info)
 
