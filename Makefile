@@ -28,7 +28,7 @@ chromium:
 		echo "chromium missing and not installed: the HTML rendering test skips (fails in CI)"
 
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -22,7 +22,7 @@ from geofuse.data.synthetic import generate_scene
 from geofuse.errors import ConfigError
 from geofuse.labels.label_tiles import _dominant, tile_strata
 from geofuse.models.registry import create_model
-from test_raster_labels import CLASSES, _write_labels
+from test_raster_labels import _write_labels
 
 P, CAP = 32, 6
 CODES = {"Agriculture": 1, "Forest": 2, "Parcels": 3, "Urban": 4}  # Water (5) left unlabelled
@@ -155,12 +155,17 @@ def test_polygons_are_burnt_into_the_masks(scene: dict[str, Path]) -> None:
 
 def test_too_strict_a_labelled_share_is_a_one_line_error(scene: dict[str, Path]) -> None:
     cfg = _config(scene["folder"], "strict.yaml", {"raster": "labels10.tif",
-                                                   "class_codes": {"Water": 5}},
+                                                   "class_codes": {"Forest": 2, "Water": 5}},
                   min_labelled=1.0)
     code, out = _invoke("extract", "-c", str(cfg))
     assert code == 2, out
     assert "extract.min_labelled" in out and "labels10.tif" in out
     assert len([ln for ln in out.splitlines() if ln.strip()]) == 1
+    # one class (the rest unlabelled) cannot train a segmentation model
+    cfg = _config(scene["folder"], "one.yaml", {"raster": "labels10.tif",
+                                                "class_codes": {"Water": 5}})
+    code, out = _invoke("extract", "-c", str(cfg))
+    assert code == 2 and "needs two or more" in out and "labels.unlabelled" in out, out
 
 
 def test_unet_late_gives_each_modality_its_own_encoder() -> None:
@@ -208,26 +213,28 @@ def test_segmentation_of_the_stack_trains_maps_and_assesses_end_to_end(
         assert json.loads(src.tags()["label_codes"]) == CODES
         mapped = src.read(1)
     assert set(np.unique(mapped).tolist()) <= {0, 1, 2, 3, 255}
-    # the map knows the training raster's codes: assess reads it as is (5 = Water is no map
-    # class, so only codes 1-4 count; 0 is the raster's unlabelled code)
-    water_free = tmp_path / "ref.tif"
-    with rasterio.open(scene["labels"]) as src:
-        profile, data = src.profile, src.read(1)
-    data[data == 5] = 0
-    with rasterio.open(water_free, "w", **profile) as dst:
-        dst.write(data, 1)
+    # the map knows the training raster's codes: assess reads that raster as is (0 is its
+    # unlabelled code; 5 = Water was no training class: left out with a warning)
     code, out = _invoke("assess", str(tmp_path / "map" / "classes.tif"), "--labels",
-                        str(water_free), "-o", str(tmp_path / "assess"))
+                        str(scene["labels"]), "-o", str(tmp_path / "assess"))
     assert code == 0, out
+    assert "code(s) {5:" in out and "left out" in out
+    with rasterio.open(scene["labels"]) as src:
+        data = src.read(1)
     result = json.loads((tmp_path / "assess" / "assessment.json").read_text())
     labelled = int(np.isin(data, list(CODES.values())).sum())
     n_ref = int(np.asarray(result["confusion_matrix"]).sum())
     assert 0.9 * labelled <= n_ref <= labelled  # every labelled pixel on a mapped pixel
-    # with Water left in, its code is named in a one-line error
+    # a reference with its own class_names tag is read by those names, not the training codes
+    named = tmp_path / "named.tif"
+    with rasterio.open(scene["labels"]) as src:
+        profile = src.profile
+    with rasterio.open(named, "w", **profile) as dst:
+        dst.write(data, 1)
+        dst.update_tags(class_names=json.dumps(["Forest", "Agriculture"]))
     code, out = _invoke("assess", str(tmp_path / "map" / "classes.tif"), "--labels",
-                        str(scene["labels"]), "-o", str(tmp_path / "assess2"))
-    assert code == 2 and "{5:" in out and "label codes" in out, out
-    assert CLASSES[4] == "Water"
+                        str(named), "--unlabelled", "99", "-o", str(tmp_path / "assess2"))
+    assert code == 2 and "holds code(s) the map does not have" in out, out
 
 
 def test_a_patch_classifier_on_mask_tiles_and_a_dataset_with_masks_are_refused(
@@ -242,6 +249,12 @@ def test_a_patch_classifier_on_mask_tiles_and_a_dataset_with_masks_are_refused(
     code, out = _invoke("config", "--check", str(path))
     assert code == 2 and "'simple_cnn' classifies whole patches" in out, out
     assert "extract.target mask" in out and "ablation.models" not in out
+    data["extract"]["target"] = "class"  # and the other way round
+    data["train"]["model"] = {"name": "unet_late"}
+    data["ablation"] = {"folds": 2, "models": ["simple_cnn"]}
+    path.write_text(yaml.safe_dump(data))
+    code, out = _invoke("config", "--check", str(path))
+    assert code == 2 and "'unet_late' is a segmentation model" in out, out
     data = {"dataset": {"name": "eurosat_ms", "root": "x"}, "extract": {"target": "mask"}}
     path.write_text(yaml.safe_dump(data))
     code, out = _invoke("config", "--check", str(path))

@@ -88,8 +88,8 @@ def test_the_ready_config_extracts_and_trains_a_segmentation_study(
     data["dataset"]["city_dir"] = str(gdansk_dir)
     data["workdir"] = str(tmp_path / "work")
     data["dataset"]["seasons"] = ["summer"]
-    data["ablation"].update(folds=2, epochs=1, seeds=[0],
-                            sensors=[["s2_summer"], ["s2_summer", "dem", "viirs"]])
+    data["ablation"].update(folds=2, epochs=1, seeds=[0], baseline=None,
+                            sensors=[["s2_summer", "dem", "viirs"]])
     # the late-fusion U-Net alone (the forest takes ~100 s a cell here; tested elsewhere)
     data["ablation"]["models"] = [{"name": "unet_late", "label": "unet_late",
                                    "options": {"decoder_channels": [16, 8, 8, 8, 8]}}]

@@ -209,7 +209,7 @@ def _inputs(cfg: StudyConfig) -> Inputs:
             return Inputs([*man.bands, *(b for v in derived.values() for b in v)],
                           {**mods, **derived}, "extract.target mask" if masks else
                           f"stack manifest {str(path)!r}", from_config=False,
-                          segmentation=True if masks else None)
+                          segmentation=masks)
         except (OSError, ValueError, TypeError):
             pass  # an unreadable manifest: prepare rewrites it, extract reports it
     mods = {m.name: list(m.bands) for m in cfg.modalities}
@@ -219,7 +219,7 @@ def _inputs(cfg: StudyConfig) -> Inputs:
     origin = (f"dataset {cfg.dataset.name!r}" if (multilabel or dense) and cfg.dataset else
               "extract.target mask" if masks else "the config's modalities")
     return Inputs(list(cfg.all_band_names), {**mods, **dict(cfg.derived_modalities())},
-                  origin, multilabel=multilabel, segmentation=dense or (True if masks else None))
+                  origin, multilabel=multilabel, segmentation=dense or masks)
 
 
 def _patchset(cfg: StudyConfig, command: str) -> tuple[PatchMeta | None, list[Problem]]:

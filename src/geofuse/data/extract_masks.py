@@ -32,6 +32,7 @@ from geofuse.errors import SamplingError
 from geofuse.labels.label_tiles import (
     CodeReader,
     TileSampling,
+    compact_mask_classes,
     polygon_code_reader,
     raster_code_reader,
     sample_label_tiles,
@@ -130,15 +131,19 @@ def extract_mask_tiles(
     keep, frac, nodata = _apply_nodata(cfg, Path(source), x, None, None, manifest)
     masks = tiles.masks.copy()
     masks[np.isnan(x).any(axis=1)] = MASK_IGNORE
-    keep &= (masks != MASK_IGNORE).any(axis=(1, 2))
+    keep &= (masks != MASK_IGNORE).mean(axis=(1, 2)) >= max(ex.min_labelled, 1e-9)
     if not keep.any():
         raise SamplingError(
-            f"labels {source!r}: every tile's labelled pixels are nodata in the stack; check "
-            f"the stack's QC report ({cfg.stack_path.name}) and that the labels cover its data"
+            f"labels {source!r}: no tile keeps extract.min_labelled={ex.min_labelled} of its "
+            "pixels labelled where the stack has data; check the stack's QC report "
+            f"({cfg.stack_path.name}), that the labels cover its data, or lower min_labelled"
         )
     block = tile_block_size(ex.block_size, ex.patch_size)
     groups = block_groups(tiles.rows, tiles.cols, block)
-    keep, y, strata = _stratify(cfg, masks, keep, groups, tiles.mask_names, source)
+    masks, mask_names = compact_mask_classes(np.where(keep[:, None, None], masks, MASK_IGNORE),
+                                             tiles.mask_names)
+    keep, y, strata = _stratify(cfg, masks, keep, groups, mask_names, source)
+    masks, mask_names = compact_mask_classes(masks[keep], mask_names)
     groups = groups[keep]
     qc: dict[str, Any] = {"status": "passed", "warnings": [],
                           "label_fit": {"status": "passed", "warnings": [], "classes": {}},
@@ -157,5 +162,5 @@ def extract_mask_tiles(
     }
     return finish_patchset(
         cfg, manifest, x[keep], y, groups, coords[keep], frac[keep], strata,
-        provenance, qc, masks=masks[keep], mask_names=tiles.mask_names,
+        provenance, qc, masks=masks, mask_names=mask_names,
     )

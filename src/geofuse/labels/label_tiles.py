@@ -217,6 +217,12 @@ def sample_label_tiles(read: CodeReader, grid: Grid, opts: TileSampling,
     """
     pool, found, n_tiles = _candidate_pools(read, grid, opts)
     classes = _present_classes(found, opts, source)
+    if len(classes) == 1:
+        raise SamplingError(
+            f"labels {source!r}: one class over the stack ({classes}); segmentation needs two "
+            "or more: make the background a class (e.g. labels.unlabelled: 255 and name code 0 "
+            "in labels.class_codes) or label more classes"
+        )
     usable = {n: c for n, c in classes.items() if c in pool}
     if not usable:
         raise SamplingError(
@@ -271,3 +277,22 @@ def tile_strata(
         for k in rare:
             passed.setdefault(k, spans[k])
             counts[:, k] = 0
+
+
+def compact_mask_classes(masks: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Masks and class names restricted to the classes with pixels in ``masks`` (a class
+    without a pixel would be a class no model can learn), indices renumbered in order.
+
+    Raises:
+        SamplingError: fewer than two classes have pixels.
+    """
+    present = [k for k in range(len(names)) if (masks == k).any()]
+    if len(present) < 2:
+        raise SamplingError(
+            f"the kept tiles hold pixels of {len(present)} class(es) "
+            f"({[names[k] for k in present]}); segmentation needs two or more: lower "
+            "extract.min_labelled or label more classes"
+        )
+    lookup = np.full(256, MASK_IGNORE, dtype=np.uint8)
+    lookup[present] = np.arange(len(present))
+    return lookup[masks], [names[k] for k in present]

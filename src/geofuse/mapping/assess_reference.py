@@ -244,7 +244,10 @@ class RasterReference:
         self.summary = ReferenceSummary(kind="raster", path=str(self.path))
         self.info = self._open()
         self.lookup = self._code_lookup()
+        #: the lookup is the training raster's: its other codes were unlabelled in training
+        self.training_codes = self.lookup is not None and self._tag_names() is None
         self.unknown: dict[int, int] = {}
+        self.not_trained: dict[int, int] = {}
 
     def _open(self) -> RasterInfo:
         if not self.path.is_file():
@@ -261,11 +264,14 @@ class RasterReference:
                 "the same area and that the raster's CRS is right")
         return info
 
+    def _tag_names(self) -> str | None:
+        with rasterio.open(self.path) as src:
+            return src.tags().get("class_names")
+
     def _code_lookup(self) -> dict[int, int] | None:
         """Raster code -> map index from the raster's ``class_names`` tag, else from the
         map's ``label_codes`` (the codes of the raster its model was trained on), else None."""
-        with rasterio.open(self.path) as src:
-            raw = src.tags().get("class_names")
+        raw = self._tag_names()
         if raw is None:
             names = self.cmap.class_names
             return ({int(c): names.index(n) for n, c in self.cmap.label_codes.items()
@@ -296,19 +302,25 @@ class RasterReference:
         bad = (ref < 0) | (ref >= self.cmap.n_classes)
         if bad.any():
             raw = codes[ok][bad].astype(np.int64)
+            seen = self.not_trained if self.training_codes else self.unknown
             for code, n in zip(*np.unique(raw, return_counts=True), strict=True):
-                self.unknown[int(code)] = self.unknown.get(int(code), 0) + int(n)
+                seen[int(code)] = seen.get(int(code), 0) + int(n)
         return mapped[~bad], ref[~bad]
 
     def finish(self) -> None:
-        """Raise for codes that are no map class (after the scan, with pixel counts)."""
+        """Raise for codes that are no map class (after the scan, with pixel counts); codes
+        of the training raster that were no training class are left out, with a warning."""
+        if self.not_trained:
+            self.summary.dropped["pixels_of_codes_not_trained"] = sum(self.not_trained.values())
+            warnings.warn(
+                f"label raster {self.path.name}: code(s) {self.not_trained} (pixel counts) were "
+                f"no class of the map's model (trained on codes {self.cmap.label_codes}); their "
+                "pixels are left out", UserWarning, stacklevel=3)
         if self.unknown:
             k = self.cmap.n_classes
-            codes = (f"label codes {self.cmap.label_codes}" if self.lookup is not None
-                     and self.cmap.label_codes else f"codes 0..{k - 1}")
             raise LabelError(
                 f"label raster {str(self.path)!r} holds code(s) the map does not have: "
                 f"{self.unknown} (pixel counts); the map's classes are "
-                f"{self.cmap.class_names} ({codes}); pass --unlabelled with the code "
+                f"{self.cmap.class_names} (codes 0..{k - 1}); pass --unlabelled with the code "
                 f"of unlabelled pixels (now {self.unlabelled}) or recode the raster")
 

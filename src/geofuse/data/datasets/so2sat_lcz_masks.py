@@ -33,7 +33,7 @@ from geofuse.data.datasets._so2sat_cells import (
 from geofuse.data.datasets.so2sat_lcz import LABEL_LAYER, LCZ_NAMES, _check, lattice
 from geofuse.data.patchset import MASK_IGNORE, PatchSet
 from geofuse.errors import SamplingError
-from geofuse.labels.label_tiles import tile_strata
+from geofuse.labels.label_tiles import compact_mask_classes, tile_strata
 
 
 def _cell_windows(read: CellRead, patch_size: int, stride: int, max_nodata: float,
@@ -49,7 +49,8 @@ def _cell_windows(read: CellRead, patch_size: int, stride: int, max_nodata: floa
             invalid = np.isnan(patch).any(axis=0)
             if invalid.mean() > max_nodata:
                 continue
-            lab = np.where(invalid, 0, read.label[r0:r0 + patch_size, c0:c0 + patch_size])
+            lab = np.where(invalid, 0, read.label[r0:r0 + patch_size, c0:c0 + patch_size]
+                           ).astype(np.int16)  # LCZ codes 0-17
             if (lab != 0).mean() < min_labelled:
                 continue
             xs.append(patch)
@@ -116,7 +117,10 @@ def load_so2sat_lcz_masks(
     pixels = np.stack([(masks == k).sum(axis=(1, 2)) for k in range(len(kept))], axis=1)
     strata, has, passed = tile_strata(pixels, group_arr, min_cells_per_class)
     present, y = np.unique(strata[has], return_inverse=True)
-    names = [LCZ_NAMES[k] for k in kept]
+    all_names = [LCZ_NAMES[k] for k in kept]
+    class_names = [all_names[k] for k in present.tolist()]
+    masks, names = compact_mask_classes(masks[has], all_names)
+    x = np.stack([xs[i] for i in np.flatnonzero(has).tolist()])
     modalities = modalities_for(seasons, layers)
     provenance = {
         "dataset": "so2sat_lcz", "target": "mask", "city": city.name,
@@ -124,19 +128,20 @@ def load_so2sat_lcz_masks(
         "label_layer": LABEL_LAYER,
         "label_rule": "LCZ code of every pixel (0 = unlabelled and pixels outside the cell: "
                       "255); y = the window's most frequent class dominant in enough cells",
-        "lcz_codes": {LCZ_NAMES[k]: k for k in kept}, "cells": len(set(group_arr[has])),
+        "lcz_codes": {n: k for n, k in zip(all_names, kept, strict=True) if n in names},
+        "cells": len(set(group_arr[has])),
         "native_side_px": side, "patch_size": patch_size, "stride": stride,
         "pixel_size_m": res, "s2_scale": S2_SCALE, "max_nodata_fraction": max_nodata_fraction,
         "min_labelled": min_labelled, "max_centre_offset_m": max_offset(reads),
         "dropped_cells": dropped_cells, "min_cells_per_class": min_cells_per_class,
         "dropped_classes": sorted({LCZ_NAMES.get(int(c), str(c)) for c in np.unique(code_arr)
                                    if c and int(c) not in kept}),
-        "strata_passed_over": {names[k]: n for k, n in passed.items()},
+        "strata_passed_over": {all_names[k]: n for k, n in passed.items()},
     }
     return PatchSet(
-        x=np.stack(xs)[has], y=y, band_names=[b for v in modalities.values() for b in v],
-        modalities=modalities, class_names=[names[k] for k in present.tolist()],
+        x=x, y=y, band_names=[b for v in modalities.values() for b in v],
+        modalities=modalities, class_names=class_names,
         groups=group_arr[has], coords=np.array(coords)[has],
         nodata_fraction=np.array(nodata)[has], crs=crs, provenance=provenance,
-        masks=masks[has], mask_names=names,
+        masks=masks, mask_names=names,
     )
