@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -81,28 +82,27 @@ def test_an_external_test_city_keeps_its_masks_in_the_training_classes(masks: Pa
     assert (got == want).all()
 
 
-def test_the_ready_config_extracts_and_trains_a_segmentation_study(
+def test_the_ready_config_extracts_and_trains_a_segmentation_run(
     gdansk_dir: Path, tmp_path: Path,
 ) -> None:
+    """The ready config, shrunk: extract and one epoch of its late-fusion U-Net (studies of
+    mask sets are tested in test_segmentation_flow.py and test_mask_tiles.py)."""
     data = yaml.safe_load(CONFIG.read_text())
-    data["dataset"]["city_dir"] = str(gdansk_dir)
+    data["dataset"].update(city_dir=str(gdansk_dir), seasons=["summer"], stride=64)
     data["workdir"] = str(tmp_path / "work")
-    data["dataset"]["seasons"] = ["summer"]
-    data["ablation"].update(folds=2, epochs=1, seeds=[0], baseline=None,
-                            sensors=[["s2_summer", "dem", "viirs"]])
-    # the late-fusion U-Net alone (the forest takes ~100 s a cell here; tested elsewhere)
-    data["ablation"]["models"] = [{"name": "unet_late", "label": "unet_late",
-                                   "options": {"decoder_channels": [16, 8, 8, 8, 8]}}]
-    data["extract"]["patch_size"] = 32
-    data["dataset"]["stride"] = 64
-    data["extract"]["min_labelled"] = 0.8
+    data["extract"].update(patch_size=32, min_labelled=0.8)
+    data["train"].update(epochs=1, model={"name": "unet_late",
+                                          "decoder_channels": [16, 8, 8, 8, 8]})
     path = tmp_path / "lcz_masks.yaml"
     path.write_text(yaml.safe_dump(data))
     runner = CliRunner()
+    result = runner.invoke(app, ["config", "--check", str(CONFIG)])
+    assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["extract", "-c", str(path)])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["ablate", "-c", str(path)])
+    result = runner.invoke(app, ["train", "-c", str(path), "--run-name", "late"])
     assert result.exit_code == 0, result.output
-    assert "val IoU" in result.output
-    report = next((tmp_path / "work" / "studies").glob("*/report.md")).read_text()
-    assert "IoU" in report and "unet_late" in report
+    assert "val: IoU" in result.output
+    info = json.loads((tmp_path / "work" / "runs" / "late" / "run.json").read_text())
+    assert info["task"] == "segmentation" and len(info["mask_names"]) >= 8
+    assert list(info["modalities"]) == ["s2_summer", "dem", "viirs"]
