@@ -17,8 +17,10 @@ so patches of one cell never straddle train and validation.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -108,6 +110,54 @@ def _drop_rare(codes: np.ndarray, cells: np.ndarray, min_cells: int) -> tuple[li
     return kept, dropped
 
 
+CellWindows = Callable[[CellRead, int], tuple[list, list, list, list]]
+
+
+@dataclass
+class LczWindows:
+    """The cells of a city read on their windows and the lattice windows cut from them."""
+
+    city: Path
+    layer_dirs: list[str]
+    side: int
+    crs: str
+    res: float
+    stride: int
+    reads: list[CellRead]
+    dropped_cells: Any
+    xs: list[np.ndarray] = field(default_factory=list)
+    labels: list[Any] = field(default_factory=list)
+    coords: list[tuple[float, float]] = field(default_factory=list)
+    nodata: list[float] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+
+
+def read_lcz_windows(
+    city_dir: str | Path, seasons: Sequence[str], layers: Sequence[str], patch_size: int,
+    stride: int | None, max_nodata: float, per_cell: CellWindows,
+) -> LczWindows:
+    """Read every usable cell of a city and cut its lattice windows with ``per_cell(read,
+    stride)`` (windows, their labels, centre coordinates, nodata shares); groups per cell."""
+    city = city_folder(city_dir)
+    check_seasons_layers(seasons, layers)
+    layer_dirs = layer_dirs_for(seasons, layers)
+    cells = scan_cells(city, [*layer_dirs, LABEL_LAYER])
+    side, crs, res = common_grid(cells, [*layer_dirs, LABEL_LAYER])
+    step = _check(patch_size, stride, side, max_nodata)
+    check_s2_bands(cells[0].files[layer_dirs[0]])
+    reads, keep, dropped_cells = read_cells(cells, layer_dirs, side, LABEL_LAYER)
+    out = LczWindows(city, layer_dirs, side, crs, res, step, reads, dropped_cells)
+    kept_cells = [c for c, k in zip(cells, keep, strict=True) if k]
+    for cell, read in zip(kept_cells, reads, strict=True):
+        px, py, pc, pn = per_cell(read, step)
+        out.xs += px
+        out.labels += py
+        out.coords += pc
+        out.nodata += pn
+        out.groups += [f"cell:{cell.id}"] * len(px)
+    return out
+
+
 def load_so2sat_lcz(
     city_dir: str | Path,
     seasons: Sequence[str] = SEASONS,
@@ -138,23 +188,13 @@ def load_so2sat_lcz(
         ConfigError: unknown season/layer, bad patch_size/stride/max_nodata_fraction.
         SamplingError: no labelled patch (or no class in enough cells).
     """
-    city = city_folder(city_dir)
-    check_seasons_layers(seasons, layers)
-    layer_dirs = layer_dirs_for(seasons, layers)
-    cells = scan_cells(city, [*layer_dirs, LABEL_LAYER])
-    side, crs, res = common_grid(cells, [*layer_dirs, LABEL_LAYER])
-    stride = _check(patch_size, stride, side, max_nodata_fraction)
-    check_s2_bands(cells[0].files[layer_dirs[0]])
-    reads, keep, dropped_cells = read_cells(cells, layer_dirs, side, LABEL_LAYER)
-    kept_cells = [c for c, k in zip(cells, keep, strict=True) if k]
-    xs, codes, coords, nodata, groups = [], [], [], [], []
-    for cell, read in zip(kept_cells, reads, strict=True):
-        px, py, pc, pn = _cell_patches(read, patch_size, stride, max_nodata_fraction)
-        xs += px
-        codes += py
-        coords += pc
-        nodata += pn
-        groups += [f"cell:{cell.id}"] * len(px)
+    got = read_lcz_windows(
+        city_dir, seasons, layers, patch_size, stride, max_nodata_fraction,
+        lambda read, step: _cell_patches(read, patch_size, step, max_nodata_fraction))
+    city, stride, reads = got.city, got.stride, got.reads
+    side, crs, res, layer_dirs, dropped_cells = (got.side, got.crs, got.res, got.layer_dirs,
+                                                 got.dropped_cells)
+    xs, codes, coords, nodata, groups = got.xs, got.labels, got.coords, got.nodata, got.groups
     if not xs:
         raise SamplingError(
             f"{str(city)!r}: no patch of {patch_size} px has a labelled (non-zero) LCZ centre "

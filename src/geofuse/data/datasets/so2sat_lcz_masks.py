@@ -20,17 +20,10 @@ from geofuse.data.datasets._so2sat_cells import (
     FILE_PATTERN,
     S2_SCALE,
     CellRead,
-    check_s2_bands,
-    check_seasons_layers,
-    city_folder,
-    common_grid,
-    layer_dirs_for,
     max_offset,
     modalities_for,
-    read_cells,
-    scan_cells,
 )
-from geofuse.data.datasets.so2sat_lcz import LABEL_LAYER, LCZ_NAMES, _check, lattice
+from geofuse.data.datasets.so2sat_lcz import LABEL_LAYER, LCZ_NAMES, lattice, read_lcz_windows
 from geofuse.data.patchset import MASK_IGNORE, PatchSet
 from geofuse.errors import SamplingError
 from geofuse.labels.label_tiles import compact_mask_classes, tile_strata
@@ -82,31 +75,18 @@ def load_so2sat_lcz_masks(
             :func:`~geofuse.data.datasets.so2sat_lcz.load_so2sat_lcz`.
         SamplingError: no window with enough labelled pixels, or no class in enough cells.
     """
-    city = city_folder(city_dir)
-    check_seasons_layers(seasons, layers)
-    layer_dirs = layer_dirs_for(seasons, layers)
-    cells = scan_cells(city, [*layer_dirs, LABEL_LAYER])
-    side, crs, res = common_grid(cells, [*layer_dirs, LABEL_LAYER])
-    stride = _check(patch_size, stride, side, max_nodata_fraction)
-    check_s2_bands(cells[0].files[layer_dirs[0]])
-    reads, keep, dropped_cells = read_cells(cells, layer_dirs, side, LABEL_LAYER)
-    kept_cells = [c for c, k in zip(cells, keep, strict=True) if k]
-    xs, codes, coords, nodata, groups = [], [], [], [], []
-    for cell, read in zip(kept_cells, reads, strict=True):
-        px, pc, pxy, pn = _cell_windows(read, patch_size, stride, max_nodata_fraction,
-                                        min_labelled)
-        xs += px
-        codes += pc
-        coords += pxy
-        nodata += pn
-        groups += [f"cell:{cell.id}"] * len(px)
+    got = read_lcz_windows(
+        city_dir, seasons, layers, patch_size, stride, max_nodata_fraction,
+        lambda read, step: _cell_windows(read, patch_size, step, max_nodata_fraction,
+                                         min_labelled))
+    city, xs, codes, coords, nodata = got.city, got.xs, got.labels, got.coords, got.nodata
     if not xs:
         raise SamplingError(
             f"{str(city)!r}: no window of {patch_size} px has {min_labelled:.0%} labelled LCZ "
             f"pixels with at most {max_nodata_fraction:.0%} outside its cell; lower "
             "extract.min_labelled or patch_size, or raise max_nodata_fraction"
         )
-    code_arr, group_arr = np.stack(codes), np.array(groups)
+    code_arr, group_arr = np.stack(codes), np.array(got.groups)
     kept = _mask_classes(code_arr, group_arr, min_cells_per_class)
     if not kept:
         raise SamplingError(f"{str(city)!r}: no LCZ class occurs in {min_cells_per_class} "
@@ -124,16 +104,16 @@ def load_so2sat_lcz_masks(
     modalities = modalities_for(seasons, layers)
     provenance = {
         "dataset": "so2sat_lcz", "target": "mask", "city": city.name,
-        "city_dir": str(city.resolve()), "file_pattern": FILE_PATTERN, "layer_dirs": layer_dirs,
-        "label_layer": LABEL_LAYER,
+        "city_dir": str(city.resolve()), "file_pattern": FILE_PATTERN,
+        "layer_dirs": got.layer_dirs, "label_layer": LABEL_LAYER,
         "label_rule": "LCZ code of every pixel (0 = unlabelled and pixels outside the cell: "
                       "255); y = the window's most frequent class dominant in enough cells",
         "lcz_codes": {n: k for n, k in zip(all_names, kept, strict=True) if n in names},
         "cells": len(set(group_arr[has])),
-        "native_side_px": side, "patch_size": patch_size, "stride": stride,
-        "pixel_size_m": res, "s2_scale": S2_SCALE, "max_nodata_fraction": max_nodata_fraction,
-        "min_labelled": min_labelled, "max_centre_offset_m": max_offset(reads),
-        "dropped_cells": dropped_cells, "min_cells_per_class": min_cells_per_class,
+        "native_side_px": got.side, "patch_size": patch_size, "stride": got.stride,
+        "pixel_size_m": got.res, "s2_scale": S2_SCALE, "max_nodata_fraction": max_nodata_fraction,
+        "min_labelled": min_labelled, "max_centre_offset_m": max_offset(got.reads),
+        "dropped_cells": got.dropped_cells, "min_cells_per_class": min_cells_per_class,
         "dropped_classes": sorted({LCZ_NAMES.get(int(c), str(c)) for c in np.unique(code_arr)
                                    if c and int(c) not in kept}),
         "strata_passed_over": {all_names[k]: n for k, n in passed.items()},
@@ -142,6 +122,6 @@ def load_so2sat_lcz_masks(
         x=x, y=y, band_names=[b for v in modalities.values() for b in v],
         modalities=modalities, class_names=class_names,
         groups=group_arr[has], coords=np.array(coords)[has],
-        nodata_fraction=np.array(nodata)[has], crs=crs, provenance=provenance,
+        nodata_fraction=np.array(nodata)[has], crs=got.crs, provenance=provenance,
         masks=masks, mask_names=names,
     )
