@@ -73,3 +73,22 @@ def make_multilabel_patchset(n: int = 160, patch_size: int = 8, seed: int = 0) -
                     modalities={"s2": S2, "dem": DEM}, class_names=CLASSES,
                     groups=[f"tile:{i}" for i in range(n)], coords=rng.random((n, 2)) * 1e4,
                     split=split, multi_hot=multi_hot)
+
+
+def make_regression_patchset(n: int = 160, patch_size: int = 8, seed: int = 0) -> PatchSet:
+    """Learnable regression PatchSet: a skewed, count-like value driven mostly by the DEM band
+    (and a little by the first S2 band), strata = value quartiles; 70/20/10 split."""
+    rng = np.random.default_rng(seed)
+    drivers = rng.normal(0, 1, (n, 2))
+    values = np.expm1(4 + 1.2 * drivers[:, 0] + 0.3 * drivers[:, 1])  # 0 .. thousands
+    x = rng.normal(0, 0.5, (n, len(S2) + len(DEM), patch_size, patch_size))
+    x[:, len(S2)] += drivers[:, 0, None, None]  # the DEM band carries the main driver
+    x[:, 0] += drivers[:, 1, None, None]
+    strata = np.searchsorted(np.quantile(values, [0.25, 0.5, 0.75]), values)
+    split = np.zeros(n, dtype=np.uint8)
+    split[np.arange(n) % 10 >= 7] = 1
+    split[np.arange(n) % 10 == 9] = 2
+    return PatchSet(x=x * 800 + 1500, y=strata, band_names=S2 + DEM,
+                    modalities={"s2": S2, "dem": DEM}, class_names=["q1", "q2", "q3", "q4"],
+                    groups=[f"polygon:{i}" for i in range(n)], coords=rng.random((n, 2)) * 1e4,
+                    split=split, values=values, value_name="people")

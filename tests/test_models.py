@@ -85,7 +85,7 @@ def test_pixel_net_classifies_the_set_of_pixel_spectra_whatever_their_places() -
     assert not torch.allclose(net(x * 2), out)  # spectra do
     assert net(torch.randn(2, 13, 7, 7)).shape == (2, 10)  # any patch size
     with pytest.raises(ConfigError, match="pixel_net needs"):
-        PixelNet(in_channels=13, num_classes=1, patch_size=8)
+        PixelNet(in_channels=13, num_classes=0, patch_size=8)
     textured = PixelNet(in_channels=13, num_classes=10, patch_size=16, kernel_size=3).eval()
     assert textured(x).shape == (3, 10)
     assert not torch.allclose(textured(shuffled), textured(x), atol=1e-3)  # neighbours count

@@ -213,3 +213,35 @@ def test_image_plus_tabular_fusion_trains_on_the_real_cells(
 
     # the attributes help: fusion beat image-only on val+test in every seed tried (by >= 0.09)
     assert pooled(fusion) > pooled(image)
+
+
+POPULATION_CONFIG = CONFIG.parent / "so2sat_pop_population.yaml"
+
+
+def test_population_target_reads_pop_and_runs_the_ready_config(
+    gdansk_dir: Path, tmp_path: Path
+) -> None:
+    cfg = load_config(POPULATION_CONFIG)
+    cfg.workdir = str(tmp_path)
+    patches = extract_patches(cfg)
+    table = pd.read_csv(next(gdansk_dir.glob("*_gdansk.csv")), dtype={"GRD_ID": str})
+    pop = dict(zip(table["GRD_ID"], table["POP"], strict=True))
+    cell_ids = [g.removeprefix("cell:") for g in patches.groups]
+    assert patches.regression and patches.value_name == "population" and len(patches) == 264
+    np.testing.assert_array_equal(patches.values, [pop[c] for c in cell_ids])
+    assert patches.class_names == list(DEFAULT_CLASS_BINS)  # the strata of splits and folds
+    assert (patches.values[patches.y == 0] == 0).all() and patches.values.max() > 10_000
+    cfg.train.model.name = "random_forest"
+    run = train_model(cfg, run_name="forest", progress=False)
+    val = json.loads((run / "metrics.json").read_text())["val"]
+    assert val["regression"] and val["n"] == len(patches.split_indices("val"))
+    assert val["spearman_r"] > 0.5  # night lights and elevation rank the cells
+    features = pd.DataFrame({"GRD_ID": ["106", "1kmN3505E4879"], "DEM_MEAN": [1, 2]})
+    city = _tiny_city(gdansk_dir, tmp_path / "tiny", features)
+    with pytest.raises(DataNotFoundError, match="target population needs the table"):
+        load_so2sat_pop(city, seasons=("summer",), patch_size=8, target="population")
+    pd.DataFrame({"GRD_ID": ["106", "1kmN3505E4879"], "Class": [0, 13], "POP": [0, -3]}).to_csv(
+        city / "x_tiny.csv", index=False)
+    with pytest.raises(LabelError, match="POP is missing or negative"):
+        load_so2sat_pop(city, seasons=("summer",), patch_size=8, target="population",
+                        class_bins={"none": [0], "high": [13]})

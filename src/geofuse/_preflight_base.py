@@ -42,6 +42,7 @@ class Inputs:
         from_config: the names come from the config itself (no PatchSet or stack yet).
         multilabel: the targets are label sets (a multi-label PatchSet or dataset).
         segmentation: the targets are pixel masks (``None``: not known).
+        regression: the targets are continuous values (a regression PatchSet or dataset).
     """
 
     band_names: list[str]
@@ -51,6 +52,7 @@ class Inputs:
     from_config: bool = True
     multilabel: bool = False
     segmentation: bool | None = None
+    regression: bool = False
 
     def modalities_of(self, bands: Sequence[str]) -> list[str]:
         """Modalities that hold any of ``bands``, in channel order."""

@@ -138,11 +138,13 @@ class PatchMeta:
     provenance: dict[str, Any]
     multilabel: bool = False
     segmentation: bool = False
+    regression: bool = False
 
     def inputs(self) -> Inputs:
         return Inputs(list(self.band_names), dict(self.modalities), f"PatchSet {str(self.path)!r}",
                       has_tabular=self.has_tabular, from_config=False,
-                      multilabel=self.multilabel, segmentation=self.segmentation)
+                      multilabel=self.multilabel, segmentation=self.segmentation,
+                      regression=self.regression)
 
 
 def read_patch_meta(path: Path) -> PatchMeta:
@@ -163,7 +165,7 @@ def read_patch_meta(path: Path) -> PatchMeta:
             groups=np.char.decode(f["groups"][()], "utf-8").astype(str),
             coords=f["coords"][()], y=f["y"][()].astype(np.int64),
             has_tabular="tabular" in f, provenance=json.loads(f.attrs.get("provenance", "{}")),
-            multilabel="multi_hot" in f, segmentation="masks" in f,
+            multilabel="multi_hot" in f, segmentation="masks" in f, regression="values" in f,
         )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from geofuse._preflight_base import Inputs, Problem, dedupe, did_you_mean, suggest
 from geofuse.config import AblationModelConfig, ModelConfig, StudyConfig, parse_config
-from geofuse.config_train import MULTILABEL_LOSSES
+from geofuse.config_train import MULTILABEL_LOSSES, REGRESSION_LOSSES
 from geofuse.errors import ConfigError, GeofuseError
 
 KeyOf = Callable[[str], str]
@@ -51,10 +51,18 @@ def model_problems(
     from geofuse.models.registry import MODELS, is_segmentation_model, model_options
 
     name = model.name
+    if inputs.regression and name == "logistic_regression":
+        return [Problem(key_of("name"), name, f"{inputs.origin} carries continuous targets "
+                        "(regression) and logistic_regression is a classifier; use "
+                        "random_forest (a regression forest on these targets)")]
     if is_baseline(name):  # per patch or, on masks, per pixel
         return []
     if name not in MODELS:
         return [unknown_model(key_of("name"), name)]
+    if inputs.regression and is_segmentation_model(name):
+        return [Problem(key_of("name"), name, f"{name!r} is a segmentation model (pixel masks) "
+                        f"but {inputs.origin} carries one value per patch (regression); pick a "
+                        "patch model (see 'geofuse models')")]
     if inputs.segmentation is not None and is_segmentation_model(name) != inputs.segmentation:
         return [Problem(key_of("name"), name, (
             f"{inputs.origin} carries pixel masks (segmentation) and {name!r} classifies whole "
@@ -192,13 +200,29 @@ def device_problems(cfg: StudyConfig) -> list[Problem]:
 
 
 def loss_problems(cfg: StudyConfig, inputs: Inputs) -> list[Problem]:
-    """``train.loss`` against the targets: label sets need a sigmoid loss."""
-    name = cfg.train.loss.name
-    if not inputs.multilabel or name in ("auto", *MULTILABEL_LOSSES):
-        return []
-    return [Problem("train.loss.name", name, f"{inputs.origin} carries multi-label targets "
-                    "(label sets) and this loss treats classes as exclusive; use bce, focal "
-                    "or auto")]
+    """``train.loss`` and ``train.monitor`` against the targets: label sets need a sigmoid
+    loss, continuous values a regression loss and a regression score."""
+    name, monitor = cfg.train.loss.name, cfg.train.monitor
+    out = []
+    if inputs.regression and name not in ("auto", *REGRESSION_LOSSES):
+        out.append(Problem("train.loss.name", name, f"{inputs.origin} carries continuous "
+                           "targets (regression) and this loss is for classes; use mse, huber, "
+                           "l1 or auto"))
+    elif not inputs.regression and name in REGRESSION_LOSSES:
+        out.append(Problem("train.loss.name", name, f"is a regression loss but "
+                           f"{inputs.origin} carries classes; use auto, cross_entropy or focal"))
+    elif inputs.multilabel and name not in ("auto", *MULTILABEL_LOSSES):
+        out.append(Problem("train.loss.name", name, f"{inputs.origin} carries multi-label "
+                           "targets (label sets) and this loss treats classes as exclusive; "
+                           "use bce, focal or auto"))
+    if inputs.regression and monitor not in ("val_loss", "val_r2"):
+        out.append(Problem("train.monitor", monitor, f"{inputs.origin} carries continuous "
+                           "targets (regression); monitor val_loss or val_r2"))
+    elif not inputs.regression and monitor == "val_r2":
+        out.append(Problem("train.monitor", monitor, f"val_r2 scores regression, but "
+                           f"{inputs.origin} carries classes; monitor val_loss, val_f1_macro "
+                           "or val_accuracy"))
+    return out
 
 
 def _entries(cfg: StudyConfig) -> list[tuple[int | None, AblationModelConfig]]:

@@ -204,6 +204,10 @@ def _print_scores(metrics: dict[str, Any]) -> None:
     macro and micro F1, mAP)."""
     for split in ("val", "test"):
         m = metrics.get(split)
+        if isinstance(m, dict) and m.get("regression"):
+            console.print(f"{split}: R2 {m['r2']:.3f}, RMSE {m['rmse']:.4g}, MAE {m['mae']:.4g} "
+                          f"({m['n']} patches)")
+            continue
         if not isinstance(m, dict) or "accuracy" not in m:
             continue
         if m.get("segmentation"):

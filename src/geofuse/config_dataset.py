@@ -94,8 +94,10 @@ class DatasetConfig(_Model):
         1, ge=1, description="so2sat_lcz: classes found in fewer cells are dropped (grouped "
         "k-fold needs each class in at least k cells)."
     )
-    target: Literal["class", "bins", "mask"] = Field(
-        "bins", description="so2sat_pop: raw population classes (class) or merged bins; "
+    target: Literal["class", "bins", "mask", "population"] = Field(
+        "bins", description="so2sat_pop: raw population classes (class), merged bins, or "
+        "population = regression of each cell's population count (POP of *_<city>.csv), "
+        "stratified for splits and folds by the class bins; "
         "so2sat_lcz: mask = semantic segmentation, each lattice window keeps the LCZ raster "
         "under it as its mask (0 and pixels outside the cell ignored; a window needs "
         "extract.min_labelled of its pixels labelled), for the segmentation models."
@@ -245,6 +247,8 @@ class DatasetConfig(_Model):
                     raise ValueError(f"dataset.{key} is not used by dataset {self.name!r} (it "
                                      "is generated); remove it")
             return self
+        if self.target == "population" and self.name != "so2sat_pop":
+            raise ValueError(f"dataset.target population is for so2sat_pop, not {self.name!r}")
         if self.target == "mask" and self.name != "so2sat_lcz":
             raise ValueError(f"dataset.target mask is for so2sat_lcz, not {self.name!r} (time "
                              "series carry their masks; other datasets one label per sample)")
@@ -267,6 +271,11 @@ class DatasetConfig(_Model):
     def segmentation(self) -> bool:
         """Whether this dataset's samples carry pixel masks (time series, LCZ masks)."""
         return self.name in TEMPORAL_DATASETS or self.target == "mask"
+
+    @property
+    def regression(self) -> bool:
+        """Whether this dataset's samples carry a continuous target (values)."""
+        return self.target == "population"
 
     @property
     def source(self) -> str:

@@ -110,16 +110,21 @@ class ModelConfig(_Model):
 
 #: Losses for multi-label targets (label sets); ``auto`` picks ``bce`` for them.
 MULTILABEL_LOSSES = ("bce", "focal")
+REGRESSION_LOSSES = ("mse", "huber", "l1")
 
 
 class LossConfig(_Model):
     """Training loss (``train.loss``): logits against integer targets or label sets."""
 
-    name: Literal["auto", "cross_entropy", "focal", "bce", "dice", "bce_dice"] = Field(
-        "auto", description="auto (cross_entropy; bce for multi-label targets), "
-        "cross_entropy, focal (sigmoid focal for multi-label), bce (one-vs-rest; the "
-        "multi-label loss), dice (soft, softmax) or bce_dice = alpha * weighted-BCE(beta) + "
-        "(1 - alpha) * Dice. Multi-label targets (bigearthnet_mm) take auto, bce or focal."
+    name: Literal["auto", "cross_entropy", "focal", "bce", "dice", "bce_dice", "mse",
+                  "huber", "l1"] = Field(
+        "auto", description="auto (cross_entropy; bce for multi-label targets; mse for "
+        "regression targets), cross_entropy, focal (sigmoid focal for multi-label), bce "
+        "(one-vs-rest; the multi-label loss), dice (soft, softmax) or bce_dice = alpha * "
+        "weighted-BCE(beta) + (1 - alpha) * Dice. Multi-label targets (bigearthnet_mm) take "
+        "auto, bce or focal. Regression targets (values) take auto, mse, huber (quadratic "
+        "within delta, linear beyond: robust to outliers) or l1 (mean absolute error), on "
+        "the standardised (train.target_transform'ed) target."
     )
     class_weights: list[float] | Literal["balanced"] | None = Field(
         None, description="Per-class weights in label order (the focal loss's alpha), or "
@@ -133,6 +138,10 @@ class LossConfig(_Model):
         0.5, gt=0, lt=1, description="bce_dice: positive share of the modified BCE."
     )
     smooth: float = Field(1.0, ge=0, description="dice/bce_dice: smoothing term.")
+    delta: float = Field(
+        1.0, gt=0, description="huber: where the loss turns linear, in standard deviations "
+        "of the (transformed) training target."
+    )
 
 
 class BaselineConfig(_Model):
@@ -167,12 +176,19 @@ class TrainConfig(_Model):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     early_stopping_patience: int = Field(10, ge=1)
-    monitor: Literal["val_loss", "val_f1_macro", "val_accuracy", "val_iou"] = Field(
+    monitor: Literal["val_loss", "val_f1_macro", "val_accuracy", "val_iou", "val_r2"] = Field(
         "val_loss", description="The validation metric that picks the best checkpoint and "
         "drives early stopping and the plateau schedule (loss minimised, the others "
         "maximised). With class-balanced losses val_loss and macro F1 can disagree: "
         "val_f1_macro selects on the metric the study compares. val_iou: segmentation "
-        "(masks) only, the change class's IoU of a binary mask, else mean IoU."
+        "(masks) only, the change class's IoU of a binary mask, else mean IoU. val_r2: "
+        "regression (values) only, the coefficient of determination."
+    )
+    target_transform: Literal["none", "log1p"] = Field(
+        "none", description="Regression targets (values) only: the network learns the "
+        "standardised log(1 + value) (log1p; for counts and other skewed, non-negative "
+        "targets such as population) or the standardised value (none); predictions and "
+        "metrics are back in the target's own unit either way."
     )
     checkpoint: Literal["best", "last"] = Field(
         "best", description="Weights a run keeps: best (the epoch with the best train.monitor "

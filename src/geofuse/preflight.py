@@ -216,10 +216,12 @@ def _inputs(cfg: StudyConfig) -> Inputs:
     multilabel = cfg.dataset is not None and cfg.dataset.name in MULTILABEL_DATASETS
     dense = cfg.dataset is not None and cfg.dataset.segmentation
     masks = cfg.dataset is None and cfg.extract.target == "mask"
-    origin = (f"dataset {cfg.dataset.name!r}" if (multilabel or dense) and cfg.dataset else
-              "extract.target mask" if masks else "the config's modalities")
+    values = cfg.dataset is not None and cfg.dataset.regression
+    origin = (f"dataset {cfg.dataset.name!r}" if (multilabel or dense or values) and cfg.dataset
+              else "extract.target mask" if masks else "the config's modalities")
     return Inputs(list(cfg.all_band_names), {**mods, **dict(cfg.derived_modalities())},
-                  origin, multilabel=multilabel, segmentation=dense or masks)
+                  origin, multilabel=multilabel, segmentation=dense or masks,
+                  regression=values)
 
 
 def _patchset(cfg: StudyConfig, command: str) -> tuple[PatchMeta | None, list[Problem]]:

@@ -32,8 +32,9 @@ from geofuse.io_utils import atomic_write_text
 
 HISTORY_COLUMNS = (
     "epoch", "train_loss", "train_accuracy", "train_f1_macro", "val_loss", "val_accuracy",
-    "val_f1_macro", "train_iou", "val_iou", "lr",
-)  # the IoU columns are filled by segmentation runs only
+    "val_f1_macro", "train_iou", "val_iou", "train_rmse", "val_rmse", "train_r2", "val_r2",
+    "lr",
+)  # the IoU columns are filled by segmentation runs only, RMSE and R2 by regression runs
 
 
 @dataclass(frozen=True)

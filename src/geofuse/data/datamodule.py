@@ -67,6 +67,8 @@ def check_splits(patches: PatchSet, source: str | Path = "PatchSet") -> None:
                 "splits (check splits.val_fraction)"
             )
         missing = [c for c, n in counts.items() if n == 0]
+        if patches.regression:  # strata of continuous targets: any spread of values trains
+            continue
         if patches.multilabel:
             _warn_untrained(patches, missing, split, source)
             continue
@@ -127,7 +129,8 @@ def normalized_tabular(
 
 class PatchDataset(Dataset[Sample]):
     """Samples ``{"image": (C, P, P) float tensor, "label": int, "index": int}``; the label
-    of a multi-label PatchSet is its (K,) float32 multi-hot label set.
+    of a multi-label PatchSet is its (K,) float32 multi-hot label set, of a regression set its
+    value (float).
 
     With ``tabular``, samples also hold ``"tab"``: the row's (F,) float32 attributes.
 
@@ -152,11 +155,12 @@ class PatchDataset(Dataset[Sample]):
 
     def __getitem__(self, i: int) -> Sample:
         row = int(self.indices[i])
-        multi_hot = self.patches.multi_hot
+        multi_hot, values = self.patches.multi_hot, self.patches.values
+        label: Any = (torch.from_numpy(multi_hot[row].astype(np.float32)) if multi_hot is not None
+                      else float(values[row]) if values is not None else int(self.patches.y[row]))
         sample: Sample = {
             "image": torch.from_numpy(self.patches.x[row].copy()),
-            "label": int(self.patches.y[row]) if multi_hot is None
-            else torch.from_numpy(multi_hot[row].astype(np.float32)),
+            "label": label,
             "index": row,
         }
         if self.tabular is not None:

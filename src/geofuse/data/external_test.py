@@ -54,10 +54,18 @@ def with_external_test(train: PatchSet, test: PatchSet, name: str) -> PatchSet:
         which = "training" if train.masks is not None else "external test"
         raise ConfigError(f"only the {which} set carries pixel masks (external test set "
                           f"{name!r}); read both with the same dataset.target")
+    if train.regression != test.regression:
+        which = "training" if train.regression else "external test"
+        raise ConfigError(f"only the {which} set carries continuous targets (external test set "
+                          f"{name!r}); read both with the same dataset.target")
     if train.multilabel or test.multilabel:
         _check_multilabel(train, test, name)
         dropped: dict[str, int] = {}
         y = test.y
+    elif train.regression:  # every value is a valid target; strata unknown to train -> first
+        known = {c: k for k, c in enumerate(train.class_names)}
+        y = np.array([known.get(c, 0) for c in np.array(test.class_names)[test.y]], np.int64)
+        dropped = {}
     elif train.masks is not None:
         test, y, test_masks, dropped = _known_mask_classes(train, test, name)
         masks = np.concatenate([train.masks, test_masks])
@@ -83,6 +91,8 @@ def with_external_test(train: PatchSet, test: PatchSet, name: str) -> PatchSet:
         nodata_fraction=np.concatenate([train.nodata_fraction, test.nodata_fraction]),
         tabular=tab, provenance={**train.provenance, "external_test": info},
         **({"masks": masks} if masks is not None else {}),
+        **({"values": np.concatenate([train.values, test.values])}
+           if train.values is not None and test.values is not None else {}),
     )
 
 

@@ -83,6 +83,11 @@ class PatchSet:
         timestamps: the dates of a time series (T); ``x`` then stacks the T steps time-major
             ((N, T * C, P, P), channel ``t * C + c``) with band names ``band@date``
             (:func:`temporal_band_names`); ``None`` for a single date.
+        values: optional float32 (N,) continuous target of a regression set (e.g. the
+            population of a 1 km cell), in its physical unit; ``y`` then holds each patch's
+            stratum (a range of values, named by ``class_names``) used for stratified splits
+            and folds. ``None`` for classification sets.
+        value_name: what ``values`` measure (e.g. ``population``).
     """
 
     x: np.ndarray
@@ -102,6 +107,8 @@ class PatchSet:
     masks: np.ndarray | None = None
     mask_names: list[str] = field(default_factory=list)
     timestamps: list[str] | None = None
+    values: np.ndarray | None = None
+    value_name: str = ""
 
     def __post_init__(self) -> None:
         n = len(self.x)
@@ -130,6 +137,22 @@ class PatchSet:
         self._check_multi_hot()
         self._check_masks()
         self._check_timestamps()
+        self._check_values()
+
+    def _check_values(self) -> None:
+        if self.values is None:
+            if self.value_name:
+                raise ValueError("value_name given without values")
+            return
+        self.values = np.asarray(self.values, dtype=np.float32)
+        if self.values.shape != (len(self.x),):
+            raise ValueError(f"values must be (N,) = ({len(self.x)},); got {self.values.shape}")
+        if not np.isfinite(self.values).all():
+            raise ValueError(f"values hold {int((~np.isfinite(self.values)).sum())} NaN or "
+                             "infinite target(s)")
+        if self.multi_hot is not None or self.masks is not None:
+            raise ValueError("a regression set (values) cannot also hold label sets or masks")
+        self.value_name = self.value_name or "value"
 
     def _check_masks(self) -> None:
         self.mask_names = list(self.mask_names)
@@ -218,8 +241,14 @@ class PatchSet:
         """Whether each patch carries a set of labels (``multi_hot``) instead of one class."""
         return self.multi_hot is not None
 
+    @property
+    def regression(self) -> bool:
+        """Whether each patch carries a continuous target (``values``) instead of a class."""
+        return self.values is not None
+
     def targets(self, indices: np.ndarray | None = None) -> np.ndarray:
-        """Training targets: ``multi_hot`` rows (N, K) of a multi-label set, else ``y`` (N,)."""
+        """Class targets: ``multi_hot`` rows (N, K) of a multi-label set, else ``y`` (N,) (of
+        a regression set its strata; the regression targets are ``values``)."""
         t = self.multi_hot if self.multi_hot is not None else self.y
         return t if indices is None else t[indices]
 
@@ -262,6 +291,7 @@ class PatchSet:
             tabular=None if self.tabular is None else self.tabular[sel],
             multi_hot=None if self.multi_hot is None else self.multi_hot[sel],
             masks=None if self.masks is None else self.masks[sel],
+            values=None if self.values is None else self.values[sel],
         )
 
     def split_indices(self, name: str) -> np.ndarray:
@@ -284,6 +314,7 @@ class PatchSet:
             tabular_names=list(self.tabular_names), multi_hot=self.multi_hot,
             masks=self.masks, mask_names=list(self.mask_names),
             timestamps=None if self.timestamps is None else list(self.timestamps),
+            values=self.values, value_name=self.value_name,
         )
         fields.update(changes)
         return PatchSet(**fields)
@@ -357,6 +388,9 @@ class PatchSet:
                              else None)
         if self.timestamps is not None:
             f.attrs["timestamps"] = json.dumps(self.timestamps)
+        if self.values is not None:
+            f.attrs["value_name"] = self.value_name
+            f.create_dataset("values", data=self.values)
 
     @classmethod
     def load(cls, path: str | Path) -> PatchSet:
@@ -388,6 +422,8 @@ class PatchSet:
                     mask_names=json.loads(f.attrs.get("mask_names", "[]")),
                     timestamps=json.loads(f.attrs["timestamps"]) if "timestamps" in f.attrs
                     else None,
+                    values=f["values"][()] if "values" in f else None,
+                    value_name=str(f.attrs.get("value_name", "")) if "values" in f else "",
                 )
         except OSError as err:
             raise DataNotFoundError(

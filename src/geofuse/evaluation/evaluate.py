@@ -167,6 +167,15 @@ def evaluate_run(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
             run.path, patches, task, data, cfg.train.tta, cfg.guards, read_history(run.history),
             info.get("collapse_stop", {}).get("reason"))
         return _write_metrics(run, epoch, results, verdict, verbose)
+    if task.regression:
+        from geofuse.evaluation.regression_evaluate import evaluate_values, predict_values
+
+        results, verdict = evaluate_values(
+            run.path, patches, lambda split: predict_values(task, data.loader(split),
+                                                            cfg.train.tta),
+            cfg.guards, read_history(run.history), info.get("frozen_fraction"),
+            info.get("collapse_stop", {}).get("reason"))
+        return _write_metrics(run, epoch, results, verdict, verbose)
     for split in EVAL_SPLITS:
         if len(patches.split_indices(split)):
             y_true, probs = predict_probabilities(task, data.loader(split), tta=cfg.train.tta)

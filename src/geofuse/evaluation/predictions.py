@@ -15,7 +15,9 @@ File layout (NumPy ``.npz``, uncompressed, written atomically):
   mean over the 8 flips and rotations with ``train.tta``), of a multi-label model the
   per-class sigmoids, of a scikit-learn baseline ``predict_proba`` (multi-label:
   :func:`~geofuse.models.forest.label_probabilities`);
-- ``targets``: int64 (N,) true class indices, or uint8 (N, K) true label sets.
+- ``targets``: int64 (N,) true class indices, or uint8 (N, K) true label sets; of a
+  regression run float32 (N,) true values, with the predicted values as the single column of
+  ``probabilities`` (N, 1).
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ class Predictions:
         """Whether the targets are label sets (N, K)."""
         return self.targets.ndim == 2
 
+    @property
+    def regression(self) -> bool:
+        """Whether the targets are continuous values (the predictions: ``values``)."""
+        return np.issubdtype(self.targets.dtype, np.floating) and self.targets.ndim == 1
+
+    def values(self) -> np.ndarray:
+        """Predicted values (N,) of a regression run."""
+        return self.probabilities[:, 0]
+
     def labels(self) -> np.ndarray:
         """Predicted class indices (single-label: the most probable class)."""
         return self.probabilities.argmax(axis=1)
@@ -67,7 +78,10 @@ def save_predictions(run_dir: str | Path, indices: np.ndarray, probabilities: np
     if not len(indices) == len(probabilities) == len(targets):
         raise ValueError(f"{split} predictions: {len(indices)} indices, {len(probabilities)} "
                          f"probability rows, {len(targets)} targets")
-    targets = targets.astype(np.uint8 if targets.ndim == 2 else np.int64)
+    if not np.issubdtype(targets.dtype, np.floating) or targets.ndim == 2:
+        targets = targets.astype(np.uint8 if targets.ndim == 2 else np.int64)
+    else:  # regression: true values
+        targets = targets.astype(np.float32)
     path = Path(run_dir) / predictions_file(split)
     with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, indices=indices, probabilities=probabilities, targets=targets)

@@ -84,9 +84,9 @@ def cell_importance(run_dir: Path, n_repeats: int, seed: int) -> dict[str, Any] 
                       "importance skipped", stacklevel=2)
         return None
     info = run.read_json(run.run_json)
-    if info.get("task") == "segmentation":
-        warnings.warn(f"{run.name}: permutation importance is not computed for segmentation "
-                      "runs (per-pixel masks); skipped", stacklevel=2)
+    if info.get("task") in ("segmentation", "regression"):
+        warnings.warn(f"{run.name}: permutation importance is not computed for "
+                      f"{info['task']} runs; skipped", stacklevel=2)
         return None
     patches = PatchSet.load(info["patches_path"]).select_bands(info["bands"])
     val = patches.split_indices("val")

@@ -74,7 +74,8 @@ def study_folds(cfg: StudyConfig, patches: PatchSet) -> FoldAssignment:
 
 def _data_fingerprint(patches: PatchSet, folds: FoldAssignment) -> str:
     h = hashlib.sha1()
-    for arr in (patches.x, patches.targets(), folds.fold):
+    values = () if patches.values is None else (patches.values,)
+    for arr in (patches.x, patches.targets(), *values, folds.fold):
         h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
     h.update(json.dumps([patches.band_names, patches.class_names,
                          folds.units.tolist()]).encode())
@@ -168,6 +169,8 @@ def _run_study_locked(
             nan = float("nan")
             scores = (f"val IoU {val.get('iou', nan):.3f}, F1 {val.get('f1', nan):.3f}"
                       if val.get("segmentation") else
+                      f"val R2 {val.get('r2', nan):.3f}, RMSE {val.get('rmse', nan):.4g}"
+                      if val.get("regression") else
                       f"val macro F1 {val.get('f1_macro', nan):.3f}, "
                       f"accuracy {val.get('accuracy', nan):.3f}")
             console.print(
@@ -203,7 +206,9 @@ def _write_study_json(
         "schema_version": SCHEMA_VERSION, "kind": kind, "name": study_dir.name,
         "created_at": created, "updated_at": now, "geofuse_version": geofuse.__version__,
         "config_file": str(cfg.source) if cfg.source is not None else None,
-        "primary_metric": "iou" if patches.segmentation else "f1_macro",
+        "primary_metric": "iou" if patches.segmentation else "r2" if patches.regression
+        else "f1_macro",
+        **({"value_name": patches.value_name} if patches.regression else {}),
         "baseline_config_id": None, **(extra or {}),
         "grid": {
             "config_ids": config_ids,
@@ -349,13 +354,18 @@ def print_results(study_dir: Path, console_out: Console | None = None) -> None:
     frame = results_frame(study_dir)
     if frame.empty:
         return
-    seg = "val_iou" in frame
-    first, second = ("val_iou", "val_f1") if seg else ("val_f1_macro", "val_accuracy")
-    table = Table("config", "cells", "val IoU" if seg else "val macro F1",
-                  "val F1" if seg else "val accuracy", "train-val gap")
+    seg, reg = "val_iou" in frame, "val_r2" in frame
+    first, second = (("val_iou", "val_f1") if seg else ("val_r2", "val_rmse") if reg else
+                     ("val_f1_macro", "val_accuracy"))
+    names = (("val IoU", "val F1") if seg else ("val R2", "val RMSE") if reg else
+             ("val macro F1", "val accuracy"))
+    table = Table("config", "cells", *names, "train-val gap")
     for config_id, rows in frame.groupby("config_id", sort=False):
         def ms(col: str, rows: Any = rows) -> str:
             v = rows[col].astype(float)
-            return f"{v.mean():.3f} ± {v.std(ddof=0):.3f}" if v.notna().any() else "-"
+            if not v.notna().any():
+                return "-"
+            return (f"{v.mean():.4g} ± {v.std(ddof=0):.3g}" if col == "val_rmse" else
+                    f"{v.mean():.3f} ± {v.std(ddof=0):.3f}")
         table.add_row(str(config_id), str(len(rows)), ms(first), ms(second), ms("gap_accuracy"))
     (console_out or Console()).print(table)

@@ -74,7 +74,7 @@ from geofuse.training.train import train_model
 
 SCHEMA_VERSION = 1
 HISTORY_KEYS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "train_f1_macro",
-                "val_f1_macro", "train_iou", "val_iou")
+                "val_f1_macro", "train_iou", "val_iou", "train_r2", "val_r2", "val_rmse")
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,8 @@ def _point(row: dict[str, Any]) -> dict[str, Any]:
     out = {"epoch": row.get("epoch"), **{k: row.get(k) for k in HISTORY_KEYS}}
     ta, va, tl, vl = (row.get(k) for k in ("train_accuracy", "val_accuracy", "train_loss",
                                             "val_loss"))
+    if ta is None and va is None:  # regression: the R2 gap
+        ta, va = row.get("train_r2"), row.get("val_r2")
     out["gap_accuracy"] = ta - va if ta is not None and va is not None else None
     out["gap_loss"] = vl - tl if tl is not None and vl is not None else None
     return out
@@ -262,6 +264,9 @@ def _flatten(cell: dict[str, Any]) -> dict[str, Any]:
             row[f"{split}_{key}"] = m.get(key)
         if m.get("segmentation"):  # the change class of a binary mask, else averages
             for key in ("iou", "f1", "precision", "recall", "mean_iou"):
+                row[f"{split}_{key}"] = m.get(key)
+        if m.get("regression"):
+            for key in ("r2", "rmse", "mae", "bias", "pearson_r", "spearman_r"):
                 row[f"{split}_{key}"] = m.get(key)
         for name, pc in (m.get("per_class") or {}).items():
             row[f"{split}_f1_{name}"] = pc.get("f1")

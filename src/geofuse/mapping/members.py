@@ -127,11 +127,16 @@ def _kind(model: str, segmentation: bool) -> str:
 
 
 def _refuse_unsupported(run: Path, info: dict[str, Any]) -> None:
-    """Multi-label and image + table runs cannot map a scene: one-line ConfigError."""
+    """Multi-label, regression and image + table runs cannot map a scene: one-line
+    ConfigError."""
     metrics = run / "metrics.json"
     if metrics.is_file() and (_read_json(metrics).get("val") or {}).get("multilabel"):
         raise ConfigError(f"run {str(run)!r} is multi-label (label sets per patch); "
                           "'geofuse predict' maps single-label and segmentation runs only")
+    if info.get("task") == "regression":
+        raise ConfigError(f"run {str(run)!r} estimates a continuous value per patch "
+                          f"({info.get('value_name', 'value')}); 'geofuse predict' maps class "
+                          "and segmentation runs only")
     if (run / "tabular_normalization.json").is_file():
         raise ConfigError(f"run {str(run)!r} uses tabular attributes per patch "
                           f"({info.get('model', {}).get('name')}), which a scene does not "

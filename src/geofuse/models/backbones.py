@@ -179,9 +179,9 @@ class BackboneClassifier(nn.Module):
         if backbone not in BACKBONES:
             raise ConfigError(f"unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
         check_adaptation(adaptation)
-        if in_channels < 1 or num_classes < 2 or patch_size < 1:
+        if in_channels < 1 or num_classes < 1 or patch_size < 1:
             raise ConfigError(
-                f"{backbone} needs >= 1 band, >= 2 classes and patch_size >= 1, got "
+                f"{backbone} needs >= 1 band, >= 1 output and patch_size >= 1, got "
                 f"in_channels={in_channels}, num_classes={num_classes}, patch_size={patch_size}; "
                 "check train.bands, the label classes and extract.patch_size"
             )

@@ -19,7 +19,7 @@ import joblib
 import numpy as np
 import torch
 from sklearn.base import ClassifierMixin
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.multiclass import OneVsRestClassifier
@@ -29,11 +29,14 @@ from sklearn.preprocessing import StandardScaler
 from geofuse.config import BaselineConfig, StudyConfig, load_config
 from geofuse.data.normalize import BandStats
 from geofuse.data.patchset import PatchSet
+from geofuse.errors import ConfigError
 from geofuse.evaluation.metrics import classification_metrics
 from geofuse.evaluation.multilabel_metrics import multilabel_metrics
 from geofuse.evaluation.predictions import save_predictions
+from geofuse.evaluation.regression_metrics import regression_metrics
 from geofuse.io_utils import atomic_path, atomic_write_json
 from geofuse.rundir import RunDir, read_history, write_history
+from geofuse.training._regression import TargetScaler
 from geofuse.training.guards import print_verdict, run_guards
 
 BASELINES = ("random_forest", "logistic_regression")
@@ -71,13 +74,20 @@ def patch_features(x: np.ndarray, kind: str, band_means: np.ndarray) -> np.ndarr
     return np.concatenate(feats, axis=1).astype(np.float32)
 
 
-def build_estimator(name: str, cfg: BaselineConfig, seed: int, multilabel: bool = False
-                    ) -> ClassifierMixin | Pipeline:
+def build_estimator(name: str, cfg: BaselineConfig, seed: int, multilabel: bool = False,
+                    regression: bool = False) -> ClassifierMixin | Pipeline:
     """The unfitted scikit-learn classifier ``name`` (features standardised for logistic).
 
     For multi-label targets the forest is fitted as one multi-output forest, the logistic
-    regression one-vs-rest (a class absent from the train split is predicted constant).
+    regression one-vs-rest (a class absent from the train split is predicted constant). For
+    continuous targets (``regression``) the forest is a regression forest.
     """
+    if regression:
+        if name != "random_forest":
+            raise ConfigError(f"train.model.name = {name!r} is a classifier, but the patches "
+                              "carry continuous targets (regression); use random_forest")
+        return RandomForestRegressor(n_estimators=cfg.n_estimators, max_depth=cfg.max_depth,
+                                     random_state=seed, n_jobs=torch.get_num_threads())
     if name == "random_forest":
         return RandomForestClassifier(n_estimators=cfg.n_estimators, max_depth=cfg.max_depth,
                                       random_state=seed, n_jobs=torch.get_num_threads())
@@ -104,11 +114,27 @@ def _estimator(model: Any) -> Any:
 
 def _split(patches: PatchSet, split: str, kind: str, means: np.ndarray) -> tuple[np.ndarray, ...]:
     idx = patches.split_indices(split)
-    return patch_features(patches.x[idx], kind, means), patches.targets(idx)
+    targets = patches.values[idx] if patches.values is not None else patches.targets(idx)
+    return patch_features(patches.x[idx], kind, means), targets
 
 
-def _scores(model: Any, patches: PatchSet, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """Metrics of one split (single- or multi-label)."""
+def _scaler(cfg: StudyConfig, patches: PatchSet) -> TargetScaler:
+    """The target scaling of a regression forest: that of the networks (train split)."""
+    assert patches.values is not None
+    return TargetScaler.fit(patches.values[patches.split_indices("train")],
+                            cfg.train.target_transform)
+
+
+def _values(model: Any, scaler: TargetScaler, x: np.ndarray) -> np.ndarray:
+    """A regression forest's predictions in the target's unit."""
+    return scaler.decode_numpy(model.predict(x))
+
+
+def _scores(model: Any, patches: PatchSet, x: np.ndarray, y: np.ndarray,
+            scaler: TargetScaler | None = None) -> dict[str, Any]:
+    """Metrics of one split (single- or multi-label, or regression with ``scaler``)."""
+    if scaler is not None:
+        return regression_metrics(y, _values(model, scaler, x))
     names = list(patches.class_names)
     if patches.multilabel:
         return multilabel_metrics(y, label_probabilities(model, x, len(names)), names)
@@ -123,11 +149,19 @@ def _loss(model: Any, patches: PatchSet, x: np.ndarray, y: np.ndarray) -> float:
     return float(log_loss(y, model.predict_proba(x), labels=list(range(patches.num_classes))))
 
 
-def _history_row(model: Any, patches: PatchSet, kind: str, means: np.ndarray) -> dict[str, Any]:
-    """Epoch-0 row of history.csv: log-loss and accuracy on train, and on val with macro F1."""
+def _history_row(model: Any, patches: PatchSet, kind: str, means: np.ndarray,
+                 scaler: TargetScaler | None = None) -> dict[str, Any]:
+    """Epoch-0 row of history.csv: log-loss and accuracy on train, and on val with macro F1
+    (regression: the standardised target's MSE, RMSE and R2)."""
     row: dict[str, Any] = {"epoch": 0, "lr": None}
     for split in ("train", "val"):
         x, y = _split(patches, split, kind, means)
+        if scaler is not None:
+            z_true = scaler.encode(torch.from_numpy(np.asarray(y, np.float32))).numpy()
+            row[f"{split}_loss"] = float(((model.predict(x) - z_true) ** 2).mean())
+            scores = _scores(model, patches, x, y, scaler)
+            row[f"{split}_rmse"], row[f"{split}_r2"] = scores["rmse"], scores["r2"]
+            continue
         row[f"{split}_loss"] = _loss(model, patches, x, y)
         scores = _scores(model, patches, x, y)
         row[f"{split}_accuracy"] = scores["accuracy"]
@@ -161,12 +195,18 @@ def fit_baseline(
     means = np.asarray(stats.mean)
     started = time.perf_counter()
     x, y = _split(patches, "train", base.features, means)
-    model = build_estimator(name, base, cfg.seed, patches.multilabel).fit(x, y)
+    scaler = _scaler(cfg, patches) if patches.regression else None
+    if scaler is not None:  # the networks' standardised target
+        y = scaler.encode(torch.from_numpy(np.asarray(y, np.float32))).numpy()
+    model = build_estimator(name, base, cfg.seed, patches.multilabel,
+                            patches.regression).fit(x, y)
     seconds = time.perf_counter() - started
     path = run.path / MODEL_FILE
     with atomic_path(path, suffix=".joblib") as tmp:
         joblib.dump(model, tmp)
-    write_history(run.history, [_history_row(model, patches, base.features, means)])
+    write_history(run.history, [_history_row(model, patches, base.features, means, scaler)])
+    if scaler is not None:
+        info["target_scaler"] = scaler.to_dict()
     info["model"] = {"name": name, "kwargs": base.model_dump(
         mode="json", exclude=set(pixel_forest.PIXEL_OPTIONS))}
     info["sessions"][-1].update(train_s=round(seconds, 3), epochs_at_end=1)
@@ -197,14 +237,17 @@ def evaluate_baseline(run_dir: str | Path, verbose: bool = True) -> dict[str, An
     patches = PatchSet.load(info["patches_path"]).select_bands(info["bands"])
     means = np.asarray(BandStats.load(run.normalization).mean)
     model = joblib.load(model_path)
+    scaler = TargetScaler(**info["target_scaler"]) if "target_scaler" in info else None
     results: dict[str, Any] = {}
     for split in EVAL_SPLITS:
         if len(patches.split_indices(split)):
             x, y = _split(patches, split, cfg.train.baseline.features, means)
-            results[split] = _scores(model, patches, x, y)
+            results[split] = _scores(model, patches, x, y, scaler)
             if split in ("val", "test"):  # for fold ensembles and bootstraps over groups
                 k = patches.num_classes
-                if patches.multilabel:
+                if scaler is not None:
+                    probs = _values(model, scaler, x)[:, None]
+                elif patches.multilabel:
                     probs = label_probabilities(model, x, k)
                 else:  # columns of the classes seen in training; the others keep 0
                     probs = np.zeros((len(x), k))

@@ -32,9 +32,9 @@ from geofuse.models.encoders import (
 
 
 def _check_classes(name: str, num_classes: int) -> None:
-    if num_classes < 2:
+    if num_classes < 1:
         raise ConfigError(
-            f"{name} needs >= 2 classes, got num_classes={num_classes}; check the label classes"
+            f"{name} needs >= 1 output, got num_classes={num_classes}; check the label classes"
         )
 
 
@@ -135,6 +135,8 @@ class DecisionFusion(nn.Module):
         multilabel: mix per-class sigmoid probabilities instead,
             ``p(c) = sum_m w_m sigmoid(logits_m(c))``, and return ``logit p`` (so that
             ``sigmoid`` of the output is the mixture and BCE on it its exact likelihood).
+        regression: mix the modalities' outputs themselves, ``sum_m w_m out_m`` (a weighted
+            mean of per-modality estimates of a continuous target).
     """
 
     def __init__(
@@ -148,9 +150,11 @@ class DecisionFusion(nn.Module):
         hidden: int = 128,
         dropout: float = 0.5,
         multilabel: bool = False,
+        regression: bool = False,
     ) -> None:
         super().__init__()
         self.multilabel = multilabel
+        self.regression = regression
         _check_classes("decision_fusion", num_classes)
         self.modalities = resolve_modalities("decision_fusion", in_channels, modalities)
         self.encoders = _encoders("decision_fusion", self.modalities, patch_size, encoders)
@@ -193,6 +197,9 @@ class DecisionFusion(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Log-probabilities (B, num_classes) of the weighted probability mixture (multi-label:
         the mixture's per-class log-odds)."""
+        if self.regression:
+            z = torch.stack(list(self.modality_logits(x).values()), dim=0)  # M, B, K
+            return (self.modality_weights.view(-1, 1, 1) * z).sum(dim=0)
         log_w = torch.log(self.modality_weights).view(-1, 1, 1)  # a zero weight gives -inf
         if self.multilabel:
             z = torch.stack(list(self.modality_logits(x).values()), dim=0)  # M, B, K

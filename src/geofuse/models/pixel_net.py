@@ -38,9 +38,9 @@ class PixelNet(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, patch_size: int, hidden: int = 64,
                  dropout: float = 0.2, kernel_size: int = 1) -> None:
         super().__init__()
-        if in_channels < 1 or num_classes < 2 or patch_size < 1 or hidden < 1:
+        if in_channels < 1 or num_classes < 1 or patch_size < 1 or hidden < 1:
             raise ConfigError(
-                f"pixel_net needs >= 1 band, >= 2 classes, patches of >= 1 px and hidden >= 1, "
+                f"pixel_net needs >= 1 band, >= 1 output, patches of >= 1 px and hidden >= 1, "
                 f"got in_channels={in_channels}, num_classes={num_classes}, "
                 f"patch_size={patch_size}, hidden={hidden}; check train.bands, the classes and "
                 "train.model.hidden")

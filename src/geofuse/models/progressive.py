@@ -98,9 +98,9 @@ class ProgressiveFusion(nn.Module):
     ) -> None:
         super().__init__()
         check_patch_size("progressive_fusion", patch_size)
-        if num_classes < 2 or se_reduction < 1 or refinement_passes < 0 or len(channels) < 2:
+        if num_classes < 1 or se_reduction < 1 or refinement_passes < 0 or len(channels) < 2:
             raise ConfigError(
-                f"progressive_fusion needs num_classes >= 2, se_reduction >= 1, "
+                f"progressive_fusion needs num_classes >= 1, se_reduction >= 1, "
                 f"refinement_passes >= 0 and >= 2 stages; got num_classes={num_classes}, "
                 f"se_reduction={se_reduction}, refinement_passes={refinement_passes}, "
                 f"channels={channels}; fix train.model"

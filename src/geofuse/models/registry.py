@@ -57,7 +57,7 @@ SEGMENTATION_MODELS: tuple[str, ...] = ("lstm_unet", "unet_early", "siamese_unet
 
 _REQUIRED = ("in_channels", "num_classes", "patch_size")
 # given by geofuse, not config options
-_SUPPLIED = (*_REQUIRED, "band_names", "multilabel", "time_steps")
+_SUPPLIED = (*_REQUIRED, "band_names", "multilabel", "regression", "time_steps")
 
 
 def list_models() -> list[str]:
@@ -104,6 +104,12 @@ def is_segmentation_model(name: str) -> bool:
     return name in SEGMENTATION_MODELS
 
 
+def takes_regression(name: str) -> bool:
+    """Whether model ``name``'s output layer depends on continuous targets (``regression``);
+    every other model's single output is read as the value itself."""
+    return "regression" in inspect.signature(_builder(name)).parameters
+
+
 def takes_multilabel(name: str) -> bool:
     """Whether model ``name``'s output layer depends on multi-label targets (``multilabel``);
     every other model returns logits that the task reads through a sigmoid or a softmax."""
@@ -145,7 +151,7 @@ def _builder(name: str) -> ModelBuilder:
 def create_model(
     name: str, in_channels: int, num_classes: int, patch_size: int,
     band_names: Sequence[str] | None = None, multilabel: bool = False, time_steps: int = 1,
-    **kwargs: Any,
+    regression: bool = False, **kwargs: Any,
 ) -> nn.Module:
     """Build the registered model ``name``.
 
@@ -159,6 +165,8 @@ def create_model(
             depends on it (:func:`takes_multilabel`).
         time_steps: dates T stacked time-major in the channels; passed on only to models
             that take it (:func:`takes_time_steps`).
+        regression: one continuous target per patch (``num_classes`` = 1 output); passed on
+            only to models whose output depends on it (:func:`takes_regression`).
         **kwargs: model-specific options (e.g. ``hidden``, ``dropout``).
 
     Raises:
@@ -176,6 +184,8 @@ def create_model(
         kwargs["band_names"] = list(band_names)
     if multilabel and takes_multilabel(name):
         kwargs["multilabel"] = True
+    if regression and takes_regression(name):
+        kwargs["regression"] = True
     if takes_time_steps(name):
         kwargs["time_steps"] = time_steps
     return builder(in_channels=in_channels, num_classes=num_classes, patch_size=patch_size,

@@ -71,9 +71,9 @@ class SimpleCNN(nn.Module):
                 f"simple_cnn needs patches of at least {MIN_PATCH_SIZE}x{MIN_PATCH_SIZE} pixels "
                 f"(two 2x2 poolings), got patch_size={patch_size}; raise extract.patch_size"
             )
-        if in_channels < 1 or num_classes < 2:
+        if in_channels < 1 or num_classes < 1:
             raise ConfigError(
-                f"simple_cnn needs >= 1 band and >= 2 classes, got in_channels={in_channels}, "
+                f"simple_cnn needs >= 1 band and >= 1 output, got in_channels={in_channels}, "
                 f"num_classes={num_classes}; check train.bands and the label classes"
             )
         if pool not in ("flatten", "avg", "stats"):

@@ -97,9 +97,9 @@ class TabularFusion(nn.Module):
             raise ConfigError(
                 f"tabular_fusion: mode={mode!r} is not supported; use one of {', '.join(MODES)}"
             )
-        if num_classes < 2 or num_tabular < 0:
+        if num_classes < 1 or num_tabular < 0:
             raise ConfigError(
-                f"tabular_fusion needs >= 2 classes and >= 0 attributes, got "
+                f"tabular_fusion needs >= 1 output and >= 0 attributes, got "
                 f"num_classes={num_classes}, num_tabular={num_tabular}; check the PatchSet"
             )
         self.mode = mode

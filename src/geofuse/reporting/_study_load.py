@@ -55,10 +55,16 @@ class Study:
                    for c in self.cells)
 
     @property
+    def regression(self) -> bool:
+        """Whether the cells hold regression metrics (``val`` with ``regression: True``)."""
+        return any(isinstance(c.get("val"), Mapping) and c["val"].get("regression")
+                   for c in self.cells)
+
+    @property
     def primary_metric(self) -> str:
         """The metric the statistics compare unless told otherwise: IoU of segmentation
-        studies, macro F1 otherwise."""
-        return "iou" if self.segmentation else "f1_macro"
+        studies, R2 of regression studies, macro F1 otherwise."""
+        return "iou" if self.segmentation else "r2" if self.regression else "f1_macro"
 
     @property
     def multilabel(self) -> bool:
@@ -91,14 +97,14 @@ def _read_cell(path: Path) -> dict[str, Any]:
     missing = [k for k in ("config_id", "seed", "fold") if k not in raw]
     if missing:
         raise ValueError(f"missing keys {missing}")
-    if not isinstance(raw.get("val"), dict) or "f1_macro" not in raw["val"]:
+    if not isinstance(raw.get("val"), dict) or not ({"f1_macro", "r2"} & set(raw["val"])):
         raise ValueError("no validation metrics ('val')")
     over = raw.get("overfitting") or {}
     best, final = over.get("best") or {}, over.get("final") or {}
     # the selection score: IoU of a segmentation cell (and its train - val IoU gap, the
     # land-take experiment's overfitting analysis), else macro F1 and the accuracy gap
     seg = raw["val"].get("segmentation") and best.get("val_iou") is not None
-    score = "val_iou" if seg else "val_f1_macro"
+    score = "val_iou" if seg else "val_r2" if raw["val"].get("regression") else "val_f1_macro"
     gap = (best["train_iou"] - best["val_iou"] if seg and best.get("train_iou") is not None
            else best.get("gap_accuracy"))
     runner = {"best_epoch": over.get("best_epoch"), "final_epoch": over.get("final_epoch"),
@@ -120,6 +126,7 @@ def _normalise_meta(meta: dict[str, Any]) -> dict[str, Any]:
     data = dict(meta.get("data") or {})
     data.setdefault("class_names", meta.get("class_names"))
     data.setdefault("mask_names", meta.get("mask_names"))
+    data.setdefault("value_name", meta.get("value_name"))
     return {"name": meta.get("name"), "config": meta.get("config") or {}, "grid": grid,
             "baseline": meta.get("baseline", meta.get("baseline_config_id")), "data": data,
             "kind": meta.get("kind"), "config_file": meta.get("config_file")}

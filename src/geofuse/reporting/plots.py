@@ -34,10 +34,12 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]]) -> Figure:
     ax_loss, ax_score, ax_lr = fig.subplots(1, 3)
     for key, label in (("train_loss", "train"), ("val_loss", "val")):
         ax_loss.plot(*_series(history, key), marker="o", ms=3, label=label)
-    for key, label, style in (("train_accuracy", "train accuracy", "C0-"),
-                              ("val_accuracy", "val accuracy", "C1-"),
-                              ("train_f1_macro", "train macro F1", "C0--"),
-                              ("val_f1_macro", "val macro F1", "C1--")):
+    regression = any(row.get("val_r2") is not None for row in history)
+    scores = ((("train_r2", "train R2", "C0-"), ("val_r2", "val R2", "C1-")) if regression else
+              (("train_accuracy", "train accuracy", "C0-"), ("val_accuracy", "val accuracy", "C1-"),
+               ("train_f1_macro", "train macro F1", "C0--"),
+               ("val_f1_macro", "val macro F1", "C1--")))
+    for key, label, style in scores:
         epochs, values = _series(history, key)
         if epochs:  # runs written before train macro F1 was recorded lack it
             ax_score.plot(epochs, values, style, marker="o", ms=3, label=label)
@@ -49,7 +51,11 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]]) -> Figure:
         for ax in (ax_loss, ax_score):
             ax.axvline(best, color="tab:red", ls="--", lw=1, label=f"best epoch {best}")
     ax_loss.set(title="Loss", xlabel="epoch", ylabel="training loss (train.loss)")
-    ax_score.set(title="Accuracy and macro F1", xlabel="epoch", ylim=(0, 1.02))
+    if regression:  # R2 has no lower bound; below -1 is off the chart
+        ax_score.set(title="R2 (coefficient of determination)", xlabel="epoch",
+                     ylim=(max(-1.0, min([0.0, *_series(history, "val_r2")[1]])), 1.02))
+    else:
+        ax_score.set(title="Accuracy and macro F1", xlabel="epoch", ylim=(0, 1.02))
     ax_lr.set(title="Learning rate", xlabel="epoch", yscale="log")
     for ax in (ax_loss, ax_score):
         ax.legend(fontsize=8)

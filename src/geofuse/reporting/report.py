@@ -8,6 +8,12 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from geofuse.io_utils import atomic_path, atomic_write_text
+from geofuse.reporting._regression_report import (
+    guard_details,
+    is_regression,
+    regression_plots,
+    regression_rows,
+)
 from geofuse.reporting._seg_report import (
     is_segmentation,
     load_split_masks,
@@ -46,6 +52,8 @@ def _write_plots(run: RunDir, metrics: dict[str, Any], info: dict[str, Any]) -> 
                 fig, run.plots / f"confusion_matrix_{split}.png")
     if is_segmentation(metrics):
         plots.update(_mask_plots(run, info))
+    if is_regression(metrics):
+        plots.update(regression_plots(run.path, run.plots, info, save_figure))
     return {key: path.relative_to(run.path).as_posix() for key, path in plots.items()}
 
 
@@ -82,6 +90,9 @@ def _guard_section(guard: dict[str, Any]) -> list[str]:
         lines += [">", "> Check class balance and splits, the learning rate, input "
                   "normalisation and frozen layers.", ""]
         return lines
+    if any("r2" in d for d in guard.get("details", {}).values()):
+        return [f"**Collapse guard: passed** ({'; '.join(guard_details(guard['details']))}).",
+                ""]
     unit = "pixel accuracy" if "iou" in next(iter(guard.get("details", {}).values()), {}) \
         else "accuracy"
     parts = [f"{split}: largest prediction share {d['max_prediction_share']:.0%}, {unit} "
@@ -151,7 +162,15 @@ def _per_class_rows(m: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     return header, rows
 
 
-def _metrics_section(metrics: dict[str, Any]) -> list[str]:
+def _metrics_section(metrics: dict[str, Any], info: dict[str, Any]) -> list[str]:
+    if is_regression(metrics):
+        scaler = info.get("target_scaler") or {}
+        note = [f"Regression of `{info.get('value_name', 'value')}`: errors in its own unit; "
+                f"the model learnt the standardised "
+                f"{'log(1 + value)' if scaler.get('transform') == 'log1p' else 'value'}. R2 "
+                "above 0 beats always predicting the split's mean.", ""]
+        return ["## Metrics (best checkpoint)", "", *note,
+                *_table(*regression_rows(metrics, info.get("value_name", "value")))]
     if is_segmentation(metrics):
         lines = ["## Metrics (best checkpoint)", "", *seg_metrics_note(metrics),
                  *_table(*seg_metrics_lines(metrics))]
@@ -193,7 +212,8 @@ def _data_section(info: dict[str, Any]) -> list[str]:
     shown = info.get("step_bands") or info["bands"]  # a time series: the bands of one date
     bands = ", ".join(f"`{b}`" for b in shown) + (
         f" at each of {info['time_steps']} dates" if info.get("step_bands") else "")
-    what = "Tiles per stratum" if info.get("task") == "segmentation" else "Patches per class"
+    what = {"segmentation": "Tiles per stratum", "regression": "Patches per stratum (value "
+            "range)"}.get(info.get("task", ""), "Patches per class")
     steps = ([f"Time series: {info['time_steps']} dates ({', '.join(info['timestamps'])}), "
               f"bands per date: {', '.join(info['step_bands'])}.", ""]
              if info.get("time_steps") else [])
@@ -204,7 +224,9 @@ def _data_section(info: dict[str, Any]) -> list[str]:
 def _plots_section(plots: dict[str, str]) -> list[str]:
     titles = {"training_curves": "Training curves", "confusion_val": "Confusion matrix (val)",
               "confusion_test": "Confusion matrix (test)",
-              "masks_val": "Example tiles (val)", "masks_test": "Example tiles (test)"}
+              "masks_val": "Example tiles (val)", "masks_test": "Example tiles (test)",
+              "scatter_val": "Observed vs predicted (val)",
+              "scatter_test": "Observed vs predicted (test)"}
     lines = ["## Plots", ""]
     for key, rel in plots.items():
         lines += [f"### {titles.get(key, key)}", "", f"![{titles.get(key, key)}]({rel})", ""]
@@ -231,7 +253,7 @@ def write_report(run_dir: str | Path) -> Path:
     metrics = run.read_json(run.metrics)
     plots = _write_plots(run, metrics, info)
     lines = [f"# Run report: {run.name}", "", *_guard_section(metrics.get("guard", {})),
-             *_metrics_section(metrics), *_summary_section(info, metrics),
+             *_metrics_section(metrics, info), *_summary_section(info, metrics),
              *_data_section(info), *_plots_section(plots), *_config_section(run)]
     atomic_write_text(run.report, "\n".join(lines))
     return run.report

@@ -99,29 +99,34 @@ def compute_study_stats(
     by_config = {cid: [c for c in study.cells if c["config_id"] == cid] for cid in scores}
     evaluated = {cid: [c for c in cells if isinstance(c.get(split), Mapping)]
                  for cid, cells in by_config.items()}
-    classes, multilabel = study.class_names, study.multilabel
+    classes, multilabel, reg = study.class_names, study.multilabel, study.regression
+    second = "rmse" if reg else "accuracy"  # the results table's second column
+    dense = study.segmentation or reg  # no patch-class test section, per-class scores
     best = max(comparable, key=lambda c: np.nan_to_num(summary[c]["mean"], nan=-np.inf))
     return {
         "metric": metric, "split": split, "unit": unit, "alpha": alpha, "baseline": baseline,
         "best": best, "notes": notes, "configs": summary, "comparisons": comparisons,
         "multilabel": multilabel, "threshold": _threshold(study, split) if multilabel else None,
-        "accuracy": st.summarize_configs(cell_scores(study, "accuracy", split), unit),
+        "regression": reg, "second": second,
+        "accuracy": st.summarize_configs(cell_scores(study, second, split), unit),
         "multilabel_means": {k: st.summarize_configs(cell_scores(study, k, split), unit)
                              for k in MULTILABEL_COLUMNS} if multilabel else {},
         "test": st.summarize_configs(cell_scores(study, metric, "test"), unit),
-        "test_accuracy": st.summarize_configs(cell_scores(study, "accuracy", "test"), unit),
+        "test_accuracy": st.summarize_configs(cell_scores(study, second, "test"), unit),
         # patch-level test section (fold ensembles, floors, bootstrap over test groups);
-        # a segmentation study's test figures are the per-pixel table of the results
-        "test_set": None if study.segmentation else study_test_stats(study, baseline, alpha),
-        "out_of_fold": None if study.segmentation else study_oof_stats(study, baseline, alpha),
-        "per_class_f1_test": {cid: {k: _class_f1(cells, "test", k) for k in classes}
-                              for cid, cells in by_config.items()
-                              if any(isinstance(c.get("test"), Mapping) for c in cells)},
-        "overfitting": {cid: st.overfitting_summary(cells, *(("IoU", "train IoU")
-                                                          if study.segmentation else ()))
-                        for cid, cells in by_config.items()},
-        "per_class_f1": {cid: {k: _class_f1(cells, split, k) for k in classes}
-                         for cid, cells in evaluated.items()},
+        # a segmentation study's test figures are the per-pixel table of the results, a
+        # regression study's the test split's R2 and RMSE of the results
+        "test_set": None if dense else study_test_stats(study, baseline, alpha),
+        "out_of_fold": None if dense else study_oof_stats(study, baseline, alpha),
+        "per_class_f1_test": {} if reg else {
+            cid: {k: _class_f1(cells, "test", k) for k in classes}
+            for cid, cells in by_config.items()
+            if any(isinstance(c.get("test"), Mapping) for c in cells)},
+        "overfitting": {cid: st.overfitting_summary(
+            cells, *(("IoU", "train IoU") if study.segmentation else ("R2", "train R2") if reg
+                     else ())) for cid, cells in by_config.items()},
+        "per_class_f1": {} if reg else {cid: {k: _class_f1(cells, split, k) for k in classes}
+                                        for cid, cells in evaluated.items()},
         "per_class_ap": {cid: {k: _class_ap(cells, split, k) for k in classes}
                          for cid, cells in evaluated.items()} if multilabel else {},
         "confusion": {cid: np.sum([c[split]["confusion_matrix"] for c in cells
@@ -129,7 +134,8 @@ def compute_study_stats(
                       for cid, cells in evaluated.items()
                       if any(c[split].get("confusion_matrix") for c in cells)},
         "curves": {cid: st.mean_curve([c["history"] for c in cells],
-                                      "val_iou" if study.segmentation else "val_f1_macro")
+                                      "val_iou" if study.segmentation else "val_r2" if reg
+                                      else "val_f1_macro")
                    for cid, cells in by_config.items()},
         "importance": {cid: imp for cid, cells in by_config.items()
                        if (imp := aggregate_importance([c["importance"] for c in cells]))},
@@ -196,10 +202,11 @@ def _results_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
     extra = s["multilabel_means"]
     rows = [[cid + (" (baseline)" if cid == s["baseline"] else ""), f"{d['n']} / {d['n_cells']}",
              _f(d["mean"]), _f(d["std"]), f"[{_f(d['ci_low'])}, {_f(d['ci_high'])}]", _f(d["cv"]),
-             _f(s["accuracy"].get(cid, {}).get("mean")),
+             _f(s["accuracy"].get(cid, {}).get("mean"), 1 if s.get("regression") else 3),
              *[_f(extra[k].get(cid, {}).get("mean")) for k in extra], collapsed.count(cid)]
             for cid, d in s["configs"].items()]
-    accuracy = "mean subset accuracy" if s["multilabel"] else "mean accuracy"
+    accuracy = ("mean subset accuracy" if s["multilabel"] else "mean RMSE" if s.get("regression")
+                else "mean accuracy")
     unit = "fold (seeds averaged within each fold)" if s["unit"] == "fold" else "(seed, fold) cell"
     sig = [c["config_id"] for c in s["comparisons"] if c["significant"]]
     blocks: list[doc.Block] = [
@@ -221,9 +228,11 @@ def _results_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
             f"section *Test set: {name}* adds the fold ensembles, intervals over test groups, "
             "the floors and the paired comparisons."), doc.Table(
             ["configuration", "units", f"mean {m}", "std", "95% CI",
-             "mean subset accuracy" if s["multilabel"] else "mean OA"],
+             "mean subset accuracy" if s["multilabel"] else "mean RMSE" if s.get("regression")
+             else "mean OA"],
             [[cid, d["n"], _f(d["mean"]), _f(d["std"]), f"[{_f(d['ci_low'])}, {_f(d['ci_high'])}]",
-              _f(acc.get(cid, {}).get("mean"))] for cid, d in s["test"].items()],
+              _f(acc.get(cid, {}).get("mean"), 1 if s.get("regression") else 3)]
+             for cid, d in s["test"].items()],
             caption=f"Test set: {name}")]
     return blocks
 
@@ -256,7 +265,7 @@ def _detail_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
     blocks: list[doc.Block] = [
         doc.Heading("Per-class F1"),
         _figure(sp.plot_per_class_heatmap(matrix, ids, classes), study, "per_class_f1",
-                "Per-class F1 across configurations")]
+                "Per-class F1 across configurations")] if ids else []
     if s["per_class_ap"]:
         ap = [[s["per_class_ap"][cid][k] for k in classes] for cid in ids]
         blocks += [doc.Heading("Per-class average precision"),
@@ -279,8 +288,10 @@ def _detail_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
     rows = [[cid, _f(o["best"]), _f(o["final"]), _f(o["drop"]), _f(o["worst_drop"]),
              _f(o["gap"]), _f(o["max_gap"]), _f(o["best_epoch"], 1), _f(o["final_epoch"], 1),
              o["flag"] or "-"] for cid, o in s["overfitting"].items()]
-    score, short = ("IoU", "IoU") if study.segmentation else ("macro F1", "F1")
-    gap = "IoU" if study.segmentation else ("subset " if s["multilabel"] else "") + "accuracy"
+    score, short = (("IoU", "IoU") if study.segmentation else ("R2", "R2") if study.regression
+                    else ("macro F1", "F1"))
+    gap = ("IoU" if study.segmentation else "R2" if study.regression else
+           ("subset " if s["multilabel"] else "") + "accuracy")
     blocks += [
         doc.Heading("Training curves and overfitting"),
         _figure(sp.plot_curves_by_config({k: v for k, v in s["curves"].items() if v[0]}),
@@ -330,6 +341,11 @@ def _data_blocks(study: Study) -> list[doc.Block]:
             if study.multilabel else [])
     header = "patches holding it" if study.multilabel else "patches"
     first = "class"
+    if study.regression:
+        first = "stratum"
+        note = [doc.Para(f"Regression of `{study.data.get('value_name') or 'value'}`: folds "
+                         "are stratified by each patch's stratum (a range of values); the "
+                         "metrics compare the values themselves.")]
     if study.segmentation:
         first, header = "stratum", "tiles"
         note = [doc.Para("Segmentation: folds are stratified by each tile's stratum (e.g. its "

@@ -27,6 +27,7 @@ from geofuse.config import GuardConfig
 from geofuse.data.patchset import MASK_IGNORE
 from geofuse.evaluation.metrics import classification_metrics
 from geofuse.evaluation.multilabel_metrics import multilabel_metrics
+from geofuse.evaluation.regression_metrics import regression_metrics
 from geofuse.training._distributed import gather_rows, is_distributed
 
 LOSS_COLUMNS = ("train_loss", "val_loss")
@@ -72,6 +73,8 @@ def check_predictions(metrics: Mapping[str, Any], guard: GuardConfig, split: str
     n = metrics["n"]
     if n == 0:
         return []
+    if metrics.get("regression"):
+        return check_values(metrics, guard, split)
     if metrics.get("multilabel"):
         return check_label_sets(metrics, guard, split)
     reasons = check_one_class(metrics, guard, split)
@@ -106,6 +109,29 @@ def check_label_sets(metrics: Mapping[str, Any], guard: GuardConfig, split: str)
         reasons.append(f"{split}: predicts the same label set for {top:.0%} of {n} samples "
                        f"(threshold {limit:.0%}; the most common true set: "
                        f"{metrics['majority_rate']:.0%})")
+    return reasons
+
+
+CONSTANT_SPREAD = 0.05  #: predictions spread below this share of the truth's: constant
+
+
+def check_values(metrics: Mapping[str, Any], guard: GuardConfig, split: str) -> list[str]:
+    """Collapse of a regression model (empty list: fine): (nearly) the same value for every
+    sample (spread under :data:`CONSTANT_SPREAD` of the truth's), or an R2 no better than
+    always predicting the split's mean (``r2 <= guards.majority_margin``)."""
+    n = metrics["n"]
+    if n < 2 or not metrics["std_true"] > 0:
+        return []
+    reasons = []
+    spread = metrics["std_pred"] / metrics["std_true"]
+    if spread < CONSTANT_SPREAD:
+        reasons.append(f"{split}: predicts nearly one value for all {n} samples (spread "
+                       f"{spread:.1%} of the true values'; threshold {CONSTANT_SPREAD:.0%})")
+    margin = guard.majority_margin
+    if metrics["r2"] <= margin:
+        reasons.append(f"{split}: R2 {metrics['r2']:.3f} is no better than always predicting "
+                       f"the mean ({metrics['mean_true']:.4g}; R2 0"
+                       f"{f' + margin {margin:.3f}' if margin else ''})")
     return reasons
 
 
@@ -211,6 +237,9 @@ def run_guards(
     details = {}
     for split, metrics in split_metrics.items():
         reasons += check_predictions(metrics, guard, split)
+        if metrics.get("regression"):
+            details[split] = {k: metrics[k] for k in ("r2", "rmse", "std_true", "std_pred")}
+            continue
         counts = metrics["prediction_counts"]
         n = max(metrics["n"], 1)
         details[split] = {
@@ -259,7 +288,9 @@ class CollapseStopper(Callback):
     def _record(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         if not isinstance(output, torch.Tensor) or output.ndim < 2:
             return  # under DDP the module's call is also the step itself (returns the loss)
-        if getattr(module, "multilabel", False):  # label sets: sigmoid >= 0.5
+        if getattr(module, "regression", False):  # standardised values
+            self._preds.append(output.detach()[:, 0].float().cpu())
+        elif getattr(module, "multilabel", False):  # label sets: sigmoid >= 0.5
             self._preds.append((output.detach() >= 0).cpu())
         else:
             self._preds.append(output.detach().argmax(dim=1).flatten().cpu())
@@ -323,7 +354,11 @@ class CollapseStopper(Callback):
                 y_pred, y_true = y_pred[labelled], y_true[labelled]
             k = int(pl_module.hparams.get("num_classes", y_pred.max() + 1))
             names = pl_module.hparams.get("class_names") or [str(i) for i in range(k)]
-            if getattr(pl_module, "multilabel", False):
+            if getattr(pl_module, "regression", False):  # one value for every sample
+                values = pl_module.scaler.decode_numpy(y_pred)
+                one = [r for r in check_values(regression_metrics(y_true, values),
+                                               self.guard, "val") if "nearly one value" in r]
+            elif getattr(pl_module, "multilabel", False):
                 one = check_label_sets(multilabel_metrics(y_true, y_pred.astype(np.float32),
                                                           list(names)), self.guard, "val")
             else:

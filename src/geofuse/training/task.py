@@ -25,6 +25,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
+from torch import nn
 
 from geofuse.config import TrainConfig
 from geofuse.models.registry import create_model
@@ -36,6 +37,11 @@ from geofuse.training._distributed import (
     is_distributed,
 )
 from geofuse.training._epoch import EpochAccumulator, epoch_scores, publish_epoch_values
+from geofuse.training._regression import (
+    TargetScaler,
+    build_regression_loss,
+    regression_epoch_scores,
+)
 from geofuse.training._schedulers import EpochSchedule
 from geofuse.training._step_costs import direct_backward_allowed
 from geofuse.training.losses import build_loss
@@ -76,6 +82,12 @@ class ClassificationTask(L.LightningModule):
             one channel z, read as the logits [0, z] (softmax = sigmoid(z)). Adds
             ``{stage}_iou`` (the change class of a binary mask, else mean IoU).
         time_steps: dates of a time series stacked time-major in the channels (T x C).
+        regression: targets are continuous values (``batch["label"]`` float, (B,)) and the
+            model has one output (``num_classes`` = 1), the standardised target of
+            ``target_scaler``; reports ``{stage}_rmse``, ``_mae`` and ``_r2`` in the target's
+            unit instead of accuracy and F1.
+        target_scaler: :meth:`~geofuse.training._regression.TargetScaler.to_dict` of the
+            training split (regression only).
     """
 
     def __init__(
@@ -95,19 +107,25 @@ class ClassificationTask(L.LightningModule):
         multilabel: bool = False,
         segmentation: bool = False,
         time_steps: int = 1,
+        regression: bool = False,
+        target_scaler: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = create_model(
             model, in_channels=in_channels, num_classes=num_classes, patch_size=patch_size,
-            multilabel=multilabel, time_steps=time_steps, **(model_kwargs or {}),
+            multilabel=multilabel, time_steps=time_steps, regression=regression,
+            **(model_kwargs or {}),
         )
         self.multilabel = multilabel
         self.segmentation = segmentation
+        self.regression = regression
+        self.scaler = TargetScaler(**(target_scaler or {}))
         self._mixup_alpha = float(self.train_config.mixup)
         self._cutmix_alpha = float(self.train_config.cutmix)
-        self.loss_fn = build_loss(self.train_config.loss, num_classes, class_counts,
-                                  multilabel=multilabel)
+        self.loss_fn: nn.Module = (
+            build_regression_loss(self.train_config.loss) if regression else
+            build_loss(self.train_config.loss, num_classes, class_counts, multilabel=multilabel))
         self._epoch = {stage: EpochAccumulator() for stage in STAGES}
         # the same zero_grad/backward/step as Lightning's automatic optimisation, without its
         # per-step closure and hook machinery (see training_step)
@@ -151,10 +169,22 @@ class ClassificationTask(L.LightningModule):
             if mode is not None:
                 return self._mixed_step(batch, mode)
         logits = self(batch["image"], batch.get("tab"))
-        loss = self.loss_fn(logits, target)
-        preds = logits >= 0 if self.multilabel else logits.argmax(dim=1)  # sigmoid >= 0.5
-        self._epoch[stage].update(loss, preds, target)
+        loss = self._loss(logits, target)
+        self._epoch[stage].update(loss, self._predicted(logits), target)
         return loss
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The training loss; of a regression task on the standardised target."""
+        if self.regression:
+            return self.loss_fn(logits, self.scaler.encode(target))
+        return self.loss_fn(logits, target)
+
+    def _predicted(self, logits: torch.Tensor) -> torch.Tensor:
+        """What the epoch's scores compare with the targets: class indices, label sets
+        (sigmoid >= 0.5) or, of a regression task, values in the target's unit."""
+        if self.regression:
+            return self.scaler.decode(logits.reshape(len(logits), -1)[:, 0])
+        return logits >= 0 if self.multilabel else logits.argmax(dim=1)
 
     def _batch_mix_mode(self) -> str | None:
         """``mixup``, ``cutmix`` or None for this training batch (one at random when both
@@ -182,11 +212,9 @@ class ClassificationTask(L.LightningModule):
             image, lam = cutmix_images(image, perm, self._cutmix_alpha)
         target = batch["label"]
         logits = self(image, tab)
-        loss = lam * self.loss_fn(logits, target) + (1 - lam) * self.loss_fn(logits,
-                                                                             target[perm])
+        loss = lam * self._loss(logits, target) + (1 - lam) * self._loss(logits, target[perm])
         dominant = target if lam >= 0.5 else target[perm]
-        preds = logits >= 0 if self.multilabel else logits.argmax(dim=1)
-        self._epoch["train"].update(loss, preds, dominant)
+        self._epoch["train"].update(loss, self._predicted(logits), dominant)
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -293,8 +321,9 @@ class ClassificationTask(L.LightningModule):
             if self.segmentation:
                 preds, target = preds.long(), target.long()
         epoch.reset()
-        scores = epoch_scores(preds, target, int(self.hparams["num_classes"]),
-                              multilabel=self.multilabel, segmentation=self.segmentation)
+        scores = regression_epoch_scores(preds, target) if self.regression else \
+            epoch_scores(preds, target, int(self.hparams["num_classes"]),
+                         multilabel=self.multilabel, segmentation=self.segmentation)
         values = {f"{stage}_loss": loss}
         values.update({f"{stage}_{name}": value for name, value in scores.items()})
         prog_bar = [name for name in values
@@ -309,8 +338,10 @@ class ClassificationTask(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Class indices (B,) or, of a segmentation task, class masks (B, H, W); of a
-        multi-label task, class probabilities (B, K)."""
+        multi-label task, class probabilities (B, K); of a regression task, values (B,)."""
         logits = self(batch["image"], batch.get("tab"))
+        if self.regression:
+            return self._predicted(logits)
         return logits.sigmoid() if self.multilabel else logits.argmax(dim=1)
 
     def configure_optimizers(self) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from geofuse.training._distributed import (
 )
 from geofuse.training._progress import ThrottledProgressBar
 from geofuse.training._quiet import quiet_lightning as _quiet_lightning
+from geofuse.training._regression import TargetScaler
 from geofuse.training._run_state import (
     finish_run_info,
     mark_failed,
@@ -173,6 +174,8 @@ def _train_locked(
         crop=cfg.train.crop,
     )
     task = build_task(cfg, patches)
+    if task.regression:  # how the network's outputs map back to the target's unit
+        info["target_scaler"] = task.scaler.to_dict()
     started = time.perf_counter()
     with _quiet_lightning(), cuda_check_without_missing_nvml(), launch_environment():
         trainer: L.Trainer | None = None
@@ -207,9 +210,14 @@ def _check_shares(cfg: StudyConfig, patches: PatchSet, path: Path) -> None:
 def build_task(cfg: StudyConfig, patches: PatchSet) -> ClassificationTask:
     """The Lightning task for ``cfg.train`` on ``patches`` (bands already selected)."""
     t = cfg.train
+    scaler = None
+    if patches.values is not None:  # regression: one output, the standardised target
+        scaler = TargetScaler.fit(patches.values[patches.split_indices("train")],
+                                  t.target_transform).to_dict()
     return ClassificationTask(
         model=t.model.name, in_channels=len(patches.band_names),
-        num_classes=len(patches.mask_names) if patches.segmentation else patches.num_classes,
+        num_classes=1 if patches.regression else
+        len(patches.mask_names) if patches.segmentation else patches.num_classes,
         patch_size=patches.patch_size, model_kwargs=model_kwargs(cfg, patches),
         lr=t.lr, weight_decay=t.weight_decay, plateau_patience=t.plateau_patience,
         plateau_factor=t.plateau_factor,
@@ -217,7 +225,7 @@ def build_task(cfg: StudyConfig, patches: PatchSet) -> ClassificationTask:
         train_config=t.model_dump(mode="json", exclude={"model"}),
         class_counts=_train_class_counts(patches),
         multilabel=patches.multilabel, segmentation=patches.segmentation,
-        time_steps=patches.time_steps,
+        time_steps=patches.time_steps, regression=patches.regression, target_scaler=scaler,
     )
 
 

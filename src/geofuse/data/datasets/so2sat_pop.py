@@ -51,7 +51,7 @@ from geofuse.data.splits import assign_splits, split_summary
 from geofuse.errors import ConfigError, DataNotFoundError, LabelError, SplitError
 
 ID_COLUMN = "GRD_ID"
-TARGETS = ("class", "bins")
+TARGETS = ("class", "bins", "population")
 _TARGET_LIKE = re.compile(r"(^|_)(pop|class)(_|$)", re.IGNORECASE)
 
 # So2Sat-POP classes grow with population (0 = uninhabited). Classes 1-3 hold 1, 2 and 4 of
@@ -81,6 +81,34 @@ def _check_labels_csv(city: Path, cells: list[Cell]) -> Path | None:
             "fix the table or the folders"
         )
     return paths[0]
+
+
+def _read_population(city: Path, labels_csv: Path | None, cell_ids: list[str]) -> np.ndarray:
+    """Each cell's population count (POP of ``*_<city>.csv``), in ``cell_ids`` order.
+
+    Raises:
+        DataNotFoundError: no ``*_<city>.csv`` with GRD_ID and POP.
+        LabelError: a cell without a row, or a POP that is missing or negative.
+    """
+    if labels_csv is None:
+        raise DataNotFoundError(
+            f"dataset.target population needs the table *_<city>.csv (GRD_ID, Class, POP) in "
+            f"{str(city)!r}; restore it or use target: bins")
+    table = pd.read_csv(labels_csv, dtype={ID_COLUMN: str})
+    if "POP" not in table.columns:
+        raise LabelError(f"{str(labels_csv)!r} has no POP column (has {list(table.columns)}); "
+                         "use the So2Sat-POP table with the population counts")
+    pop = dict(zip(table[ID_COLUMN], pd.to_numeric(table["POP"], errors="coerce"), strict=True))
+    missing = [c for c in cell_ids if c not in pop]
+    if missing:
+        raise LabelError(f"{str(labels_csv)!r} has no row for {len(missing)} cell(s), e.g. "
+                         f"{missing[:5]}; use the table of the same city")
+    values = np.array([pop[c] for c in cell_ids], dtype=np.float64)
+    bad = [c for c, v in zip(cell_ids, values, strict=True) if not np.isfinite(v) or v < 0]
+    if bad:
+        raise LabelError(f"{str(labels_csv)!r}: POP is missing or negative for cell(s) "
+                         f"{bad[:5]}; fix those rows")
+    return values.astype(np.float32)
 
 
 def tabular_columns(columns: Sequence[str]) -> list[str]:
@@ -126,9 +154,10 @@ def _read_features(city: Path, cell_ids: list[str]) -> tuple[np.ndarray, list[st
 def _check_arguments(seasons: Sequence[str], layers: Sequence[str], target: str,
                      class_bins: Mapping[str, Sequence[int]] | None) -> None:
     check_seasons_layers(seasons, layers)
-    if target not in TARGETS or (class_bins is not None and target != "bins"):
+    if target not in TARGETS or (class_bins is not None and target == "class"):
         raise ConfigError(f"target={target!r} with class_bins={class_bins!r} is invalid; use "
-                          "target='class', or target='bins' with optional class_bins")
+                          "target='class', or target='bins' or 'population' with optional "
+                          "class_bins")
 
 
 def load_so2sat_pop(
@@ -149,9 +178,11 @@ def load_so2sat_pop(
             (``viirs_radiance``).
         patch_size: output side in pixels; default the smallest native side (no resampling);
             smaller values are block-averaged (see the module docstring).
-        target: ``class`` (the population classes present, named by their folder number) or
-            ``bins`` (classes merged by ``class_bins``, default :data:`DEFAULT_CLASS_BINS`).
-        class_bins: bin name -> population classes, in bin order (only with ``target='bins'``).
+        target: ``class`` (the population classes present, named by their folder number),
+            ``bins`` (classes merged by ``class_bins``, default :data:`DEFAULT_CLASS_BINS`) or
+            ``population``: regression of each cell's population count (``values``, from
+            POP of ``*_<city>.csv``), with the bins as the strata ``y`` of splits and folds.
+        class_bins: bin name -> population classes, in bin order (``bins``, ``population``).
 
     Returns:
         PatchSet with groups ``cell:<GRD_ID>``, coords = cell centres, tabular attributes and
@@ -202,7 +233,13 @@ def load_so2sat_pop(
         nodata_fraction=np.isnan(x).any(axis=1).mean(axis=(1, 2)), crs=crs,
         provenance=provenance, tabular=tabular, tabular_names=names,
     )
-    return bin_classes(patches, class_bins or DEFAULT_CLASS_BINS) if target == "bins" else patches
+    if target == "class":
+        return patches
+    binned = bin_classes(patches, class_bins or DEFAULT_CLASS_BINS)
+    if target == "bins":
+        return binned
+    pop = _read_population(city, labels_csv, [c.id for c in cells])
+    return dataclasses.replace(binned, values=pop, value_name="population")
 
 
 def bin_classes(patches: PatchSet, bins: Mapping[str, Sequence[int]]) -> PatchSet:

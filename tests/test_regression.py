@@ -1,0 +1,180 @@
+"""Regression (one continuous value per patch): metrics, scaling, models, guard, runs, studies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+from factories import make_config, make_regression_patchset
+from geofuse.config import GuardConfig, parse_config
+from geofuse.data.datamodule import PatchDataModule
+from geofuse.data.patchset import PatchSet
+from geofuse.errors import ConfigError
+from geofuse.evaluation.predictions import load_predictions
+from geofuse.evaluation.regression_metrics import regression_metrics
+from geofuse.experiments.ablation import run_ablation
+from geofuse.models.fusion import DecisionFusion
+from geofuse.preflight import preflight
+from geofuse.rundir import read_history
+from geofuse.training._regression import TargetScaler, regression_epoch_scores
+from geofuse.training.guards import check_values
+from geofuse.training.train import train_model
+
+
+def test_metrics_match_scikit_learn_and_the_epoch_scores() -> None:
+    rng = np.random.default_rng(0)
+    t = rng.gamma(2, 500, 300)
+    p = t + rng.normal(0, 300, 300)
+    m = regression_metrics(t, p)
+    assert m["regression"] and m["n"] == 300
+    assert m["rmse"] == pytest.approx(mean_squared_error(t, p) ** 0.5)
+    assert m["mae"] == pytest.approx(mean_absolute_error(t, p))
+    assert m["r2"] == pytest.approx(r2_score(t, p))
+    assert m["bias"] == pytest.approx((p - t).mean())
+    assert m["pearson_r"] == pytest.approx(np.corrcoef(t, p)[0, 1])
+    fast = regression_epoch_scores(torch.from_numpy(p), torch.from_numpy(t))
+    for key in ("rmse", "mae", "r2"):
+        assert float(fast[key]) == pytest.approx(m[key], rel=1e-5)
+    assert regression_metrics(np.ones(5), np.arange(5.0))["r2"] == 0.0  # constant truth
+    assert regression_metrics(np.zeros(0), np.zeros(0))["n"] == 0
+
+
+def test_target_scaler_standardises_and_inverts() -> None:
+    values = np.array([0.0, 9.0, 99.0, 999.0], dtype=np.float32)
+    for transform in ("none", "log1p"):
+        s = TargetScaler.fit(values, transform)
+        z = s.encode(torch.from_numpy(values))
+        assert float(z.mean()) == pytest.approx(0, abs=1e-5)
+        assert float(z.std(unbiased=False)) == pytest.approx(1, rel=1e-4)
+        assert torch.allclose(s.decode(z), torch.from_numpy(values), rtol=1e-4, atol=1e-3)
+    assert TargetScaler.fit(np.full(3, 7.0), "none").std == 1.0  # constant: no division by 0
+    with pytest.raises(ConfigError, match="target_transform log1p needs values above -1"):
+        TargetScaler.fit(np.array([-2.0, 1.0]), "log1p")
+
+
+def test_patchset_values_roundtrip_and_validation(tmp_path: Path) -> None:
+    ps = make_regression_patchset(n=40)
+    back = PatchSet.load(ps.save(tmp_path / "p.h5"))
+    assert back.regression and back.value_name == "people"
+    np.testing.assert_array_equal(back.values, ps.values)
+    assert back.subset(np.arange(5)).values.tolist() == ps.values[:5].tolist()
+    bad = ps.values.copy()
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        ps._replace(values=bad)
+    batch = next(iter(PatchDataModule(ps, batch_size=8, augment=False).loader("train")))
+    assert batch["label"].dtype == torch.float64
+    np.testing.assert_allclose(batch["label"].numpy(),
+                               ps.values[batch["index"].numpy()], rtol=1e-6)
+
+
+def test_decision_fusion_averages_the_modalities_estimates() -> None:
+    torch.manual_seed(0)
+    net = DecisionFusion(in_channels=4, num_classes=1, patch_size=8,
+                         modalities={"a": 3, "b": 1}, weights={"a": 3, "b": 1},
+                         regression=True).eval()
+    x = torch.randn(5, 4, 8, 8)
+    parts = net.modality_logits(x)
+    assert torch.allclose(net(x), 0.75 * parts["a"] + 0.25 * parts["b"], atol=1e-6)
+
+
+def test_guard_flags_constant_and_mean_level_predictions() -> None:
+    guard = GuardConfig()
+    t = np.linspace(0, 100, 50)
+    flat = check_values(regression_metrics(t, np.full(50, 70.0) + 0.01 * t), guard, "val")
+    assert any("nearly one value" in r for r in flat)
+    assert any("no better than always predicting the mean" in r for r in flat)
+    assert check_values(regression_metrics(t, t + 5), guard, "val") == []
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("regression")
+    cfg = make_config(root, epochs=25, target_transform="log1p",
+                      model={"name": "simple_cnn", "hidden": 32, "pool": "avg"})
+    ps = make_regression_patchset()
+    ps.save(cfg.patches_path)
+    net = train_model(cfg, progress=False, run_name="cnn")
+    cfg.train.model.name = "random_forest"
+    forest = train_model(cfg, progress=False, run_name="forest")
+    return net, forest
+
+
+def test_network_learns_the_values_and_writes_a_regression_run(runs: tuple[Path, Path]) -> None:
+    net, _ = runs
+    metrics = json.loads((net / "metrics.json").read_text())
+    val = metrics["val"]
+    assert val["regression"] and val["r2"] > 0.5 and not metrics["guard"]["collapsed"]
+    info = json.loads((net / "run.json").read_text())
+    assert info["task"] == "regression" and info["value_name"] == "people"
+    assert info["target_scaler"]["transform"] == "log1p"
+    pred = load_predictions(net, "val")
+    assert pred is not None and pred.regression
+    assert regression_metrics(pred.targets, pred.values())["r2"] == pytest.approx(val["r2"])
+    history = read_history(net / "history.csv")
+    assert history[-1]["val_r2"] is not None and history[-1]["train_rmse"] is not None
+    report = (net / "report.md").read_text()
+    assert "RMSE (people)" in report and "observed_vs_predicted_val.png" in report
+    assert (net / "plots" / "observed_vs_predicted_test.png").is_file()
+
+
+def test_regression_forest_is_the_baseline(runs: tuple[Path, Path]) -> None:
+    _, forest = runs
+    metrics = json.loads((forest / "metrics.json").read_text())
+    assert metrics["val"]["regression"] and metrics["val"]["r2"] > 0.5
+    assert load_predictions(forest, "test").regression
+
+
+def test_preflight_refuses_class_settings_on_values(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, loss={"name": "cross_entropy"}, monitor="val_f1_macro",
+                      model={"name": "unet_early"})
+    make_regression_patchset(n=40).save(cfg.patches_path)
+    with pytest.raises(ConfigError) as err:
+        preflight(cfg, "train")
+    text = str(err.value)
+    assert "segmentation model" in text and "use mse, huber, l1 or auto" in text
+    assert "monitor val_loss or val_r2" in text
+    logistic = make_config(tmp_path, model={"name": "logistic_regression"})
+    with pytest.raises(ConfigError, match="logistic_regression is a classifier"):
+        preflight(logistic, "train")
+
+
+def test_regression_loss_on_classes_is_refused(tmp_path: Path) -> None:
+    from factories import make_patchset
+
+    cfg = make_config(tmp_path, loss={"name": "huber"}, monitor="val_r2")
+    make_patchset(n=40).save(cfg.patches_path)
+    with pytest.raises(ConfigError) as err:
+        preflight(cfg, "train")
+    assert "is a regression loss" in str(err.value) and "val_r2 scores regression" in str(
+        err.value)
+
+
+def test_ablation_compares_sensors_on_r2(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, epochs=1, batch_size=16, model={"hidden": 16},
+                      target_transform="log1p")
+    cfg.ablation.folds = 2
+    cfg.ablation.sensors = [["s2"], ["s2", "dem"]]
+    cfg.ablation.models = ["simple_cnn", "random_forest"]
+    study = run_ablation(cfg, progress=False, patchset=make_regression_patchset(n=80))
+    meta = json.loads((study / "study.json").read_text())
+    assert meta["primary_metric"] == "r2" and meta["value_name"] == "people"
+    stats = json.loads((study / "stats.json").read_text())
+    assert stats["metric"] == "r2" and stats["regression"]
+    means = {cid: d["mean"] for cid, d in stats["configs"].items()}
+    # the DEM band carries the main driver of the values
+    assert means["s2+dem/random_forest"] > means["s2/random_forest"] + 0.3
+    report = (study / "report.md").read_text()
+    assert "mean r2" in report and "mean RMSE" in report and "Regression of `people`" in report
+
+
+def test_so2sat_pop_population_target_config_validates(tmp_path: Path) -> None:
+    data = {"name": "pop", "workdir": "w",
+            "dataset": {"name": "so2sat_lcz", "city_dir": "x", "target": "population"}}
+    with pytest.raises(ConfigError, match="target population is for so2sat_pop"):
+        parse_config(data, tmp_path)
