@@ -53,6 +53,8 @@ def test_target_scaler_standardises_and_inverts() -> None:
         assert float(z.std(unbiased=False)) == pytest.approx(1, rel=1e-4)
         assert torch.allclose(s.decode(z), torch.from_numpy(values), rtol=1e-4, atol=1e-3)
     assert TargetScaler.fit(np.full(3, 7.0), "none").std == 1.0  # constant: no division by 0
+    wild = TargetScaler.fit(values, "log1p").decode(torch.tensor([-40.0, 40.0]))
+    assert wild.tolist() == pytest.approx([0.0, 999.0], rel=1e-4)  # within the training range
     with pytest.raises(ConfigError, match="target_transform log1p needs values above -1"):
         TargetScaler.fit(np.array([-2.0, 1.0]), "log1p")
 

@@ -54,6 +54,7 @@ class LoadedMember:
     stats: BandStats
     model: Any  # ClassificationTask (eval mode) or a fitted scikit-learn estimator
     mc: McDropout | None = None  # Monte Carlo dropout masks of a network
+    scaler: Any = None  # a regression forest's TargetScaler (networks carry their own)
 
     @property
     def per_patch(self) -> bool:
@@ -61,7 +62,8 @@ class LoadedMember:
 
     @property
     def num_classes(self) -> int:
-        return len(self.spec.class_names)
+        """Outputs per pixel: the classes, or 1 (the value) of a regression model."""
+        return 1 if self.spec.regression else len(self.spec.class_names)
 
     @property
     def device(self) -> torch.device:
@@ -103,7 +105,8 @@ def load_member(spec: MemberSpec, moments: dict[str, list[float]] | None = None,
     if spec.kind in ("patch_forest", "pixel_forest"):
         import joblib
 
-        return LoadedMember(spec, stats, joblib.load(spec.model_file))
+        return LoadedMember(spec, stats, joblib.load(spec.model_file),
+                            scaler=_scaler(spec) if spec.regression else None)
     from geofuse.evaluation.evaluate import load_task
 
     task, _ = load_task(Path(spec.model_file))
@@ -115,6 +118,12 @@ def load_member(spec: MemberSpec, moments: dict[str, list[float]] | None = None,
         task = task.to(memory_format=torch.channels_last)
     mc = McDropout(task, f"run {spec.run_dir!r}") if mc_dropout else None
     return LoadedMember(spec, stats, task, mc)
+
+
+def _scaler(spec: MemberSpec) -> Any:
+    from geofuse.training._regression import TargetScaler
+
+    return TargetScaler(**spec.target_scaler)
 
 
 def pixel_nodata(raw: np.ndarray, time_steps: int) -> np.ndarray:
@@ -138,17 +147,23 @@ def _dihedral_np(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
 
 @torch.inference_mode()
 def _patch_batch(member: LoadedMember, x: np.ndarray, tta: bool) -> np.ndarray:
-    """(B, K) probabilities of patches (B, C, P, P): normalised for networks, raw for forests."""
+    """(B, K) probabilities of patches (B, C, P, P): normalised for networks, raw for forests;
+    of a regression model (B, 1) values in the target's unit (TTA: their mean)."""
+    from geofuse.evaluation.tta import DIHEDRAL, dihedral
+
     if member.spec.kind == "patch_forest":
-        from geofuse.evaluation.tta import DIHEDRAL
         from geofuse.models.forest import patch_features
         from geofuse.models.pixel_forest import class_probabilities
 
         means = np.asarray(member.stats.mean)
         views = [_dihedral_np(x, k, f) for k, f in DIHEDRAL] if tta else [x]
-        return np.mean([class_probabilities(member.model, patch_features(
-            np.ascontiguousarray(v), member.spec.features, means), member.num_classes)
-            for v in views], axis=0)
+        feats = [patch_features(np.ascontiguousarray(v), member.spec.features, means)
+                 for v in views]
+        if member.scaler is not None:
+            return np.mean([member.scaler.decode_numpy(member.model.predict(f))[:, None]
+                            for f in feats], axis=0)
+        return np.mean([class_probabilities(member.model, f, member.num_classes)
+                        for f in feats], axis=0)
     from geofuse.data.transforms import standardize_patches
     from geofuse.evaluation.tta import tta_probabilities
 
@@ -157,6 +172,11 @@ def _patch_batch(member: LoadedMember, x: np.ndarray, tta: bool) -> np.ndarray:
         image = standardize_patches(image)
     image = image.contiguous(memory_format=torch.channels_last)
     task = member.model
+    if member.spec.regression:
+        views = DIHEDRAL if tta else DIHEDRAL[:1]
+        values = torch.stack([task.scaler.decode(task(dihedral(image, k, f))[:, 0])
+                              for k, f in views]).mean(dim=0)
+        return values[:, None].float().cpu().numpy()
     probs = tta_probabilities(task, image) if tta else task(image).softmax(dim=1)
     return probs.float().cpu().numpy()
 
@@ -343,8 +363,25 @@ def summarise(member_probs: list[np.ndarray], nodata: np.ndarray) -> dict[str, n
     return {"classes": classes, "probabilities": percent, "uncertainty": uncertainty}
 
 
-def uncertainty_names(n_members: int) -> list[str]:
-    """Band names of ``uncertainty.tif``."""
+def summarise_values(member_values: list[np.ndarray], nodata: np.ndarray
+                     ) -> dict[str, np.ndarray]:
+    """Values (1, h, w) float32 (NaN = nodata): the mean of the members' estimates, and with
+    several members their standard deviation (``uncertainty``, in the value's unit)."""
+    stack = np.stack(member_values).astype(np.float32)[:, 0]  # (M, h, w)
+    invalid = nodata | ~np.isfinite(stack).all(axis=0)
+    values = np.where(invalid, np.nan, stack.mean(axis=0)).astype(np.float32)
+    out = {"values": values[None]}
+    if len(member_values) > 1:
+        out["uncertainty"] = np.where(invalid, np.nan, stack.std(axis=0)).astype(
+            np.float32)[None]
+    return out
+
+
+def uncertainty_names(n_members: int, regression: bool = False) -> list[str]:
+    """Band names of ``uncertainty.tif`` (a regression map: the members' spread alone, and
+    none for one member)."""
+    if regression:
+        return ["member_std"] if n_members > 1 else []
     names = ["entropy", "one_minus_max_probability"]
     return [*names, "member_std", "vote_disagreement"] if n_members > 1 else names
 
@@ -375,6 +412,8 @@ def compute_window(ctx: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
         _ENGINES[ctx["key"]] = engine
     window = MapWindow.from_dict(cell)
     probs, nodata = engine.member_probabilities(window)
+    if engine.members[0].spec.regression:
+        return {"window": window.to_dict(), **summarise_values(probs, nodata)}
     return {"window": window.to_dict(), **summarise(probs, nodata)}
 
 

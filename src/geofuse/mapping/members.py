@@ -52,6 +52,11 @@ class MemberSpec:
         model_file: checkpoint or joblib file.
         derived: index bands among ``bands`` (:class:`~geofuse.mapping.scene.DerivedBand`
             as dicts), computed on the fly when the scene lacks them.
+        label_codes: label-raster code of each class (runs trained from ``labels.raster``).
+        label_unlabelled: the label raster's unlabelled code.
+        value_name: what a regression run estimates (e.g. ``population``); "" for classes.
+        target_scaler: a regression run's
+            :class:`~geofuse.training._regression.TargetScaler` (its ``to_dict``).
     """
 
     run_dir: str
@@ -68,6 +73,13 @@ class MemberSpec:
     derived: list[dict[str, Any]] = field(default_factory=list)
     label_codes: dict[str, int] = field(default_factory=dict)
     label_unlabelled: int | None = None
+    value_name: str = ""
+    target_scaler: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def regression(self) -> bool:
+        """Whether the model estimates a continuous value (named ``value_name``)."""
+        return bool(self.value_name)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,16 +139,11 @@ def _kind(model: str, segmentation: bool) -> str:
 
 
 def _refuse_unsupported(run: Path, info: dict[str, Any]) -> None:
-    """Multi-label, regression and image + table runs cannot map a scene: one-line
-    ConfigError."""
+    """Multi-label and image + table runs cannot map a scene: one-line ConfigError."""
     metrics = run / "metrics.json"
     if metrics.is_file() and (_read_json(metrics).get("val") or {}).get("multilabel"):
         raise ConfigError(f"run {str(run)!r} is multi-label (label sets per patch); "
                           "'geofuse predict' maps single-label and segmentation runs only")
-    if info.get("task") == "regression":
-        raise ConfigError(f"run {str(run)!r} estimates a continuous value per patch "
-                          f"({info.get('value_name', 'value')}); 'geofuse predict' maps class "
-                          "and segmentation runs only")
     if (run / "tabular_normalization.json").is_file():
         raise ConfigError(f"run {str(run)!r} uses tabular attributes per patch "
                           f"({info.get('model', {}).get('name')}), which a scene does not "
@@ -180,6 +187,9 @@ def read_member_spec(run_dir: str | Path) -> MemberSpec:
         features=str(cfg.train.baseline.features), model_file=str(model_file),
         derived=_derived_bands(cfg, info),
         **_label_codes(cfg, [str(c) for c in classes or []]),
+        **({"value_name": str(info.get("value_name") or "value"),
+            "target_scaler": dict(info.get("target_scaler") or {})}
+           if info.get("task") == "regression" else {}),
     )
 
 

@@ -262,8 +262,26 @@ def _areas(plan: _Plan, counts: list[int]) -> dict[str, Any]:
             for name, n in zip(plan.source.first.class_names, counts, strict=True)}
 
 
+def _publish_values(plan: _Plan, partial: _Partial, out: Path) -> dict[str, str]:
+    """The products of a regression map, its quicklook; earlier class products removed."""
+    written = {name: outputs.publish(partial.path(name), out / product.filename,
+                                     product).name
+               for name, product in partial.products.items()}
+    for stale in ("classes", "probabilities") + (() if "uncertainty" in written else
+                                                 ("uncertainty",)):
+        (out / f"{stale}.tif").unlink(missing_ok=True)
+    first = plan.source.first
+    fig = outputs.value_quicklook_figure(out / "values.tif", first.value_name,
+                                         f"{first.model}: {plan.stack.path.name}")
+    written["quicklook"] = outputs.save_figure(fig, out / "quicklook.png").name
+    return written
+
+
 def _publish(plan: _Plan, partial: _Partial, out: Path, opts: PredictOptions,
              ) -> dict[str, str]:
+    if plan.source.first.regression:
+        return _publish_values(plan, partial, out)
+    (out / "values.tif").unlink(missing_ok=True)  # an earlier regression map's
     names = ["classes", "uncertainty"] + (["probabilities"] if opts.probabilities else [])
     written = {}
     for name in names:
@@ -281,10 +299,17 @@ def _publish(plan: _Plan, partial: _Partial, out: Path, opts: PredictOptions,
 def _record(plan: _Plan, opts: PredictOptions, out: Path, files: dict[str, str],
             partial: _Partial, timings: dict[str, float], resumed: int,
             ctx: dict[str, Any]) -> dict[str, Any]:
-    k = len(plan.source.first.class_names)
-    counts, nodata = outputs.class_counts(out / files["classes"], k)
     grid = plan.stack.grid
     src = plan.source
+    if src.first.regression:
+        summary: dict[str, Any] = {"value_name": src.first.value_name,
+                                   "value_stats": outputs.value_stats(out / files["values"])}
+    else:
+        k = len(src.first.class_names)
+        counts, nodata = outputs.class_counts(out / files["classes"], k)
+        summary = {"counts": dict(zip(src.first.class_names, counts.tolist(), strict=True)),
+                   "nodata_pixels": nodata, "areas": _areas(plan, counts.tolist()),
+                   "area_unit": f"{grid.crs.linear_units or 'CRS unit'} squared"}
     return {
         "created_by": "geofuse predict", "geofuse_version": __version__,
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -302,10 +327,9 @@ def _record(plan: _Plan, opts: PredictOptions, out: Path, files: dict[str, str],
         "workers": opts.workers,
         "ray": opts.ray_address,
         "products": files,
-        "uncertainty_bands": partial.products["uncertainty"].descriptions,
-        "counts": dict(zip(src.first.class_names, counts.tolist(), strict=True)),
-        "nodata_pixels": nodata, "areas": _areas(plan, counts.tolist()),
-        "area_unit": f"{grid.crs.linear_units or 'CRS unit'} squared",
+        "uncertainty_bands": partial.products["uncertainty"].descriptions
+        if "uncertainty" in partial.products else [],
+        **summary,
         "windows": {"total": len(plan.windows), "resumed": resumed,
                     "computed": len(plan.windows) - resumed},
         "timings_s": {k2: round(v, 3) for k2, v in timings.items()},
@@ -374,8 +398,16 @@ def _predict_map(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     members = len(src.members) * member_passes(plan.kind, opts.mc_dropout)
-    products = outputs.build_products(src.first.class_names, uncertainty_names(members),
-                                      src.first.label_codes, src.first.label_unlabelled)
+    if src.first.regression:
+        if opts.probabilities:
+            raise ConfigError(f"--probabilities: {src.describe()} estimates "
+                              f"{src.first.value_name!r}, a value without class probabilities;"
+                              " map it without --probabilities")
+        products = outputs.build_value_products(src.first.value_name,
+                                                uncertainty_names(members, regression=True))
+    else:
+        products = outputs.build_products(src.first.class_names, uncertainty_names(members),
+                                          src.first.label_codes, src.first.label_unlabelled)
     partial = _Partial(out, products)
     fingerprint = _fingerprint(plan, opts)
     done = partial.done(fingerprint)

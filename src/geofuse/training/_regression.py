@@ -4,7 +4,11 @@ A regression network has one output per patch and learns the *standardised* targ
 ``z = (T(value) - mean) / std``, with ``T`` the identity or ``log1p``
 (``train.target_transform``) and mean/std of ``T(value)`` over the training split. The task
 turns its outputs back into the target's unit (:meth:`TargetScaler.decode`) before any metric,
-so RMSE and MAE are in persons, tonnes or metres, whatever the network learns.
+so RMSE and MAE are in persons, tonnes or metres, whatever the network learns. Decoded
+estimates are kept within the training split's range of the target (``low``, ``high``), as a
+random forest's are: a log-space network that extrapolates one patch far beyond every value
+it saw (a 77,000-person cell where the densest training cell holds 16,000, measured on
+So2Sat-POP) would otherwise decide the RMSE and R2 of a whole split.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ class TargetScaler:
     transform: str = "none"
     mean: float = 0.0
     std: float = 1.0
+    low: float | None = None  #: the smallest transformed training target
+    high: float | None = None  #: the largest transformed training target
 
     @classmethod
     def fit(cls, values: np.ndarray, transform: str) -> TargetScaler:
@@ -43,12 +49,15 @@ class TargetScaler:
                 f"holds {v.min():g}; use target_transform: none"
             )
         t = np.log1p(v) if transform == "log1p" else v
-        mean = float(t.mean()) if len(t) else 0.0
-        std = float(t.std()) if len(t) else 1.0
-        return cls(transform, mean, std if std > 0 else 1.0)
+        if not len(t):
+            return cls(transform)
+        std = float(t.std())
+        return cls(transform, float(t.mean()), std if std > 0 else 1.0, float(t.min()),
+                   float(t.max()))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"transform": self.transform, "mean": self.mean, "std": self.std}
+        return {"transform": self.transform, "mean": self.mean, "std": self.std,
+                "low": self.low, "high": self.high}
 
     def encode(self, values: torch.Tensor) -> torch.Tensor:
         """Standardised network targets of values in their own unit."""
@@ -57,8 +66,10 @@ class TargetScaler:
         return (t - self.mean) / self.std
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Values in the target's unit of standardised outputs."""
+        """Values in the target's unit of standardised outputs, within the training range."""
         t = z.float() * self.std + self.mean
+        if self.low is not None or self.high is not None:
+            t = t.clamp(self.low, self.high)
         return torch.expm1(t) if self.transform == "log1p" else t
 
     def decode_numpy(self, z: np.ndarray) -> np.ndarray:

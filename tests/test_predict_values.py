@@ -1,0 +1,122 @@
+"""``geofuse predict`` with regression runs: a value map (and the members' spread) equal to
+the run's own per-patch estimates; the scene and helpers are those of ``test_predict``."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from geofuse.data.normalize import BandStats, normalize
+from geofuse.data.stack_reader import StackPatchReader
+from geofuse.errors import ConfigError
+from geofuse.evaluation.evaluate import load_task
+from geofuse.mapping.predict import PredictOptions, predict_map
+from geofuse.models.forest import patch_features
+from geofuse.training._regression import TargetScaler
+from geofuse.training.train import train_model
+from test_predict import CLOUD, PATCH, patchset, read, study_config, write_stack
+
+
+def _regression_runs(root: Path, stack: Path) -> dict[str, Path]:
+    """A SimpleCNN and a forest estimating each patch's mean NIR (a skewed count-like value)."""
+    torch.set_num_threads(1)
+    ps = patchset(stack)
+    values = np.nanmean(ps.x[:, 3], axis=(1, 2)) / 10
+    ps = ps._replace(values=values, value_name="biomass")
+    runs = {}
+    for model in ("simple_cnn", "random_forest"):
+        cfg = study_config(root, stack, target_transform="log1p",
+                           model={"name": model, "hidden": 16} if model == "simple_cnn"
+                           else {"name": model})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            runs[model] = train_model(cfg, progress=False, patchset=ps, epochs=2,
+                                      run_name=model, overwrite=True)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def value_maps(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
+    root = tmp_path_factory.mktemp("values")
+    stack = write_stack(root / "stack" / "stack.tif")
+    runs = _regression_runs(root, stack)
+    maps = {}
+    for name, run in runs.items():
+        out = root / f"map_{name}"
+        predict_map(run, stack, out, PredictOptions(tile_size=32, device="cpu"),
+                    progress=False)
+        maps[name] = out
+    return stack, {**runs, **{f"map_{k}": v for k, v in maps.items()}}
+
+
+def _centres(values: np.ndarray, n: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    rows, cols = np.nonzero(np.isfinite(values))
+    pick = np.random.default_rng(2).choice(len(rows), n, replace=False)
+    return rows[pick], cols[pick]
+
+
+def test_network_value_map_equals_its_patch_estimates(
+    value_maps: tuple[Path, dict[str, Path]]
+) -> None:
+    stack, paths = value_maps
+    out, run = paths["map_simple_cnn"], paths["simple_cnn"]
+    assert (out / "values.tif").is_file() and not (out / "classes.tif").exists()
+    assert not (out / "uncertainty.tif").exists()  # one member: no spread
+    with rasterio.open(out / "values.tif") as src:
+        assert src.dtypes[0] == "float32" and src.descriptions == ("biomass",)
+        assert src.tags()["value_name"] == "biomass"
+    values = read(out / "values.tif", 1)
+    assert np.isnan(values[CLOUD]).all()  # nodata stays nodata
+    rows, cols = _centres(values)
+    with StackPatchReader(stack) as reader:
+        x = reader.read_patches(rows, cols, PATCH)
+    task, _ = load_task(run / "checkpoints" / "best.ckpt")
+    stats = BandStats.load(run / "normalization.json")
+    with torch.inference_mode():
+        naive = task.scaler.decode(task(torch.from_numpy(normalize(x, stats)))[:, 0]).numpy()
+    np.testing.assert_allclose(values[rows, cols], naive, rtol=1e-4)
+    record = json.loads((out / "predict.json").read_text())
+    assert record["value_name"] == "biomass" and "counts" not in record
+    stats_ = record["value_stats"]
+    assert stats_["min"] <= float(np.nanmean(values)) <= stats_["max"]
+    assert (out / "quicklook.png").is_file()
+
+
+def test_forest_value_map_equals_its_patch_estimates(
+    value_maps: tuple[Path, dict[str, Path]]
+) -> None:
+    stack, paths = value_maps
+    out, run = paths["map_random_forest"], paths["random_forest"]
+    values = read(out / "values.tif", 1)
+    rows, cols = _centres(values)
+    with StackPatchReader(stack) as reader:
+        x = reader.read_patches(rows, cols, PATCH)
+    info = json.loads((run / "run.json").read_text())
+    means = np.asarray(BandStats.load(run / "normalization.json").mean)
+    model = joblib.load(run / "model.joblib")
+    naive = TargetScaler(**info["target_scaler"]).decode_numpy(
+        model.predict(patch_features(x, "stats", means)))
+    np.testing.assert_allclose(values[rows, cols], naive, rtol=1e-4)
+
+
+def test_mc_dropout_spread_and_refused_probabilities(
+    value_maps: tuple[Path, dict[str, Path]], tmp_path: Path
+) -> None:
+    stack, paths = value_maps
+    out = tmp_path / "mc"
+    record = predict_map(paths["simple_cnn"], stack, out,
+                         PredictOptions(tile_size=32, mc_dropout=3, stride=4, device="cpu"),
+                         progress=False)
+    assert record["uncertainty_bands"] == ["member_std"]
+    spread = read(out / "uncertainty.tif", 1)
+    assert np.nanmax(spread) > 0 and np.isnan(spread[CLOUD]).all()
+    with pytest.raises(ConfigError, match="without --probabilities"):
+        predict_map(paths["simple_cnn"], stack, tmp_path / "p",
+                    PredictOptions(probabilities=True, device="cpu"), progress=False)
