@@ -41,6 +41,9 @@ def test_metrics_match_scikit_learn_and_the_epoch_scores() -> None:
     for key in ("rmse", "mae", "r2"):
         assert float(fast[key]) == pytest.approx(m[key], rel=1e-5)
     assert regression_metrics(np.ones(5), np.arange(5.0))["r2"] == 0.0  # constant truth
+    counts = regression_metrics(t, np.abs(p))
+    assert counts["r2_log1p"] == pytest.approx(r2_score(np.log1p(t), np.log1p(np.abs(p))))
+    assert np.isnan(regression_metrics(t - 5000, p)["r2_log1p"])  # negative values
     assert regression_metrics(np.zeros(0), np.zeros(0))["n"] == 0
 
 

@@ -266,7 +266,7 @@ def _flatten(cell: dict[str, Any]) -> dict[str, Any]:
             for key in ("iou", "f1", "precision", "recall", "mean_iou"):
                 row[f"{split}_{key}"] = m.get(key)
         if m.get("regression"):
-            for key in ("r2", "rmse", "mae", "bias", "pearson_r", "spearman_r"):
+            for key in ("r2", "rmse", "mae", "bias", "pearson_r", "spearman_r", "r2_log1p"):
                 row[f"{split}_{key}"] = m.get(key)
         for name, pc in (m.get("per_class") or {}).items():
             row[f"{split}_f1_{name}"] = pc.get("f1")

@@ -15,6 +15,7 @@ fold and seed with the ablation runner, so that paired statistics can compare th
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,7 @@ def rank_trials(
     trials: list[dict[str, Any]], results: list[dict[str, Any]], metric: str = "f1_macro"
 ) -> list[dict[str, Any]]:
     """Trials with their pilot metrics, best validation ``metric`` first (macro F1; IoU in
-    segmentation studies; ties: earlier trial)."""
+    segmentation studies, R2 in regression studies; ties: earlier trial)."""
     by_id = {r["config_id"]: r for r in results}
     key = f"val_{metric}"
     rows = []
@@ -96,7 +97,7 @@ def rank_trials(
                      "val_accuracy": val.get("accuracy"),
                      "collapsed": (res.get("guard") or {}).get("collapsed"),
                      "duration_s": res.get("duration_s")})
-    rows.sort(key=lambda r: -(r[key] if r[key] is not None else -1.0))
+    rows.sort(key=lambda r: -(r[key] if r[key] is not None else -math.inf))  # R2 may be < -1
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
     return rows
@@ -146,7 +147,7 @@ def run_search(
     results = run_study(cfg, out_dir / "pilot", pilot, patches, folds, kind="search-pilot",
                         epochs=s.epochs or cfg.ablation.epochs, workers=workers,
                         ray_address=ray_address, progress=progress, source=source)
-    metric = "iou" if patches.segmentation else "f1_macro"
+    metric = "iou" if patches.segmentation else "r2" if patches.regression else "f1_macro"
     ranked = rank_trials(trials, results, metric)
     data = cfg.model_dump(mode="json")
     baseline = {k: get_dotted(data, k) for k in s.space}

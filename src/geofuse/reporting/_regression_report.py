@@ -24,9 +24,11 @@ def regression_rows(metrics: dict[str, Any], value_name: str
                     ) -> tuple[list[str], list[list[Any]]]:
     """Header and one row per evaluated split: errors in the target's unit and fit scores."""
     header = ["split", "n", f"RMSE ({value_name})", "MAE", "bias (pred - true)", "R2",
-              "Pearson r", "Spearman r", "mean true"]
+              "R2 of log(1 + value)", "Pearson r", "Spearman r", "mean true"]
     rows = [[split, m["n"], *[f"{m[k]:.4g}" for k in ("rmse", "mae", "bias")],
-             *[f"{m[k]:.3f}" for k in ("r2", "pearson_r", "spearman_r")], f"{m['mean_true']:.4g}"]
+             *[f"{m.get(k, float('nan')):.3f}" for k in ("r2", "r2_log1p", "pearson_r",
+                                                         "spearman_r")],
+             f"{m['mean_true']:.4g}"]
             for split in EVAL_SPLITS if (m := metrics.get(split))]
     return header, rows
 
