@@ -20,6 +20,7 @@ from geofuse.evaluation.regression_metrics import regression_metrics
 from geofuse.experiments.ablation import run_ablation
 from geofuse.models.fusion import DecisionFusion
 from geofuse.preflight import preflight
+from geofuse.reporting.study_report import compute_study_stats, load_study
 from geofuse.rundir import read_history
 from geofuse.training._regression import TargetScaler, regression_epoch_scores
 from geofuse.training.guards import check_values
@@ -166,7 +167,8 @@ def test_ablation_compares_sensors_on_r2(tmp_path: Path) -> None:
     cfg.ablation.folds = 2
     cfg.ablation.sensors = [["s2"], ["s2", "dem"]]
     cfg.ablation.models = ["simple_cnn", "random_forest"]
-    study = run_ablation(cfg, progress=False, patchset=make_regression_patchset(n=80))
+    cfg.ablation.test_fraction = 0.2
+    study = run_ablation(cfg, progress=False, patchset=make_regression_patchset(n=100))
     meta = json.loads((study / "study.json").read_text())
     assert meta["primary_metric"] == "r2" and meta["value_name"] == "people"
     stats = json.loads((study / "stats.json").read_text())
@@ -176,6 +178,30 @@ def test_ablation_compares_sensors_on_r2(tmp_path: Path) -> None:
     assert means["s2+dem/random_forest"] > means["s2/random_forest"] + 0.3
     report = (study / "report.md").read_text()
     assert "mean r2" in report and "mean RMSE" in report and "Regression of `people`" in report
+    ensembles = json.loads((study / "ensembles.json").read_text())["ensembles"]
+    assert ensembles and all(e["test"]["regression"] for e in ensembles)
+    # an error metric: the best configuration has the lowest mean
+    by_rmse = compute_study_stats(load_study(study), "rmse")
+    assert by_rmse["best"] == min(by_rmse["configs"], key=lambda c: by_rmse["configs"][c]["mean"])
+
+
+def test_nan_estimates_one_class_and_regression_loss_on_classes_are_refused(
+    tmp_path: Path
+) -> None:
+    from factories import make_patchset
+    from geofuse.config import LossConfig
+    from geofuse.training.losses import build_loss
+    from geofuse.training.train import build_task
+
+    t = np.linspace(0, 100, 20)
+    nan = check_values(regression_metrics(t, np.full(20, np.nan)), GuardConfig(), "val")
+    assert nan and "non-finite estimates" in nan[0]
+    one = make_patchset(n=30)
+    one = one._replace(y=np.zeros(30, dtype=np.int64), class_names=["forest"])
+    with pytest.raises(ConfigError, match="a classifier needs at least 2"):
+        build_task(make_config(tmp_path), one)
+    with pytest.raises(ConfigError, match="is a regression loss"):
+        build_loss(LossConfig(name="mse"), 3)
 
 
 def test_so2sat_pop_population_target_config_validates(tmp_path: Path) -> None:

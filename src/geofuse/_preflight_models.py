@@ -209,12 +209,21 @@ def loss_problems(cfg: StudyConfig, inputs: Inputs) -> list[Problem]:
                            "targets (regression) and this loss is for classes; use mse, huber, "
                            "l1 or auto"))
     elif not inputs.regression and name in REGRESSION_LOSSES:
+        fix = "auto, bce or focal" if inputs.multilabel else "auto, cross_entropy or focal"
         out.append(Problem("train.loss.name", name, f"is a regression loss but "
-                           f"{inputs.origin} carries classes; use auto, cross_entropy or focal"))
+                           f"{inputs.origin} carries classes; use {fix}"))
     elif inputs.multilabel and name not in ("auto", *MULTILABEL_LOSSES):
         out.append(Problem("train.loss.name", name, f"{inputs.origin} carries multi-label "
                            "targets (label sets) and this loss treats classes as exclusive; "
                            "use bce, focal or auto"))
+    if inputs.regression and cfg.train.loss.class_weights is not None:
+        out.append(Problem("train.loss.class_weights", cfg.train.loss.class_weights,
+                           f"weights classes, but {inputs.origin} carries continuous targets "
+                           "(regression); remove class_weights"))
+    if not inputs.regression and cfg.train.target_transform != "none":
+        out.append(Problem("train.target_transform", cfg.train.target_transform,
+                           f"transforms continuous targets, but {inputs.origin} carries "
+                           "classes; remove it (or set none)"))
     if inputs.regression and monitor not in ("val_loss", "val_r2"):
         out.append(Problem("train.monitor", monitor, f"{inputs.origin} carries continuous "
                            "targets (regression); monitor val_loss or val_r2"))

@@ -241,14 +241,14 @@ class DatasetConfig(_Model):
             values = getattr(self, key)
             if len(set(values)) != len(values):
                 raise ValueError(f"dataset.{key} repeats a value: {values}")
+        if self.target == "population" and self.name != "so2sat_pop":
+            raise ValueError(f"dataset.target population is for so2sat_pop, not {self.name!r}")
         if self.name in SYNTHETIC_DATASETS:
             for key in ("root", "test_root", "city_dir", "test_city_dir"):
                 if getattr(self, key) is not None:
                     raise ValueError(f"dataset.{key} is not used by dataset {self.name!r} (it "
                                      "is generated); remove it")
             return self
-        if self.target == "population" and self.name != "so2sat_pop":
-            raise ValueError(f"dataset.target population is for so2sat_pop, not {self.name!r}")
         if self.target == "mask" and self.name != "so2sat_lcz":
             raise ValueError(f"dataset.target mask is for so2sat_lcz, not {self.name!r} (time "
                              "series carry their masks; other datasets one label per sample)")

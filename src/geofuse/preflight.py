@@ -126,7 +126,9 @@ def check_grid(cfg: StudyConfig, patches: PatchSet, command: Literal["ablate", "
         ConfigError: listing every problem, each under its own config key.
     """
     inputs = Inputs(list(patches.band_names), dict(patches.modalities), "the PatchSet",
-                    has_tabular=patches.tabular is not None, from_config=False)
+                    has_tabular=patches.tabular is not None, from_config=False,
+                    multilabel=patches.multilabel, segmentation=patches.segmentation,
+                    regression=patches.regression)
     if command == "ablate":
         problems = grid_problems(cfg, inputs)
     else:

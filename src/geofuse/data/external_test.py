@@ -64,8 +64,10 @@ def with_external_test(train: PatchSet, test: PatchSet, name: str) -> PatchSet:
         y = test.y
     elif train.regression:  # every value is a valid target; strata unknown to train -> first
         known = {c: k for k, c in enumerate(train.class_names)}
-        y = np.array([known.get(c, 0) for c in np.array(test.class_names)[test.y]], np.int64)
-        dropped = {}
+        names = np.array(test.class_names)[test.y]
+        y = np.array([known.get(c, 0) for c in names], np.int64)
+        dropped = {}  # no patch is dropped; strata the training set lacks are counted apart
+        unknown = {str(c): int((names == c).sum()) for c in sorted(set(names) - set(known))}
     elif train.masks is not None:
         test, y, test_masks, dropped = _known_mask_classes(train, test, name)
         masks = np.concatenate([train.masks, test_masks])
@@ -78,6 +80,7 @@ def with_external_test(train: PatchSet, test: PatchSet, name: str) -> PatchSet:
     info: dict[str, Any] = {
         "name": name, "group_prefix": prefix, "patches": len(test), "crs": test.crs,
         "dropped_classes": dropped,
+        **({"strata_unknown_to_training": unknown} if train.regression else {}),
         "per_class": {c: int(n) for c, n in zip(train.class_names, class_totals(
             test.targets() if hot is not None else y, train.num_classes), strict=True)},
         "source": {k: test.provenance[k] for k in _SOURCE_KEYS if k in test.provenance},

@@ -167,6 +167,7 @@ def _run_study_locked(
         if progress:
             val = result.get("val") or {}
             nan = float("nan")
+            val = {k: nan if v is None else v for k, v in val.items()}  # NaN stored as null
             scores = (f"val IoU {val.get('iou', nan):.3f}, F1 {val.get('f1', nan):.3f}"
                       if val.get("segmentation") else
                       f"val R2 {val.get('r2', nan):.3f}, RMSE {val.get('rmse', nan):.4g}"

@@ -10,7 +10,8 @@ deleted), so ensembles need no model.
 
     {"schema_version": 1, "folds": [0, 1, ...], "class_names": [...],
      "ensembles": [{"config_id", "seed", "folds": [...], "n": test patches,
-                    "test": classification_metrics (or multilabel_metrics) of the ensemble}],
+                    "test": classification_metrics (multilabel_metrics, or of a
+                             regression study regression_metrics) of the ensemble}],
      "incomplete": [{"config_id", "seed", "reason"}]}
 
 A (configuration, seed) gets an ensemble when every fold's cell is finished and has saved
@@ -100,7 +101,12 @@ def fold_ensembles(
 
 
 def ensemble_metrics(pred: Predictions, class_names: list[str]) -> dict[str, Any]:
-    """The metrics a cell reports, of an ensemble's averaged probabilities."""
+    """The metrics a cell reports, of an ensemble's averaged probabilities (of a regression
+    study, its averaged values)."""
+    if pred.regression:
+        from geofuse.evaluation.regression_metrics import regression_metrics
+
+        return regression_metrics(pred.targets, pred.values())
     if pred.multilabel:
         return multilabel_metrics(pred.targets, pred.probabilities, class_names)
     return classification_metrics(pred.targets, pred.labels(), class_names)

@@ -363,20 +363,6 @@ def summarise(member_probs: list[np.ndarray], nodata: np.ndarray) -> dict[str, n
     return {"classes": classes, "probabilities": percent, "uncertainty": uncertainty}
 
 
-def summarise_values(member_values: list[np.ndarray], nodata: np.ndarray
-                     ) -> dict[str, np.ndarray]:
-    """Values (1, h, w) float32 (NaN = nodata): the mean of the members' estimates, and with
-    several members their standard deviation (``uncertainty``, in the value's unit)."""
-    stack = np.stack(member_values).astype(np.float32)[:, 0]  # (M, h, w)
-    invalid = nodata | ~np.isfinite(stack).all(axis=0)
-    values = np.where(invalid, np.nan, stack.mean(axis=0)).astype(np.float32)
-    out = {"values": values[None]}
-    if len(member_values) > 1:
-        out["uncertainty"] = np.where(invalid, np.nan, stack.std(axis=0)).astype(
-            np.float32)[None]
-    return out
-
-
 def uncertainty_names(n_members: int, regression: bool = False) -> list[str]:
     """Band names of ``uncertainty.tif`` (a regression map: the members' spread alone, and
     none for one member)."""
@@ -413,6 +399,8 @@ def compute_window(ctx: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
     window = MapWindow.from_dict(cell)
     probs, nodata = engine.member_probabilities(window)
     if engine.members[0].spec.regression:
+        from geofuse.mapping.values import summarise_values
+
         return {"window": window.to_dict(), **summarise_values(probs, nodata)}
     return {"window": window.to_dict(), **summarise(probs, nodata)}
 

@@ -10,10 +10,8 @@ Products (all on the stack's grid: same CRS, transform and size):
 - ``uncertainty.tif``: float32 bands (see :func:`geofuse.mapping.infer.summarise`), NaN
   nodata.
 
-A regression run's map is ``values.tif`` instead: float32, the estimated value per pixel in
-the target's unit (band description and ``value_name`` tag name it), NaN nodata, overviews
-by average; with several members (a study's fold models, MC dropout) ``uncertainty.tif``
-holds their standard deviation (``member_std``, same unit).
+A regression run's map is ``values.tif`` instead, with the members' spread as its
+uncertainty (:mod:`geofuse.mapping.values`).
 
 While a map is computed they live as plain tiled GeoTIFFs in a partial folder; each window
 is written by opening the file, writing and closing it, so that what the resume record says
@@ -121,54 +119,6 @@ def build_products(
         "uncertainty": Product("uncertainty", list(uncertainty), "float32", float("nan"),
                                "average", {"entropy": "normalised by ln(number of classes)"}),
     }
-
-
-def build_value_products(value_name: str, uncertainty: list[str]) -> dict[str, Product]:
-    """The products of a regression map: values, and the members' spread when there is one."""
-    tags = {"value_name": value_name}
-    products = {"values": Product("values", [value_name], "float32", float("nan"), "average",
-                                  tags)}
-    if uncertainty:
-        products["uncertainty"] = Product(
-            "uncertainty", list(uncertainty), "float32", float("nan"), "average",
-            {**tags, "member_std": f"standard deviation of the members' {value_name}"})
-    return products
-
-
-def value_stats(path: Path) -> dict[str, Any]:
-    """Valid pixels, minimum, mean and maximum of a value map, read block row by block row."""
-    n, total, lo, hi = 0, 0.0, np.inf, -np.inf
-    with rasterio.open(path) as src:
-        for row in range(0, src.height, STRIP_ROWS):
-            h = min(STRIP_ROWS, src.height - row)
-            block = src.read(1, window=Window(0, row, src.width, h))
-            valid = block[np.isfinite(block)]
-            if valid.size:
-                n += valid.size
-                total += float(valid.sum(dtype=np.float64))
-                lo, hi = min(lo, float(valid.min())), max(hi, float(valid.max()))
-    return {"valid_pixels": n, "min": lo if n else None, "mean": total / n if n else None,
-            "max": hi if n else None}
-
-
-def value_quicklook_figure(path: Path, value_name: str, title: str) -> Figure:
-    """The value map (decimated as :func:`quicklook_figure`, nodata white) with a colour bar."""
-    with rasterio.open(path) as src:
-        factor = max(1, int(np.ceil(max(src.height, src.width) / QUICKLOOK_SIDE)))
-        shape = (max(1, src.height // factor), max(1, src.width // factor))
-        values = src.read(1, out_shape=shape, resampling=Resampling.nearest)
-    fig = Figure(figsize=(8, 8 * shape[0] / max(shape[1], 1)))
-    ax = fig.add_subplot()
-    finite = values[np.isfinite(values)]
-    vmin, vmax = (np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0))
-    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=vmin, vmax=vmax,
-                      interpolation="nearest")
-    fig.colorbar(image, ax=ax, label=f"{value_name} (2-98 percentile stretch)",
-                 orientation="horizontal", fraction=0.05, pad=0.02)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title, fontsize=10)
-    return fig
 
 
 def create_partial(path: Path, grid: Grid, product: Product, block: int) -> None:

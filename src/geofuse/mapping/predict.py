@@ -52,6 +52,7 @@ from geofuse.mapping.scene import (
     scene_info,
 )
 from geofuse.mapping.stack import StackInfo, band_moments, check_stack
+from geofuse.mapping.values import build_value_products, publish_values, value_stats
 from geofuse.mapping.windows import (
     MapWindow,
     block_size,
@@ -262,25 +263,12 @@ def _areas(plan: _Plan, counts: list[int]) -> dict[str, Any]:
             for name, n in zip(plan.source.first.class_names, counts, strict=True)}
 
 
-def _publish_values(plan: _Plan, partial: _Partial, out: Path) -> dict[str, str]:
-    """The products of a regression map, its quicklook; earlier class products removed."""
-    written = {name: outputs.publish(partial.path(name), out / product.filename,
-                                     product).name
-               for name, product in partial.products.items()}
-    for stale in ("classes", "probabilities") + (() if "uncertainty" in written else
-                                                 ("uncertainty",)):
-        (out / f"{stale}.tif").unlink(missing_ok=True)
-    first = plan.source.first
-    fig = outputs.value_quicklook_figure(out / "values.tif", first.value_name,
-                                         f"{first.model}: {plan.stack.path.name}")
-    written["quicklook"] = outputs.save_figure(fig, out / "quicklook.png").name
-    return written
-
-
 def _publish(plan: _Plan, partial: _Partial, out: Path, opts: PredictOptions,
              ) -> dict[str, str]:
-    if plan.source.first.regression:
-        return _publish_values(plan, partial, out)
+    first = plan.source.first
+    if first.regression:
+        return publish_values(partial.products, partial.path, out, first.value_name,
+                              f"{first.model}: {plan.stack.path.name}")
     (out / "values.tif").unlink(missing_ok=True)  # an earlier regression map's
     names = ["classes", "uncertainty"] + (["probabilities"] if opts.probabilities else [])
     written = {}
@@ -303,7 +291,7 @@ def _record(plan: _Plan, opts: PredictOptions, out: Path, files: dict[str, str],
     src = plan.source
     if src.first.regression:
         summary: dict[str, Any] = {"value_name": src.first.value_name,
-                                   "value_stats": outputs.value_stats(out / files["values"])}
+                                   "value_stats": value_stats(out / files["values"])}
     else:
         k = len(src.first.class_names)
         counts, nodata = outputs.class_counts(out / files["classes"], k)
@@ -403,8 +391,8 @@ def _predict_map(
             raise ConfigError(f"--probabilities: {src.describe()} estimates "
                               f"{src.first.value_name!r}, a value without class probabilities;"
                               " map it without --probabilities")
-        products = outputs.build_value_products(src.first.value_name,
-                                                uncertainty_names(members, regression=True))
+        products = build_value_products(src.first.value_name,
+                                        uncertainty_names(members, regression=True))
     else:
         products = outputs.build_products(src.first.class_names, uncertainty_names(members),
                                           src.first.label_codes, src.first.label_unlabelled)

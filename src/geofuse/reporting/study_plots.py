@@ -48,7 +48,9 @@ def plot_ablation_bars(
     if baseline in summary:
         ax.axvline(summary[baseline]["mean"], color="tab:gray", ls="--", lw=1)
     ax.set_yticks(y, labels=ids)
-    ax.set(xlabel=f"{metric} (mean, 95% CI; dots: units)", xlim=(0, 1.1),
+    unit_values = [v for c in ids for v in summary[c].get("units", {}).values()]
+    low = min([0.0, *[v for v in (*lo, *unit_values) if np.isfinite(v)]])  # R2 may be < 0
+    ax.set(xlabel=f"{metric} (mean, 95% CI; dots: units)", xlim=(max(low, -1.0) - 0.05, 1.1),
            title=f"Ablation: {metric}" + (f" (baseline {baseline}, * = significant)"
                                           if baseline else ""))
     ax.grid(axis="x", alpha=0.3)
@@ -86,7 +88,9 @@ def plot_curves_by_config(
     ax = fig.subplots()
     for cid, (epochs, values) in curves.items():
         ax.plot(epochs, values, marker="o", ms=2.5, lw=1.4, label=cid)
-    ax.set(xlabel="epoch", ylabel=ylabel, ylim=(0, 1.02), title=f"Training curves: {ylabel}")
+    finite = [v for _, values in curves.values() for v in values if np.isfinite(v)]
+    low = max(min([0.0, *finite]), -1.0)  # an R2 below -1 is off the chart
+    ax.set(xlabel="epoch", ylabel=ylabel, ylim=(low, 1.02), title=f"Training curves: {ylabel}")
     ax.grid(alpha=0.3)
     if curves:
         ax.legend(fontsize=8, loc="lower right")

@@ -50,6 +50,8 @@ __all__ = ["CELL_DEFAULTS", "Study", "cell_scores", "compute_study_stats", "load
 #: Extra columns of the Results table of a multi-label study: metric -> header.
 MULTILABEL_COLUMNS = {"f1_micro": "mean micro F1", "f1_samples": "mean sample F1",
                       "map": "mean mAP"}
+#: Metrics where smaller is better (the best configuration has the lowest mean).
+LOWER_IS_BETTER = ("rmse", "mae")
 
 
 def _class_f1(cells: list[dict[str, Any]], split: str, name: str) -> float:
@@ -102,7 +104,8 @@ def compute_study_stats(
     classes, multilabel, reg = study.class_names, study.multilabel, study.regression
     second = "rmse" if reg else "accuracy"  # the results table's second column
     dense = study.segmentation or reg  # no patch-class test section, per-class scores
-    best = max(comparable, key=lambda c: np.nan_to_num(summary[c]["mean"], nan=-np.inf))
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0  # errors: the smallest is best
+    best = max(comparable, key=lambda c: np.nan_to_num(sign * summary[c]["mean"], nan=-np.inf))
     return {
         "metric": metric, "split": split, "unit": unit, "alpha": alpha, "baseline": baseline,
         "best": best, "notes": notes, "configs": summary, "comparisons": comparisons,
@@ -154,6 +157,14 @@ def _f(x: Any, digits: int = 3) -> str:
         else f"{x:.{digits}f}"
 
 
+def _second(s: dict[str, Any], x: Any) -> str:
+    """The results table's second column: accuracy, or a regression study's RMSE (4
+    significant digits, in the target's unit)."""
+    if s.get("regression") and x is not None and math.isfinite(x):
+        return f"{x:.4g}"
+    return _f(x)
+
+
 def _p(x: Any) -> str:
     return "n/a" if x is None or not math.isfinite(x) else "<0.001" if x < 0.001 else f"{x:.3f}"
 
@@ -202,7 +213,7 @@ def _results_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
     extra = s["multilabel_means"]
     rows = [[cid + (" (baseline)" if cid == s["baseline"] else ""), f"{d['n']} / {d['n_cells']}",
              _f(d["mean"]), _f(d["std"]), f"[{_f(d['ci_low'])}, {_f(d['ci_high'])}]", _f(d["cv"]),
-             _f(s["accuracy"].get(cid, {}).get("mean"), 1 if s.get("regression") else 3),
+             _second(s, s["accuracy"].get(cid, {}).get("mean")),
              *[_f(extra[k].get(cid, {}).get("mean")) for k in extra], collapsed.count(cid)]
             for cid, d in s["configs"].items()]
     accuracy = ("mean subset accuracy" if s["multilabel"] else "mean RMSE" if s.get("regression")
@@ -231,7 +242,7 @@ def _results_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
              "mean subset accuracy" if s["multilabel"] else "mean RMSE" if s.get("regression")
              else "mean OA"],
             [[cid, d["n"], _f(d["mean"]), _f(d["std"]), f"[{_f(d['ci_low'])}, {_f(d['ci_high'])}]",
-              _f(acc.get(cid, {}).get("mean"), 1 if s.get("regression") else 3)]
+              _second(s, acc.get(cid, {}).get("mean"))]
              for cid, d in s["test"].items()],
             caption=f"Test set: {name}")]
     return blocks
@@ -245,7 +256,9 @@ def _significance_blocks(s: dict[str, Any]) -> list[doc.Block]:
                 *oof_blocks(s.get("out_of_fold"), s["multilabel"])]
     rows = [[c["config_id"], c["n"], _f(c["diff"], 4), f"[{_f(c['ci_low'], 4)}, "
              f"{_f(c['ci_high'], 4)}]", _p(c["p_t"]), _p(c["p_wilcoxon"]), _p(c["p_holm"]),
-             _f(c["d"], 2), ("**yes** (" + ("better" if c["diff"] > 0 else "worse") + ")")
+             _f(c["d"], 2), ("**yes** (" + ("better" if (c["diff"] > 0) != (s["metric"] in
+                                                                  LOWER_IS_BETTER)
+                                            else "worse") + ")")
              if c["significant"] else "no"] for c in s["comparisons"]]
     notes = [f"{c['config_id']}: {c['note']}" for c in s["comparisons"] if c["note"]]
     return [*blocks, doc.Para(
@@ -294,7 +307,8 @@ def _detail_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
            ("subset " if s["multilabel"] else "") + "accuracy")
     blocks += [
         doc.Heading("Training curves and overfitting"),
-        _figure(sp.plot_curves_by_config({k: v for k, v in s["curves"].items() if v[0]}),
+        _figure(sp.plot_curves_by_config({k: v for k, v in s["curves"].items() if v[0]},
+                                         f"val {score}"),
                 study, "training_curves", f"Mean validation {score} per epoch"),
         doc.Para(f"Per configuration, means over cells: validation {score} at the best and at "
                  f"the final epoch, drop = final - best, and the train - validation {gap} gap "

@@ -122,6 +122,9 @@ def check_values(metrics: Mapping[str, Any], guard: GuardConfig, split: str) -> 
     n = metrics["n"]
     if n < 2 or not metrics["std_true"] > 0:
         return []
+    if not (math.isfinite(metrics["r2"]) and math.isfinite(metrics["std_pred"])):
+        return [f"{split}: non-finite estimates (NaN or infinite) for some of the {n} samples; "
+                "lower train.lr or check the inputs for extreme values"]
     reasons = []
     spread = metrics["std_pred"] / metrics["std_true"]
     if spread < CONSTANT_SPREAD:

@@ -327,5 +327,8 @@ def build_loss(
         return BinaryCrossEntropyLoss(weight, pos_weight=cfg.pos_weight)
     if name == "dice":
         return DiceLoss(weight, smooth=cfg.smooth)
-    return BCEDiceLoss(alpha=cfg.alpha, beta=cfg.beta, weight=weight,
-                       pos_weight=cfg.pos_weight, smooth=cfg.smooth)
+    if name == "bce_dice":
+        return BCEDiceLoss(alpha=cfg.alpha, beta=cfg.beta, weight=weight,
+                           pos_weight=cfg.pos_weight, smooth=cfg.smooth)
+    raise ConfigError(f"train.loss.name = {cfg.name!r} is a regression loss, but the patches "
+                      "carry classes; use auto, cross_entropy, focal, bce, dice or bce_dice")

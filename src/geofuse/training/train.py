@@ -210,6 +210,12 @@ def _check_shares(cfg: StudyConfig, patches: PatchSet, path: Path) -> None:
 def build_task(cfg: StudyConfig, patches: PatchSet) -> ClassificationTask:
     """The Lightning task for ``cfg.train`` on ``patches`` (bands already selected)."""
     t = cfg.train
+    if patches.targets().ndim == 1 and not (patches.regression or patches.segmentation) \
+            and patches.num_classes < 2:
+        raise ConfigError(
+            f"the PatchSet holds {patches.num_classes} class ({patches.class_names}); a "
+            "classifier needs at least 2: label more classes, or give each patch a value "
+            "(regression)")
     scaler = None
     if patches.values is not None:  # regression: one output, the standardised target
         scaler = TargetScaler.fit(patches.values[patches.split_indices("train")],
