@@ -209,3 +209,41 @@ def test_so2sat_pop_population_target_config_validates(tmp_path: Path) -> None:
             "dataset": {"name": "so2sat_lcz", "city_dir": "x", "target": "population"}}
     with pytest.raises(ConfigError, match="target population is for so2sat_pop"):
         parse_config(data, tmp_path)
+
+
+def test_polygons_with_a_number_extract_a_regression_patchset(tmp_path: Path) -> None:
+    import geopandas as gpd
+
+    from geofuse.data.extract import extract_patches
+    from geofuse.errors import LabelError
+    from test_extract import CRS, POLYGONS, make_config, pixbox, write_stack
+
+    biomass = [5.0, 12.0, 40.0, 7.0, 55.0, 90.0, 1.0, 30.0, 70.0]
+    rows = [{"name": f"P{i}", "biomass": v, "geometry": pixbox(*b)}
+            for i, ((_, b), v) in enumerate(zip(POLYGONS, biomass, strict=True))]
+    rows.append({"name": "P9", "biomass": None, "geometry": pixbox(0, 8, 0, 8)})
+    labels = tmp_path / "plots.geojson"
+    gpd.GeoDataFrame(rows, geometry="geometry", crs=CRS).to_file(labels)
+    cfg = make_config(tmp_path, labels)
+    cfg.labels.value_field, cfg.labels.value_strata = "biomass", 3
+    cfg.train.model.name = "unet_early"
+    write_stack(cfg.workdir_path)
+    with pytest.raises(ConfigError, match="segmentation model") as err:  # before extract
+        preflight(cfg, "check")
+    assert "class_field" not in str(err.value)  # the number is read, not the class
+    with pytest.warns(UserWarning, match=r"without a number in 'biomass'"):
+        ps = extract_patches(cfg, progress=False)
+    assert ps.regression and ps.value_name == "biomass"
+    by_polygon = dict(zip([f"polygon:P{i}" for i in range(9)], biomass, strict=True))
+    assert ps.values.tolist() == [by_polygon[g] for g in ps.groups]
+    assert ps.class_names == ["1-7", "12-40", "55-90"]  # tertiles of the 9 polygons
+    assert set(ps.y[ps.values <= 7].tolist()) == {0} and set(ps.y[ps.values >= 55]) == {2}
+    assert all(len(ps.split_indices(s)) for s in ("train", "val", "test"))
+    back = PatchSet.load(cfg.patches_path)
+    assert back.regression and back.values.tolist() == ps.values.tolist()
+    rows[0]["biomass"] = "lots"
+    gpd.GeoDataFrame(rows, geometry="geometry", crs=CRS).to_file(labels)
+    with pytest.raises(LabelError, match=r"not numbers, e\.g\. \['lots'\]"):
+        extract_patches(cfg, progress=False)
+    with pytest.raises(ConfigError, match=r"labels\.value_field reads a number per polygon"):
+        parse_config({"name": "x", "labels": {"raster": "l.tif", "value_field": "v"}}, tmp_path)

@@ -114,7 +114,7 @@ def labels_problems(cfg: StudyConfig) -> tuple[int | None, list[Problem]]:
     if n == 0:
         out.append(Problem("labels.path", lab.path, "holds no polygons (an empty layer); "
                            "point it to the file with your label polygons"))
-    for key in ("class_field", "id_field"):
+    for key in ("value_field" if lab.value_field else "class_field", "id_field"):
         name = getattr(lab, key)
         if name is not None and fields and name not in fields:
             out.append(Problem(f"labels.{key}", name, f"not an attribute of {path.name}; "

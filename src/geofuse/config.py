@@ -65,12 +65,26 @@ class LabelsConfig(_Model):
         None, description="Class names in index order; default: sorted names found in the file."
     )
     id_field: str | None = Field(None, description="Feature id attribute; default: row number.")
+    value_field: str | None = Field(
+        None, description="Regression from polygons: the numeric attribute each polygon's "
+        "patches learn (e.g. biomass of a field plot, people in a census block) instead of a "
+        "class; polygons without a number are dropped with a warning, and class_field is not "
+        "read. Splits and folds are stratified by value_strata quantile ranges of the values."
+    )
+    value_strata: int = Field(
+        4, ge=2, le=20, description="labels.value_field: quantile ranges of the polygons' "
+        "values that stratify splits and folds (fewer when the values have fewer distinct "
+        "numbers)."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> LabelsConfig:
         if (self.path is None) == (self.raster is None):
             raise ValueError("give exactly one of labels.path (polygons) and labels.raster "
                              "(a GeoTIFF of class codes)")
+        if self.value_field is not None and self.raster is not None:
+            raise ValueError("labels.value_field reads a number per polygon of labels.path; "
+                             "a labels.raster holds class codes: remove one of them")
         return self
 
 

@@ -208,19 +208,23 @@ def _inputs(cfg: StudyConfig) -> Inputs:
             derived = {m.index_modality: m.index_bands for m in cfg.modalities
                        if m.indices and m.name in mods}  # added by extract
             masks = cfg.extract.target == "mask"
+            numbers = cfg.labels is not None and cfg.labels.value_field is not None
             return Inputs([*man.bands, *(b for v in derived.values() for b in v)],
                           {**mods, **derived}, "extract.target mask" if masks else
+                          "labels.value_field" if numbers else
                           f"stack manifest {str(path)!r}", from_config=False,
-                          segmentation=masks)
+                          segmentation=masks, regression=numbers and not masks)
         except (OSError, ValueError, TypeError):
             pass  # an unreadable manifest: prepare rewrites it, extract reports it
     mods = {m.name: list(m.bands) for m in cfg.modalities}
     multilabel = cfg.dataset is not None and cfg.dataset.name in MULTILABEL_DATASETS
     dense = cfg.dataset is not None and cfg.dataset.segmentation
     masks = cfg.dataset is None and cfg.extract.target == "mask"
-    values = cfg.dataset is not None and cfg.dataset.regression
+    values = (cfg.dataset.regression if cfg.dataset is not None else
+              cfg.labels is not None and cfg.labels.value_field is not None)
     origin = (f"dataset {cfg.dataset.name!r}" if (multilabel or dense or values) and cfg.dataset
-              else "extract.target mask" if masks else "the config's modalities")
+              else "extract.target mask" if masks else "labels.value_field" if values
+              else "the config's modalities")
     return Inputs(list(cfg.all_band_names), {**mods, **dict(cfg.derived_modalities())},
                   origin, multilabel=multilabel, segmentation=dense or masks,
                   regression=values)

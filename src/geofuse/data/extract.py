@@ -189,7 +189,8 @@ def _read_patches(
         _check_stack(reader, manifest, stack)
         polygons = read_label_polygons(
             labels, class_field=lab.class_field, classes=lab.classes, id_field=lab.id_field,
-            crs=reader.crs, scene_bounds=_scene_bounds(reader),
+            crs=reader.crs, scene_bounds=_scene_bounds(reader), value_field=lab.value_field,
+            value_strata_count=lab.value_strata,
         )
         params = _sampling_params(cfg)
         centres = sample_centres(polygons, reader.transform, reader.height, reader.width,
@@ -256,6 +257,10 @@ def extract_patches(cfg: StudyConfig, progress: bool = True) -> PatchSet:
         return build_dataset_patches(cfg)
     lab = _labels_config(cfg)
     manifest = StackManifest.load(manifest_path(cfg.stack_path))
+    if cfg.extract.target == "mask" and lab.value_field is not None:
+        raise ConfigError(f"{cfg.source or 'config'}: extract.target mask makes a class mask "
+                          f"per tile, labels.value_field = {lab.value_field!r} a number per "
+                          "patch; remove one of them")
     if cfg.extract.target == "mask":
         from geofuse.data.extract_masks import extract_mask_tiles
 
@@ -271,9 +276,11 @@ def extract_patches(cfg: StudyConfig, progress: bool = True) -> PatchSet:
                      nodata, cfg)
     poly = centres.polygon[keep]
     groups = np.array([f"polygon:{polygons.ids[i]}" for i in poly.tolist()], dtype=str)
+    values = None if polygons.values is None else polygons.values[poly]
     return finish_patchset(
         cfg, manifest, x[keep], polygons.y[poly], groups, coords[keep], frac[keep],
         polygons.class_names, _provenance(cfg, labels, polygons, centres, nodata), qc,
+        values=values, value_name=lab.value_field or "",
     )
 
 
@@ -281,7 +288,8 @@ def finish_patchset(
     cfg: StudyConfig, manifest: StackManifest, x: np.ndarray, y: np.ndarray,
     groups: np.ndarray, coords: np.ndarray, frac: np.ndarray, class_names: list[str],
     provenance: dict[str, Any], qc: dict[str, Any], masks: np.ndarray | None = None,
-    mask_names: list[str] | None = None,
+    mask_names: list[str] | None = None, values: np.ndarray | None = None,
+    value_name: str = "",
 ) -> PatchSet:
     """Split by group, build the PatchSet (plus index modalities), save it and its QC report.
 
@@ -297,7 +305,8 @@ def finish_patchset(
         x=x, y=y, band_names=list(manifest.bands), modalities=dict(manifest.modalities),
         class_names=class_names, groups=groups, coords=coords, split=split,
         nodata_fraction=frac, crs=manifest.crs, provenance=provenance, masks=masks,
-        mask_names=list(mask_names or []),
+        mask_names=list(mask_names or []), values=values,
+        value_name=value_name if values is not None else "",
     )
     patches = add_index_modalities(patches, cfg.index_requests())
     patches.save(cfg.patches_path)

@@ -38,6 +38,7 @@ class PolygonReport:
     dropped_no_area: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     outside: list[str] = field(default_factory=list)
+    label_kind: str = "a class value"  #: what a feature needs (a number with value_field)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary with counts and ids."""
@@ -58,6 +59,8 @@ class LabelPolygons:
         class_names: class names in index order.
         crs: CRS of the geometries.
         report: what was dropped, repaired or found outside the scene.
+        values: the number of each polygon (``value_field``), whose quantile range is then
+            its class ``y`` (a stratum, named by its range); ``None`` for class labels.
     """
 
     ids: list[str]
@@ -66,6 +69,7 @@ class LabelPolygons:
     class_names: list[str]
     crs: str
     report: PolygonReport
+    values: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -161,6 +165,38 @@ def _class_names(
     return list(classes)
 
 
+def _numbers(frame: gpd.GeoDataFrame, path: Path, value_field: str) -> list[str | None]:
+    """``value_field`` as strings of finite numbers (None where missing or not a number)."""
+    if value_field not in frame.columns:
+        raise LabelError(
+            f"{path}: value attribute {value_field!r} not found; columns are "
+            f"{[c for c in frame.columns if c != 'geometry']}; set labels.value_field to one of "
+            "them"
+        )
+    numbers = pd.to_numeric(frame[value_field], errors="coerce").astype(float)
+    bad = [str(v) for v, n in zip(frame[value_field], numbers, strict=True)
+           if not pd.isna(v) and not np.isfinite(n)]
+    if bad:
+        raise LabelError(f"{path}: attribute {value_field!r} holds values that are not numbers, "
+                         f"e.g. {bad[:5]}; fix them or leave them empty (those polygons are "
+                         "dropped)")
+    return [None if not np.isfinite(n) else repr(float(n)) for n in numbers]
+
+
+def value_strata(values: np.ndarray, k: int) -> tuple[np.ndarray, list[str]]:
+    """Quantile stratum of each value (at most ``k`` ranges, fewer with fewer distinct
+    values) and the ranges' names (``lo-hi``)."""
+    v = np.asarray(values, dtype=np.float64)
+    if not len(v):
+        return np.zeros(0, dtype=np.int64), []
+    edges = np.unique(np.quantile(v, np.linspace(0, 1, k + 1)[1:-1]))
+    y = np.searchsorted(edges, v, side="right")
+    used = np.unique(y)
+    y = np.searchsorted(used, y)
+    names = [f"{v[y == i].min():.4g}-{v[y == i].max():.4g}" for i in range(len(used))]
+    return y.astype(np.int64), names
+
+
 def polygonal_part(geom: BaseGeometry) -> BaseGeometry | None:
     """The polygonal part of ``geom`` (Polygon/MultiPolygon), or None if it has no area."""
     if geom.geom_type in ("Polygon", "MultiPolygon"):
@@ -198,8 +234,8 @@ def _warn_report(report: PolygonReport) -> None:
         _warn(f"{name}: dropped {len(report.dropped_null)} feature(s) with null or empty "
               f"geometry, ids: {format_ids(report.dropped_null)}")
     if report.dropped_no_class:
-        _warn(f"{name}: dropped {len(report.dropped_no_class)} feature(s) without a class "
-              f"value, ids: {format_ids(report.dropped_no_class)}")
+        _warn(f"{name}: dropped {len(report.dropped_no_class)} feature(s) without "
+              f"{report.label_kind}, ids: {format_ids(report.dropped_no_class)}")
     if report.repaired:
         _warn(f"{name}: repaired {len(report.repaired)} invalid geometr(ies) with make_valid "
               f"(polygonal parts kept), ids: {format_ids(report.repaired)}")
@@ -219,6 +255,8 @@ def read_label_polygons(
     id_field: str | None = None,
     crs: str | None = None,
     scene_bounds: tuple[float, float, float, float] | None = None,
+    value_field: str | None = None,
+    value_strata_count: int = 4,
 ) -> LabelPolygons:
     """Read label polygons, validate classes, reproject, repair and report.
 
@@ -229,6 +267,9 @@ def read_label_polygons(
         id_field: unique feature id attribute; default: row number (0-based).
         crs: target CRS (the stack's); default: the file's own.
         scene_bounds: (left, bottom, right, top) in ``crs``; polygons not touching it are dropped.
+        value_field: numeric attribute to learn instead of a class (regression); each
+            polygon's class is then its quantile range (:func:`value_strata`).
+        value_strata_count: how many quantile ranges at most.
 
     Raises:
         DataNotFoundError: the file does not exist.
@@ -237,11 +278,15 @@ def read_label_polygons(
     path = Path(path)
     frame = _read_frame(path)
     ids = _feature_ids(frame, path, id_field)
-    values = _class_values(frame, path, class_field)
-    class_names = _class_names(values, path, class_field, classes)
+    values = (_numbers(frame, path, value_field) if value_field else
+              _class_values(frame, path, class_field))
+    class_names = (sorted({v for v in values if v is not None}) if value_field else
+                   _class_names(values, path, class_field, classes))
     if crs is not None:
         frame = frame.to_crs(crs)
-    report = PolygonReport(path=str(path), n_features=len(frame))
+    report = PolygonReport(path=str(path), n_features=len(frame),
+                           label_kind=f"a number in {value_field!r}" if value_field
+                           else "a class value")
     geoms = _clean_geometries(frame.geometry, ids, report)
     scene = box(*scene_bounds) if scene_bounds is not None else None
     keep_ids, keep_geoms, keep_y = [], [], []
@@ -258,7 +303,11 @@ def read_label_polygons(
             keep_y.append(class_names.index(value))
     report.n_kept = len(keep_ids)
     _warn_report(report)
+    y, numbers = np.asarray(keep_y, dtype=np.int64), None
+    if value_field:  # regression: the number itself, stratified by quantile range
+        numbers = np.array([float(class_names[i]) for i in y], dtype=np.float64)
+        y, class_names = value_strata(numbers, value_strata_count)
     return LabelPolygons(
-        ids=keep_ids, geometries=keep_geoms, y=np.asarray(keep_y, dtype=np.int64),
-        class_names=class_names, crs=frame.crs.to_string(), report=report,
+        ids=keep_ids, geometries=keep_geoms, y=y, class_names=class_names,
+        crs=frame.crs.to_string(), report=report, values=numbers,
     )
