@@ -120,3 +120,49 @@ def test_mc_dropout_spread_and_refused_probabilities(
     with pytest.raises(ConfigError, match="without --probabilities"):
         predict_map(paths["simple_cnn"], stack, tmp_path / "p",
                     PredictOptions(probabilities=True, device="cpu"), progress=False)
+
+
+def test_assess_compares_the_value_map_with_reference_numbers(
+    value_maps: tuple[Path, dict[str, Path]], tmp_path: Path
+) -> None:
+    import geopandas as gpd
+    from shapely.geometry import Point, box
+    from typer.testing import CliRunner
+
+    from geofuse.cli import app
+    from geofuse.errors import LabelError, RasterError
+    from geofuse.mapping.assess_values import assess_value_map
+    from test_predict import CRS, TRANSFORM
+
+    _, paths = value_maps
+    out = paths["map_simple_cnn"]
+    values = read(out / "values.tif", 1)
+    x0, y0, res = TRANSFORM.c, TRANSFORM.f, TRANSFORM.a
+
+    def cells(r0: int, r1: int, c0: int, c1: int) -> box:
+        return box(x0 + c0 * res, y0 - r1 * res, x0 + c1 * res, y0 - r0 * res)
+
+    blocks = [(2, 10, 2, 12), (12, 30, 30, 50), (50, 60, 60, 78), (30, 44, 5, 25)]
+    rows = [{"plot": float(np.nanmean(values[r0:r1, c0:c1])) - 5.0,
+             "geometry": cells(r0, r1, c0, c1)} for r0, r1, c0, c1 in blocks]
+    rows.append({"plot": float(values[5, 40]) + 5.0,  # a point: the pixel under it
+                 "geometry": Point(x0 + 40.5 * res, y0 - 5.5 * res)})
+    rows.append({"plot": 1.0, "geometry": cells(200, 210, 0, 10)})  # off the map
+    rows.append({"plot": None, "geometry": cells(0, 4, 0, 4)})  # no number
+    ref = tmp_path / "plots.gpkg"
+    gpd.GeoDataFrame(rows, geometry="geometry", crs=CRS).to_crs("EPSG:4326").to_file(ref)
+    res_ = assess_value_map(out / "values.tif", ref, "plot", out_dir=tmp_path / "a")
+    m = res_.result["metrics"]
+    assert m["n"] == 5 and m["rmse"] == pytest.approx(5.0, rel=1e-3)
+    assert m["bias"] == pytest.approx(3.0, rel=1e-3)  # +5 on four polygons, -5 on the point
+    assert res_.result["skipped_off_map"] == ["5"]
+    assert res_.result["dropped_without_number"] == ["6"]
+    assert "RMSE" in res_.markdown_path.read_text() and res_.html_path.is_file()
+    result = CliRunner().invoke(app, ["assess", str(out / "values.tif"), "--polygons", str(ref),
+                                      "--value-field", "plot", "-o", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    assert "5 reference features: RMSE 5" in result.output
+    with pytest.raises(LabelError, match="set --value-field to one of them"):
+        assess_value_map(out / "values.tif", ref, "biomass", out_dir=tmp_path / "b")
+    with pytest.raises(RasterError, match="class indices, not values"):
+        assess_value_map(paths["map_simple_cnn"] / "quicklook.png", ref, "plot")

@@ -343,6 +343,9 @@ def assess(
                                     help="Output folder (default: the map's folder)."),
     class_field: str = typer.Option("class", "--class-field",
                                     help="--polygons: attribute holding the reference class."),
+    value_field: str | None = typer.Option(
+        None, "--value-field", help="A regression map (values.tif): the numeric attribute of "
+        "the --polygons points or polygons to compare it with (RMSE, bias, R2)."),
     classes: str | None = typer.Option(
         None, "--classes", help="Comma-separated class names, for a map without a "
         "class_names tag (default: class_0, class_1, ...)."),
@@ -362,6 +365,17 @@ def assess(
     .html; or, with --sample-design, a stratified random validation sample to label."""
     if sum(x is not None for x in (polygons, labels, sample_design)) != 1:
         raise typer.BadParameter("give one of --polygons FILE, --labels RASTER, --sample-design N")
+    if value_field is not None:
+        if polygons is None:
+            raise typer.BadParameter("--value-field compares a value map with the numbers of "
+                                     "--polygons FILE; give --polygons")
+        from geofuse.mapping.assess_values import assess_value_map, value_summary_line
+
+        res = assess_value_map(map_path, polygons, value_field, out_dir=out)
+        console.print(value_summary_line(res.result), highlight=False)
+        console.print(f"assessment: [bold]{res.markdown_path}[/], {res.html_path.name} and "
+                      f"{res.json_path.name}")
+        return
     names = [c.strip() for c in classes.split(",")] if classes else None
     if sample_design is not None:
         from geofuse.mapping.sample_design import design_sample

@@ -165,13 +165,18 @@ def _class_names(
     return list(classes)
 
 
-def _numbers(frame: gpd.GeoDataFrame, path: Path, value_field: str) -> list[str | None]:
-    """``value_field`` as strings of finite numbers (None where missing or not a number)."""
+def feature_numbers(frame: gpd.GeoDataFrame, path: Path, value_field: str,
+                    key: str = "labels.value_field") -> list[str | None]:
+    """``value_field`` as strings of finite numbers (None where missing); ``key`` names the
+    setting in messages.
+
+    Raises:
+        LabelError: no such attribute, or a value that is not a number.
+    """
     if value_field not in frame.columns:
         raise LabelError(
             f"{path}: value attribute {value_field!r} not found; columns are "
-            f"{[c for c in frame.columns if c != 'geometry']}; set labels.value_field to one of "
-            "them"
+            f"{[c for c in frame.columns if c != 'geometry']}; set {key} to one of them"
         )
     numbers = pd.to_numeric(frame[value_field], errors="coerce").astype(float)
     bad = [str(v) for v, n in zip(frame[value_field], numbers, strict=True)
@@ -278,7 +283,7 @@ def read_label_polygons(
     path = Path(path)
     frame = _read_frame(path)
     ids = _feature_ids(frame, path, id_field)
-    values = (_numbers(frame, path, value_field) if value_field else
+    values = (feature_numbers(frame, path, value_field) if value_field else
               _class_values(frame, path, class_field))
     class_names = (sorted({v for v in values if v is not None}) if value_field else
                    _class_names(values, path, class_field, classes))

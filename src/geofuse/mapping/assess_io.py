@@ -204,7 +204,8 @@ def open_class_map(path: str | Path, classes: list[str] | None = None) -> ClassM
             if not np.issubdtype(np.dtype(src.dtypes[0]), np.integer):
                 raise RasterError(
                     f"class map {str(path)!r} holds {src.dtypes[0]} values, not class indices; "
-                    "give the classes.tif of 'geofuse predict' (uint8 class indices)")
+                    "give the classes.tif of 'geofuse predict' (uint8 class indices), or for "
+                    "the values.tif of a regression run --polygons FILE --value-field NAME")
             grid = Grid(src.crs, src.transform, src.width, src.height)
             nodata = DEFAULT_NODATA if src.nodata is None else int(src.nodata)
             tag_names = _tag_names(src)
