@@ -247,3 +247,37 @@ def test_polygons_with_a_number_extract_a_regression_patchset(tmp_path: Path) ->
         extract_patches(cfg, progress=False)
     with pytest.raises(ConfigError, match=r"labels\.value_field reads a number per polygon"):
         parse_config({"name": "x", "labels": {"raster": "l.tif", "value_field": "v"}}, tmp_path)
+
+
+def test_a_polygon_regression_study_maps_and_assesses_its_scene(tmp_path: Path) -> None:
+    import geopandas as gpd
+
+    from test_extract import CRS, make_config, pixbox, stack_values, write_stack
+
+    b2 = stack_values()[0]  # the value encodes row and column: b2 = 100 row + col
+    rows = []
+    for i, (r0, c0) in enumerate((r, c) for r in (2, 22, 42) for c in (2, 15, 28, 41, 54, 67)):
+        value = float(b2[r0:r0 + 12, c0:c0 + 10].mean() / 100)  # learnable from the patches
+        rows.append({"name": f"P{i}", "agb": value, "geometry": pixbox(r0, r0 + 12, c0, c0 + 10)})
+    labels = tmp_path / "plots.gpkg"
+    gpd.GeoDataFrame(rows, geometry="geometry", crs=CRS).to_file(labels)
+    cfg = make_config(tmp_path, labels, per_polygon=4)
+    cfg.labels.value_field, cfg.labels.value_strata = "agb", 3
+    cfg.ablation.folds, cfg.ablation.test_fraction = 2, 0.25
+    cfg.ablation.sensors, cfg.ablation.models = [["s2"]], ["random_forest"]
+    cfg.mapping.scene, cfg.mapping.stride = "stack", 4
+    write_stack(cfg.workdir_path)
+    from geofuse.data.extract import extract_patches
+
+    with pytest.warns(UserWarning, match="nodata share"):  # the stack's NaN corner
+        extract_patches(cfg, progress=False)
+    study = run_ablation(cfg, progress=False)
+    out = study / "map"
+    assert (out / "values.tif").is_file() and not (out / "classes.tif").exists()
+    heldout = gpd.read_file(out / "heldout_polygons.gpkg")
+    assert "value" in heldout.columns and len(heldout) >= 3
+    assessment = json.loads((out / "assessment.json").read_text())
+    assert assessment["kind"] == "values" and assessment["metrics"]["n"] == len(heldout)
+    assert assessment["metrics"]["spearman_r"] > 0.5  # the map ranks unseen polygons
+    report = (study / "report.md").read_text()
+    assert "Value map" in report and "held-out polygons" in report

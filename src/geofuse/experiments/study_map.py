@@ -37,7 +37,8 @@ def scene_path(cfg: StudyConfig) -> Path:
 
 def heldout_polygons(cfg: StudyConfig, study_dir: Path, out_dir: Path) -> Path | None:
     """Write the label polygons of the study's test groups (``polygon:<id>``) to a
-    GeoPackage with a ``class`` field; None when the study held no polygon out."""
+    GeoPackage with a ``class`` field (of a regression study, ``value``: the polygon's number);
+    None when the study held no polygon out."""
     import geopandas as gpd
 
     from geofuse.labels.polygons import read_label_polygons
@@ -51,13 +52,15 @@ def heldout_polygons(cfg: StudyConfig, study_dir: Path, out_dir: Path) -> Path |
         return None
     polygons = read_label_polygons(
         cfg.resolve(lab.path), class_field=lab.class_field, classes=lab.classes,
-        id_field=lab.id_field, crs=read_stack_header(cfg.stack_path).grid.crs_string())
+        id_field=lab.id_field, crs=read_stack_header(cfg.stack_path).grid.crs_string(),
+        value_field=lab.value_field, value_strata_count=lab.value_strata)
     keep = [i for i, pid in enumerate(polygons.ids) if pid in ids]
     if not keep:
         return None
+    label = ({"value": [float(polygons.values[i]) for i in keep]} if polygons.values is not None
+             else {"class": [polygons.class_names[int(polygons.y[i])] for i in keep]})
     frame = gpd.GeoDataFrame(
-        {"id": [polygons.ids[i] for i in keep],
-         "class": [polygons.class_names[int(polygons.y[i])] for i in keep]},
+        {"id": [polygons.ids[i] for i in keep], **label},
         geometry=[polygons.geometries[i] for i in keep], crs=polygons.crs)
     path = out_dir / HELDOUT
     frame.to_file(path, driver="GPKG")
@@ -80,12 +83,17 @@ def map_study(cfg: StudyConfig, study_dir: Path, progress: bool = True) -> Path:
         return out
     if progress:
         console.rule("[bold]map: the best configuration's fold models on the scene")
-    predict_map(study_dir, scene_path(cfg), out,
-                PredictOptions(stride=m.stride, tile_size=m.tile_size, tta=m.tta),
-                progress=progress)
+    mapped = predict_map(study_dir, scene_path(cfg), out,
+                         PredictOptions(stride=m.stride, tile_size=m.tile_size, tta=m.tta),
+                         progress=progress)
     reference = heldout_polygons(cfg, study_dir, out)
-    if reference is not None:
+    if reference is not None and mapped.get("value_name"):  # a regression map
+        from geofuse.mapping.assess_values import assess_value_map
+
+        assess_value_map(out / "values.tif", reference, "value", out_dir=out)
+    elif reference is not None:
         assess_map(out / "classes.tif", polygons=reference, out_dir=out, class_field="class")
+    if reference is not None:
         if progress:
             console.print(f"map assessed against {reference.name}: {out / 'assessment.md'}")
     elif progress:

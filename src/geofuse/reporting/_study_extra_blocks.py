@@ -38,17 +38,27 @@ def map_blocks(study: Study) -> list[doc.Block]:
     if not record.is_file():
         return []
     meta = json.loads(record.read_text())
+    values = bool(meta.get("value_name"))
+    products = "`map/values.tif`" if values else "`map/classes.tif`, `map/uncertainty.tif`"
     blocks: list[doc.Block] = [doc.Heading("Map of the scene (best configuration)"), doc.Para(
         f"`{meta.get('stack', '?')}` mapped by the fold models of the best configuration "
-        f"(stride {meta.get('stride', 1)}): `map/classes.tif`, `map/uncertainty.tif`.")]
+        f"(stride {meta.get('stride', 1)}): {products}.")]
     quicklook = folder / "quicklook.png"
     if quicklook.is_file():
-        blocks.append(doc.Figure(title="Class map", png=quicklook.read_bytes(),
-                                 path="map/quicklook.png"))
+        blocks.append(doc.Figure(title="Value map" if values else "Class map",
+                                 png=quicklook.read_bytes(), path="map/quicklook.png"))
     assessment = folder / "assessment.json"
     if not assessment.is_file():
         return [*blocks, doc.Para("Not assessed: the study held no polygons out.")]
     a = json.loads(assessment.read_text())
+    if a.get("kind") == "values":
+        m = a["metrics"]
+        return [*blocks, doc.Para(
+            f"Assessed against the {m['n']} held-out polygons, which no fold model trained on "
+            "(the mean of the map's pixels in each against its number): `map/assessment.md`."),
+            doc.Table(["RMSE", "MAE", "bias", "R2", "Spearman r"],
+                      [[f"{m['rmse']:.4g}", f"{m['mae']:.4g}", f"{m['bias']:+.4g}",
+                        _f(m["r2"]), _f(m["spearman_r"])]])]
     rows = [[c["name"], _f(c["mapped_area_ha"], 1), _area(c), _f(c["users_accuracy"]),
              _f(c["producers_accuracy"])] for c in a["per_class"]]
     return [
