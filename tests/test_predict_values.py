@@ -166,3 +166,23 @@ def test_assess_compares_the_value_map_with_reference_numbers(
         assess_value_map(out / "values.tif", ref, "biomass", out_dir=tmp_path / "b")
     with pytest.raises(RasterError, match="class indices, not values"):
         assess_value_map(paths["map_simple_cnn"] / "quicklook.png", ref, "plot")
+
+
+def test_tabular_attributes_refuse_only_models_that_read_them(tmp_path: Path) -> None:
+    from geofuse.mapping.members import read_member_spec
+
+    stack = write_stack(tmp_path / "stack" / "stack.tif")
+    ps = patchset(stack, n=60)
+    ps = ps._replace(tabular=np.random.default_rng(0).random((len(ps), 2)),
+                     tabular_names=["census_a", "census_b"])
+    runs = {}
+    for model in ("simple_cnn", "tabular_fusion"):
+        cfg = study_config(tmp_path, stack, model={"name": model, "hidden": 16})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            runs[model] = train_model(cfg, progress=False, patchset=ps, epochs=1,
+                                      run_name=model, overwrite=True)
+    assert (runs["simple_cnn"] / "tabular_normalization.json").is_file()
+    assert read_member_spec(runs["simple_cnn"]).model == "simple_cnn"  # maps: no table read
+    with pytest.raises(ConfigError, match="uses tabular attributes per patch"):
+        read_member_spec(runs["tabular_fusion"])

@@ -138,13 +138,22 @@ def _kind(model: str, segmentation: bool) -> str:
     return "dense" if is_segmentation_model(model) else "patch"
 
 
+def _takes_tabular(info: dict[str, Any]) -> bool:
+    """Whether the run's network reads tabular attributes (a PatchSet may carry them for
+    models that do not, e.g. So2Sat-POP cells)."""
+    from geofuse.models.registry import MODELS, model_options
+
+    name = str((info.get("model") or {}).get("name") or "")
+    return name in MODELS and "num_tabular" in model_options(name)
+
+
 def _refuse_unsupported(run: Path, info: dict[str, Any]) -> None:
     """Multi-label and image + table runs cannot map a scene: one-line ConfigError."""
     metrics = run / "metrics.json"
     if metrics.is_file() and (_read_json(metrics).get("val") or {}).get("multilabel"):
         raise ConfigError(f"run {str(run)!r} is multi-label (label sets per patch); "
                           "'geofuse predict' maps single-label and segmentation runs only")
-    if (run / "tabular_normalization.json").is_file():
+    if (run / "tabular_normalization.json").is_file() and _takes_tabular(info):
         raise ConfigError(f"run {str(run)!r} uses tabular attributes per patch "
                           f"({info.get('model', {}).get('name')}), which a scene does not "
                           "have; map a run of an image-only model")
