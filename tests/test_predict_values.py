@@ -186,3 +186,46 @@ def test_tabular_attributes_refuse_only_models_that_read_them(tmp_path: Path) ->
     assert read_member_spec(runs["simple_cnn"]).model == "simple_cnn"  # maps: no table read
     with pytest.raises(ConfigError, match="uses tabular attributes per patch"):
         read_member_spec(runs["tabular_fusion"])
+
+
+def test_assess_compares_the_value_map_with_a_reference_raster(
+    value_maps: tuple[Path, dict[str, Path]], tmp_path: Path
+) -> None:
+    from affine import Affine
+    from typer.testing import CliRunner
+
+    from geofuse.cli import app
+    from geofuse.errors import AlignmentError
+    from geofuse.mapping.assess_value_raster import assess_value_raster
+    from test_predict import CRS, TRANSFORM
+
+    _, paths = value_maps
+    out = paths["map_simple_cnn"]
+    values = read(out / "values.tif", 1)
+    reference = values + 2.0
+    reference[:4] = np.nan  # reference nodata is left out
+
+    def write(path: Path, data: np.ndarray, transform: Affine) -> Path:
+        with rasterio.open(path, "w", driver="GTiff", width=data.shape[1],
+                           height=data.shape[0], count=1, dtype="float32", crs=CRS,
+                           transform=transform, nodata=np.nan) as dst:
+            dst.write(data.astype(np.float32), 1)
+        return path
+
+    ref = write(tmp_path / "lidar.tif", reference, TRANSFORM)
+    res = assess_value_raster(out / "values.tif", ref, out_dir=tmp_path / "a")
+    m = res.result["metrics"]
+    both = np.isfinite(values) & np.isfinite(reference)
+    assert m["n"] == int(both.sum())
+    assert m["rmse"] == pytest.approx(2.0, rel=1e-4) and m["bias"] == pytest.approx(-2.0)
+    expected_r2 = 1 - 4.0 * both.sum() / ((reference[both] - reference[both].mean()) ** 2).sum()
+    assert m["r2"] == pytest.approx(expected_r2, rel=1e-4)
+    assert m["spearman_r"] == pytest.approx(1.0)
+    assert "pixels where the reference raster `lidar.tif`" in res.markdown_path.read_text()
+    cli = CliRunner().invoke(app, ["assess", str(out / "values.tif"), "--labels", str(ref),
+                                   "-o", str(tmp_path / "c")])
+    assert cli.exit_code == 0, cli.output
+    assert f"{int(both.sum()):,} reference pixels: RMSE 2" in cli.output
+    far = write(tmp_path / "far.tif", reference, TRANSFORM * Affine.translation(10_000, 0))
+    with pytest.raises(AlignmentError, match="does not overlap the map"):
+        assess_value_raster(out / "values.tif", far, out_dir=tmp_path / "b")

@@ -335,7 +335,8 @@ def assess(
         "GeoPackage (points: one reference pixel each)."),
     labels: Path | None = typer.Option(
         None, "--labels", help="Reference raster of class codes (read onto the map grid, "
-        "nearest neighbour)."),
+        "nearest neighbour); for a regression map (values.tif), a raster of the same "
+        "quantity (averaged onto the map grid)."),
     sample_design: int | None = typer.Option(
         None, "--sample-design", min=0, help="Instead: draw N stratified random points for a "
         "person to label (0 = Cochran's size for --target-se)."),
@@ -365,13 +366,19 @@ def assess(
     .html; or, with --sample-design, a stratified random validation sample to label."""
     if sum(x is not None for x in (polygons, labels, sample_design)) != 1:
         raise typer.BadParameter("give one of --polygons FILE, --labels RASTER, --sample-design N")
-    if value_field is not None:
-        if polygons is None:
-            raise typer.BadParameter("--value-field compares a value map with the numbers of "
-                                     "--polygons FILE; give --polygons")
+    from geofuse.mapping.assess_values import is_value_map
+
+    if value_field is not None or (labels is not None and is_value_map(map_path)):
+        from geofuse.mapping.assess_value_raster import assess_value_raster
         from geofuse.mapping.assess_values import assess_value_map, value_summary_line
 
-        res = assess_value_map(map_path, polygons, value_field, out_dir=out)
+        if labels is not None:
+            res = assess_value_raster(map_path, labels, out_dir=out)
+        elif polygons is None:
+            raise typer.BadParameter("--value-field compares a value map with the numbers of "
+                                     "--polygons FILE; give --polygons (or --labels RASTER)")
+        else:
+            res = assess_value_map(map_path, polygons, value_field or "", out_dir=out)
         console.print(value_summary_line(res.result), highlight=False)
         console.print(f"assessment: [bold]{res.markdown_path}[/], {res.html_path.name} and "
                       f"{res.json_path.name}")

@@ -128,34 +128,53 @@ def assess_value_map(map_path: str | Path, polygons: str | Path, value_field: st
               "metrics": regression_metrics(ref, mapped), "features": rows,
               "skipped_off_map": skipped, "dropped_without_number": missing}
     out = Path(out_dir) if out_dir is not None else map_path.parent
-    return _write(result, out)
+    return write_value_assessment(result, out)
 
 
-def _write(result: dict[str, Any], out: Path) -> AssessmentOutputs:
+def is_value_map(path: str | Path) -> bool:
+    """Whether ``path`` is a readable raster of floating-point values (a regression map)."""
+    try:
+        with rasterio.open(path) as src:
+            return bool(np.issubdtype(np.dtype(src.dtypes[0]), np.floating))
+    except rasterio.errors.RasterioIOError:
+        return False
+
+
+def write_value_assessment(result: dict[str, Any], out: Path) -> AssessmentOutputs:
+    """``assessment.json``, ``.md`` and ``.html`` of a value-map assessment: pairs from
+    ``features`` (points and polygons) or, for a reference raster, its pixel ``sample``."""
     out.mkdir(parents=True, exist_ok=True)
     m, name = result["metrics"], result["value_name"]
     json_path = out / JSON_NAME
     atomic_write_json(json_path, result)
-    ref = [r["reference"] for r in result["features"]]
-    mapped = [r["mapped"] for r in result["features"]]
+    if result["features"]:
+        ref = [r["reference"] for r in result["features"]]
+        mapped = [r["mapped"] for r in result["features"]]
+    else:  # a reference raster: a uniform sample of its pixels
+        ref, mapped = result["sample"]["reference"], result["sample"]["mapped"]
     fig = plot_observed_vs_predicted(np.array(ref), np.array(mapped), name,
                                      "Reference vs mapped")
     fig.axes[0].set(xlabel=f"reference {result['value_field']}", ylabel=f"mapped {name}")
+    what = (f"{len(result['features'])} reference features of "
+            f"`{Path(result['reference']).name}` (a point: the pixel under it; a polygon: the "
+            "mean of the pixels whose centres lie inside it)" if result["features"] else
+            f"the {m['n']:,} pixels where the reference raster `{Path(result['reference']).name}`"
+            " (averaged onto the map's grid) and the map both hold a value; Spearman r and "
+            "the plot from a uniform sample of them")
     blocks: list[doc.Block] = [
         doc.Heading(f"Assessment of {Path(result['map']).name}", 1),
-        doc.Para(f"Map of `{name}` against `{result['value_field']}` of "
-                 f"{len(result['features'])} reference features of "
-                 f"`{Path(result['reference']).name}` (a point: the pixel under it; a polygon: "
-                 "the mean of the pixels whose centres lie inside it)."),
+        doc.Para(f"Map of `{name}` against `{result['value_field']}`: {what}."),
         doc.Table(["n", "RMSE", "MAE", "bias (map - reference)", "R2", "Pearson r",
                    "Spearman r"],
                   [[m["n"], *[f"{m[k]:.4g}" for k in ("rmse", "mae", "bias")],
                     *[f"{m[k]:.3f}" for k in ("r2", "pearson_r", "spearman_r")]]]),
         _save(fig, out, "assessment_values", "Reference vs mapped values"),
-        doc.Table(["feature", "reference", "mapped", "pixels"],
-                  [[r["feature"], f"{r['reference']:.4g}", f"{r['mapped']:.4g}", r["pixels"]]
-                   for r in result["features"]], caption="Per feature"),
     ]
+    if result["features"]:
+        blocks.append(doc.Table(
+            ["feature", "reference", "mapped", "pixels"],
+            [[r["feature"], f"{r['reference']:.4g}", f"{r['mapped']:.4g}", r["pixels"]]
+             for r in result["features"]], caption="Per feature"))
     notes = [f"{len(v)} feature(s) {what}: {', '.join(v[:20])}"
              for v, what in ((result["skipped_off_map"], "off the map or over nodata only"),
                              (result["dropped_without_number"], "without a number"))
@@ -170,7 +189,8 @@ def _write(result: dict[str, Any], out: Path) -> AssessmentOutputs:
 
 
 def value_summary_line(result: dict[str, Any]) -> str:
-    """One line for the terminal: RMSE, bias and R2 over the reference features."""
+    """One line for the terminal: RMSE, bias and R2 over the reference features (pixels)."""
     m = result["metrics"]
-    return (f"{m['n']} reference features: RMSE {m['rmse']:.4g}, bias {m['bias']:+.4g}, "
+    what = "reference features" if result["features"] else "reference pixels"
+    return (f"{m['n']:,} {what}: RMSE {m['rmse']:.4g}, bias {m['bias']:+.4g}, "
             f"R2 {m['r2']:.3f} ({result['value_name']})")
