@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -14,6 +15,7 @@ import rasterio
 import torch
 
 from geofuse.data.normalize import BandStats, normalize
+from geofuse.data.patchset import PatchSet
 from geofuse.data.stack_reader import StackPatchReader
 from geofuse.errors import ConfigError
 from geofuse.evaluation.evaluate import load_task
@@ -30,14 +32,20 @@ def _regression_runs(root: Path, stack: Path) -> dict[str, Path]:
     ps = patchset(stack)
     values = np.nanmean(ps.x[:, 3], axis=(1, 2)) / 10
     ps = ps._replace(values=values, value_name="biomass")
+    return _train_runs(root, stack, ps, ("simple_cnn", "random_forest"), epochs=2,
+                       target_transform="log1p")
+
+
+def _train_runs(root: Path, stack: Path, ps: PatchSet, models: tuple[str, ...], epochs: int,
+                **train: Any) -> dict[str, Path]:
+    """One run per model on ``ps`` (networks with 16 hidden units), by model name."""
     runs = {}
-    for model in ("simple_cnn", "random_forest"):
-        cfg = study_config(root, stack, target_transform="log1p",
-                           model={"name": model, "hidden": 16} if model == "simple_cnn"
-                           else {"name": model})
+    for model in models:
+        options = {"name": model, "hidden": 16} if model != "random_forest" else {"name": model}
+        cfg = study_config(root, stack, model=options, **train)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            runs[model] = train_model(cfg, progress=False, patchset=ps, epochs=2,
+            runs[model] = train_model(cfg, progress=False, patchset=ps, epochs=epochs,
                                       run_name=model, overwrite=True)
     return runs
 
@@ -175,13 +183,7 @@ def test_tabular_attributes_refuse_only_models_that_read_them(tmp_path: Path) ->
     ps = patchset(stack, n=60)
     ps = ps._replace(tabular=np.random.default_rng(0).random((len(ps), 2)),
                      tabular_names=["census_a", "census_b"])
-    runs = {}
-    for model in ("simple_cnn", "tabular_fusion"):
-        cfg = study_config(tmp_path, stack, model={"name": model, "hidden": 16})
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            runs[model] = train_model(cfg, progress=False, patchset=ps, epochs=1,
-                                      run_name=model, overwrite=True)
+    runs = _train_runs(tmp_path, stack, ps, ("simple_cnn", "tabular_fusion"), epochs=1)
     assert (runs["simple_cnn"] / "tabular_normalization.json").is_file()
     assert read_member_spec(runs["simple_cnn"]).model == "simple_cnn"  # maps: no table read
     with pytest.raises(ConfigError, match="uses tabular attributes per patch"):
