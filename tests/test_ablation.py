@@ -29,7 +29,7 @@ CELL_KEYS = {
     "schema_version", "status", "slug", "config_id", "modalities", "model", "options",
     "overrides", "seed", "fold", "fingerprint", "bands", "class_names", "run_dir", "val",
     "test", "guard", "history", "overfitting", "epochs_trained", "max_epochs", "stopped_early",
-    "num_params", "duration_s", "finished_at", "importance",
+    "num_params", "duration_s", "finished_at", "importance", "calibration",
 }
 
 
@@ -103,8 +103,9 @@ def test_ablation_writes_cells_results_and_study_files(serial: tuple[StudyConfig
     frame = pd.read_csv(study / "results.csv")
     assert len(frame) == 4 and frame["fold"].tolist() == [0, 1, 0, 1]
     for col in ("val_accuracy", "val_f1_macro", "val_f1_water", "best_epoch", "final_epoch",
-                "gap_accuracy", "duration_s"):
+                "gap_accuracy", "duration_s", "val_ece", "temperature"):
         assert col in frame.columns
+    assert frame["val_ece"].between(0, 1).all()
     assert np.allclose(frame["val_f1_macro"], results_frame(study)["val_f1_macro"])
     meta = json.loads((study / "study.json").read_text())
     assert meta["grid"]["config_ids"] == ["s2/simple_cnn", "s2+dem/simple_cnn"]
@@ -118,6 +119,7 @@ def test_ablation_writes_cells_results_and_study_files(serial: tuple[StudyConfig
     report = (study / "report.md").read_text()
     assert "- patches: 48" in report and "| forest | 12 |" in report
     assert "held-out test set: none" in report
+    assert "## Calibration of the probabilities" in report and "| s2/simple_cnn | " in report
 
 
 def test_resume_retrains_only_the_missing_cell(

@@ -47,7 +47,7 @@ def test_report_has_metric_tables_and_data_summary(run: RunDir) -> None:
 def test_report_links_resolve_to_existing_pngs(run: RunDir) -> None:
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", run.report.read_text())
     assert set(links) == {"plots/training_curves.png", "plots/confusion_matrix_val.png",
-                          "plots/confusion_matrix_test.png"}
+                          "plots/confusion_matrix_test.png", "plots/reliability.png"}
     for link in links:
         assert not Path(link).is_absolute()
         assert (run.path / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

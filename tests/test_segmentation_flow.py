@@ -62,9 +62,19 @@ def test_train_a_temporal_segmentation_run_end_to_end(tmp_path: Path) -> None:
         assert m["per_tile"]["n_tiles"] == m["n"]
         saved = np.load(run / f"{split}_masks.npz")
         assert saved["pred"].shape == (m["n"], 16, 16) and saved["pred"].dtype == np.uint8
+    # per-pixel temperature scaling on the labelled val pixels, judged on the test pixels
+    cal = metrics["calibration"]
+    assert cal["method"] == "temperature" and set(cal["splits"]) == {"val", "test"}
+    for split, c in cal["splits"].items():
+        labelled = int((np.load(run / f"{split}_masks.npz")["pred"] >= 0).sum())
+        assert 0 < c["n"] <= labelled and sum(b["count"] for b in c["bins"]) == c["n"]
+        assert c["ece_before"] is not None
+    assert cal.get("skipped") or cal["splits"]["val"]["nll"] <= \
+        cal["splits"]["val"]["nll_before"] + 1e-6
     history = read_history(run / "history.csv")
     assert all(row["val_iou"] is not None for row in history)
     report = (run / "report.md").read_text()
+    assert "## Calibration of the probabilities" in report
     assert "class 'land_take'" in report and "| IoU |" in report
     assert (run / "plots" / "masks_val.png").is_file() and "Time series: 3 dates" in report
     stats = BandStats.load(run / "normalization.json")  # one scale per band through time
@@ -88,6 +98,7 @@ def test_a_segmentation_study_compares_models_on_iou(tmp_path: Path) -> None:
     assert json.loads((study / "study.json").read_text())["primary_metric"] == "iou"
     md = (study / "report.md").read_text()
     assert "Main metric: **iou**" in md and "| stratum | tiles |" in md
+    assert "## Calibration of the probabilities" in md
     assert "Mean validation IoU per epoch" in md
     assert "Masks of a few validation tiles" in md and (study / "plots" / "masks.png").is_file()
     results = (study / "results.csv").read_text().splitlines()[0]

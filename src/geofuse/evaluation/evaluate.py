@@ -14,6 +14,7 @@ from geofuse.data.datamodule import PatchDataModule
 from geofuse.data.normalize import BandStats, TabularStats, compute_band_stats
 from geofuse.data.patchset import PatchSet
 from geofuse.errors import RunDirError
+from geofuse.evaluation.calibrate import calibrate_task, calibration_record
 from geofuse.evaluation.metrics import classification_metrics
 from geofuse.evaluation.multilabel_metrics import multilabel_metrics
 from geofuse.evaluation.predictions import save_predictions
@@ -165,7 +166,7 @@ def evaluate_run(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
 
         results, verdict = evaluate_masks(
             run.path, patches, task, data, cfg.train.tta, cfg.guards, read_history(run.history),
-            info.get("collapse_stop", {}).get("reason"))
+            info.get("collapse_stop", {}).get("reason"), cfg.train.calibration, run.best_ckpt)
         return _write_metrics(run, epoch, results, verdict, verbose)
     if task.regression:
         from geofuse.evaluation.regression_evaluate import evaluate_values, predict_values
@@ -176,18 +177,32 @@ def evaluate_run(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
             cfg.guards, read_history(run.history), info.get("frozen_fraction"),
             info.get("collapse_stop", {}).get("reason"))
         return _write_metrics(run, epoch, results, verdict, verbose)
-    for split in EVAL_SPLITS:
-        if len(patches.split_indices(split)):
-            y_true, probs = predict_probabilities(task, data.loader(split), tta=cfg.train.tta)
-            y_pred = probs if task.multilabel else probs.argmax(axis=1)
-            results[split] = split_metrics(y_true, y_pred, list(patches.class_names),
-                                           task.multilabel)
-            if split in ("val", "test"):
-                save_predictions(run.path, patches.split_indices(split), probs, y_true, split)
+    splits = [s for s in EVAL_SPLITS if len(patches.split_indices(s))]
+    fit, before = _calibrate(cfg.train.calibration, task, data, splits, run.best_ckpt)
+    final = {}
+    for split in splits:
+        y_true, probs = predict_probabilities(task, data.loader(split), tta=cfg.train.tta)
+        y_pred = probs if task.multilabel else probs.argmax(axis=1)
+        results[split] = split_metrics(y_true, y_pred, list(patches.class_names),
+                                       task.multilabel)
+        save_predictions(run.path, patches.split_indices(split), probs, y_true, split)
+        final[split] = (y_true, probs)
     verdict = run_guards(results, read_history(run.history), cfg.guards,
                          frozen=info.get("frozen_fraction"),
                          stop_reason=info.get("collapse_stop", {}).get("reason"))
+    results["calibration"] = calibration_record(cfg.train.calibration, fit, before, final,
+                                                task.multilabel)
     return _write_metrics(run, epoch, results, verdict, verbose)
+
+
+def _calibrate(method: str, task: ClassificationTask, data: PatchDataModule, splits: list[str],
+               checkpoint: Path) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+    """Temperature scaling on the val split (``train.calibration: temperature``); the fit and
+    the uncalibrated reliability per split, or ``(None, {})``."""
+    if method != "temperature" or "val" not in splits:
+        return None, {}
+    others = {s: data.loader(s) for s in splits if s != "val"}
+    return calibrate_task(task, data.loader("val"), checkpoint, others)
 
 
 def _write_metrics(run: RunDir, epoch: int, results: dict[str, Any], verdict: GuardVerdict,

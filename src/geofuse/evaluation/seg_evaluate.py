@@ -119,21 +119,41 @@ def segmentation_guards(
 
 
 def evaluate_masks(
-    run_dir: Path, patches: Any, task: torch.nn.Module, data: Any, tta: bool,
+    run_dir: Path, patches: Any, task: Any, data: Any, tta: bool,
     guard: GuardConfig, history: list[dict[str, Any]], stop_reason: str | None = None,
+    calibration: str = "none", checkpoint: Path | None = None,
 ) -> tuple[dict[str, Any], GuardVerdict]:
     """Metrics of every evaluated split (val, test) and the collapse verdict of a
-    segmentation run; saves each split's predicted masks (:func:`masks_file`)."""
+    segmentation run; saves each split's predicted masks (:func:`masks_file`).
+
+    ``calibration: temperature`` first fits the per-pixel temperature on a sample of the
+    validation split's labelled pixels and writes it into ``checkpoint``
+    (:mod:`geofuse.evaluation.calibrate`); the results then hold ``calibration``.
+    """
+    from geofuse.evaluation.calibrate import (
+        calibrate_task,
+        calibration_record,
+        mask_samples,
+        pixel_sample,
+    )
+
     names = list(patches.mask_names)
     results: dict[str, Any] = {}
     masks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for split in ("val", "test"):
+    splits = [s for s in ("val", "test") if len(patches.split_indices(s))]
+    fit, before = None, {}
+    if calibration == "temperature" and "val" in splits and checkpoint is not None:
+        fit, before = calibrate_task(task, data.loader("val"), checkpoint,
+                                     {s: data.loader(s) for s in splits if s != "val"},
+                                     collect=mask_samples)
+    final = {}
+    for split in splits:
         indices = patches.split_indices(split)
-        if not len(indices):
-            continue
         true, pred, probs = predict_masks(task, data.loader(split), tta=tta)
         results[split] = split_mask_metrics(true, pred, names)
         masks[split] = (true, pred)
+        final[split] = pixel_sample(true, probs)
         save_masks(run_dir, split, indices, pred, probs)
     verdict = segmentation_guards(results, masks, history, guard, len(names), stop_reason)
+    results["calibration"] = calibration_record(calibration, fit, before, final, False)
     return results, verdict

@@ -61,6 +61,7 @@ import numpy as np
 import pandas as pd
 
 from geofuse.config import StudyConfig, parse_config
+from geofuse.evaluation.calibration import cell_calibration
 from geofuse.evaluation.predictions import (
     load_predictions,
     predictions_file,
@@ -181,7 +182,7 @@ def execute_cell(ctx: StudyContext, cell_data: dict[str, Any]) -> dict[str, Any]
         "stopped_early": info.get("stopped_early"), "num_params": info.get("num_params"),
         "duration_s": round(time.perf_counter() - started, 3),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "importance": importance,
+        "importance": importance, "calibration": cell_calibration(metrics),
     }
     result = _json_safe(result)
     atomic_write_json(cell_path(study_dir, cell.slug), result)
@@ -270,6 +271,8 @@ def _flatten(cell: dict[str, Any]) -> dict[str, Any]:
                 row[f"{split}_{key}"] = m.get(key)
         for name, pc in (m.get("per_class") or {}).items():
             row[f"{split}_f1_{name}"] = pc.get("f1")
+        row[f"{split}_ece"] = ((cell.get("calibration") or {}).get("ece") or {}).get(split)
+    row["temperature"] = (cell.get("calibration") or {}).get("temperature")
     of = cell.get("overfitting") or {}
     best, final = of.get("best") or {}, of.get("final") or {}
     row.update(
@@ -290,7 +293,8 @@ def results_frame(study_dir: str | Path) -> pd.DataFrame:
     Columns: config_id, modalities, model, seed, fold, val_accuracy, val_f1_macro,
     val_precision_macro, val_recall_macro, val_f1_<class>..., test_* (with a test set),
     best_epoch, final_epoch, epochs_trained, best_val_f1_macro, final_val_f1_macro,
-    gap_accuracy, gap_loss, f1_drop_after_best, collapsed, duration_s, importance_<modality>.
+    gap_accuracy, gap_loss, f1_drop_after_best, collapsed, duration_s, importance_<modality>,
+    val_ece / test_ece and temperature (calibration).
     """
     return pd.DataFrame([_flatten(c) for c in load_cells(study_dir)])
 

@@ -239,6 +239,7 @@ def evaluate_baseline(run_dir: str | Path, verbose: bool = True) -> dict[str, An
     model = joblib.load(model_path)
     scaler = TargetScaler(**info["target_scaler"]) if "target_scaler" in info else None
     results: dict[str, Any] = {}
+    final: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for split in EVAL_SPLITS:
         if len(patches.split_indices(split)):
             x, y = _split(patches, split, cfg.train.baseline.features, means)
@@ -253,7 +254,13 @@ def evaluate_baseline(run_dir: str | Path, verbose: bool = True) -> dict[str, An
                     probs = np.zeros((len(x), k))
                     probs[:, _estimator(model).classes_.astype(int)] = model.predict_proba(x)
                 save_predictions(run.path, patches.split_indices(split), probs, y, split)
+                final[split] = (y, probs)
     verdict = run_guards(results, read_history(run.history), cfg.guards, frozen=0.0)
+    if scaler is None:  # how honest the forest's vote fractions are, as for the networks
+        from geofuse.evaluation.calibrate import calibration_record
+
+        results["calibration"] = calibration_record("none", None, {}, final,
+                                                    patches.multilabel)
     metrics = {"run_name": run.name, "checkpoint": MODEL_FILE, "best_epoch": 0, **results,
                "guard": verdict.to_dict()}
     atomic_write_json(run.metrics, metrics)

@@ -8,6 +8,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from geofuse.io_utils import atomic_path, atomic_write_text
+from geofuse.reporting._calibration_report import calibration_lines, calibration_plots
 from geofuse.reporting._regression_report import (
     guard_details,
     is_regression,
@@ -54,6 +55,7 @@ def _write_plots(run: RunDir, metrics: dict[str, Any], info: dict[str, Any]) -> 
         plots.update(_mask_plots(run, info))
     if is_regression(metrics):
         plots.update(regression_plots(run.path, run.plots, info, save_figure))
+    plots.update(calibration_plots(metrics, run.plots, save_figure))
     return {key: path.relative_to(run.path).as_posix() for key, path in plots.items()}
 
 
@@ -226,7 +228,8 @@ def _plots_section(plots: dict[str, str]) -> list[str]:
               "confusion_test": "Confusion matrix (test)",
               "masks_val": "Example tiles (val)", "masks_test": "Example tiles (test)",
               "scatter_val": "Observed vs predicted (val)",
-              "scatter_test": "Observed vs predicted (test)"}
+              "scatter_test": "Observed vs predicted (test)",
+              "reliability": "Reliability diagram"}
     lines = ["## Plots", ""]
     for key, rel in plots.items():
         lines += [f"### {titles.get(key, key)}", "", f"![{titles.get(key, key)}]({rel})", ""]
@@ -253,7 +256,8 @@ def write_report(run_dir: str | Path) -> Path:
     metrics = run.read_json(run.metrics)
     plots = _write_plots(run, metrics, info)
     lines = [f"# Run report: {run.name}", "", *_guard_section(metrics.get("guard", {})),
-             *_metrics_section(metrics, info), *_summary_section(info, metrics),
+             *_metrics_section(metrics, info), *calibration_lines(metrics),
+             *_summary_section(info, metrics),
              *_data_section(info), *_plots_section(plots), *_config_section(run)]
     atomic_write_text(run.report, "\n".join(lines))
     return run.report

@@ -30,6 +30,7 @@ from geofuse.io_utils import atomic_path, atomic_write_json, atomic_write_text
 from geofuse.reporting import html as doc
 from geofuse.reporting import study_plots as sp
 from geofuse.reporting._completeness import completeness, continue_command, unfinished_alert
+from geofuse.reporting._study_calibration import calibration_blocks, calibration_stats
 from geofuse.reporting._study_data_figures import data_figure_blocks
 from geofuse.reporting._study_extra_blocks import map_blocks, mask_blocks
 from geofuse.reporting._study_load import (
@@ -140,6 +141,7 @@ def compute_study_stats(
                                       "val_iou" if study.segmentation else "val_r2" if reg
                                       else "val_f1_macro")
                    for cid, cells in by_config.items()},
+        "calibration": calibration_stats(by_config),
         "importance": {cid: imp for cid, cells in by_config.items()
                        if (imp := aggregate_importance([c["importance"] for c in cells]))},
         "collapsed": [{"config_id": c["config_id"], "seed": c["seed"], "fold": c["fold"],
@@ -419,7 +421,8 @@ def write_study_report(
                            study.multilabel,
                            lambda fig, name, title: _figure(fig, study, name, title)),
         *map_blocks(study),
-        *_detail_blocks(s, study), *_importance_blocks(s, study), *_data_blocks(study),
+        *_detail_blocks(s, study), *calibration_blocks(s["calibration"]),
+        *_importance_blocks(s, study), *_data_blocks(study),
         *_reproduce_blocks(study)]
     md_path = study.path / "report.md"
     atomic_write_text(md_path, doc.to_markdown(blocks))

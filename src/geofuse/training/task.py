@@ -55,6 +55,12 @@ def _is_last(batch_idx: int, dataloader_idx: int, counts: list[int | float]) -> 
     return dataloader_idx == len(counts) - 1 and batch_idx + 1 >= counts[dataloader_idx]
 
 
+def _default_temperature(module: nn.Module, state_dict: dict[str, Any], prefix: str,
+                         *_: Any) -> None:
+    """Load hook: a checkpoint written before temperature scaling gets T = 1."""
+    state_dict.setdefault(prefix + "logit_temperature", torch.ones(()))
+
+
 class ClassificationTask(L.LightningModule):
     """Classification of ``batch["image"]`` into ``num_classes`` classes.
 
@@ -133,6 +139,10 @@ class ClassificationTask(L.LightningModule):
         self._train_epoch_done = False
         self._schedule: EpochSchedule | None = None  # set by configure_optimizers
         self._direct_backward = False  # set by on_train_start
+        # temperature scaling of the logits, fitted on the validation split after training
+        # (geofuse.evaluation.calibrate); 1 while training. Checkpoints of older runs lack it.
+        self.register_buffer("logit_temperature", torch.ones(()))
+        self.register_load_state_dict_pre_hook(_default_temperature)
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets ``_current_fx_name`` (a str or None) around every hook call, dozens of
@@ -154,13 +164,14 @@ class ClassificationTask(L.LightningModule):
 
     def forward(self, x: torch.Tensor, tab: torch.Tensor | None = None) -> torch.Tensor:
         """Class logits (B, num_classes) of images (B, C, P, P) and, for models with
-        ``uses_tabular`` (e.g. ``tabular_fusion``), their tabular attributes (B, F)."""
-        if getattr(self.model, "uses_tabular", False):
-            return self.model(x, tab)
-        logits = self.model(x)
+        ``uses_tabular`` (e.g. ``tabular_fusion``), their tabular attributes (B, F); divided
+        by the fitted temperature ``logit_temperature`` (1 until calibrated)."""
+        tabular = getattr(self.model, "uses_tabular", False)
+        logits = self.model(x, tab) if tabular else self.model(x)
         if self.segmentation and logits.shape[1] == 1:  # binary: one logit z -> [0, z]
             logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
-        return logits
+        # x / 1 is exact: an uncalibrated task returns its logits bit for bit
+        return logits if self.regression else logits / self.logit_temperature
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         target = batch["mask"] if self.segmentation else batch["label"]
