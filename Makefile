@@ -27,8 +27,10 @@ chromium:
 		apt-get update -q && apt-get install -y -q chromium; } || \
 		echo "chromium missing and not installed: the HTML rendering test skips (fails in CI)"
 
+# Two pytest-xdist workers (one torch thread each); tests that start processes, clusters or
+# signal timings run one at a time in one worker (tests/conftest.py: PROCESS_MODULES).
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest -q --durations=20
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=20
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

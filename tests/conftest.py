@@ -40,3 +40,25 @@ def los_lagos_dir(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def bigearthnet_dir(shared_data: Path) -> Path:
     return _require(shared_data / "bigearthnet_mm")
+
+
+#: Modules whose tests start processes, clusters or signal timings of their own: under
+#: pytest-xdist (``make test`` runs two workers) they all run in one worker, one at a time.
+PROCESS_MODULES = {
+    "test_interrupt", "test_no_traceback", "test_distributed", "test_ray_cluster",
+    "test_predict_resume", "test_ablation", "test_benchmark_scripts", "test_html_chromium",
+    "test_demo",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.stem in PROCESS_MODULES:
+            item.add_marker(pytest.mark.xdist_group("processes"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers share the cores: one thread each
+        import torch
+
+        torch.set_num_threads(1)

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 from scipy.special import expit, softmax
+from typer.testing import CliRunner
 
 from factories import make_config, make_multilabel_patchset, make_patchset
+from geofuse.cli import app
 from geofuse.data.patchset import PatchSet
 from geofuse.evaluation.calibration import (
     T_BOUNDS,
@@ -19,7 +21,7 @@ from geofuse.evaluation.calibration import (
     reliability,
     scaled_nll,
 )
-from geofuse.evaluation.evaluate import evaluate_run, load_task
+from geofuse.evaluation.evaluate import load_task
 from geofuse.evaluation.predictions import load_predictions
 from geofuse.training.train import train_model
 
@@ -122,7 +124,10 @@ def test_a_run_fits_stores_and_reports_its_temperature(calibrated_run: Path) -> 
     assert "## Calibration of the probabilities" in report and f"T = {t:.3f}" in report
     assert (calibrated_run / "plots" / "reliability.png").is_file()
     # re-evaluating refits from T = 1: the same temperature, the same metrics
-    again = evaluate_run(calibrated_run, verbose=False)
+    result = CliRunner().invoke(app, ["evaluate", str(calibrated_run)])
+    assert result.exit_code == 0, result.output
+    assert f"calibration: T = {t:.3f}" in result.output and "ECE val" in result.output
+    again = json.loads((calibrated_run / "metrics.json").read_text())
     assert again["calibration"]["temperature"] == pytest.approx(t, rel=1e-4)
     assert again["val"]["accuracy"] == metrics["val"]["accuracy"]
 

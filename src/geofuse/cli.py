@@ -218,6 +218,21 @@ def _print_scores(metrics: dict[str, Any]) -> None:
                           f"{m['f1_macro']:.3f}, micro F1 {m['f1_micro']:.3f}, mAP {m['map']:.3f}")
         else:
             console.print(f"{split}: accuracy {m['accuracy']:.3f}, macro F1 {m['f1_macro']:.3f}")
+    if (line := _calibration_line(metrics.get("calibration"))) is not None:
+        console.print(line)
+
+
+def _calibration_line(cal: dict[str, Any] | None) -> str | None:
+    """'calibration: T = ..., ECE val a -> b, test c -> d' (or why T stayed 1)."""
+    if not cal or cal.get("method") != "temperature":
+        return None
+    if cal.get("skipped"):
+        return f"calibration: {cal['skipped']}"
+    eces = ", ".join(f"{split} {s['ece_before']:.3f} -> {s['ece']:.3f}"
+                     for split, s in cal["splits"].items()
+                     if s.get("ece") is not None and s.get("ece_before") is not None)
+    return (f"calibration: T = {cal['temperature']:.3f} (fitted on {cal['fit_samples']} "
+            f"validation samples); ECE {eces}")
 
 
 @app.command()
