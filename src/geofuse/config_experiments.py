@@ -86,6 +86,14 @@ class AblationConfig(_Model):
         0.0, ge=0, lt=1, description="Held-out test share carved out first (grouped, "
         "stratified); evaluated per cell, never used for selection."
     )
+    buffer: float | None = Field(
+        None, gt=0, description="Spatial buffer in CRS units (metres in a UTM grid): in each "
+        "fold, training patches whose centre lies closer than this to a validation or test "
+        "patch centre are left out of that fold's training, so that every score is measured "
+        "at least this far from the training data (buffered cross-validation against spatial "
+        "autocorrelation; Roberts et al. 2017). Use about the range over which the "
+        "landscape stays alike, e.g. a few patch footprints. Needs georeferenced patches."
+    )
     baseline: str | None = Field(
         None, description="config_id the others are tested against (paired tests), e.g. "
         "'s2/simple_cnn'; default: the primary modality alone with the first model."

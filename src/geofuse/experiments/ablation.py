@@ -69,7 +69,7 @@ def study_folds(cfg: StudyConfig, patches: PatchSet) -> FoldAssignment:
         column = patches.tabular_names.index("positive_fraction")
         strata = change_level_strata(patches.tabular[:, column])
     return make_folds(patches, a.folds, a.group_by, a.block_size, a.tile_regex,
-                      a.test_fraction, cfg.seed, strata=strata)
+                      a.test_fraction, cfg.seed, strata=strata, buffer=a.buffer)
 
 
 def _data_fingerprint(patches: PatchSet, folds: FoldAssignment) -> str:
@@ -79,6 +79,8 @@ def _data_fingerprint(patches: PatchSet, folds: FoldAssignment) -> str:
         h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
     h.update(json.dumps([patches.band_names, patches.class_names,
                          folds.units.tolist()]).encode())
+    if folds.buffer:  # the fold files' training splits depend on it
+        h.update(f"buffer={folds.buffer!r}".encode())
     return h.hexdigest()[:16]
 
 
@@ -218,8 +220,8 @@ def _write_study_json(
             "cells": [{k: v for k, v in c.items() if k != "fingerprint"} for c in cells],
         },
         "folds": {"n_folds": folds.n_folds, "group_by": folds.group_by,
-                  "fingerprint": fingerprint,
-                  "summary": summary},
+                  "fingerprint": fingerprint, "buffer": folds.buffer,
+                  "buffer_excluded": folds.buffer_excluded, "summary": summary},
         "class_names": list(patches.class_names),
         "mask_names": list(patches.mask_names),
         "data": study_data(patches, folds, summary),

@@ -11,7 +11,7 @@ class out of some fold.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -21,13 +21,14 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from geofuse.data._multilabel import class_table, covers, stratify_units, unit_class_table
 from geofuse.data.external_test import external_test_mask
-from geofuse.data.patchset import SPLIT_CODES, PatchSet, class_totals
+from geofuse.data.patchset import SPLIT_CODES, UNASSIGNED, PatchSet, class_totals
 from geofuse.data.splits import divide_groups, group_table
 from geofuse.errors import SplitError
+from geofuse.experiments._buffer import TEST_FOLD, buffer_counts, buffer_exclusion
 
 GroupBy = Literal["polygon", "cell", "tile", "block"]
 CHANGE_LEVELS = ("low", "moderate", "high")
-TEST_FOLD = -1
+__all__ = ["TEST_FOLD", "FoldAssignment", "make_folds"]
 
 
 def change_level_strata(positive_fraction: np.ndarray) -> np.ndarray:
@@ -112,14 +113,23 @@ class FoldAssignment:
     units: np.ndarray
     n_folds: int
     group_by: str
+    #: ``ablation.buffer``: training patches closer than this to the fold's validation or
+    #: test patches (centres ``coords``) are left out of its training (:mod:`._buffer`)
+    buffer: float | None = None
+    coords: np.ndarray | None = None
+    #: training patches the buffer leaves out, per fold
+    buffer_excluded: dict[int, int] | None = None
 
     def split_codes(self, k: int) -> np.ndarray:
-        """PatchSet split codes for fold ``k``: val = fold k, test = held out, train = rest."""
+        """PatchSet split codes for fold ``k``: val = fold k, test = held out, train = rest,
+        except training patches inside the buffer (unassigned, 255)."""
         if not 0 <= k < self.n_folds:
             raise SplitError(f"fold {k} does not exist; folds are 0..{self.n_folds - 1}")
         codes = np.full(len(self.fold), SPLIT_CODES["train"], dtype=np.uint8)
         codes[self.fold == k] = SPLIT_CODES["val"]
         codes[self.fold == TEST_FOLD] = SPLIT_CODES["test"]
+        if self.buffer and self.coords is not None:
+            codes[buffer_exclusion(self.coords, self.fold, k, self.buffer)] = UNASSIGNED
         return codes
 
     def to_json(self, groups: np.ndarray | None = None) -> dict[str, Any]:
@@ -131,6 +141,10 @@ class FoldAssignment:
             "units": dict(sorted(unit_fold.items())),
             "test_units": sorted(u for u, f in unit_fold.items() if f == TEST_FOLD),
         }
+        if self.buffer:
+            out["buffer"] = self.buffer
+            out["buffer_excluded"] = {f"fold{k}": n
+                                      for k, n in (self.buffer_excluded or {}).items()}
         if groups is not None:
             group_fold = dict(zip(np.asarray(groups).astype(str).tolist(), self.fold.tolist(),
                                   strict=True))
@@ -282,6 +296,39 @@ def _label_set_folds(
 
 
 def make_folds(
+    patches: PatchSet,
+    n_folds: int = 5,
+    group_by: GroupBy = "polygon",
+    block_size: float | None = None,
+    tile_regex: str = r"^([^/]+)/",
+    test_fraction: float = 0.0,
+    seed: int = 42,
+    strata: np.ndarray | None = None,
+    strata_names: list[str] | None = None,
+    fixed_test: np.ndarray | None = None,
+    buffer: float | None = None,
+) -> FoldAssignment:
+    """:func:`grouped_folds`, then the spatial ``buffer`` (CRS units) between each fold's
+    training patches and its validation and test patches (:mod:`._buffer`).
+
+    Raises:
+        SplitError: as :func:`grouped_folds`; or the buffer has no coordinates to work on, or
+            leaves a fold without training patches of a class its validation patches hold.
+    """
+    folds = grouped_folds(patches, n_folds, group_by, block_size, tile_regex, test_fraction,
+                          seed, strata, strata_names, fixed_test)
+    if not buffer:
+        return folds
+    names = list(strata_names or (patches.class_names if strata is None else CHANGE_LEVELS))
+    targets = patches.targets() if strata is None else np.asarray(strata)
+    if targets.ndim == 1 and len(targets):
+        names += [str(k) for k in range(len(names), int(targets.max()) + 1)]
+    excluded = buffer_counts(patches.coords, folds.fold, n_folds, buffer, targets, names)
+    return replace(folds, buffer=float(buffer), coords=np.asarray(patches.coords, float),
+                   buffer_excluded=excluded)
+
+
+def grouped_folds(
     patches: PatchSet,
     n_folds: int = 5,
     group_by: GroupBy = "polygon",

@@ -123,6 +123,9 @@ def _normalise_meta(meta: dict[str, Any]) -> dict[str, Any]:
     if isinstance(grid.get("folds"), list) or "folds" not in grid:
         grid["folds"] = folds.get("n_folds", len(grid.get("folds") or []) or "?")
     grid.setdefault("group_by", folds.get("group_by", "?"))
+    if folds.get("buffer"):
+        grid.setdefault("buffer", folds["buffer"])
+        grid.setdefault("buffer_excluded", folds.get("buffer_excluded") or {})
     data = dict(meta.get("data") or {})
     data.setdefault("class_names", meta.get("class_names"))
     data.setdefault("mask_names", meta.get("mask_names"))

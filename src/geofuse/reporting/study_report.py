@@ -373,11 +373,22 @@ def _data_blocks(study: Study) -> list[doc.Block]:
                             "grid: " + (", ".join(f"{k} {v}" for k, v in grid.items()) or "n/a"),
                             f"folds: {g.get('folds', '?')}, grouped by "
                             f"`{g.get('group_by', '?')}`, seeds: {g.get('seeds', '?')}, "
-                            f"held-out test set: {d.get('test', g.get('test', '?'))}"]),
+                            f"held-out test set: {d.get('test', g.get('test', '?'))}",
+                            *_buffer_lines(g)]),
             *([doc.Para("Sensors:"), doc.BulletList(sensors)] if sensors else []),
             *data_figure_blocks(study.path, d, study.strata_names,
                                 lambda fig, name, title: _figure(fig, study, name, title),
                                 study.multilabel)]
+
+
+def _buffer_lines(grid: dict[str, Any]) -> list[str]:
+    """The spatial buffer of the folds (``ablation.buffer``) and what it left out."""
+    if not grid.get("buffer"):
+        return []
+    left = ", ".join(f"fold {k}: {n}" for k, n in sorted(
+        (int(k), int(n)) for k, n in (grid.get("buffer_excluded") or {}).items()))
+    return [f"spatial buffer: {grid['buffer']:g} CRS units between training and validation/test "
+            f"patch centres; training patches left out per fold: {left or 'none'}"]
 
 
 def _reproduce_blocks(study: Study) -> list[doc.Block]:
