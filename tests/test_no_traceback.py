@@ -149,7 +149,7 @@ def test_friendly_error_mapping(exc: BaseException, kind: str, needles: list[str
 def test_atomic_path_names_the_target(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exc: OSError, kind: type
 ) -> None:
-    monkeypatch.setattr("geofuse.io_utils.tempfile.mkstemp", _raise(exc))
+    monkeypatch.setattr("geofuse.io_utils.os.open", _raise(exc))
     with pytest.raises(kind, match=r"out\.json"):
         atomic_write_json(tmp_path / "out.json", {"a": 1})
     monkeypatch.undo()

@@ -15,9 +15,11 @@ from geofuse.config import GuardConfig, parse_config
 from geofuse.data.datamodule import PatchDataModule
 from geofuse.data.patchset import PatchSet
 from geofuse.errors import ConfigError
+from geofuse.evaluation.importance import permutation_importance
 from geofuse.evaluation.predictions import load_predictions
 from geofuse.evaluation.regression_metrics import regression_metrics
 from geofuse.experiments.ablation import run_ablation
+from geofuse.experiments.runner import load_cells
 from geofuse.models.fusion import DecisionFusion
 from geofuse.preflight import preflight
 from geofuse.reporting.study_report import compute_study_stats, load_study
@@ -136,6 +138,20 @@ def test_regression_forest_is_the_baseline(runs: tuple[Path, Path]) -> None:
     assert load_predictions(forest, "test").regression
 
 
+def test_permutation_importance_of_values_is_a_drop_of_r2() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (300, 2, 4, 4))
+    y = 3.0 * x[:, 1].mean(axis=(1, 2)) + 10.0
+    result = permutation_importance(lambda b: 3.0 * b[:, 1].mean(axis=(1, 2)) + 10.0, x, y,
+                                    ["a", "b"], {"one": ["a"], "two": ["b"]}, n_repeats=3,
+                                    metric="r2")
+    assert result["baseline"] == pytest.approx(1.0)
+    assert result["band"]["a"]["mean"] == pytest.approx(0.0)  # never read
+    assert result["band"]["b"]["mean"] > 1.5  # shuffled: R2 about -1
+    assert result["modality"]["two"]["mean"] == pytest.approx(result["band"]["b"]["mean"],
+                                                              abs=0.5)
+
+
 def test_preflight_refuses_class_settings_on_values(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, loss={"name": "cross_entropy"}, monitor="val_f1_macro",
                       model={"name": "unet_early"})
@@ -168,7 +184,14 @@ def test_ablation_compares_sensors_on_r2(tmp_path: Path) -> None:
     cfg.ablation.sensors = [["s2"], ["s2", "dem"]]
     cfg.ablation.models = ["simple_cnn", "random_forest"]
     cfg.ablation.test_fraction = 0.2
+    cfg.ablation.importance, cfg.ablation.importance_repeats = True, 1
     study = run_ablation(cfg, progress=False, patchset=make_regression_patchset(n=100))
+    for cell in load_cells(study):  # the networks' sensor contribution, as a drop of R2
+        imp = cell["importance"]
+        if cell["model"] == "simple_cnn":
+            assert imp["metric"] == "r2" and set(imp["modality"]) == set(cell["modalities"])
+        else:
+            assert imp is None
     meta = json.loads((study / "study.json").read_text())
     assert meta["primary_metric"] == "r2" and meta["value_name"] == "people"
     stats = json.loads((study / "stats.json").read_text())

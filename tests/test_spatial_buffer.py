@@ -58,7 +58,7 @@ def test_a_buffer_that_empties_a_class_or_has_no_coordinates_is_refused() -> Non
                                          r"patch of 'forest'.*smaller buffer"):
         make_folds(patches, n_folds=3, group_by="block", block_size=400.0, buffer=5000.0)
     flat = patches._replace(coords=np.zeros((len(patches), 2)))
-    with pytest.raises(SplitError, match="same point.*remove ablation.buffer"):
+    with pytest.raises(SplitError, match=r"same point.*remove ablation.buffer"):
         make_folds(flat, n_folds=3, buffer=100.0)
 
 

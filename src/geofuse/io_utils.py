@@ -5,12 +5,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from geofuse.errors import write_error
+
+
+def _temp_name(target: Path, suffix: str) -> Path:
+    """A fresh hidden name beside ``target`` (nothing is created)."""
+    return target.parent / f".{target.name}.{secrets.token_hex(6)}{suffix}"
 
 
 @contextlib.contextmanager
@@ -21,20 +27,17 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
     failed or interrupted command never leaves a half-written output behind. A full disk or a
     read-only folder raises :class:`~geofuse.errors.DiskFullError` or
     :class:`~geofuse.errors.WriteAccessError` naming ``target``.
+
+    The name is chosen before the file is created inside the ``try``, so a Ctrl+C at any
+    moment, even right after the file appears, leaves nothing behind.
     """
     target = Path(target)
+    tmp_path = _temp_name(target, suffix or target.suffix or ".tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{target.name}.", suffix=suffix or target.suffix or ".tmp", dir=target.parent
-        )
-    except OSError as err:
-        raise _write_error(err, target) from None
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
+        os.close(os.open(tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         yield tmp_path
-        if tmp_path.is_file():  # mkstemp creates 0600; give the usual umask-based mode
+        if tmp_path.is_file():  # created 0600; give the usual umask-based mode
             umask = os.umask(0)
             os.umask(umask)
             tmp_path.chmod(0o666 & ~umask)
@@ -42,8 +45,26 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
     except OSError as err:
         raise _write_error(err, target) from None
     finally:
-        if tmp_path.exists():
+        if tmp_path.is_dir():
+            shutil.rmtree(tmp_path, ignore_errors=True)
+        elif tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def scratch_dir(target: str | Path) -> Iterator[Path]:
+    """A hidden temporary folder beside ``target``, removed on exit whatever happens (a
+    Ctrl+C right after it appears included: its name is chosen before it is created)."""
+    target = Path(target)
+    path = _temp_name(target, "")
+    try:
+        try:
+            path.mkdir(parents=False)
+        except OSError as err:
+            raise _write_error(err, target) from None
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _write_error(err: OSError, target: Path) -> OSError:

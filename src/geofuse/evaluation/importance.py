@@ -16,18 +16,24 @@ import numpy as np
 
 from geofuse.evaluation.metrics import classification_metrics
 from geofuse.evaluation.multilabel_metrics import THRESHOLD, multilabel_metrics
+from geofuse.evaluation.regression_metrics import regression_metrics
 
 PredictFn = Callable[[np.ndarray], Any]
-METRICS = ("accuracy", "f1_macro")
+METRICS = ("accuracy", "f1_macro", "r2")
+#: the metric of a regression model's values (the others compare classes)
+VALUE_METRICS = ("r2",)
 
 
 def _predict(predict_fn: PredictFn, x: np.ndarray, batch_size: int | None,
-             multilabel: bool = False) -> np.ndarray:
+             multilabel: bool = False, values: bool = False) -> np.ndarray:
     """Class indices for ``x``; scores/logits of shape (N, K) are arg-maxed. Multi-label:
-    probabilities (N, K) become 0/1 label sets (from 0.5)."""
+    probabilities (N, K) become 0/1 label sets (from 0.5). ``values``: the estimates (N,)
+    of a regression model, as they are."""
     step = batch_size or len(x)
     parts = [np.asarray(predict_fn(x[i:i + step])) for i in range(0, len(x), max(step, 1))]
     out = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    if values:
+        return out.astype(np.float64).ravel()
     if multilabel:
         return (out >= THRESHOLD).astype(np.uint8)
     if out.ndim == 2:
@@ -36,6 +42,8 @@ def _predict(predict_fn: PredictFn, x: np.ndarray, batch_size: int | None,
 
 
 def _score(y: np.ndarray, pred: np.ndarray, metric: str, num_classes: int) -> float:
+    if metric in VALUE_METRICS:
+        return float(regression_metrics(y, pred)[metric])
     if y.ndim == 2:  # label sets: accuracy is subset accuracy
         names = [str(i) for i in range(y.shape[1])]
         return float(multilabel_metrics(y, pred.astype(np.float64), names)[metric])
@@ -71,14 +79,16 @@ def permutation_importance(
 
     Args:
         predict_fn: maps an array (n, C, H, W) to class indices (n,) or scores (n, K); for
-            multi-label ``y``, to class probabilities (n, K).
+            multi-label ``y``, to class probabilities (n, K); for ``metric: r2``, to the
+            estimated values (n,).
         x: inputs (N, C, ...), channel axis 1 in the order of ``band_names``.
-        y: true class indices (N,), or true label sets (N, K) of 0/1.
+        y: true class indices (N,), true label sets (N, K) of 0/1, or true values (N,)
+            (``metric: r2``).
         band_names: C names.
         modalities: modality -> its band names (each a subset of ``band_names``).
         n_repeats: permutations per band/modality.
         seed: seed of the permutations (same seed, same result).
-        metric: ``accuracy`` or ``f1_macro``.
+        metric: ``accuracy`` or ``f1_macro``; ``r2`` for a regression model.
         batch_size: call ``predict_fn`` on chunks of this size (default: all at once).
 
     Returns:
@@ -90,15 +100,16 @@ def permutation_importance(
     if n_repeats < 1:
         raise ValueError(f"n_repeats must be >= 1, got {n_repeats}")
     x = np.asarray(x)
+    values = metric in VALUE_METRICS
     multilabel = np.asarray(y).ndim == 2
-    y = np.asarray(y, dtype=np.int64)
+    y = np.asarray(y, dtype=np.float64 if values else np.int64)
     y = y if multilabel else y.ravel()
     if x.ndim < 2 or x.shape[1] != len(band_names) or len(x) != len(y):
         raise ValueError(f"x {x.shape} must be (N, C, ...) with C = {len(band_names)} band "
                          f"names and N = {len(y)} labels")
     groups = _groups(band_names, modalities)
-    base_pred = _predict(predict_fn, x, batch_size, multilabel)
-    num_classes = int(max(y.max(initial=0), base_pred.max(initial=0))) + 1
+    base_pred = _predict(predict_fn, x, batch_size, multilabel, values)
+    num_classes = 1 if values else int(max(y.max(initial=0), base_pred.max(initial=0))) + 1
     baseline = _score(y, base_pred, metric, num_classes)
     rng = np.random.default_rng(seed)
     out: dict[str, Any] = {"baseline": baseline, "metric": metric, "n_repeats": n_repeats}
@@ -110,8 +121,8 @@ def permutation_importance(
                 perm = rng.permutation(len(x))
                 shuffled = x.copy()
                 shuffled[:, channels] = x[np.ix_(perm, channels)]
-                pred = _predict(predict_fn, shuffled, batch_size, multilabel)
-                k = max(num_classes, int(pred.max(initial=0)) + 1)
+                pred = _predict(predict_fn, shuffled, batch_size, multilabel, values)
+                k = 1 if values else max(num_classes, int(pred.max(initial=0)) + 1)
                 drops.append(baseline - _score(y, pred, metric, k))
             std = float(np.std(drops, ddof=1)) if n_repeats > 1 else 0.0
             out[kind][name] = {"mean": float(np.mean(drops)), "std": std}

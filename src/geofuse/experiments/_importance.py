@@ -41,7 +41,7 @@ def make_predict_fn(
     run_dir: Path, tabular: np.ndarray | None = None
 ) -> Callable[[np.ndarray], np.ndarray]:
     """``predict_fn(x)``: raw float32 (N, C, P, P) patches -> predicted class indices (N,)
-    (of a multi-label run: class probabilities (N, K)).
+    (of a multi-label run: class probabilities (N, K); of a regression run: values (N,)).
 
     ``tabular`` (N, F), already normalised, is passed with the patches in row order.
     """
@@ -60,8 +60,11 @@ def make_predict_fn(
             xb = standardize_patches(xb) if per_patch else xb
             tb = None if tabular is None else torch.from_numpy(tabular[i:i + BATCH])
             logits = task(xb, tb)
-            out.append(logits.sigmoid().numpy() if task.multilabel
-                       else logits.argmax(dim=1).numpy())
+            if task.regression:  # values in the target's unit
+                out.append(task.scaler.decode(logits.reshape(len(logits), -1)[:, 0]).numpy())
+            else:
+                out.append(logits.sigmoid().numpy() if task.multilabel
+                           else logits.argmax(dim=1).numpy())
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
     return predict_fn
@@ -84,7 +87,7 @@ def cell_importance(run_dir: Path, n_repeats: int, seed: int) -> dict[str, Any] 
                       "importance skipped", stacklevel=2)
         return None
     info = run.read_json(run.run_json)
-    if info.get("task") in ("segmentation", "regression"):
+    if info.get("task") == "segmentation":
         warnings.warn(f"{run.name}: permutation importance is not computed for "
                       f"{info['task']} runs; skipped", stacklevel=2)
         return None
@@ -92,8 +95,11 @@ def cell_importance(run_dir: Path, n_repeats: int, seed: int) -> dict[str, Any] 
     val = patches.split_indices("val")
     tab = normalized_tabular(patches, load_tabular_stats(run, patches))  # the run's own stats
     predict_fn = make_predict_fn(run.path, None if tab is None else tab[val])
+    regression = info.get("task") == "regression"
+    truth = patches.values[val] if regression else patches.targets(val)
     result = permutation_importance(
-        predict_fn, patches.x[val], patches.targets(val), list(patches.band_names),
+        predict_fn, patches.x[val], truth, list(patches.band_names),
         {m: list(b) for m, b in patches.modalities.items()}, n_repeats, seed,
+        metric="r2" if regression else "accuracy",
     )
     return dict(result)

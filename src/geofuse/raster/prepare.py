@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from geofuse.errors import (
     write_error,
     write_failure,
 )
+from geofuse.io_utils import scratch_dir
 from geofuse.progress_bars import step_progress
 from geofuse.raster.align import ModalityPlan, plan_modality, reference_grid
 from geofuse.raster.io import (
@@ -93,7 +93,7 @@ def prepare_stack(cfg: StudyConfig, progress: bool = True) -> PrepareResult:
     stack_path.parent.mkdir(parents=True, exist_ok=True)
     with (
         gdal_env(GDAL_CACHE_MB),
-        tempfile.TemporaryDirectory(prefix=f".{stack_path.name}.", dir=stack_path.parent) as tmp,
+        scratch_dir(stack_path) as tmp,
         step_progress(progress) as bar,
     ):
         raw, cog = Path(tmp) / "raw.tif", Path(tmp) / "cog.tif"

@@ -325,8 +325,10 @@ def _importance_blocks(s: dict[str, Any], study: Study) -> list[doc.Block]:
     blocks: list[doc.Block] = [doc.Heading("Sensor contribution (permutation importance)")]
     if not s["importance"]:
         return [*blocks, doc.Para("Not computed for this study.")]
-    blocks.append(doc.Para("Drop of the metric when a modality's bands (jointly) or one band "
-                           "are permuted across patches; mean over cells ± std across cells."))
+    metric = "R2" if study.regression else "accuracy"
+    blocks.append(doc.Para(f"Drop of the validation {metric} when a modality's bands (jointly) "
+                           "or one band are permuted across patches; mean over cells ± std "
+                           "across cells."))
     for kind in ("modality", "band"):
         per = {cid: imp[kind] for cid, imp in s["importance"].items() if kind in imp}
         if not per:
