@@ -36,17 +36,22 @@ Collect = Callable[[ClassificationTask, DataLoader[Any]], tuple[np.ndarray, np.n
 
 
 @torch.inference_mode()
-def predict_logits(task: ClassificationTask, loader: DataLoader[Any]
+def predict_logits(task: ClassificationTask, loader: DataLoader[Any], masks: bool = False
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """True targets and the task's logits (N, K) over a loader (no test-time augmentation)."""
+    """True targets and the task's logits (N, K) over a loader (no test-time augmentation);
+    ``masks``: the true masks (N, H, W, uint8) and per-pixel logits (N, K, H, W, float16)."""
     task.eval()
     targets, logits = [], []
     for batch in loader:
         tab = batch["tab"].to(task.device) if "tab" in batch else None
-        logits.append(task(batch["image"].to(task.device), tab).float().cpu().numpy())
-        targets.append(np.asarray(batch["label"]))
+        z = task(batch["image"].to(task.device), tab)
+        logits.append((z.half() if masks else z.float()).cpu().numpy())
+        targets.append(np.asarray(batch["mask"], dtype=np.uint8) if masks
+                       else np.asarray(batch["label"]))
     if not targets:
         k = int(task.hparams["num_classes"])
+        if masks:
+            return np.zeros((0, 0, 0), np.uint8), np.zeros((0, k, 0, 0), np.float16)
         return np.zeros((0, k) if task.multilabel else (0,)), np.zeros((0, k))
     return np.concatenate(targets), np.concatenate(logits)
 
@@ -77,20 +82,6 @@ def _unfittable(logits: np.ndarray, targets: np.ndarray, multilabel: bool) -> st
     return None
 
 
-@torch.inference_mode()
-def predict_pixel_logits(task: ClassificationTask, loader: DataLoader[Any]
-                         ) -> tuple[np.ndarray, np.ndarray]:
-    """True masks (N, H, W) and per-pixel logits (N, K, H, W, float16) over a loader."""
-    task.eval()
-    truth, logits = [], []
-    for batch in loader:
-        logits.append(task(batch["image"].to(task.device)).half().cpu().numpy())
-        truth.append(np.asarray(batch["mask"], dtype=np.uint8))
-    if not truth:
-        return np.zeros((0, 0, 0), dtype=np.uint8), np.zeros((0, 0, 0, 0), dtype=np.float16)
-    return np.concatenate(truth), np.concatenate(logits)
-
-
 def pixel_sample(true: np.ndarray, scores: np.ndarray, max_pixels: int = MAX_PIXELS
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Labelled pixels of masks (N, H, W) and their scores (N, K, H, W) as samples
@@ -108,7 +99,7 @@ def pixel_sample(true: np.ndarray, scores: np.ndarray, max_pixels: int = MAX_PIX
 def mask_samples(task: ClassificationTask, loader: DataLoader[Any]
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(targets, logits) of a fixed sample of a segmentation split's labelled pixels."""
-    return pixel_sample(*predict_pixel_logits(task, loader))
+    return pixel_sample(*predict_logits(task, loader, masks=True))
 
 
 def calibrate_task(task: ClassificationTask, val_loader: DataLoader[Any], checkpoint: Path,
