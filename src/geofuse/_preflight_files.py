@@ -93,10 +93,12 @@ def labels_problems(cfg: StudyConfig) -> tuple[int | None, list[Problem]]:
         return None, [Problem("labels", None, "extract needs label polygons; add a labels "
                               "section with labels.path and labels.class_field")]
     lab = cfg.labels
-    if lab.raster is not None:
-        raster = cfg.resolve(lab.raster)
-        return None, ([] if raster.exists() else [_missing_file("labels.raster", lab.raster,
-                                                                raster)])
+    for key in ("raster", "value_raster"):
+        given = getattr(lab, key)
+        if given is not None:
+            raster = cfg.resolve(given)
+            return None, ([] if raster.exists() else [_missing_file(f"labels.{key}", given,
+                                                                    raster)])
     path = cfg.resolve(lab.path or "")
     if not path.exists():
         return None, [_missing_file("labels.path", lab.path, path)]
@@ -165,7 +167,8 @@ def read_patch_meta(path: Path) -> PatchMeta:
             groups=np.char.decode(f["groups"][()], "utf-8").astype(str),
             coords=f["coords"][()], y=f["y"][()].astype(np.int64),
             has_tabular="tabular" in f, provenance=json.loads(f.attrs.get("provenance", "{}")),
-            multilabel="multi_hot" in f, segmentation="masks" in f, regression="values" in f,
+            multilabel="multi_hot" in f, regression="values" in f,
+            segmentation="masks" in f or ("values" in f and f["values"].ndim == 3),
         )
 
 

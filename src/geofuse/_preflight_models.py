@@ -59,15 +59,16 @@ def model_problems(
         return []
     if name not in MODELS:
         return [unknown_model(key_of("name"), name)]
-    if inputs.regression and is_segmentation_model(name):
+    if inputs.regression and not inputs.segmentation and is_segmentation_model(name):
         return [Problem(key_of("name"), name, f"{name!r} is a segmentation model (pixel masks) "
                         f"but {inputs.origin} carries one value per patch (regression); pick a "
                         "patch model (see 'geofuse models')")]
     if inputs.segmentation is not None and is_segmentation_model(name) != inputs.segmentation:
+        target = "a value per pixel" if inputs.regression else "pixel masks (segmentation)"
         return [Problem(key_of("name"), name, (
-            f"{inputs.origin} carries pixel masks (segmentation) and {name!r} classifies whole "
-            "patches; pick a segmentation model (lstm_unet, unet_early, unet_late, "
-            "siamese_unet, unet_single) or random_forest" if inputs.segmentation else
+            f"{inputs.origin} carries {target} and {name!r} classifies whole patches; pick a "
+            "segmentation model (lstm_unet, unet_early, unet_late, siamese_unet, unet_single) "
+            "or random_forest" if inputs.segmentation else
             f"{name!r} is a segmentation model (pixel masks) but {inputs.origin} carries one "
             "label per patch; pick a patch classifier (see 'geofuse models')"))]
     accepted = model_options(name)

@@ -129,7 +129,8 @@ def extract(config: Path = ConfigOpt) -> None:
     cfg = load_config(config)
     preflight(cfg, "extract")
     patches = extract_patches(cfg)
-    console.print(f"{len(patches)} patches written to [bold]{cfg.patches_path}[/]")
+    what = "tiles" if patches.segmentation or patches.dense_values else "patches"
+    console.print(f"{len(patches)} {what} written to [bold]{cfg.patches_path}[/]")
 
 
 @app.command()
@@ -206,7 +207,8 @@ def _print_scores(metrics: dict[str, Any]) -> None:
         m = metrics.get(split)
         if isinstance(m, dict) and m.get("regression"):
             console.print(f"{split}: R2 {m['r2']:.3f}, RMSE {m['rmse']:.4g}, MAE {m['mae']:.4g} "
-                          f"({m['n']} patches)")
+                          + (f"({m['n']} labelled pixels of {m['n_tiles']} tiles)"
+                             if m.get("dense") else f"({m['n']} patches)"))
             continue
         if not isinstance(m, dict) or "accuracy" not in m:
             continue

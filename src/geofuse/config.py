@@ -55,6 +55,20 @@ class LabelsConfig(_Model):
     raster: str | None = Field(
         None, description="Instead of path: GeoTIFF of class codes per pixel (any CRS/res)."
     )
+    value_raster: str | None = Field(
+        None, description="Instead of path or raster: GeoTIFF of a continuous quantity per "
+        "pixel (canopy height, impervious share, biomass; any CRS/res) for dense regression "
+        "with extract.target: mask. Its nodata (or value_nodata) and NaN are unlabelled; "
+        "tiles are stratified by value_strata quantile ranges of their mean value."
+    )
+    value_resampling: Literal["average", "bilinear", "cubic", "nearest"] = Field(
+        "average", description="labels.value_raster: how values are resampled onto the stack "
+        "grid (average: the mean of the source pixels under a finer stack pixel)."
+    )
+    value_nodata: float | None = Field(
+        None, description="labels.value_raster: a value that marks unlabelled pixels besides "
+        "the raster's own nodata (e.g. -9999)."
+    )
     unlabelled: int = Field(0, description="labels.raster: the code of unlabelled pixels.")
     class_codes: dict[str, int] | None = Field(
         None, description="labels.raster: class name -> code; default: every code found, "
@@ -72,19 +86,21 @@ class LabelsConfig(_Model):
         "read. Splits and folds are stratified by value_strata quantile ranges of the values."
     )
     value_strata: int = Field(
-        4, ge=2, le=20, description="labels.value_field: quantile ranges of the polygons' "
-        "values that stratify splits and folds (fewer when the values have fewer distinct "
-        "numbers)."
+        4, ge=2, le=20, description="labels.value_field / value_raster: quantile ranges of the "
+        "polygons' values (the tiles' mean values) that stratify splits and folds (fewer when "
+        "the values have fewer distinct numbers)."
     )
 
     @model_validator(mode="after")
     def _one_source(self) -> LabelsConfig:
-        if (self.path is None) == (self.raster is None):
-            raise ValueError("give exactly one of labels.path (polygons) and labels.raster "
-                             "(a GeoTIFF of class codes)")
-        if self.value_field is not None and self.raster is not None:
+        given = [k for k in ("path", "raster", "value_raster") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of labels.path (polygons), labels.raster (a "
+                             "GeoTIFF of class codes) and labels.value_raster (a GeoTIFF of "
+                             f"values); got {given or 'none'}")
+        if self.value_field is not None and self.path is None:
             raise ValueError("labels.value_field reads a number per polygon of labels.path; "
-                             "a labels.raster holds class codes: remove one of them")
+                             f"labels.{given[0]} is a raster: remove one of them")
         return self
 
 
@@ -202,6 +218,13 @@ class StudyConfig(_Model):
             raise ValueError(
                 "extract.target mask cuts tiles from a prepared stack with labels; a dataset "
                 "brings its own targets (its time series carry masks): remove extract.target"
+            )
+        if (self.labels is not None and self.labels.value_raster is not None
+                and self.extract.target != "mask"):
+            raise ValueError(
+                "labels.value_raster gives a value per pixel, for dense regression on tiles: "
+                "set extract.target: mask (or give labels.path with value_field for one value "
+                "per patch)"
             )
         self._fill_dataset_modalities()
         names = [m.name for m in self.modalities]

@@ -127,7 +127,8 @@ def check_grid(cfg: StudyConfig, patches: PatchSet, command: Literal["ablate", "
     """
     inputs = Inputs(list(patches.band_names), dict(patches.modalities), "the PatchSet",
                     has_tabular=patches.tabular is not None, from_config=False,
-                    multilabel=patches.multilabel, segmentation=patches.segmentation,
+                    multilabel=patches.multilabel,
+                    segmentation=patches.segmentation or patches.dense_values,
                     regression=patches.regression)
     if command == "ablate":
         problems = grid_problems(cfg, inputs)
@@ -208,12 +209,11 @@ def _inputs(cfg: StudyConfig) -> Inputs:
             derived = {m.index_modality: m.index_bands for m in cfg.modalities
                        if m.indices and m.name in mods}  # added by extract
             masks = cfg.extract.target == "mask"
-            numbers = cfg.labels is not None and cfg.labels.value_field is not None
+            numbers = cfg.labels is not None and (cfg.labels.value_field is not None
+                                                  or cfg.labels.value_raster is not None)
             return Inputs([*man.bands, *(b for v in derived.values() for b in v)],
-                          {**mods, **derived}, "extract.target mask" if masks else
-                          "labels.value_field" if numbers else
-                          f"stack manifest {str(path)!r}", from_config=False,
-                          segmentation=masks, regression=numbers and not masks)
+                          {**mods, **derived}, _origin(masks, numbers, str(path)),
+                          from_config=False, segmentation=masks, regression=numbers)
         except (OSError, ValueError, TypeError):
             pass  # an unreadable manifest: prepare rewrites it, extract reports it
     mods = {m.name: list(m.bands) for m in cfg.modalities}
@@ -221,13 +221,24 @@ def _inputs(cfg: StudyConfig) -> Inputs:
     dense = cfg.dataset is not None and cfg.dataset.segmentation
     masks = cfg.dataset is None and cfg.extract.target == "mask"
     values = (cfg.dataset.regression if cfg.dataset is not None else
-              cfg.labels is not None and cfg.labels.value_field is not None)
+              cfg.labels is not None and (cfg.labels.value_field is not None
+                                          or cfg.labels.value_raster is not None))
     origin = (f"dataset {cfg.dataset.name!r}" if (multilabel or dense or values) and cfg.dataset
-              else "extract.target mask" if masks else "labels.value_field" if values
-              else "the config's modalities")
+              else _origin(masks, values, None))
     return Inputs(list(cfg.all_band_names), {**mods, **dict(cfg.derived_modalities())},
                   origin, multilabel=multilabel, segmentation=dense or masks,
                   regression=values)
+
+
+def _origin(masks: bool, values: bool, manifest: str | None) -> str:
+    """Where the targets come from, for messages."""
+    if masks and values:
+        return "labels.value_raster (a value per pixel)"
+    if masks:
+        return "extract.target mask"
+    if values:
+        return "labels.value_field"
+    return f"stack manifest {manifest!r}" if manifest else "the config's modalities"
 
 
 def _patchset(cfg: StudyConfig, command: str) -> tuple[PatchMeta | None, list[Problem]]:

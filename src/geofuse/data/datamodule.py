@@ -157,7 +157,9 @@ class PatchDataset(Dataset[Sample]):
         row = int(self.indices[i])
         multi_hot, values = self.patches.multi_hot, self.patches.values
         label: Any = (torch.from_numpy(multi_hot[row].astype(np.float32)) if multi_hot is not None
-                      else float(values[row]) if values is not None else int(self.patches.y[row]))
+                      else int(self.patches.y[row]) if values is None
+                      else torch.from_numpy(values[row].copy()) if values.ndim == 3
+                      else float(values[row]))  # dense: (P, P), flipped with the image
         sample: Sample = {
             "image": torch.from_numpy(self.patches.x[row].copy()),
             "label": label,

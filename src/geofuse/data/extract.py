@@ -261,6 +261,10 @@ def extract_patches(cfg: StudyConfig, progress: bool = True) -> PatchSet:
         raise ConfigError(f"{cfg.source or 'config'}: extract.target mask makes a class mask "
                           f"per tile, labels.value_field = {lab.value_field!r} a number per "
                           "patch; remove one of them")
+    if cfg.extract.target == "mask" and lab.value_raster is not None:
+        from geofuse.data.extract_values import extract_value_tiles
+
+        return extract_value_tiles(cfg, manifest, progress)
     if cfg.extract.target == "mask":
         from geofuse.data.extract_masks import extract_mask_tiles
 

@@ -83,10 +83,12 @@ class PatchSet:
         timestamps: the dates of a time series (T); ``x`` then stacks the T steps time-major
             ((N, T * C, P, P), channel ``t * C + c``) with band names ``band@date``
             (:func:`temporal_band_names`); ``None`` for a single date.
-        values: optional float32 (N,) continuous target of a regression set (e.g. the
-            population of a 1 km cell), in its physical unit; ``y`` then holds each patch's
-            stratum (a range of values, named by ``class_names``) used for stratified splits
-            and folds. ``None`` for classification sets.
+        values: optional float32 continuous target of a regression set, in its physical
+            unit: (N,) one value per patch (e.g. the population of a 1 km cell), or (N, P, P)
+            one value per pixel (dense regression, e.g. canopy height; NaN = unlabelled);
+            ``y`` then holds each patch's stratum (a range of values, named by
+            ``class_names``) used for stratified splits and folds. ``None`` for
+            classification sets.
         value_name: what ``values`` measure (e.g. ``population``).
     """
 
@@ -145,9 +147,16 @@ class PatchSet:
                 raise ValueError("value_name given without values")
             return
         self.values = np.asarray(self.values, dtype=np.float32)
-        if self.values.shape != (len(self.x),):
-            raise ValueError(f"values must be (N,) = ({len(self.x)},); got {self.values.shape}")
-        if not np.isfinite(self.values).all():
+        n, size = len(self.x), self.x.shape[-1]
+        if self.values.shape not in ((n,), (n, size, size)):
+            raise ValueError(f"values must be (N,) = ({n},) or (N, P, P) = ({n}, {size}, {size});"
+                             f" got {self.values.shape}")
+        if self.values.ndim == 3:  # per pixel: NaN = unlabelled, never +-inf
+            if np.isinf(self.values).any():
+                raise ValueError("pixel values hold +-inf; mark unlabelled pixels with NaN")
+            if n and not np.isfinite(self.values).reshape(n, -1).any(axis=1).all():
+                raise ValueError("every tile of a dense regression set needs a labelled pixel")
+        elif not np.isfinite(self.values).all():
             raise ValueError(f"values hold {int((~np.isfinite(self.values)).sum())} NaN or "
                              "infinite target(s)")
         if self.multi_hot is not None or self.masks is not None:
@@ -245,6 +254,11 @@ class PatchSet:
     def regression(self) -> bool:
         """Whether each patch carries a continuous target (``values``) instead of a class."""
         return self.values is not None
+
+    @property
+    def dense_values(self) -> bool:
+        """Whether the continuous target is given per pixel (``values`` (N, P, P))."""
+        return self.values is not None and self.values.ndim == 3
 
     def targets(self, indices: np.ndarray | None = None) -> np.ndarray:
         """Class targets: ``multi_hot`` rows (N, K) of a multi-label set, else ``y`` (N,) (of
@@ -390,7 +404,11 @@ class PatchSet:
             f.attrs["timestamps"] = json.dumps(self.timestamps)
         if self.values is not None:
             f.attrs["value_name"] = self.value_name
-            f.create_dataset("values", data=self.values)
+            dense = self.values.ndim == 3 and len(self)
+            f.create_dataset("values", data=self.values,
+                             **({"compression": "gzip", "compression_opts": 4,
+                                 "chunks": (min(len(self), 256), *self.values.shape[1:])}
+                                if dense else {}))
 
     @classmethod
     def load(cls, path: str | Path) -> PatchSet:

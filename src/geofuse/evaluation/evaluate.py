@@ -168,6 +168,13 @@ def evaluate_run(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
             run.path, patches, task, data, cfg.train.tta, cfg.guards, read_history(run.history),
             info.get("collapse_stop", {}).get("reason"), cfg.train.calibration, run.best_ckpt)
         return _write_metrics(run, epoch, results, verdict, verbose)
+    if task.dense:
+        from geofuse.evaluation.dense_evaluate import evaluate_dense_values
+
+        results, verdict = evaluate_dense_values(
+            run.path, patches, task, data, cfg.train.tta, cfg.guards, read_history(run.history),
+            info.get("frozen_fraction"), info.get("collapse_stop", {}).get("reason"))
+        return _write_metrics(run, epoch, results, verdict, verbose)
     if task.regression:
         from geofuse.evaluation.regression_evaluate import evaluate_values, predict_values
 

@@ -42,8 +42,10 @@ def _predict(predict_fn: PredictFn, x: np.ndarray, batch_size: int | None,
 
 
 def _score(y: np.ndarray, pred: np.ndarray, metric: str, num_classes: int) -> float:
-    if metric in VALUE_METRICS:
-        return float(regression_metrics(y, pred)[metric])
+    if metric in VALUE_METRICS:  # dense targets (N, P, P): their labelled pixels
+        t, p = np.asarray(y, dtype=np.float64).reshape(-1), np.asarray(pred).reshape(-1)
+        keep = np.isfinite(t)
+        return float(regression_metrics(t[keep], p[keep])[metric])
     if y.ndim == 2:  # label sets: accuracy is subset accuracy
         names = [str(i) for i in range(y.shape[1])]
         return float(multilabel_metrics(y, pred.astype(np.float64), names)[metric])
@@ -80,10 +82,10 @@ def permutation_importance(
     Args:
         predict_fn: maps an array (n, C, H, W) to class indices (n,) or scores (n, K); for
             multi-label ``y``, to class probabilities (n, K); for ``metric: r2``, to the
-            estimated values (n,).
+            estimated values (n,), or (n, H, W) of a dense regression.
         x: inputs (N, C, ...), channel axis 1 in the order of ``band_names``.
         y: true class indices (N,), true label sets (N, K) of 0/1, or true values (N,)
-            (``metric: r2``).
+            or (N, H, W) with NaN for unlabelled pixels (``metric: r2``).
         band_names: C names.
         modalities: modality -> its band names (each a subset of ``band_names``).
         n_repeats: permutations per band/modality.
@@ -101,9 +103,9 @@ def permutation_importance(
         raise ValueError(f"n_repeats must be >= 1, got {n_repeats}")
     x = np.asarray(x)
     values = metric in VALUE_METRICS
-    multilabel = np.asarray(y).ndim == 2
+    multilabel = np.asarray(y).ndim == 2 and not values
     y = np.asarray(y, dtype=np.float64 if values else np.int64)
-    y = y if multilabel else y.ravel()
+    y = y if multilabel or (values and y.ndim == 3) else y.ravel()  # dense values: (N, P, P)
     if x.ndim < 2 or x.shape[1] != len(band_names) or len(x) != len(y):
         raise ValueError(f"x {x.shape} must be (N, C, ...) with C = {len(band_names)} band "
                          f"names and N = {len(y)} labels")

@@ -41,7 +41,8 @@ def make_predict_fn(
     run_dir: Path, tabular: np.ndarray | None = None
 ) -> Callable[[np.ndarray], np.ndarray]:
     """``predict_fn(x)``: raw float32 (N, C, P, P) patches -> predicted class indices (N,)
-    (of a multi-label run: class probabilities (N, K); of a regression run: values (N,)).
+    (of a multi-label run: class probabilities (N, K); of a regression run: values (N,), or
+    (N, P, P) of a dense one).
 
     ``tabular`` (N, F), already normalised, is passed with the patches in row order.
     """
@@ -60,7 +61,9 @@ def make_predict_fn(
             xb = standardize_patches(xb) if per_patch else xb
             tb = None if tabular is None else torch.from_numpy(tabular[i:i + BATCH])
             logits = task(xb, tb)
-            if task.regression:  # values in the target's unit
+            if task.dense:  # a value per pixel (B, H, W), in the target's unit
+                out.append(task.scaler.decode(logits[:, 0]).numpy())
+            elif task.regression:  # values in the target's unit
                 out.append(task.scaler.decode(logits.reshape(len(logits), -1)[:, 0]).numpy())
             else:
                 out.append(logits.sigmoid().numpy() if task.multilabel

@@ -168,12 +168,10 @@ def _candidate_pools(
     return pool, found, n_tiles
 
 
-def _cut_masks(read: CodeReader, grid: Grid, rows: np.ndarray, cols: np.ndarray,
-               classes: dict[str, int], opts: TileSampling) -> np.ndarray:
-    """Masks (class index, :data:`MASK_IGNORE` elsewhere) of the chosen tiles."""
-    tile = opts.patch_size
-    lookup = {code: k for k, code in enumerate(classes.values())}
-    masks = np.full((len(rows), tile, tile), MASK_IGNORE, dtype=np.uint8)
+def chosen_tiles(read: Callable[[Window], np.ndarray], grid: Grid, rows: np.ndarray,
+                 cols: np.ndarray, tile: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(index into ``rows``/``cols``, flat pixels (tile * tile,)) of each chosen tile, read
+    chunk by chunk; chunks without a chosen tile are not read."""
     wanted = {(int(r), int(c)): i for i, (r, c) in enumerate(zip(rows, cols, strict=True))}
     for win in _chunks(grid, tile):
         r0, c0 = _tile_origins(win, tile)
@@ -181,12 +179,22 @@ def _cut_masks(read: CodeReader, grid: Grid, rows: np.ndarray, cols: np.ndarray,
                if (int(r), int(c)) in wanted]
         if not hit:
             continue
-        codes = _as_tiles(read(win), tile)
+        pixels = _as_tiles(read(win), tile)
         for j, i in hit:
-            flat = np.full(tile * tile, MASK_IGNORE, dtype=np.uint8)
-            for code, k in lookup.items():
-                flat[codes[j] == code] = k
-            masks[i] = flat.reshape(tile, tile)
+            yield i, pixels[j]
+
+
+def _cut_masks(read: CodeReader, grid: Grid, rows: np.ndarray, cols: np.ndarray,
+               classes: dict[str, int], opts: TileSampling) -> np.ndarray:
+    """Masks (class index, :data:`MASK_IGNORE` elsewhere) of the chosen tiles."""
+    tile = opts.patch_size
+    lookup = {code: k for k, code in enumerate(classes.values())}
+    masks = np.full((len(rows), tile, tile), MASK_IGNORE, dtype=np.uint8)
+    for i, codes in chosen_tiles(read, grid, rows, cols, tile):
+        flat = np.full(tile * tile, MASK_IGNORE, dtype=np.uint8)
+        for code, k in lookup.items():
+            flat[codes == code] = k
+        masks[i] = flat.reshape(tile, tile)
     return masks
 
 

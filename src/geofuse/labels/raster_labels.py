@@ -54,16 +54,17 @@ class RasterSampling:
     class_codes: dict[str, int] | None = None
 
 
-def open_label_raster(path: Path, grid: Grid) -> RasterInfo:
-    """Header of the label raster; raise one-line errors when it cannot serve the stack."""
+def open_label_raster(path: Path, grid: Grid, key: str = "labels.raster") -> RasterInfo:
+    """Header of the label raster (config key ``key``); raise one-line errors when it cannot
+    serve the stack."""
     if not Path(path).exists():
         raise DataNotFoundError(
-            f"label raster {str(path)!r} does not exist; fix labels.raster in the config"
+            f"label raster {str(path)!r} does not exist; fix {key} in the config"
         )
     try:
         info = read_info(path)
     except RasterError as err:  # no CRS, unreadable
-        raise RasterError(f"labels.raster: {err}") from None
+        raise RasterError(f"{key}: {err}") from None
     if info.count < 1:
         raise RasterError(f"label raster {str(path)!r} has no band; give a 1-band GeoTIFF")
     left, bottom, right, top = transform_bounds(info.crs, grid.crs, *info.bounds, densify_pts=21)
@@ -73,7 +74,7 @@ def open_label_raster(path: Path, grid: Grid) -> RasterInfo:
             f"label raster {str(path)!r} does not overlap the fused stack: it covers "
             f"({left:.2f}, {bottom:.2f}, {right:.2f}, {top:.2f}), the stack "
             f"({g[0]:.2f}, {g[1]:.2f}, {g[2]:.2f}, {g[3]:.2f}) in {grid.crs_string()}; "
-            "check labels.raster and its CRS"
+            f"check {key} and its CRS"
         )
     return info
 

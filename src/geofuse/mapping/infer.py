@@ -214,8 +214,10 @@ def _patch_engine(members: list[LoadedMember], bands: list[str], raw: np.ndarray
 def _dense_member(m: LoadedMember, x: np.ndarray, tile: int, batch: int, tta: bool,
                   skip: np.ndarray) -> np.ndarray:
     """Blended probabilities (K, R, C') of a dense network over a normalised region x
-    (C, R, C') whose sides are whole hops plus a tile; tiles flagged in ``skip`` are not run."""
+    (C, R, C') whose sides are whole hops plus a tile (of a dense regression network the
+    value (1, R, C') in the target's unit); tiles flagged in ``skip`` are not run."""
     from geofuse.data.transforms import standardize_patches
+    from geofuse.evaluation.dense_evaluate import dense_values
     from geofuse.evaluation.seg_evaluate import mask_probabilities
 
     hop = tile // 2
@@ -230,7 +232,8 @@ def _dense_member(m: LoadedMember, x: np.ndarray, tile: int, batch: int, tta: bo
         image = torch.stack([tiles[:, i, j] for i, j in part]).to(m.device)
         if m.per_patch:
             image = standardize_patches(image)
-        probs = mask_probabilities(m.model, image, tta).float().cpu()
+        probs = (dense_values(m.model, image, tta)[:, None] if m.spec.regression
+                 else mask_probabilities(m.model, image, tta)).float().cpu()
         for (i, j), p in zip(part, probs, strict=True):
             acc[:, i * hop:i * hop + tile, j * hop:j * hop + tile] += p * weights
             wsum[i * hop:i * hop + tile, j * hop:j * hop + tile] += weights
@@ -247,7 +250,9 @@ def _pixel_forest(m: LoadedMember, x: np.ndarray, valid: np.ndarray) -> np.ndarr
     for s in range(0, len(values), PIXEL_CHUNK):
         feats = pixel_features(values[s:s + PIXEL_CHUNK], np.asarray(m.stats.mean),
                                m.spec.time_steps, m.spec.features)
-        out[s:s + PIXEL_CHUNK] = class_probabilities(m.model, feats, m.num_classes)
+        out[s:s + PIXEL_CHUNK] = (
+            class_probabilities(m.model, feats, m.num_classes) if m.scaler is None
+            else m.scaler.decode_numpy(m.model.predict(feats))[:, None])  # a value per pixel
     probs[:, valid] = out.T
     return probs
 

@@ -179,7 +179,7 @@ def read_member_spec(run_dir: str | Path) -> MemberSpec:
                           "an older geofuse?); re-run 'geofuse train' for this run")
     _refuse_unsupported(run, info)
     segmentation = info.get("task") == "segmentation"
-    kind = _kind(name, segmentation)
+    kind = _kind(name, segmentation or bool(info.get("dense")))  # per pixel: masks or values
     model_file = run / (MODEL_FILE if is_baseline(name) else "checkpoints/best.ckpt")
     if not model_file.is_file():
         raise RunDirError(f"{str(model_file)!r} is missing from run directory {str(run)!r}; "

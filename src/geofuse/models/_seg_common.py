@@ -35,7 +35,8 @@ AUTO = "auto"
 
 
 def seg_out_channels(num_classes: int) -> int:
-    """Output channels of a segmentation head: one binary logit for 2 classes, else K."""
+    """Output channels of a segmentation head: one binary logit for 2 classes, else K (1: a
+    value per pixel, dense regression)."""
     return 1 if num_classes == 2 else num_classes
 
 
@@ -43,7 +44,8 @@ def check_seg_args(model: str, in_channels: int, num_classes: int, time_steps: i
     """Validate the supplied arguments of a segmentation model; return the bands per date C.
 
     Raises:
-        ConfigError: ``time_steps`` < 1, ``in_channels`` not a multiple of it, or < 2 classes.
+        ConfigError: ``time_steps`` < 1, ``in_channels`` not a multiple of it, or no output
+            (``num_classes`` 1 is one value per pixel, a dense regression).
     """
     if time_steps < 1 or in_channels < 1 or in_channels % time_steps:
         raise ConfigError(
@@ -51,9 +53,9 @@ def check_seg_args(model: str, in_channels: int, num_classes: int, time_steps: i
             "band count; the input must be T dates x C bands stacked time-major (channel t*C+c) "
             "with time_steps = T; check the temporal bands and train.bands"
         )
-    if num_classes < 2:
-        raise ConfigError(f"{model}: needs >= 2 mask classes, got num_classes={num_classes}; "
-                          "check the mask classes of the dataset")
+    if num_classes < 1:
+        raise ConfigError(f"{model}: needs >= 2 mask classes or 1 output (a value per pixel), "
+                          f"got num_classes={num_classes}; check the mask classes of the dataset")
     return in_channels // time_steps
 
 

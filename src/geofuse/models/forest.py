@@ -37,7 +37,7 @@ from geofuse.evaluation.regression_metrics import regression_metrics
 from geofuse.io_utils import atomic_path, atomic_write_json
 from geofuse.rundir import RunDir, read_history, write_history
 from geofuse.training._regression import TargetScaler
-from geofuse.training.guards import print_verdict, run_guards
+from geofuse.training.guards import GuardVerdict, print_verdict, run_guards
 
 BASELINES = ("random_forest", "logistic_regression")
 MODEL_FILE = "model.joblib"
@@ -191,6 +191,10 @@ def fit_baseline(
 
     if patches.segmentation:  # one sample per pixel: geofuse.models.pixel_forest
         return pixel_forest.fit_pixel_baseline(cfg, run, patches, stats, info)
+    if patches.dense_values:  # a value per pixel: geofuse.models.pixel_value_forest
+        from geofuse.models.pixel_value_forest import fit_pixel_value_baseline
+
+        return fit_pixel_value_baseline(cfg, run, patches, stats, info)
     name, base = cfg.train.model.name, cfg.train.baseline
     means = np.asarray(stats.mean)
     started = time.perf_counter()
@@ -217,6 +221,18 @@ def fit_baseline(
     return path
 
 
+def write_baseline_metrics(run: RunDir, results: dict[str, Any], verdict: GuardVerdict,
+                           verbose: bool = True) -> dict[str, Any]:
+    """Write a baseline run's ``metrics.json`` (its split results and guard) atomically and
+    print the guard's verdict (always when it collapsed); returns the metrics."""
+    metrics = {"run_name": run.name, "checkpoint": MODEL_FILE, "best_epoch": 0, **results,
+               "guard": verdict.to_dict()}
+    atomic_write_json(run.metrics, metrics)
+    if verbose or verdict.collapsed:
+        print_verdict(verdict)
+    return metrics
+
+
 def evaluate_baseline(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
     """Metrics of a baseline run on val and test; writes metrics.json like a network run, and
     with a test split ``test_predictions.npz`` (:mod:`geofuse.evaluation.predictions`); a
@@ -233,6 +249,10 @@ def evaluate_baseline(run_dir: str | Path, verbose: bool = True) -> dict[str, An
         from geofuse.models import pixel_forest
 
         return pixel_forest.evaluate_pixel_baseline(run, info, verbose=verbose)
+    if info.get("dense"):  # a value per pixel: geofuse.models.pixel_value_forest
+        from geofuse.models.pixel_value_forest import evaluate_pixel_value_baseline
+
+        return evaluate_pixel_value_baseline(run, info, verbose=verbose)
     cfg = load_config(run.config)
     patches = PatchSet.load(info["patches_path"]).select_bands(info["bands"])
     means = np.asarray(BandStats.load(run.normalization).mean)
@@ -261,9 +281,4 @@ def evaluate_baseline(run_dir: str | Path, verbose: bool = True) -> dict[str, An
 
         results["calibration"] = calibration_record("none", None, {}, final,
                                                     patches.multilabel)
-    metrics = {"run_name": run.name, "checkpoint": MODEL_FILE, "best_epoch": 0, **results,
-               "guard": verdict.to_dict()}
-    atomic_write_json(run.metrics, metrics)
-    if verbose or verdict.collapsed:
-        print_verdict(verdict)
-    return metrics
+    return write_baseline_metrics(run, results, verdict, verbose)

@@ -35,9 +35,8 @@ from geofuse.data.patchset import MASK_IGNORE, PatchSet
 from geofuse.evaluation.seg_evaluate import save_masks, segmentation_guards, split_mask_metrics
 from geofuse.evaluation.seg_metrics import segmentation_confusion, segmentation_metrics
 from geofuse.io_utils import atomic_path, atomic_write_json
-from geofuse.models.forest import MODEL_FILE, build_estimator
+from geofuse.models.forest import MODEL_FILE, build_estimator, write_baseline_metrics
 from geofuse.rundir import RunDir, read_history, write_history
-from geofuse.training.guards import print_verdict
 
 EVAL_SPLITS = ("val", "test")
 PREDICT_PIXELS = 2**18  #: pixels predicted per batch (whole tiles, at least one)
@@ -251,9 +250,4 @@ def evaluate_pixel_baseline(run: RunDir, info: dict[str, Any], verbose: bool = T
         save_masks(run.path, split, indices, pred, probs)
     verdict = segmentation_guards(results, masks, read_history(run.history), cfg.guards,
                                   len(names))
-    metrics = {"run_name": run.name, "checkpoint": MODEL_FILE, "best_epoch": 0, **results,
-               "guard": verdict.to_dict()}
-    atomic_write_json(run.metrics, metrics)
-    if verbose or verdict.collapsed:
-        print_verdict(verdict)
-    return metrics
+    return write_baseline_metrics(run, results, verdict, verbose)

@@ -71,10 +71,60 @@ def regression_plots(run_path: Path, plots_dir: Path, info: dict[str, Any], save
     out: dict[str, Path] = {}
     log = (info.get("target_scaler") or {}).get("transform") == "log1p"
     name = info.get("value_name", "value")
+    if info.get("dense"):
+        return _dense_plots(run_path, plots_dir, name, log, save)
     for split in EVAL_SPLITS:
         pred = load_predictions(run_path, split)
         if pred is not None and pred.regression and len(pred.targets):
             fig = plot_observed_vs_predicted(pred.targets, pred.values(), name,
                                              f"Observed vs predicted ({split})", log)
             out[f"scatter_{split}"] = save(fig, plots_dir / f"observed_vs_predicted_{split}.png")
+    return out
+
+
+#: labelled pixels drawn in a dense-regression run's observed-vs-predicted plot
+SCATTER_PIXELS = 20_000
+
+
+def plot_value_tiles(true: np.ndarray, pred: np.ndarray, value_name: str, title: str = ""
+                     ) -> Figure:
+    """True and predicted values of up to four tiles side by side, on one colour scale
+    (unlabelled pixels blank)."""
+    n = min(4, len(true))
+    fig = _new_figure(2.2 * n + 0.8, 4.6)
+    axes = np.asarray(fig.subplots(2, n, squeeze=False))
+    finite = true[:n][np.isfinite(true[:n])]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    image = None
+    for j in range(n):
+        for i, (what, data) in enumerate((("true", true[j]), ("predicted", pred[j]))):
+            image = axes[i, j].imshow(data, vmin=lo, vmax=hi, cmap="viridis")
+            axes[i, j].set(xticks=[], yticks=[], title=f"tile {j + 1}: {what}")
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label=value_name)
+    fig.suptitle(title)
+    return fig
+
+
+def _dense_plots(run_path: Path, plots_dir: Path, name: str, log: bool, save: Any
+                 ) -> dict[str, Path]:
+    """A dense-regression run's figures per split: observed vs predicted over a sample of
+    labelled pixels, and true and predicted values of a few tiles."""
+    from geofuse.evaluation.dense_evaluate import load_values
+
+    out: dict[str, Path] = {}
+    for split in EVAL_SPLITS:
+        saved = load_values(run_path, split)
+        if saved is None or not len(saved[1]):
+            continue
+        _, true, pred = saved
+        labelled = np.flatnonzero(np.isfinite(true.reshape(-1)))
+        if len(labelled) > SCATTER_PIXELS:
+            labelled = np.sort(np.random.default_rng(0).choice(labelled, SCATTER_PIXELS,
+                                                               replace=False))
+        fig = plot_observed_vs_predicted(true.reshape(-1)[labelled], pred.reshape(-1)[labelled],
+                                         name, f"Observed vs predicted pixels ({split})", log)
+        out[f"scatter_{split}"] = save(fig, plots_dir / f"observed_vs_predicted_{split}.png")
+        fig = plot_value_tiles(true, pred, name, f"{split} tiles")
+        out[f"tiles_{split}"] = save(fig, plots_dir / f"value_tiles_{split}.png")
     return out

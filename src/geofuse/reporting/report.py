@@ -170,7 +170,10 @@ def _metrics_section(metrics: dict[str, Any], info: dict[str, Any]) -> list[str]
         note = [f"Regression of `{info.get('value_name', 'value')}`: errors in its own unit; "
                 f"the model learnt the standardised "
                 f"{'log(1 + value)' if scaler.get('transform') == 'log1p' else 'value'}. R2 "
-                "above 0 beats always predicting the split's mean.", ""]
+                "above 0 beats always predicting the split's mean."
+                + (" One value per pixel: n counts the split's labelled pixels, pooled over "
+                   "its tiles." if any(metrics.get(s, {}).get("dense") for s in EVAL_SPLITS)
+                   else ""), ""]
         return ["## Metrics (best checkpoint)", "", *note,
                 *_table(*regression_rows(metrics, info.get("value_name", "value")))]
     if is_segmentation(metrics):
@@ -229,6 +232,8 @@ def _plots_section(plots: dict[str, str]) -> list[str]:
               "masks_val": "Example tiles (val)", "masks_test": "Example tiles (test)",
               "scatter_val": "Observed vs predicted (val)",
               "scatter_test": "Observed vs predicted (test)",
+              "tiles_val": "True and predicted values of example tiles (val)",
+              "tiles_test": "True and predicted values of example tiles (test)",
               "reliability": "Reliability diagram"}
     lines = ["## Plots", ""]
     for key, rel in plots.items():

@@ -42,7 +42,8 @@ class TargetScaler:
         Raises:
             ConfigError: ``log1p`` of values at or below -1.
         """
-        v = np.asarray(values, dtype=np.float64)
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
+        v = v[np.isfinite(v)]  # unlabelled pixels of dense targets
         if transform == "log1p" and len(v) and v.min() <= -1:
             raise ConfigError(
                 f"train.target_transform log1p needs values above -1, the training split "
@@ -78,15 +79,24 @@ class TargetScaler:
 
 
 class RegressionLoss(nn.Module):
-    """MSE, Huber or L1 between a model's single output (B, 1) or (B,) and targets (B,)."""
+    """MSE, Huber or L1 between a model's single output (B, 1) or (B,) and targets (B,); of
+    a dense model, between its output (B, 1, H, W) and targets (B, H, W) over the labelled
+    (finite) pixels."""
 
     def __init__(self, name: str = "mse", delta: float = 1.0) -> None:
         super().__init__()
         self.name, self.delta = name, delta
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        pred = output.reshape(len(output), -1)[:, 0].float()
-        target = target.float()
+        if target.ndim == 3:  # per pixel: NaN = unlabelled
+            pred = output[:, 0].float()
+            labelled = torch.isfinite(target)
+            if not bool(labelled.any()):  # a batch without labels: no gradient, graph intact
+                return pred.sum() * 0.0
+            pred, target = pred[labelled], target[labelled].float()
+        else:
+            pred = output.reshape(len(output), -1)[:, 0].float()
+            target = target.float()
         if self.name == "huber":
             return F.huber_loss(pred, target, delta=self.delta)
         if self.name == "l1":
@@ -116,6 +126,9 @@ def regression_epoch_scores(preds: torch.Tensor, target: torch.Tensor
     in the target's unit, as :func:`~geofuse.evaluation.regression_metrics.
     regression_metrics` computes them."""
     p, t = preds.reshape(-1).double(), target.reshape(-1).double()
+    labelled = torch.isfinite(t)  # dense targets: NaN = unlabelled pixel
+    if not bool(labelled.all()):
+        p, t = p[labelled], t[labelled]
     err = p - t
     sst = ((t - t.mean()) ** 2).sum()
     r2 = 1 - (err ** 2).sum() / sst if sst > 0 else torch.zeros((), dtype=torch.float64)

@@ -120,7 +120,8 @@ def run_info(
     if patches.segmentation:  # the model's classes are the mask's; class_names = strata
         info.update(task="segmentation", mask_names=list(patches.mask_names))
     if patches.regression:  # one continuous target per patch; class_names = its strata
-        info.update(task="regression", value_name=patches.value_name)
+        info.update(task="regression", value_name=patches.value_name,
+                    dense=patches.dense_values)
     if patches.timestamps:
         info.update(time_steps=patches.time_steps, timestamps=list(patches.timestamps),
                     step_bands=patches.step_bands)

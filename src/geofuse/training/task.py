@@ -94,6 +94,9 @@ class ClassificationTask(L.LightningModule):
             unit instead of accuracy and F1.
         target_scaler: :meth:`~geofuse.training._regression.TargetScaler.to_dict` of the
             training split (regression only).
+        dense: a regression target per pixel (``batch["label"]`` float (B, H, W), NaN =
+            unlabelled) of a segmentation network with one output channel (B, 1, H, W);
+            losses and scores count the labelled pixels.
     """
 
     def __init__(
@@ -115,6 +118,7 @@ class ClassificationTask(L.LightningModule):
         time_steps: int = 1,
         regression: bool = False,
         target_scaler: dict[str, Any] | None = None,
+        dense: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -126,6 +130,7 @@ class ClassificationTask(L.LightningModule):
         self.multilabel = multilabel
         self.segmentation = segmentation
         self.regression = regression
+        self.dense = dense and regression
         self.scaler = TargetScaler(**(target_scaler or {}))
         self._mixup_alpha = float(self.train_config.mixup)
         self._cutmix_alpha = float(self.train_config.cutmix)
@@ -168,14 +173,16 @@ class ClassificationTask(L.LightningModule):
         by the fitted temperature ``logit_temperature`` (1 until calibrated)."""
         tabular = getattr(self.model, "uses_tabular", False)
         logits = self.model(x, tab) if tabular else self.model(x)
+        if self.regression:
+            return logits
         if self.segmentation and logits.shape[1] == 1:  # binary: one logit z -> [0, z]
             logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
         # x / 1 is exact: an uncalibrated task returns its logits bit for bit
-        return logits if self.regression else logits / self.logit_temperature
+        return logits / self.logit_temperature
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         target = batch["mask"] if self.segmentation else batch["label"]
-        if stage == "train" and len(target) > 1 and not self.segmentation:
+        if stage == "train" and len(target) > 1 and not (self.segmentation or self.dense):
             mode = self._batch_mix_mode()
             if mode is not None:
                 return self._mixed_step(batch, mode)
@@ -193,6 +200,8 @@ class ClassificationTask(L.LightningModule):
     def _predicted(self, logits: torch.Tensor) -> torch.Tensor:
         """What the epoch's scores compare with the targets: class indices, label sets
         (sigmoid >= 0.5) or, of a regression task, values in the target's unit."""
+        if self.dense:  # (B, 1, H, W) -> values (B, H, W)
+            return self.scaler.decode(logits[:, 0])
         if self.regression:
             return self.scaler.decode(logits.reshape(len(logits), -1)[:, 0])
         return logits >= 0 if self.multilabel else logits.argmax(dim=1)
@@ -327,6 +336,8 @@ class ClassificationTask(L.LightningModule):
         if is_distributed(self.trainer):  # the whole split: every process's share
             if self.segmentation:  # pixels (tile shapes may differ), one byte each
                 preds, target = preds.reshape(-1).byte(), target.reshape(-1).byte()
+            elif self.dense:  # pixels (tile shapes may differ)
+                preds, target = preds.reshape(-1), target.reshape(-1)
             loss = gather_mean_loss(self, loss, sum(epoch.sizes))
             preds, target = gather_rows(self, preds), gather_rows(self, target)
             if self.segmentation:

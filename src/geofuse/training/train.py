@@ -218,7 +218,8 @@ def build_task(cfg: StudyConfig, patches: PatchSet) -> ClassificationTask:
             "(regression)")
     scaler = None
     if patches.values is not None:  # regression: one output, the standardised target
-        scaler = TargetScaler.fit(patches.values[patches.split_indices("train")],
+        train_values = patches.values[patches.split_indices("train")]
+        scaler = TargetScaler.fit(train_values[np.isfinite(train_values)],
                                   t.target_transform).to_dict()
     return ClassificationTask(
         model=t.model.name, in_channels=len(patches.band_names),
@@ -232,6 +233,7 @@ def build_task(cfg: StudyConfig, patches: PatchSet) -> ClassificationTask:
         class_counts=_train_class_counts(patches),
         multilabel=patches.multilabel, segmentation=patches.segmentation,
         time_steps=patches.time_steps, regression=patches.regression, target_scaler=scaler,
+        dense=patches.dense_values,
     )
 
 
