@@ -118,6 +118,30 @@ def test_tiles_hold_the_value_raster_averaged_onto_the_stack_grid(scene: dict[st
         assert len(np.unique(ps.split[ps.groups == g])) == 1
 
 
+def test_a_tiled_reference_given_as_a_pattern_is_mosaicked_on_the_fly(
+    scene: dict[str, Path],
+) -> None:
+    folder = scene["folder"]
+    (folder / "tiles").mkdir()
+    with rasterio.open(scene["cover"]) as src:  # four tiles of the same raster
+        profile, half = src.profile, src.width // 2
+        for i, (r, c) in enumerate([(0, 0), (0, half), (half, 0), (half, half)]):
+            win = rasterio.windows.Window(c, r, half, half)
+            profile.update(width=half, height=half, transform=src.window_transform(win))
+            with rasterio.open(folder / "tiles" / f"t{i}.tif", "w", **profile) as dst:
+                dst.write(src.read(1, window=win), 1)
+    cfg = _config(folder, "tiled.yaml", {"value_raster": "tiles/*.tif"})
+    code, out = _invoke("extract", "-c", str(cfg))
+    assert code == 0, out
+    tiled, whole = PatchSet.load(folder / "work" / "tiled.h5"), PatchSet.load(scene["patches"])
+    assert tiled.value_name == "tiles"
+    np.testing.assert_array_equal(tiled.coords, whole.coords)
+    np.testing.assert_allclose(tiled.values, whole.values, rtol=1e-6, atol=1e-4)
+    cfg = _config(folder, "none.yaml", {"value_raster": "tiles/*.vrt"})
+    code, out = _invoke("extract", "-c", str(cfg))
+    assert code == 2 and "matches no file" in out, out
+
+
 def test_a_value_range_in_too_few_blocks_joins_its_neighbour() -> None:
     groups = np.array(["a", "b", "c", "c", "d", "e"])
     means = np.array([1.0, 2.0, 3.0, 3.5, 8.0, 9.0])

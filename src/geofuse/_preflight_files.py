@@ -96,9 +96,8 @@ def labels_problems(cfg: StudyConfig) -> tuple[int | None, list[Problem]]:
     for key in ("raster", "value_raster"):
         given = getattr(lab, key)
         if given is not None:
-            raster = cfg.resolve(given)
-            return None, ([] if raster.exists() else [_missing_file(f"labels.{key}", given,
-                                                                    raster)])
+            problem = _pattern_problem(cfg, f"labels.{key}", given)
+            return None, [] if problem is None else [problem]
     path = cfg.resolve(lab.path or "")
     if not path.exists():
         return None, [_missing_file("labels.path", lab.path, path)]

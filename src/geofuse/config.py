@@ -57,9 +57,14 @@ class LabelsConfig(_Model):
     )
     value_raster: str | None = Field(
         None, description="Instead of path or raster: GeoTIFF of a continuous quantity per "
-        "pixel (canopy height, impervious share, biomass; any CRS/res) for dense regression "
+        "pixel (canopy height, impervious share, biomass; any CRS/res), or a glob pattern of "
+        "tiles mosaicked on the fly (first valid value wins), for dense regression "
         "with extract.target: mask. Its nodata (or value_nodata) and NaN are unlabelled; "
         "tiles are stratified by value_strata quantile ranges of their mean value."
+    )
+    value_name: str | None = Field(
+        None, description="labels.value_raster: what the values measure, in reports and maps "
+        "(default: the file's stem, or the folder of a glob pattern)."
     )
     value_resampling: Literal["average", "bilinear", "cubic", "nearest"] = Field(
         "average", description="labels.value_raster: how values are resampled onto the stack "

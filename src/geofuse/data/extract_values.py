@@ -33,6 +33,7 @@ from geofuse.labels.value_tiles import (
     ValueTileSampling,
     sample_value_tiles,
     span_strata,
+    value_name_of,
     value_raster_reader,
 )
 from geofuse.raster.io import Grid
@@ -126,5 +127,6 @@ def extract_value_tiles(
     }
     return finish_patchset(
         cfg, manifest, x[keep], y, groups, coords[keep], frac[keep], strata,
-        provenance, qc, values=values, value_name=Path(source).stem,
+        provenance, qc, values=values,
+        value_name=lab.value_name or value_name_of(lab.value_raster or ""),
     )

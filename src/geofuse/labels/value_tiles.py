@@ -12,19 +12,26 @@ kept per stratum. The chosen tiles' values are read in a second pass.
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
+from rasterio import windows
+from rasterio.enums import Resampling
+from rasterio.merge import merge
+from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window
 
-from geofuse.errors import SamplingError
+from geofuse.errors import DataNotFoundError, RasterError, SamplingError
 from geofuse.labels.label_tiles import _as_tiles, _chunks, _tile_origins, chosen_tiles
 from geofuse.labels.polygons import value_strata
 from geofuse.labels.raster_labels import POOL_FACTOR, open_label_raster
-from geofuse.raster.io import Grid, read_warped
+from geofuse.raster.io import Grid, RasterInfo, read_warped
 
 #: Reads the values (float32, NaN where unlabelled) of a window of the stack grid.
 ValueReader = Callable[[Window], np.ndarray]
@@ -57,25 +64,115 @@ class ValueTiles:
         return len(self.rows)
 
 
+def value_raster_files(path: Path) -> list[Path]:
+    """The file at ``path``, or the files a glob pattern (``tiles/*.tif``) matches, sorted.
+
+    Raises:
+        DataNotFoundError: nothing there.
+    """
+    if glob.has_magic(str(path)):
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+        if not files:
+            raise DataNotFoundError(f"labels.value_raster {str(path)!r} matches no file; fix "
+                                    "the pattern in the config")
+        return files
+    return [Path(path)]
+
+
+def value_name_of(path: str) -> str:
+    """What a value raster measures, from its name: the file's stem, or of a glob pattern
+    the last folder before the pattern (``heights/*.tif`` -> ``heights``)."""
+    parts = Path(path).parts
+    plain = [p for p in parts if not glob.has_magic(p)]
+    if len(plain) == len(parts):
+        return Path(path).stem
+    first = next(i for i, p in enumerate(parts) if glob.has_magic(p))
+    return parts[first - 1] if first else "value"
+
+
 def value_raster_reader(path: Path, grid: Grid, resampling: str,
                         extra_nodata: float | None = None) -> ValueReader:
     """Values of the raster at ``path`` resampled (``resampling``) onto windows of ``grid``;
-    its nodata, ``extra_nodata``, non-finite values and pixels it does not cover read as NaN.
+    nodata, ``extra_nodata`` (both masked before resampling), non-finite values and pixels no
+    file covers read as NaN. A glob pattern's tiles are mosaicked first (per CRS, the first
+    file with a value wins), then resampled, so no seam shows where tiles meet.
 
     Raises:
-        DataNotFoundError: no file at ``path``.
-        RasterError: the raster has no CRS or band, or does not overlap the grid.
+        DataNotFoundError: no file at ``path``, or a pattern that matches none.
+        RasterError: a raster has no CRS or band; none overlaps the grid.
     """
-    info = open_label_raster(path, grid, key="labels.value_raster")
+    files = value_raster_files(path)
+    infos = []
+    for f in files:
+        try:
+            infos.append(open_label_raster(f, grid, key="labels.value_raster"))
+        except RasterError as err:  # a tile beside the stack is fine, a broken one is not
+            if len(files) == 1 or "does not overlap" not in str(err):
+                raise
+    if not infos:
+        raise RasterError(f"labels.value_raster {str(path)!r}: none of its {len(files)} files "
+                          "overlaps the fused stack; check the pattern and the files' CRS")
+    if len(files) == 1:
+        info = infos[0]
+        nodata = info.nodata if extra_nodata is None else extra_nodata
 
-    def read(win: Window) -> np.ndarray:
-        values = read_warped(info, grid, win, resampling, info.nodata)[0].astype(np.float32)
-        values[~np.isfinite(values)] = np.nan
-        if extra_nodata is not None:
-            values[values == np.float32(extra_nodata)] = np.nan
+        def read_file(win: Window) -> np.ndarray:
+            values = read_warped(info, grid, win, resampling, nodata)[0].astype(np.float32)
+            if info.nodata is not None and extra_nodata is not None:  # both, after the warp
+                values[values == np.float32(info.nodata)] = np.nan
+            values[~np.isfinite(values)] = np.nan
+            return values
+
+        return read_file
+    by_crs: dict[str, list[RasterInfo]] = {}
+    for info in infos:
+        by_crs.setdefault(info.crs.to_string(), []).append(info)
+
+    def read_mosaic(win: Window) -> np.ndarray:
+        values = np.full((int(win.height), int(win.width)), np.nan, dtype=np.float32)
+        for group in by_crs.values():
+            part = _mosaic_window(group, grid, win, resampling, extra_nodata)
+            if part is not None:
+                fill = np.isnan(values) & np.isfinite(part)
+                values[fill] = part[fill]
         return values
 
-    return read
+    return read_mosaic
+
+
+def _mosaic_window(infos: list[RasterInfo], grid: Grid, win: Window, resampling: str,
+                   extra_nodata: float | None) -> np.ndarray | None:
+    """Tiles of one CRS mosaicked over ``win`` (plus a margin of two source pixels) and
+    resampled onto it; None when no tile lies under the window."""
+    crs = infos[0].crs
+    left, bottom, right, top = transform_bounds(
+        grid.crs, crs, *windows.bounds(win, grid.transform), densify_pts=21)
+    # the box on the first tile's pixel grid, so the mosaic keeps the source pixels as they are
+    t = infos[0].transform
+    xres, yres = abs(t.a), abs(t.e)
+    x0, y0 = t.c, t.f
+    box = (x0 + (np.floor((left - x0) / xres) - 2) * xres,
+           y0 + (np.floor((bottom - y0) / yres) - 2) * yres,
+           x0 + (np.ceil((right - x0) / xres) + 2) * xres,
+           y0 + (np.ceil((top - y0) / yres) + 2) * yres)
+    under = [i for i in infos
+             if not (i.bounds[0] >= box[2] or i.bounds[2] <= box[0] or i.bounds[1] >= box[3]
+                     or i.bounds[3] <= box[1])]
+    if not under:
+        return None
+    with ExitStack() as stack:
+        sources = [stack.enter_context(rasterio.open(i.path)) for i in under]
+        mosaic, transform = merge(sources, bounds=box, indexes=[1], dtype="float32",
+                                  nodata=np.nan)
+    data = mosaic[0]
+    data[~np.isfinite(data)] = np.nan
+    if extra_nodata is not None:
+        data[data == np.float32(extra_nodata)] = np.nan
+    out = np.full((int(win.height), int(win.width)), np.nan, dtype=np.float32)
+    reproject(data, out, src_transform=transform, src_crs=crs, src_nodata=np.nan,
+              dst_transform=windows.transform(win, grid.transform), dst_crs=grid.crs,
+              dst_nodata=np.nan, resampling=Resampling[resampling])
+    return out
 
 
 def _merge_sample(sample: dict[str, np.ndarray], add: dict[str, np.ndarray], size: int) -> None:
