@@ -219,6 +219,8 @@ def _data_section(info: dict[str, Any]) -> list[str]:
         f" at each of {info['time_steps']} dates" if info.get("step_bands") else "")
     what = {"segmentation": "Tiles per stratum", "regression": "Patches per stratum (value "
             "range)"}.get(info.get("task", ""), "Patches per class")
+    if info.get("dense"):
+        what = "Tiles per stratum (range of the tiles' mean value)"
     steps = ([f"Time series: {info['time_steps']} dates ({', '.join(info['timestamps'])}), "
               f"bands per date: {', '.join(info['step_bands'])}.", ""]
              if info.get("time_steps") else [])
