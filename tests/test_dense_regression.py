@@ -210,7 +210,11 @@ def load_config_text(folder: Path, data: dict) -> object:
 
 def test_dense_study_trains_maps_and_assesses_end_to_end(scene: dict[str, Path]) -> None:
     torch.set_num_threads(1)
-    folder, cfg = scene["folder"], scene["cfg"]
+    folder = scene["folder"]
+    data = yaml.safe_load(scene["cfg"].read_text())
+    data["ablation"]["keep_checkpoints"] = True  # a fold's U-Net is mapped on its own below
+    cfg = folder / "kept.yaml"
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
     code, out = _invoke("ablate", "-c", str(cfg))
     assert code == 0, out
     study = folder / "work" / "studies" / load_config(cfg).name
@@ -248,16 +252,17 @@ def test_dense_study_trains_maps_and_assesses_end_to_end(scene: dict[str, Path])
     assert code == 0, out
     record = json.loads((folder / "assess" / "assessment.json").read_text())
     assert record["metrics"]["r2"] > 0.5, record["metrics"]
-    # one U-Net run maps with blended tiles and test-time augmentation, in the target's unit
-    code, out = _invoke("train", "-c", str(cfg), "--run-name", "unet")
+    # a U-Net fold run of the study maps with blended tiles and test-time augmentation, in
+    # the target's unit
+    unet_run = study / net["run_dir"]
+    code, out = _invoke("evaluate", str(unet_run))
     assert code == 0 and "labelled pixels of" in out, out
-    code, out = _invoke("predict", str(folder / "work" / "runs" / "unet"), "--stack",
-                        str(folder / "work" / "stack.tif"), "-o", str(folder / "unet_map"),
-                        "--tta", "--tile-size", "64")
+    code, out = _invoke("predict", str(unet_run), "--stack", str(folder / "work" / "stack.tif"),
+                        "-o", str(folder / "unet_map"), "--tta", "--tile-size", "64")
     assert code == 0, out
     with rasterio.open(folder / "unet_map" / "values.tif") as src:
         unet = src.read(1)
-    run_info = json.loads((folder / "work" / "runs" / "unet" / "run.json").read_text())
+    run_info = json.loads((unet_run / "run.json").read_text())
     low, high = run_info["target_scaler"]["low"], run_info["target_scaler"]["high"]
     assert np.isfinite(unet).mean() > 0.9 and np.nanstd(unet) > 0
     assert low - 1e-3 <= np.nanmin(unet) and np.nanmax(unet) <= high + 1e-3

@@ -134,12 +134,12 @@ def test_every_model_trains_one_epoch_on_the_synthetic_scene(
 
 # -- 2. fusion beats Sentinel-2 alone -----------------------------------------------------------
 
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1)  # per-seed scores spread by <= 0.035 (seeds 0-2 measured on 2026-12-01)
 EPOCHS = 12
 # Progressive fusion costs ~10x an S2 SimpleCNN epoch on CPU; it already leads after 1-3 epochs,
 # so it gets fewer (same data and split). That handicaps fusion: the comparison stays fair.
 PROGRESSIVE_EPOCHS = 4
-MARGIN = 0.05  # measured gaps (means over SEEDS) were 0.12-0.16 in accuracy and macro F1
+MARGIN = 0.05  # measured gaps (means over seeds 0-2) were 0.10-0.13 in accuracy and macro F1
 
 
 @pytest.mark.slow
