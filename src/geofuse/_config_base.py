@@ -18,6 +18,54 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+MaskPreset = Literal["s2_scl", "s2_qa60", "landsat_qa_pixel"]
+
+
+class MaskConfig(_Model):
+    """Quality flags of each acquisition (clouds, shadows, bad pixels), read onto the grid."""
+
+    band: int | None = Field(
+        None, ge=1, description="1-based band that holds the flags: in each data file (the band "
+        "is then not listed in the modality's 'bands'), or in each mask file when 'files' is "
+        "given (default there: 1).",
+    )
+    files: list[str] | None = Field(
+        None, description="One mask raster per data file (files or glob patterns, relative to "
+        "the config), paired with the data files in sorted order; any CRS and resolution "
+        "(read with nearest neighbour).",
+    )
+    preset: MaskPreset | None = Field(
+        None, description="s2_scl: Sentinel-2 scene classification 0, 1, 3, 8, 9, 10 (no data, "
+        "defective, cloud shadow, clouds, cirrus); s2_qa60: QA60 bits 10 and 11 (clouds, "
+        "cirrus); landsat_qa_pixel: Landsat Collection 2 QA_PIXEL bits 0-4 (fill, dilated "
+        "cloud, cirrus, cloud, cloud shadow).",
+    )
+    invalid_values: list[int] = Field(
+        [], description="Flag values that make a pixel invalid (added to the preset's)."
+    )
+    invalid_bits: list[int] = Field(
+        [], description="Bits (0 = least significant) that make a pixel invalid when set "
+        "(added to the preset's).",
+    )
+    buffer: int = Field(
+        0, ge=0, le=100, description="Grow every flagged area by a disk of this many reference "
+        "pixels (cloud edges and thin haze are rarely flagged).",
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> MaskConfig:
+        if self.band is None and not self.files:
+            raise ValueError("mask needs 'band' (a band of each data file) or 'files' "
+                             "(one mask raster per data file)")
+        if self.preset is None and not self.invalid_values and not self.invalid_bits:
+            raise ValueError("mask needs a 'preset' (s2_scl, s2_qa60, landsat_qa_pixel), "
+                             "'invalid_values' or 'invalid_bits'")
+        bad = [b for b in self.invalid_bits if not 0 <= b <= 31]
+        if bad:
+            raise ValueError(f"mask.invalid_bits {bad} must lie within 0-31")
+        return self
+
+
 class ModalityConfig(_Model):
     """One sensor input: its files, band names, scaling and how it is resampled."""
 
@@ -26,10 +74,13 @@ class ModalityConfig(_Model):
         min_length=1, description="Raster files or glob patterns, relative to the config file."
     )
     bands: list[str] = Field(min_length=1, description="One name per output band, in order.")
-    combine: Literal["mosaic", "stack"] = Field(
+    combine: Literal["mosaic", "stack", "median", "mean", "max", "greenest"] = Field(
         "mosaic",
-        description="mosaic: files are tiles with the same bands; stack: files hold different "
-        "bands, concatenated in file order.",
+        description="mosaic: files are tiles with the same bands (first valid value wins); "
+        "stack: files hold different bands, concatenated in file order; median, mean, max: "
+        "files are acquisitions of the same bands, composited per pixel and band over the "
+        "valid (unmasked) values; greenest: every band from the acquisition with the highest "
+        "NDVI (needs red and near-infrared bands, e.g. B4 and B8).",
     )
     sensor: str | None = Field(
         None, description="Catalogue key (sentinel2, sentinel1, modis_ndvi, dem, viirs, landsat8) "
@@ -43,6 +94,10 @@ class ModalityConfig(_Model):
     )
     valid_range: tuple[float, float] | None = Field(
         None, description="Expected physical range; values outside are counted by the QC report."
+    )
+    mask: MaskConfig | None = Field(
+        None, description="Cloud and quality mask of each file: flagged pixels are nodata "
+        "before mosaicking or compositing.",
     )
     indices: list[IndexName] = Field(
         [], description="Indices computed at extract time from the physical values, as the "
@@ -58,7 +113,21 @@ class ModalityConfig(_Model):
             raise ValueError(f"modality name {self.name!r} must be a simple key such as 's2'")
         if len(set(self.indices)) != len(self.indices):
             raise ValueError(f"modality {self.name!r}: indices repeat a name: {self.indices}")
+        if self.combine == "greenest":
+            from geofuse.raster.composite import greenest_bands
+
+            if greenest_bands(self.bands) is None:
+                raise ValueError(
+                    f"modality {self.name!r}: combine: greenest needs a red and a near-infrared "
+                    f"band to compute NDVI, but 'bands' are {self.bands}; name them B4 and B8 "
+                    "(or B04/B08), or use combine: median"
+                )
         return self
+
+    @property
+    def composite(self) -> bool:
+        """Whether the files are acquisitions composited per pixel."""
+        return self.combine in ("median", "mean", "max", "greenest")
 
     @property
     def index_modality(self) -> str:

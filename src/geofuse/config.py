@@ -332,22 +332,31 @@ class StudyConfig(_Model):
 
     def modality_files(self, modality: ModalityConfig) -> list[Path]:
         """Expand a modality's file patterns; raise if any pattern matches nothing."""
+        return self._expand(modality.files, f"modality {modality.name!r}", "'files'")
+
+    def mask_files(self, modality: ModalityConfig) -> list[Path] | None:
+        """Expand a modality's ``mask.files`` (``None`` when the flags are a band of the data)."""
+        if modality.mask is None or not modality.mask.files:
+            return None
+        return self._expand(modality.mask.files, f"modality {modality.name!r}", "'mask.files'")
+
+    def _expand(self, patterns: list[str], owner: str, key: str) -> list[Path]:
         out: list[Path] = []
-        for pattern in modality.files:
+        for pattern in patterns:
             full = self.resolve(pattern)
             if glob.has_magic(str(full)):
                 matches = sorted(Path(p) for p in glob.glob(str(full), recursive=True))
                 if not matches:
                     raise DataNotFoundError(
-                        f"modality {modality.name!r}: pattern {str(full)!r} matches no file; "
-                        "fix the path in 'files' (relative paths start at the config's folder)"
+                        f"{owner}: pattern {str(full)!r} matches no file; "
+                        f"fix the path in {key} (relative paths start at the config's folder)"
                     )
                 out.extend(matches)
             else:
                 if not full.exists():
                     raise DataNotFoundError(
-                        f"modality {modality.name!r}: file {str(full)!r} does not exist; "
-                        "fix the path in 'files' (relative paths start at the config's folder)"
+                        f"{owner}: file {str(full)!r} does not exist; "
+                        f"fix the path in {key} (relative paths start at the config's folder)"
                     )
                 out.append(full)
         return out

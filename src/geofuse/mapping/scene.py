@@ -99,7 +99,10 @@ def scene_files(spec: SceneSpec) -> list[Path]:
     if spec.kind == "stack":
         return [Path(spec.path)]
     cfg = _load_config(spec.path)
-    return [Path(spec.path), *(p for m in cfg.modalities for p in cfg.modality_files(m))]
+    files = [Path(spec.path)]
+    for m in cfg.modalities:
+        files += cfg.modality_files(m) + (cfg.mask_files(m) or [])
+    return files
 
 
 class AlignedSource:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,7 @@ from shapely.geometry.base import BaseGeometry
 
 from geofuse.config import GridConfig, ModalityConfig
 from geofuse.errors import AlignmentError, ConfigError, RasterError
+from geofuse.raster.composite import clear_observations, composite
 from geofuse.raster.io import (
     Grid,
     RasterInfo,
@@ -34,10 +36,13 @@ from geofuse.raster.io import (
     parse_crs,
     read_warped,
 )
+from geofuse.raster.masks import MaskRule, MaskSource, invalid_pixels, rule_of
 
 _EPS = 1e-6  # tolerance, in pixels, when snapping bounds to a pixel grid
 _FOOTPRINT_POINTS = 21  # points per edge when a footprint is reprojected
 _DEG_TOL = 1e-6  # degrees a lon/lat raster may reach past the poles (rounding of its edges)
+#: Bytes of acquisitions a composite holds at once; larger windows are read in row strips.
+COMPOSITE_BUDGET = 192 * 2**20
 
 
 def grid_from_config(grid: GridConfig) -> Grid:
@@ -127,6 +132,18 @@ class SourceFile:
     bands: slice  # which of the modality's output bands this file supplies
     nodata: float | None  # raw nodata value used for this file
     footprint: BaseGeometry  # outline in the reference CRS
+    indexes: list[int] | None = None  # 1-based data bands to read (None: all)
+    mask: MaskSource | None = None  # where this file's quality flags are
+
+
+@dataclass
+class WindowObservations:
+    """What the masks removed in one window: covered and flagged acquisition pixels, and for a
+    composite the number of clear acquisitions per pixel."""
+
+    seen: int = 0
+    flagged: int = 0
+    clear: np.ndarray | None = None
 
 
 @dataclass
@@ -136,10 +153,13 @@ class ModalityPlan:
     config: ModalityConfig
     files: list[SourceFile]
     footprint: BaseGeometry = field(init=False)
+    rule: MaskRule | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.footprint = union_all([f.footprint for f in self.files])
         prepare(self.footprint)
+        m = self.config.mask
+        self.rule = None if m is None else rule_of(m.preset, m.invalid_values, m.invalid_bits)
 
     @property
     def name(self) -> str:
@@ -151,21 +171,66 @@ class ModalityPlan:
 
     def read(self, grid: Grid, window: Window) -> np.ndarray:
         """Physical float32 values ``(bands, h, w)`` of this modality in ``window``."""
+        return self.read_observed(grid, window)[0]
+
+    def read_observed(self, grid: Grid, window: Window) -> tuple[np.ndarray, WindowObservations]:
+        """:meth:`read`, with what the masks removed (for the QC report)."""
+        if self.config.composite:
+            return self._read_composite(grid, window)
         out = np.full((self.n_bands, int(window.height), int(window.width)), np.nan, "float32")
-        left, bottom, right, top = grid.window_bounds(window)
         mosaic = self.config.combine == "mosaic"
-        for src in self.files:
-            fl, fb, fr, ft = src.footprint.bounds
-            if fl >= right or fr <= left or fb >= top or ft <= bottom:
-                continue
+        seen = flagged = 0
+        for src in self._overlapping(grid, window):
             if mosaic and not np.isnan(out).any():
                 break
-            data = read_warped(src.info, grid, window, self.config.resampling, src.nodata)
+            data, s, f = self._read_file(src, grid, window)
+            seen, flagged = seen + s, flagged + f
             if mosaic:
                 np.copyto(out, data, where=np.isnan(out))  # first valid value wins
             else:
                 out[src.bands] = data
-        return self._to_physical(out)
+        return self._to_physical(out), WindowObservations(seen, flagged)
+
+    def _overlapping(self, grid: Grid, window: Window) -> Iterator[SourceFile]:
+        left, bottom, right, top = grid.window_bounds(window)
+        for src in self.files:
+            fl, fb, fr, ft = src.footprint.bounds
+            if not (fl >= right or fr <= left or fb >= top or ft <= bottom):
+                yield src
+
+    def _read_file(self, src: SourceFile, grid: Grid, window: Window
+                   ) -> tuple[np.ndarray, int, int]:
+        """Raw values of one file with its flagged pixels NaN; covered and flagged pixels."""
+        data = read_warped(src.info, grid, window, self.config.resampling, src.nodata,
+                           src.indexes)
+        if src.mask is None or self.rule is None or self.config.mask is None:
+            return data, 0, 0
+        invalid = invalid_pixels(src.mask, self.rule, grid, window, self.config.mask.buffer)
+        seen = np.isfinite(data).any(axis=0)
+        data[:, invalid] = np.nan
+        return data, int(seen.sum()), int((invalid & seen).sum())
+
+    def _read_composite(self, grid: Grid, window: Window
+                        ) -> tuple[np.ndarray, WindowObservations]:
+        """Composite of the acquisitions, in row strips that keep them within the budget."""
+        h, w = int(window.height), int(window.width)
+        sources = list(self._overlapping(grid, window))
+        per_row = max(1, len(sources)) * self.n_bands * w * 4 * 3  # nanmedian copies twice
+        strip = max(1, min(h, COMPOSITE_BUDGET // per_row))
+        out = np.full((self.n_bands, h, w), np.nan, "float32")
+        clear = np.zeros((h, w), np.int64)
+        seen = flagged = 0
+        for r0 in range(0, h, strip):
+            part = Window(window.col_off, window.row_off + r0, w, min(strip, h - r0))
+            obs = np.full((len(sources), self.n_bands, int(part.height), w), np.nan, "float32")
+            for i, src in enumerate(sources):
+                obs[i], s, f = self._read_file(src, grid, part)
+                seen, flagged = seen + s, flagged + f
+            obs = self._to_physical(obs)
+            clear[r0 : r0 + int(part.height)] = clear_observations(obs)
+            out[:, r0 : r0 + int(part.height)] = composite(obs, self.config.combine,
+                                                             self.config.bands)
+        return out, WindowObservations(seen, flagged, clear)
 
     def coverage(self, grid: Grid, window: Window) -> np.ndarray:
         """Boolean ``(h, w)``: pixel centres inside at least one source file."""
@@ -189,43 +254,103 @@ class ModalityPlan:
         return raw
 
 
-def plan_modality(modality: ModalityConfig, infos: list[RasterInfo], grid: Grid) -> ModalityPlan:
-    """Check a modality's files (band counts, nodata, overlap) and locate them on ``grid``."""
-    slices = _band_slices(modality, infos)
+def plan_modality(
+    modality: ModalityConfig, infos: list[RasterInfo], grid: Grid,
+    mask_infos: list[RasterInfo] | None = None,
+) -> ModalityPlan:
+    """Check a modality's files (band counts, nodata, overlap, masks) and locate them on
+    ``grid``; ``mask_infos`` are its ``mask.files``, one per data file."""
+    in_file = modality.mask is not None and not modality.mask.files
+    slices = _band_slices(modality, infos, extra=1 if in_file else 0)
+    masks = _mask_sources(modality, infos, mask_infos, grid)
     files = []
-    for info, bands in zip(infos, slices, strict=True):
+    for info, bands, mask in zip(infos, slices, masks, strict=True):
         nodata = modality.nodata if modality.nodata is not None else info.nodata
         check_nodata(info, nodata, modality.name)
-        files.append(SourceFile(info, bands, nodata, footprint(info, grid.crs)))
+        indexes = None
+        if in_file and modality.mask is not None and modality.mask.band is not None:
+            indexes = [b for b in range(1, info.count + 1) if b != modality.mask.band]
+        files.append(SourceFile(info, bands, nodata, footprint(info, grid.crs), indexes, mask))
     plan = ModalityPlan(modality, files)
     if plan.footprint.intersection(box(*grid.bounds)).area <= 0:
         raise AlignmentError(_no_overlap_message(plan, grid))
     return plan
 
 
-def _band_slices(modality: ModalityConfig, infos: list[RasterInfo]) -> list[slice]:
-    """Output band slice per file; raise RasterError if band counts do not match 'bands'."""
+def _mask_sources(
+    modality: ModalityConfig, infos: list[RasterInfo], mask_infos: list[RasterInfo] | None,
+    grid: Grid,
+) -> list[MaskSource | None]:
+    """Where each data file's flags are; raise RasterError on a missing band or a mispairing."""
+    m = modality.mask
+    if m is None:
+        return [None] * len(infos)
+    if not m.files:
+        band = int(m.band or 1)
+        for info in infos:
+            if band > info.count:
+                raise RasterError(
+                    f"modality {modality.name!r}: mask.band = {band} but raster file "
+                    f"{str(info.path)!r} has {info.count} band(s); give the band that holds "
+                    "the quality flags (1-based), or mask.files"
+                )
+        return [MaskSource(info, band) for info in infos]
+    mask_infos = mask_infos or []
+    if len(mask_infos) != len(infos):
+        raise RasterError(
+            f"modality {modality.name!r}: mask.files gives {len(mask_infos)} file(s) but "
+            f"'files' gives {len(infos)}; give one mask raster per data file (they are paired "
+            "in sorted order)"
+        )
+    band = int(m.band or 1)
+    out: list[MaskSource | None] = []
+    for info, mask in zip(infos, mask_infos, strict=True):
+        if band > mask.count:
+            raise RasterError(
+                f"modality {modality.name!r}: mask.band = {band} but mask file "
+                f"{str(mask.path)!r} has {mask.count} band(s); set mask.band to the band of "
+                "the flags (1-based)"
+            )
+        if footprint(mask, grid.crs).intersection(footprint(info, grid.crs)).area <= 0:
+            raise RasterError(
+                f"modality {modality.name!r}: mask file {str(mask.path)!r} does not overlap "
+                f"its data file {str(info.path)!r} (files and mask.files are paired in sorted "
+                "order); name them so that both sort alike, e.g. by date"
+            )
+        out.append(MaskSource(mask, band))
+    return out
+
+
+def _band_slices(modality: ModalityConfig, infos: list[RasterInfo], extra: int = 0
+                 ) -> list[slice]:
+    """Output band slice per file; raise RasterError if band counts do not match 'bands'.
+
+    ``extra``: bands of each file that are not data (a quality band named by ``mask.band``).
+    """
     n = len(modality.bands)
     names = ", ".join(modality.bands)
-    if modality.combine == "mosaic":
+    flag = " plus the mask band" if extra else ""
+    if modality.combine != "stack":
         for info in infos:
-            if info.count != n:
+            if info.count != n + extra:
                 raise RasterError(
                     f"modality {modality.name!r}: raster file {str(info.path)!r} has "
-                    f"{info.count} band(s) but 'bands' lists {n} ({names}); with combine: mosaic "
-                    "every file must hold exactly these bands: fix 'bands' or 'files'"
+                    f"{info.count} band(s) but 'bands' lists {n} ({names}){flag}; with combine: "
+                    f"{modality.combine} every file must hold exactly these bands: fix 'bands' "
+                    "or 'files'"
                 )
         return [slice(0, n)] * len(infos)
-    total = sum(info.count for info in infos)
+    counts = [info.count - extra for info in infos]
+    total = sum(counts)
     if total != n:
-        counts = ", ".join(f"{i.path} has {i.count}" for i in infos[:8])
+        listed = ", ".join(f"{i.path} has {i.count}" for i in infos[:8])
         more = f" and {len(infos) - 8} more files" if len(infos) > 8 else ""
         raise RasterError(
             f"modality {modality.name!r}: combine: stack concatenates the files' bands, which "
-            f"gives {total} band(s) ({counts}{more}) but 'bands' lists {n} ({names}); "
-            "list one name per band of the files, in file order"
+            f"gives {total} band(s){' besides the mask bands' if extra else ''} ({listed}{more}) "
+            f"but 'bands' lists {n} ({names}); list one name per band of the files, in file order"
         )
-    starts = np.cumsum([0] + [i.count for i in infos])
+    starts = np.cumsum([0, *counts])
     return [slice(int(a), int(b)) for a, b in itertools.pairwise(starts)]
 
 

@@ -171,10 +171,12 @@ def read_warped(
     window: Window,
     resampling: str,
     src_nodata: float | None,
+    indexes: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """Resample all bands of ``info`` onto ``window`` of ``grid`` with GDAL's warper.
+    """Resample the bands of ``info`` (all, or the 1-based ``indexes``) onto ``window`` of
+    ``grid`` with GDAL's warper.
 
-    Returns float32 ``(count, height, width)`` raw values; source nodata and pixels that the
+    Returns float32 ``(bands, height, width)`` raw values; source nodata and pixels that the
     source does not cover are NaN. Only the part of the source under the window is read.
     """
     with open_raster(info.path) as src:
@@ -184,7 +186,8 @@ def read_warped(
                 height=grid.height, resampling=Resampling[resampling], src_nodata=src_nodata,
                 nodata=np.nan, dtype="float32", tolerance=_WARP_TOLERANCE,
             ) as vrt:
-                return vrt.read(window=window, out_dtype="float32")
+                return vrt.read(None if indexes is None else list(indexes), window=window,
+                                out_dtype="float32")
         except RasterioError as err:
             reason = " ".join(str(err).split())
             raise RasterError(

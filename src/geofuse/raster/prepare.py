@@ -98,6 +98,7 @@ def prepare_stack(cfg: StudyConfig, progress: bool = True) -> PrepareResult:
     ):
         raw, cog = Path(tmp) / "raw.tif", Path(tmp) / "cog.tif"
         inputs = [str(f.info.path) for plan in plans for f in plan.files]
+        inputs += [str(f.mask.info.path) for plan in plans for f in plan.files if f.mask]
         with _writing(stack_path, inputs):
             qc = _fuse(plans, grid, raw, _block_size(cfg.prepare.block_size), bar)
         report = qc.report(stack_path, cfg.prepare.max_nan_fraction)
@@ -140,8 +141,10 @@ def _writing(stack_path: Path, inputs: list[str] | None = None) -> Iterator[None
 def plan_stack(cfg: StudyConfig) -> tuple[list[ModalityPlan], Grid]:
     """Read every modality's file headers, pick the reference grid and check alignment."""
     infos = {m.name: [read_info(p) for p in cfg.modality_files(m)] for m in cfg.modalities}
+    masks = {m.name: [read_info(p) for p in cfg.mask_files(m) or []] for m in cfg.modalities}
     grid = reference_grid(cfg.grid, infos[cfg.modalities[0].name])
-    return [plan_modality(m, infos[m.name], grid) for m in cfg.modalities], grid
+    plans = [plan_modality(m, infos[m.name], grid, masks[m.name]) for m in cfg.modalities]
+    return plans, grid
 
 
 def _block_size(block_size: int) -> int:
@@ -163,8 +166,8 @@ def _fuse(
         for window in grid.windows(block):
             parts = []
             for plan in plans:
-                data = plan.read(grid, window)
-                qc.update(plan.name, data, plan.coverage(grid, window), window)
+                data, observed = plan.read_observed(grid, window)
+                qc.update(plan.name, data, plan.coverage(grid, window), window, observed)
                 parts.append(data)
             writer.write(window, np.concatenate(parts))
             bar.advance(task)
@@ -227,7 +230,20 @@ def _source_entry(plan: ModalityPlan, coverage: dict[str, Any]) -> dict[str, Any
         "valid_range": list(m.valid_range) if m.valid_range else None,
         "covered_fraction": coverage["covered_fraction"],
         "uncovered_bounds": coverage["uncovered_bounds"],
+        **_mask_entry(plan, coverage),
     }
+
+
+def _mask_entry(plan: ModalityPlan, coverage: dict[str, Any]) -> dict[str, Any]:
+    """The mask rule, its files and what it removed (only for a modality with a mask)."""
+    m = plan.config.mask
+    if m is None or plan.rule is None:
+        return {}
+    files = [str(f.mask.info.path) for f in plan.files if f.mask and m.files]
+    rule = {"band": m.band or 1, "files": files or None, "preset": m.preset,
+            "invalid_values": list(plan.rule.values), "invalid_bits": list(plan.rule.bits),
+            "buffer": m.buffer}
+    return {"mask": rule, "observations": coverage.get("observations")}
 
 
 def _json_number(value: float | None) -> float | str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rasterio.windows import Window
@@ -20,7 +20,11 @@ from geofuse.config import ModalityConfig
 from geofuse.errors import RasterError
 from geofuse.io_utils import atomic_write_json, atomic_write_text
 from geofuse.raster.io import Grid
+from geofuse.raster.qc_observations import ObservationStats, mask_warnings, observation_lines
 from geofuse.sensors import get_sensor
+
+if TYPE_CHECKING:
+    from geofuse.raster.align import WindowObservations
 
 #: A band with a smaller valid share over the reference grid fails QC (it carries no data).
 FAIL_VALID_FRACTION = 0.01
@@ -164,10 +168,15 @@ class QCAccumulator:
             m.name: [BandStats(b, m.name, expected_range(m)) for b in m.bands] for m in modalities
         }
         self.coverage = {m.name: CoverageStats(m.name, n_files[m.name]) for m in modalities}
+        self.observations: dict[str, ObservationStats] = {}
 
-    def update(self, modality: str, data: np.ndarray, covered: np.ndarray, window: Window) -> None:
-        """Add one window of one modality: ``data`` is ``(bands, h, w)``."""
+    def update(self, modality: str, data: np.ndarray, covered: np.ndarray, window: Window,
+               observed: WindowObservations | None = None) -> None:
+        """Add one window of one modality: ``data`` is ``(bands, h, w)``; ``observed``: what
+        its masks removed and, for a composite, its clear acquisitions per pixel."""
         self.coverage[modality].update(covered, window)
+        if observed is not None and (observed.seen or observed.clear is not None):
+            self.observations.setdefault(modality, ObservationStats()).update(observed, covered)
         for stats, values in zip(self.bands[modality], data, strict=True):
             stats.update(values, covered)
 
@@ -182,6 +191,8 @@ class QCAccumulator:
         """
         all_bands = [s for stats in self.bands.values() for s in stats]
         coverage = {name: c.to_dict(self.grid) for name, c in self.coverage.items()}
+        for name, obs in self.observations.items():
+            coverage[name]["observations"] = obs.to_dict()
         failures = [
             f"band {s.name!r} (modality {s.modality!r}) has {s.invalid_fraction:.1%} invalid "
             f"pixels, above prepare.max_nan_fraction = {max_nan_fraction:g}; fix the sources' "
@@ -191,7 +202,12 @@ class QCAccumulator:
         ]
         empty, sparse = _valid_share_findings(self.bands, coverage, failures)
         failures += empty
-        warnings = sparse + _coverage_warnings(coverage) + _range_warnings(all_bands)
+        masks = mask_warnings(coverage)
+        failed = {s.modality for s in all_bands if any(f"band {s.name!r} " in f for f in failures)}
+        # a failing modality whose mask removed most pixels: the mask is the likely cause
+        failures = [m for name, m in masks if name in failed and "its mask flags" in m] + failures
+        warnings = (sparse + _coverage_warnings(coverage) + _range_warnings(all_bands)
+                    + [m for name, m in masks if not (name in failed and "its mask flags" in m)])
         status = "failed" if failures else "warning" if warnings else "passed"
         return {
             "stack": str(stack_path),
@@ -287,6 +303,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     for name, c in report["modalities"].items():
         unc = _fmt_box(c["uncovered_bounds"])
         lines.append(f"| {name} | {c['files']} | {c['covered_fraction']:.1%} | {unc} |")
+    lines += observation_lines(report["modalities"])
     for title, key in (("Failures", "failures"), ("Warnings", "warnings")):
         if report[key]:
             lines += ["", f"## {title}", "", *[f"- {msg}" for msg in report[key]]]
