@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import geopandas as gpd
 import pytest
 from matplotlib import image as mpimg
 
@@ -45,6 +46,12 @@ def test_demo_runs_the_sensor_ablation_and_writes_the_study_report(demo_dir: Pat
     assert assessment["reference"]["n_reference_pixels"] > 100
     assert (study / "map" / "classes.tif").is_file() and "Map of the scene" in md
     assert "map/quicklook.png" in md
+    # and published with a minimum mapping unit, as polygons
+    vector = json.loads((study / "map" / "vectorize.json").read_text())
+    assert vector["mmu_ha"] == pytest.approx(0.5, rel=0.05) and vector["polygons"] > 0
+    polygons = gpd.read_file(study / "map" / "classes_mmu.gpkg")
+    assert len(polygons) == vector["polygons"] and polygons["area_ha"].min() >= 0.5 - 1e-6
+    assert "minimum mapping unit" in md and "mean_entropy" in polygons.columns
     # Re-running in the same folder reuses the finished cells and writes the same report.
     mtimes = {p: p.stat().st_mtime for p in (study / "cells").glob("*.json")}
     assert run_demo(demo_dir, seed=2, epochs=2, size_m=6000.0) == report

@@ -424,6 +424,40 @@ def assess(
 
 @app.command()
 @_friendly
+def vectorize(
+    map_path: Path = typer.Argument(..., metavar="MAP",
+                                    help="Class map GeoTIFF ('geofuse predict': classes.tif)."),
+    mmu: float | None = typer.Option(None, "--mmu", min=0.0, help="Minimum mapping unit in "
+                                     "hectares: smaller regions merge into their largest "
+                                     "neighbour."),
+    mmu_pixels: int | None = typer.Option(None, "--mmu-pixels", min=1,
+                                          help="Instead of --mmu: the unit in pixels."),
+    connectivity: int = typer.Option(4, "--connectivity", help="4: regions connect through "
+                                     "edges; 8: through corners too."),
+    out: Path | None = typer.Option(None, "--out", "-o",
+                                    help="Output folder (default: the map's folder)."),
+    uncertainty: Path | None = typer.Option(
+        None, "--uncertainty", help="Raster averaged per polygon (default: uncertainty.tif "
+        "beside the map, band 'entropy')."),
+    classes: str | None = typer.Option(
+        None, "--classes", help="Comma-separated class names, for a map without a "
+        "class_names tag."),
+) -> None:
+    """Apply a minimum mapping unit to a class map and write it as polygons:
+    classes_mmu.tif (sieved, same colours), classes_mmu.gpkg (a polygon per region with class,
+    area and mean uncertainty) and vectorize.json (class areas before and after)."""
+    from geofuse.mapping.vectorize import summary, vectorize_map
+
+    names = [c.strip() for c in classes.split(",")] if classes else None
+    res = vectorize_map(map_path, out, mmu_ha=mmu, min_pixels=mmu_pixels,
+                        connectivity=connectivity, classes=names, uncertainty=uncertainty)
+    console.print(summary(res.record), highlight=False)
+    console.print(f"vectorized: [bold]{res.polygons_path}[/], {res.map_path.name} and "
+                  f"{res.record_path.name}", soft_wrap=True)
+
+
+@app.command()
+@_friendly
 def demo(
     workdir: Path = typer.Option(Path("demo_output"), help="Where the demo writes everything."),
     seed: int = typer.Option(0, help="Scene and training seed."),

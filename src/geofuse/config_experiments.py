@@ -141,4 +141,9 @@ class MappingConfig(_Model):
     tile_size: int = Field(256, ge=16, description="Dense models: tile size of the blended "
                            "sliding window.")
     tta: bool = Field(False, description="Average the 8 flips and rotations.")
+    mmu_ha: float | None = Field(
+        None, gt=0, description="Class maps: also publish the map with this minimum mapping "
+        "unit in hectares (geofuse vectorize): map/classes_mmu.tif and map/classes_mmu.gpkg, "
+        "one polygon per region with class, area and mean uncertainty. Default: none."
+    )
 

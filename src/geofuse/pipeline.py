@@ -22,6 +22,8 @@ DEMO_TEST_FRACTION = 0.2
 #: The demo maps every 4th pixel (40 m cells of the 10 m stack): a 2000 x 2000 px scene in
 #: seconds; ``geofuse predict --stride 1`` maps every pixel.
 DEMO_MAP_STRIDE = 4
+#: Minimum mapping unit of the demo map published as polygons (map/classes_mmu.gpkg).
+DEMO_MMU_HA = 0.5
 
 
 def demo_workers() -> int:
@@ -68,6 +70,7 @@ def run_demo(
     cfg.ablation.models = list(FULL_MODELS if full else QUICK_MODELS)
     cfg.ablation.test_fraction = DEMO_TEST_FRACTION
     cfg.mapping.scene, cfg.mapping.stride = "stack", DEMO_MAP_STRIDE
+    cfg.mapping.mmu_ha = DEMO_MMU_HA
     if epochs is not None:
         cfg.ablation.epochs = epochs
     console.rule("[bold]2/4 prepare: aligning S2, MODIS and DEM onto one grid")

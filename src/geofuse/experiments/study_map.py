@@ -86,6 +86,13 @@ def map_study(cfg: StudyConfig, study_dir: Path, progress: bool = True) -> Path:
     mapped = predict_map(study_dir, scene_path(cfg), out,
                          PredictOptions(stride=m.stride, tile_size=m.tile_size, tta=m.tta),
                          progress=progress)
+    if m.mmu_ha is not None and not mapped.get("value_name"):
+        from geofuse.mapping.vectorize import summary, vectorize_map
+
+        polygons = vectorize_map(out / "classes.tif", out, mmu_ha=m.mmu_ha)
+        if progress:
+            console.print(f"{summary(polygons.record)}: {polygons.polygons_path}",
+                          highlight=False)
     reference = heldout_polygons(cfg, study_dir, out)
     if reference is not None and mapped.get("value_name"):  # a regression map
         from geofuse.mapping.assess_values import assess_value_map

@@ -47,6 +47,7 @@ def map_blocks(study: Study) -> list[doc.Block]:
     if quicklook.is_file():
         blocks.append(doc.Figure(title="Value map" if values else "Class map",
                                  png=quicklook.read_bytes(), path="map/quicklook.png"))
+    blocks += _mmu_blocks(folder)
     assessment = folder / "assessment.json"
     if not assessment.is_file():
         return [*blocks, doc.Para("Not assessed: the study held no polygons out.")]
@@ -70,6 +71,23 @@ def map_blocks(study: Study) -> list[doc.Block]:
                  "pixels are clustered, so the intervals are too narrow: `map/assessment.md`."),
         doc.Table(["class", "mapped area (ha)", "adjusted area (ha, 95% CI)", "user's acc.",
                    "producer's acc."], rows)]
+
+
+def _mmu_blocks(folder: Any) -> list[doc.Block]:
+    """The map published with a minimum mapping unit (``mapping.mmu_ha``), when made."""
+    path = folder / "vectorize.json"
+    if not path.is_file():
+        return []
+    v = json.loads(path.read_text())
+    rows = [[c["class"], _f(c["area_ha_before"], 1), _f(c["area_ha_after"], 1),
+             str(c["polygons"])] for c in v["classes"]]
+    return [doc.Para(
+        f"Published with a minimum mapping unit of {v['mmu_ha']:.4g} ha ({v['mmu_pixels']} px, "
+        f"{v['connectivity']}-connected): {v['changed_fraction']:.1%} of the pixels joined a "
+        f"larger neighbour; `map/classes_mmu.tif` and `map/classes_mmu.gpkg` "
+        f"({v['polygons']} polygons with class, area and mean uncertainty). The assessment "
+        "below is of the map before the unit."),
+        doc.Table(["class", "area (ha)", "area with the unit (ha)", "polygons"], rows)]
 
 
 def _area(c: dict[str, Any]) -> str:

@@ -1,0 +1,130 @@
+"""``geofuse vectorize``: minimum mapping unit (sieve), polygons with class, area and mean
+uncertainty, class areas before and after, and the one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+from typer.testing import CliRunner
+
+from geofuse.cli import app
+from geofuse.errors import RasterError
+from geofuse.mapping.outputs import (
+    CLASS_NODATA,
+    build_products,
+    create_partial,
+    publish,
+    write_window,
+)
+from geofuse.mapping.vectorize import vectorize_map
+from geofuse.raster.io import Grid, parse_crs, write_raster
+
+NAMES = ["water", "forest", "urban"]
+WATER, FOREST, URBAN = 0, 1, 2
+TF = from_origin(500_000.0, 5_100_000.0, 10.0, 10.0)  # 10 m pixels: 0.01 ha each
+
+
+def _map() -> np.ndarray:
+    m = np.full((60, 60), FOREST, np.uint8)
+    m[10:30, 10:30] = WATER
+    m[15:17, 15:17] = URBAN      # 4 px island in the water: below an MMU of 5 px
+    m[50, 50] = URBAN            # a single pixel in the forest
+    m[40:43, 5:8] = URBAN        # 9 px: kept
+    m[45, 45] = m[46, 46] = WATER  # two diagonal pixels: one region only when 8-connected
+    m[0:5, 50:60] = CLASS_NODATA
+    return m
+
+
+def _write_map(folder: Path, data: np.ndarray) -> Path:
+    """A class map as 'geofuse predict' writes it (colour table, class name tags, COG)."""
+    grid = Grid(parse_crs("EPSG:32633", "crs"), TF, data.shape[1], data.shape[0])
+    product = build_products(NAMES, ["entropy"])["classes"]
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / "partial.tif"
+    create_partial(partial, grid, product, block=16 * 2)
+    write_window(partial, 0, 0, data)
+    target = publish(partial, folder / "classes.tif", product)
+    partial.unlink()
+    return target
+
+
+def test_mmu_merges_small_regions_and_writes_polygons_with_areas_and_doubt(
+    tmp_path: Path,
+) -> None:
+    original = _map()
+    path = _write_map(tmp_path / "map", original)
+    entropy = np.random.default_rng(0).uniform(0, 1, original.shape).astype(np.float32)
+    entropy[original == CLASS_NODATA] = np.nan
+    write_raster(tmp_path / "map" / "uncertainty.tif", np.stack([entropy, entropy / 2]),
+                 "EPSG:32633", TF, descriptions=["entropy", "one_minus_max_probability"])
+    result = CliRunner().invoke(app, ["vectorize", str(path), "--mmu", "0.05", "-o",
+                                      str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "MMU 0.05 ha (5 px, 4-connected)" in result.output
+    with rasterio.open(tmp_path / "out" / "classes_mmu.tif") as src, rasterio.open(path) as ref:
+        sieved = src.read(1)
+        assert src.crs == ref.crs and src.transform == ref.transform
+        assert json.loads(src.tags()["class_names"]) == NAMES
+        assert src.colormap(1)[URBAN] == ref.colormap(1)[URBAN]
+    want = original.copy()
+    want[15:17, 15:17] = WATER   # the island joins the water around it
+    want[50, 50] = FOREST
+    want[45, 45] = want[46, 46] = FOREST
+    np.testing.assert_array_equal(sieved, want)
+    polygons = gpd.read_file(tmp_path / "out" / "classes_mmu.gpkg")
+    assert polygons.crs.to_epsg() == 32633
+    assert sorted(polygons["class_name"]) == ["forest", "urban", "water"]
+    mapped = (want != CLASS_NODATA).sum()
+    assert polygons["pixels"].sum() == mapped
+    np.testing.assert_allclose(polygons.geometry.area, polygons["area_ha"] * 1e4)
+    water = polygons[polygons["class_name"] == "water"].iloc[0]
+    assert water["area_ha"] == pytest.approx(4.0)
+    assert water["mean_entropy"] == pytest.approx(entropy[want == WATER].mean(), rel=1e-6)
+    record = json.loads((tmp_path / "out" / "vectorize.json").read_text())
+    assert record["pixels_changed"] == 7 and record["polygons"] == 3
+    urban = next(c for c in record["classes"] if c["class"] == "urban")
+    assert urban["area_ha_before"] == pytest.approx(0.14)
+    assert urban["area_ha_after"] == pytest.approx(0.09) and urban["polygons"] == 1
+
+
+def test_eight_connected_regions_join_across_corners(tmp_path: Path) -> None:
+    path = _write_map(tmp_path, _map())
+    four = vectorize_map(path, tmp_path / "four", min_pixels=2, connectivity=4)
+    eight = vectorize_map(path, tmp_path / "eight", min_pixels=2, connectivity=8)
+    with rasterio.open(four.map_path) as a, rasterio.open(eight.map_path) as b:
+        assert a.read(1)[45, 45] == FOREST and b.read(1)[45, 45] == WATER
+    diagonal = gpd.read_file(eight.polygons_path)
+    assert ((diagonal["class_name"] == "water") & (diagonal["pixels"] == 2)).sum() == 1
+    assert four.record["mmu_pixels"] == 2 and eight.record["connectivity"] == 8
+
+
+def test_vectorize_mistakes_are_one_line_errors(tmp_path: Path) -> None:
+    path = _write_map(tmp_path / "map", _map())
+    runner = CliRunner()
+    cases = [
+        (["vectorize", str(path)], ["--mmu HECTARES or --mmu-pixels N"]),
+        (["vectorize", str(path), "--mmu-pixels", "3", "--connectivity", "6"],
+         ["--connectivity 6", "give 4 or 8"]),
+        (["vectorize", str(tmp_path / "nothing.tif"), "--mmu", "1"], ["nothing.tif"]),
+    ]
+    write_raster(tmp_path / "float.tif", np.zeros((8, 8), np.float32), "EPSG:32633", TF)
+    cases.append((["vectorize", str(tmp_path / "float.tif"), "--mmu", "1"],
+                  ["float32 values, not class indices"]))
+    write_raster(tmp_path / "small.tif", np.zeros((8, 8), np.float32), "EPSG:32633", TF)
+    cases.append((["vectorize", str(path), "--mmu", "1", "--uncertainty",
+                   str(tmp_path / "small.tif")], ["on another grid", "small.tif"]))
+    for args, words in cases:
+        result = runner.invoke(app, args)
+        out = " ".join(result.output.split())
+        assert result.exit_code == 2, out
+        assert all(w in out for w in words), (words, out)
+        assert "Traceback" not in out
+    assert not list((tmp_path / "map").glob("classes_mmu*"))  # nothing half-done
+    with pytest.raises(RasterError, match="more than vectorize holds at once"):
+        vectorize_map(path, tmp_path / "big", min_pixels=2, max_pixels=1000)
