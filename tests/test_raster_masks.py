@@ -66,10 +66,10 @@ def _scenes(folder: Path, band_in_file: bool = False) -> tuple[np.ndarray, list[
         tf = from_origin(*ORIGIN, 10, 10)
         if band_in_file:
             stacked = np.concatenate([image, fine[None].astype(np.uint16)])
-            write_raster(folder / f"s2/2023060{d}_s2.tif", stacked, UTM, tf)
+            write_raster(folder / f"s2/2023061{d}_s2.tif", stacked, UTM, tf)
         else:
-            write_raster(folder / f"s2/2023060{d}_s2.tif", image, UTM, tf)
-            write_raster(folder / f"scl/2023060{d}_scl.tif", scl, UTM,
+            write_raster(folder / f"s2/2023061{d}_s2.tif", image, UTM, tf)
+            write_raster(folder / f"scl/2023061{d}_scl.tif", scl, UTM,
                          from_origin(*ORIGIN, 20, 20))
     return ground.astype(np.float32), scls
 
@@ -147,6 +147,40 @@ def test_median_composite_removes_clouds_shadows_and_the_buffered_haze(tmp_path:
     assert len(manifest["mask"]["files"]) == 3
 
 
+def test_strips_and_a_flag_band_beside_the_data_keep_results_and_nodata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from geofuse.raster import align
+
+    _scenes(tmp_path)
+    whole = _read(_prepare(tmp_path, _modality()))
+    monkeypatch.setattr(align, "COMPOSITE_BUDGET", 20_000)  # a few rows at a time
+    np.testing.assert_array_equal(_read(_prepare(tmp_path, _modality(), workdir="strips")),
+                                  whole)
+    # Landsat-like: nodata 0 in the data bands, a QA band beside them that is never 0; the
+    # data's nodata stays nodata although the QA band is not
+    tf = from_origin(*ORIGIN, 30, 30)
+    image = np.full((4, 8, 8), 900, np.uint16)
+    image[:, :, :3] = 0                     # fill
+    qa = np.full((8, 8), 1 << 6, np.uint16)  # clear
+    qa[:, :3] = 1                           # fill bit
+    qa[5, 5] = 1 << 3                       # cloud
+    write_raster(tmp_path / "ls/LC08_20230610.tif", np.concatenate([image, qa[None]]), UTM,
+                 tf, nodata=0)
+    landsat = {"name": "ls", "files": ["ls/*.tif"], "bands": ["B2", "B3", "B4", "B5"],
+               "sensor": "landsat8", "resampling": "nearest",
+               "mask": {"band": 5, "invalid_bits": [3]}}
+    out = _read_bands(_prepare(tmp_path, landsat, workdir="landsat"))
+    assert np.isnan(out[:, :, :3]).all() and np.isnan(out[:, 5, 5]).all()
+    assert (out[:, :, 3:][np.isfinite(out[:, :, 3:])] == 900).all()
+    assert np.isfinite(out[:, :, 3:]).sum() == 4 * (8 * 5 - 1)
+
+
+def _read_bands(result: PrepareResult) -> np.ndarray:
+    with rasterio.open(result.stack_path) as src:
+        return src.read()
+
+
 def test_median_max_and_the_band_in_file_give_the_same_clean_ground(tmp_path: Path) -> None:
     ground, scls = _scenes(tmp_path / "a")
     has = _expected_clear(scls, buffer=2) > 0
@@ -159,6 +193,10 @@ def test_median_max_and_the_band_in_file_give_the_same_clean_ground(tmp_path: Pa
     # block size does not change the result: the buffer reads a halo around each window
     big = _read(_prepare(tmp_path / "a", _modality(), block=128, workdir="big"))
     np.testing.assert_array_equal(big, median)
+    # data patterns in another order still meet their own masks (paired by date)
+    shuffled = _modality(files=["s2/20230612_s2.tif", "s2/2023061[01]_s2.tif"])
+    np.testing.assert_array_equal(_read(_prepare(tmp_path / "a", shuffled, workdir="sh")),
+                                  median)
     # max and a mosaic (first clear acquisition wins) agree on the clean ground too
     for combine in ("max", "mosaic"):
         other = _read(_prepare(tmp_path / "a", _modality(combine=combine), workdir=combine))
@@ -181,8 +219,13 @@ def test_scenes_mapped_on_the_fly_read_the_same_composite_and_a_greedy_mask_is_w
     assert sum("scl" in p.parent.name for p in scene_files(spec)) == 3  # masks are inputs
     # a rule that flags the clear class removes nearly everything: the QC report says so
     greedy = _modality(mask={"files": ["scl/*.tif"], "invalid_values": [CLEAR, CLOUD, SHADOW]})
+    data = {"workdir": "greedy", "modalities": [greedy]}  # the default max_nan_fraction
     with pytest.raises(RasterError, match=r"its mask flags 100\.0% of the observed pixels"):
-        _prepare(tmp_path, greedy, workdir="greedy")
+        prepare_stack(parse_config(data, tmp_path), progress=False)
+    # a mask that flags nothing is suspicious too (an empty QA60 band, a wrong band)
+    idle = _prepare(tmp_path, _modality(mask={"files": ["scl/*.tif"], "invalid_values": [7]}),
+                    workdir="idle")
+    assert any("flagged no pixel at all" in w for w in idle.qc["warnings"])
 
 
 def test_greenest_keeps_every_band_of_the_acquisition_with_the_highest_ndvi(
@@ -224,18 +267,23 @@ def _config(folder: Path, modality: dict[str, Any]) -> Path:
 def test_mask_and_composite_mistakes_are_one_line_errors(tmp_path: Path) -> None:
     _scenes(tmp_path)
     cases = [  # (modality, words the message must hold)
-        (_modality(mask={"files": ["scl/20230600_scl.tif"], "preset": "s2_scl"}),
-         ["mask.files gives 1 file(s)", "'files' gives 3", "sorted order"]),
+        (_modality(mask={"files": ["scl/20230610_scl.tif"], "preset": "s2_scl"}),
+         ["mask.files gives 1 file(s)", "'files' gives 3", "paired by the date"]),
         (_modality(mask={"band": 5, "preset": "s2_scl"}),
-         ["has 4 band(s)", "plus the mask band", "20230600_s2.tif"]),
+         ["has 4 band(s)", "plus the mask band", "20230610_s2.tif"]),
         (_modality(mask={"files": ["scl/*.tif"], "band": 2, "preset": "s2_scl"}),
-         ["mask.band = 2", "20230600_scl.tif", "1 band(s)"]),
+         ["mask.band = 2", "20230610_scl.tif", "1 band(s)"]),
         (_modality(mask={"files": ["nowhere/*.tif"], "preset": "s2_scl"}),
          ["mask.files", "nowhere", "matches no file"]),
         (_modality(mask={"preset": "s2_scl"}), ["mask needs 'band'", "'files'"]),
         (_modality(mask={"files": ["scl/*.tif"]}), ["mask needs a 'preset'"]),
         (_modality(combine="greenest", bands=["a", "b", "c", "d"]),
          ["greenest needs a red and a near-infrared band", "B4 and B8"]),
+        (_modality(combine="greenest", bands=["B2", "B3", "B4", "B5"]),
+         ["set sensor: landsat8 and name them B4 and B5"]),
+        (_modality(mask={"files": ["scl/*.tif"], "invalid_values": [3], "band": 1,
+                         "threshold": None}, combine="greenest", sensor="landsat8",
+                   bands=["B2", "B3", "B4", "B6"]), ["B4 and B5 (sensor landsat8)"]),
     ]
     for modality, words in cases:
         code, out = _invoke("prepare", "-c", str(_config(tmp_path, modality)))
@@ -251,7 +299,12 @@ def test_mask_and_composite_mistakes_are_one_line_errors(tmp_path: Path) -> None
                      from_origin(*ORIGIN, 20, 20))
     code, out = _invoke("prepare", "-c", str(_config(tmp_path, _modality(
         mask={"files": ["far/*.tif"], "preset": "s2_scl"}))))
-    assert code == 2 and "does not overlap its data file" in out and "far/0.tif" in out, out
+    assert code == 2 and "each mask must cover its own acquisition" in out, out
+    assert "far/0.tif" in out and "20230610_s2.tif" in out, out
+    # masks pair with data files by the date in their names: a missing date is named
+    (tmp_path / "scl" / "20230612_scl.tif").rename(tmp_path / "scl" / "20230615_scl.tif")
+    code, out = _invoke("prepare", "-c", str(_config(tmp_path, _modality())))
+    assert code == 2 and "is dated 20230612 but no mask file is" in out, out
 
 
 @pytest.mark.realdata

@@ -47,9 +47,15 @@ class MaskConfig(_Model):
         [], description="Bits (0 = least significant) that make a pixel invalid when set "
         "(added to the preset's).",
     )
+    threshold: float | None = Field(
+        None, description="A probability band (s2cloudless CLP, a cloud probability): values "
+        "at or above this are invalid (e.g. 50 for percent, 0.5 for fractions).",
+    )
     buffer: int = Field(
         0, ge=0, le=100, description="Grow every flagged area by a disk of this many reference "
-        "pixels (cloud edges and thin haze are rarely flagged).",
+        "pixels (cloud edges and thin haze are rarely flagged). The flags are applied after "
+        "the data are resampled, so with bilinear or cubic resampling or a coarser sensor give "
+        "at least one or two source pixels' worth.",
     )
 
     @model_validator(mode="after")
@@ -57,9 +63,10 @@ class MaskConfig(_Model):
         if self.band is None and not self.files:
             raise ValueError("mask needs 'band' (a band of each data file) or 'files' "
                              "(one mask raster per data file)")
-        if self.preset is None and not self.invalid_values and not self.invalid_bits:
+        if (self.preset is None and not self.invalid_values and not self.invalid_bits
+                and self.threshold is None):
             raise ValueError("mask needs a 'preset' (s2_scl, s2_qa60, landsat_qa_pixel), "
-                             "'invalid_values' or 'invalid_bits'")
+                             "'invalid_values', 'invalid_bits' or a 'threshold'")
         bad = [b for b in self.invalid_bits if not 0 <= b <= 31]
         if bad:
             raise ValueError(f"mask.invalid_bits {bad} must lie within 0-31")
@@ -116,11 +123,14 @@ class ModalityConfig(_Model):
         if self.combine == "greenest":
             from geofuse.raster.composite import greenest_bands
 
-            if greenest_bands(self.bands) is None:
+            if greenest_bands(self.bands, self.sensor) is None:
+                hint = ("B4 and B5 (sensor landsat8)" if self.sensor == "landsat8"
+                        else "B4 and B8 (or B04/B08; Landsat 8/9: set sensor: landsat8 and "
+                        "name them B4 and B5)")
                 raise ValueError(
                     f"modality {self.name!r}: combine: greenest needs a red and a near-infrared "
-                    f"band to compute NDVI, but 'bands' are {self.bands}; name them B4 and B8 "
-                    "(or B04/B08), or use combine: median"
+                    f"band to compute NDVI, but 'bands' are {self.bands}; name them {hint}, or "
+                    "use combine: median"
                 )
         return self
 

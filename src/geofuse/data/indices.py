@@ -67,11 +67,22 @@ _HINTS = {
     "vv": "a name with VV, e.g. VV or VV_lee", "vh": "a name with VH, e.g. VH or VH_lee",
 }
 _COMPLEX_PARTS = {"real", "imag", "re", "im"}
+#: Sensors whose band numbers mean other wavelengths than Sentinel-2's: role -> band number
+#: (Landsat 8/9 OLI: the near infrared is B5; B8 is panchromatic).
+_NUMBERED: dict[str, dict[str, int]] = {
+    "landsat8": {"blue": 2, "green": 3, "red": 4, "nir": 5, "swir1": 6, "swir2": 7},
+}
 
 
-def find_band(bands: Sequence[str], role: str) -> str | None:
-    """The band of ``bands`` that plays ``role`` (see the module table), or ``None``."""
+def find_band(bands: Sequence[str], role: str, sensor: str | None = None) -> str | None:
+    """The band of ``bands`` that plays ``role`` (see the module table), or ``None``; with a
+    ``sensor`` of :data:`_NUMBERED`, optical roles follow its band numbers (B5, SR_B5)."""
     lower = [b.lower() for b in bands]
+    if sensor in _NUMBERED and role in _NUMBERED[sensor]:
+        n = _NUMBERED[sensor][role]
+        return next((bands[i] for i, name in enumerate(lower)
+                     if name in (f"b{n}", f"b{n:02d}") or name.endswith((f"_b{n}", f"_b{n:02d}"))),
+                    None)
     if role in _RADAR:
         tokens = [set(re.split(r"[_\-\s.]+", b)) for b in lower]
         found = [i for i, t in enumerate(tokens) if role in t and not t & _COMPLEX_PARTS]

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from affine import Affine
@@ -159,7 +162,8 @@ class ModalityPlan:
         self.footprint = union_all([f.footprint for f in self.files])
         prepare(self.footprint)
         m = self.config.mask
-        self.rule = None if m is None else rule_of(m.preset, m.invalid_values, m.invalid_bits)
+        self.rule = None if m is None else rule_of(m.preset, m.invalid_values, m.invalid_bits,
+                                                   m.threshold)
 
     @property
     def name(self) -> str:
@@ -198,14 +202,22 @@ class ModalityPlan:
             if not (fl >= right or fr <= left or fb >= top or ft <= bottom):
                 yield src
 
-    def _read_file(self, src: SourceFile, grid: Grid, window: Window
-                   ) -> tuple[np.ndarray, int, int]:
-        """Raw values of one file with its flagged pixels NaN; covered and flagged pixels."""
+    def _invalid(self, src: SourceFile, grid: Grid, window: Window) -> np.ndarray | None:
+        """Flagged pixels of one file on ``window`` (``None``: the file has no mask)."""
+        if src.mask is None or self.rule is None or self.config.mask is None:
+            return None
+        return invalid_pixels(src.mask, self.rule, grid, window, self.config.mask.buffer)
+
+    def _read_file(self, src: SourceFile, grid: Grid, window: Window,
+                   invalid: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
+        """Raw values of one file with its flagged pixels NaN (``invalid``, read when not
+        given); covered and flagged pixels."""
         data = read_warped(src.info, grid, window, self.config.resampling, src.nodata,
                            src.indexes)
-        if src.mask is None or self.rule is None or self.config.mask is None:
+        if invalid is None:
+            invalid = self._invalid(src, grid, window)
+        if invalid is None:
             return data, 0, 0
-        invalid = invalid_pixels(src.mask, self.rule, grid, window, self.config.mask.buffer)
         seen = np.isfinite(data).any(axis=0)
         data[:, invalid] = np.nan
         return data, int(seen.sum()), int((invalid & seen).sum())
@@ -220,16 +232,20 @@ class ModalityPlan:
         out = np.full((self.n_bands, h, w), np.nan, "float32")
         clear = np.zeros((h, w), np.int64)
         seen = flagged = 0
+        invalid = [self._invalid(src, grid, window) for src in sources]  # once per window
         for r0 in range(0, h, strip):
             part = Window(window.col_off, window.row_off + r0, w, min(strip, h - r0))
+            rows = slice(r0, r0 + int(part.height))
             obs = np.full((len(sources), self.n_bands, int(part.height), w), np.nan, "float32")
             for i, src in enumerate(sources):
-                obs[i], s, f = self._read_file(src, grid, part)
+                flags = invalid[i]
+                obs[i], s, f = self._read_file(src, grid, part,
+                                               None if flags is None else flags[rows])
                 seen, flagged = seen + s, flagged + f
             obs = self._to_physical(obs)
             clear[r0 : r0 + int(part.height)] = clear_observations(obs)
-            out[:, r0 : r0 + int(part.height)] = composite(obs, self.config.combine,
-                                                             self.config.bands)
+            out[:, r0 : r0 + int(part.height)] = composite(
+                obs, self.config.combine, self.config.bands, self.config.sensor)
         return out, WindowObservations(seen, flagged, clear)
 
     def coverage(self, grid: Grid, window: Window) -> np.ndarray:
@@ -299,26 +315,72 @@ def _mask_sources(
     if len(mask_infos) != len(infos):
         raise RasterError(
             f"modality {modality.name!r}: mask.files gives {len(mask_infos)} file(s) but "
-            f"'files' gives {len(infos)}; give one mask raster per data file (they are paired "
-            "in sorted order)"
+            f"'files' gives {len(infos)}; give one mask raster per data file (paired by the "
+            "date in their names, else by name order)"
         )
     band = int(m.band or 1)
     out: list[MaskSource | None] = []
-    for info, mask in zip(infos, mask_infos, strict=True):
+    for info, mask in zip(infos, pair_masks(modality.name, infos, mask_infos), strict=True):
         if band > mask.count:
             raise RasterError(
                 f"modality {modality.name!r}: mask.band = {band} but mask file "
                 f"{str(mask.path)!r} has {mask.count} band(s); set mask.band to the band of "
                 "the flags (1-based)"
             )
-        if footprint(mask, grid.crs).intersection(footprint(info, grid.crs)).area <= 0:
-            raise RasterError(
-                f"modality {modality.name!r}: mask file {str(mask.path)!r} does not overlap "
-                f"its data file {str(info.path)!r} (files and mask.files are paired in sorted "
-                "order); name them so that both sort alike, e.g. by date"
-            )
+        _check_same_extent(modality.name, info, mask, grid)
         out.append(MaskSource(mask, band))
     return out
+
+
+_DATE = re.compile(r"(?<!\d)(\d{4})[-_]?(0[1-9]|1[0-2])[-_]?(0[1-9]|[12]\d|3[01])(?!\d)")
+
+
+def _date_of(path: Any) -> str | None:
+    found = _DATE.search(Path(path).name)
+    return "".join(found.groups()) if found else None
+
+
+def pair_masks(name: str, infos: list[RasterInfo], masks: list[RasterInfo]) -> list[RasterInfo]:
+    """The mask file of each data file: the one with the same date in its name (YYYYMMDD or
+    YYYY-MM-DD) when every name has a distinct date, else the one at the same place in name
+    order. Raises RasterError when a dated data file has no mask of its date."""
+    data_dates = [_date_of(i.path) for i in infos]
+    mask_dates = [_date_of(m.path) for m in masks]
+    dated = (None not in data_dates and None not in mask_dates
+             and len(set(data_dates)) == len(infos) and len(set(mask_dates)) == len(masks))
+    if dated:
+        by_date = dict(zip(mask_dates, masks, strict=True))
+        for info, date in zip(infos, data_dates, strict=True):
+            if date not in by_date:
+                raise RasterError(
+                    f"modality {name!r}: data file {str(info.path)!r} is dated {date} but no "
+                    f"mask file is (mask.files dates: {sorted(by_date)[:6]}); give the mask "
+                    "of every acquisition"
+                )
+        return [by_date[d] for d in data_dates]
+    order = sorted(range(len(infos)), key=lambda i: Path(infos[i].path).name)
+    by_name = sorted(masks, key=lambda m: Path(m.path).name)
+    out: list[RasterInfo] = [masks[0]] * len(infos)
+    for i, mask in zip(order, by_name, strict=True):
+        out[i] = mask
+    return out
+
+
+def _check_same_extent(name: str, info: RasterInfo, mask: RasterInfo, grid: Grid) -> None:
+    """A data file and its mask cover the same ground (within a pixel of either)."""
+    a, b = footprint(info, grid.crs).bounds, footprint(mask, grid.crs).bounds
+    if not a or not b:
+        raise AlignmentError(f"modality {name!r}: {str(info.path)!r} or its mask file "
+                             f"{str(mask.path)!r} has no footprint on the reference grid")
+    # a pixel of either, in reference units
+    tol = 1.01 * max((a[2] - a[0]) / info.width, (b[2] - b[0]) / mask.width, grid.transform.a)
+    if max(abs(x - y) for x, y in zip(a, b, strict=True)) > tol:
+        raise RasterError(
+            f"modality {name!r}: mask file {str(mask.path)!r} covers {_fmt_bounds(b)} but its "
+            f"data file {str(info.path)!r} covers {_fmt_bounds(a)} (in {grid.crs_string()}); "
+            "each mask must cover its own acquisition (paired by the date in the names, else "
+            "by name order): check mask.files"
+        )
 
 
 def _band_slices(modality: ModalityConfig, infos: list[RasterInfo], extra: int = 0

@@ -24,34 +24,37 @@ def clear_observations(obs: np.ndarray) -> np.ndarray:
     return np.isfinite(obs).all(axis=1).sum(axis=0)
 
 
-def composite(obs: np.ndarray, method: str, bands: Sequence[str]) -> np.ndarray:
+def composite(obs: np.ndarray, method: str, bands: Sequence[str], sensor: str | None = None
+              ) -> np.ndarray:
     """Composite of ``obs`` ``(D, B, h, w)`` (physical values, NaN = invalid) -> ``(B, h, w)``."""
     if obs.shape[0] == 0:
         return np.full(obs.shape[1:], np.nan, "float32")
     if method == "greenest":
-        return _greenest(obs, bands)
+        return _greenest(obs, bands, sensor)
     reducer = {"median": np.nanmedian, "mean": np.nanmean, "max": np.nanmax}[method]
     with warnings.catch_warnings():  # pixels without any valid value stay NaN, silently
         warnings.simplefilter("ignore", RuntimeWarning)
         return reducer(obs, axis=0).astype("float32")
 
 
-def greenest_bands(bands: Sequence[str]) -> tuple[int, int] | None:
+def greenest_bands(bands: Sequence[str], sensor: str | None = None) -> tuple[int, int] | None:
     """Indices of the red and near-infrared bands, or ``None`` when either is missing."""
-    red, nir = find_band(bands, "red"), find_band(bands, "nir")
+    red, nir = find_band(bands, "red", sensor), find_band(bands, "nir", sensor)
     if red is None or nir is None:
         return None
     return list(bands).index(red), list(bands).index(nir)
 
 
-def _greenest(obs: np.ndarray, bands: Sequence[str]) -> np.ndarray:
-    pair = greenest_bands(bands)
+def _greenest(obs: np.ndarray, bands: Sequence[str], sensor: str | None) -> np.ndarray:
+    pair = greenest_bands(bands, sensor)
     if pair is None:
         raise ValueError(f"greenest needs red and near-infrared bands; got {list(bands)}")
     red, nir = obs[:, pair[0]], obs[:, pair[1]]
     with np.errstate(divide="ignore", invalid="ignore"):
         ndvi = (nir - red) / (nir + red)
-    clear = np.isfinite(obs).all(axis=1) & np.isfinite(ndvi)
+    # a dark pixel with a slightly negative reflectance (L2A's offset) gives |NDVI| > 1
+    plausible = (nir + red > 0) & (np.abs(ndvi) <= 1)
+    clear = np.isfinite(obs).all(axis=1) & np.isfinite(ndvi) & plausible
     best = np.argmax(np.where(clear, ndvi, -np.inf), axis=0)
     out = np.take_along_axis(obs, best[None, None], axis=0)[0]
     out[:, ~clear.any(axis=0)] = np.nan

@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -172,28 +173,40 @@ def read_warped(
     resampling: str,
     src_nodata: float | None,
     indexes: Sequence[int] | None = None,
+    dtype: str = "float32",
 ) -> np.ndarray:
     """Resample the bands of ``info`` (all, or the 1-based ``indexes``) onto ``window`` of
     ``grid`` with GDAL's warper.
 
-    Returns float32 ``(bands, height, width)`` raw values; source nodata and pixels that the
-    source does not cover are NaN. Only the part of the source under the window is read.
+    Returns ``(bands, height, width)`` raw values of ``dtype`` (float32; float64 keeps 32-bit
+    flags exact); source nodata and pixels that the source does not cover are NaN. Only the
+    part of the source under the window is read. A subset of bands is warped on its own (a
+    GDAL ``vrt://`` view), because the warper calls a pixel nodata only when every band of its
+    source is nodata, and a quality band beside the data never is.
     """
-    with open_raster(info.path) as src:
-        try:
-            with WarpedVRT(
-                src, crs=grid.crs, transform=grid.transform, width=grid.width,
-                height=grid.height, resampling=Resampling[resampling], src_nodata=src_nodata,
-                nodata=np.nan, dtype="float32", tolerance=_WARP_TOLERANCE,
-            ) as vrt:
-                return vrt.read(None if indexes is None else list(indexes), window=window,
-                                out_dtype="float32")
-        except RasterioError as err:
-            reason = " ".join(str(err).split())
-            raise RasterError(
-                f"raster file {str(info.path)!r} could not be read or warped ({reason}); "
-                "check that the file is complete (re-download or re-export it)"
-            ) from None
+    subset = indexes is not None and list(indexes) != list(range(1, info.count + 1))
+    path = Path(info.path)
+    try:
+        if subset and indexes is not None:
+            if not path.exists():
+                raise DataNotFoundError(f"raster file {str(path)!r} does not exist; fix the "
+                                        "path in the config's 'files'")
+            view = f"vrt://{path.resolve()}?bands={','.join(str(i) for i in indexes)}"
+            opened: Any = contextlib.closing(rasterio.open(view))
+        else:
+            opened = open_raster(path)
+        with opened as src, WarpedVRT(
+            src, crs=grid.crs, transform=grid.transform, width=grid.width,
+            height=grid.height, resampling=Resampling[resampling], src_nodata=src_nodata,
+            nodata=np.nan, dtype=dtype, tolerance=_WARP_TOLERANCE,
+        ) as vrt:
+            return vrt.read(window=window, out_dtype=dtype)
+    except RasterioError as err:
+        reason = " ".join(str(err).split())
+        raise RasterError(
+            f"raster file {str(path)!r} could not be read or warped ({reason}); "
+            "check that the file is complete (re-download or re-export it)"
+        ) from None
 
 
 def write_raster(

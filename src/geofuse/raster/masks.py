@@ -17,21 +17,28 @@ import numpy as np
 from rasterio.windows import Window
 from scipy.ndimage import binary_dilation
 
+from geofuse.errors import RasterError
 from geofuse.raster.io import Grid, RasterInfo, read_warped
 
 
 @dataclass(frozen=True)
 class MaskRule:
-    """Flags that make a pixel invalid: any of ``values``, or any of ``bits`` set."""
+    """Flags that make a pixel invalid: any of ``values``, any of ``bits`` set, or a value of
+    at least ``threshold`` (a cloud probability band)."""
 
     values: tuple[int, ...] = ()
     bits: tuple[int, ...] = ()
+    threshold: float | None = None
 
     def invalid(self, flags: np.ndarray) -> np.ndarray:
         """Boolean array: pixels whose flag matches the rule (NaN = not covered: valid)."""
         known = np.isfinite(flags)
-        codes = np.where(known, flags, 0).astype(np.int64)
         out = np.zeros(flags.shape, bool)
+        if self.threshold is not None:
+            out |= np.where(known, flags, -np.inf) >= self.threshold
+        if not self.values and not self.bits:
+            return out
+        codes = np.where(known, flags, 0).astype(np.int64)
         if self.values:
             out |= np.isin(codes, self.values)
         if self.bits:
@@ -51,11 +58,13 @@ PRESETS: dict[str, MaskRule] = {
 }
 
 
-def rule_of(preset: str | None, values: list[int], bits: list[int]) -> MaskRule:
-    """The preset's rule extended by explicit ``values`` and ``bits``."""
+def rule_of(preset: str | None, values: list[int], bits: list[int],
+            threshold: float | None = None) -> MaskRule:
+    """The preset's rule extended by explicit ``values``, ``bits`` and ``threshold``."""
     base = PRESETS[preset] if preset else MaskRule()
     return MaskRule(
-        tuple(sorted(set(base.values) | set(values))), tuple(sorted(set(base.bits) | set(bits)))
+        tuple(sorted(set(base.values) | set(values))), tuple(sorted(set(base.bits) | set(bits))),
+        threshold,
     )
 
 
@@ -78,14 +87,31 @@ def invalid_pixels(
 ) -> np.ndarray:
     """Boolean ``(h, w)`` of ``window``: pixels the flags mark invalid, grown by ``buffer``."""
     if buffer == 0:
-        flags = read_warped(source.info, grid, window, "nearest", None, [source.band])[0]
-        return rule.invalid(flags)
+        return rule.invalid(_flags(source, rule, grid, window))
     halo = _with_halo(grid, window, buffer)
-    flags = read_warped(source.info, grid, halo, "nearest", None, [source.band])[0]
+    flags = _flags(source, rule, grid, halo)
     grown = binary_dilation(rule.invalid(flags), structure=disk(buffer))
     r0 = int(window.row_off - halo.row_off)
     c0 = int(window.col_off - halo.col_off)
     return grown[r0 : r0 + int(window.height), c0 : c0 + int(window.width)]
+
+
+def _flags(source: MaskSource, rule: MaskRule, grid: Grid, window: Window) -> np.ndarray:
+    """The flag band on ``window`` (float64: 32-bit flags stay exact); flag values and bits
+    need whole numbers, so a fractional band (a probability) raises with the fix."""
+    flags = read_warped(source.info, grid, window, "nearest", None, [source.band],
+                        dtype="float64")[0]
+    if rule.values or rule.bits:
+        finite = flags[np.isfinite(flags)]
+        odd = finite[finite != np.round(finite)]
+        if odd.size:
+            raise RasterError(
+                f"mask band {source.band} of {str(source.info.path)!r} holds fractional value "
+                f"{float(odd[0]):g}, but invalid_values and invalid_bits (and presets) compare "
+                "whole-number flags; for a probability band set mask.threshold (e.g. 0.5) "
+                "instead, or give the flag band"
+            )
+    return flags
 
 
 def _with_halo(grid: Grid, window: Window, pad: int) -> Window:

@@ -242,6 +242,7 @@ def _mask_entry(plan: ModalityPlan, coverage: dict[str, Any]) -> dict[str, Any]:
     files = [str(f.mask.info.path) for f in plan.files if f.mask and m.files]
     rule = {"band": m.band or 1, "files": files or None, "preset": m.preset,
             "invalid_values": list(plan.rule.values), "invalid_bits": list(plan.rule.bits),
+            "threshold": plan.rule.threshold,
             "buffer": m.buffer}
     return {"mask": rule, "observations": coverage.get("observations")}
 

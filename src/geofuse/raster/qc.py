@@ -203,7 +203,8 @@ class QCAccumulator:
         empty, sparse = _valid_share_findings(self.bands, coverage, failures)
         failures += empty
         masks = mask_warnings(coverage)
-        failed = {s.modality for s in all_bands if any(f"band {s.name!r} " in f for f in failures)}
+        failed = {s.modality for s in all_bands if s.invalid_fraction > max_nan_fraction
+                  or s.valid_fraction < FAIL_VALID_FRACTION}
         # a failing modality whose mask removed most pixels: the mask is the likely cause
         failures = [m for name, m in masks if name in failed and "its mask flags" in m] + failures
         warnings = (sparse + _coverage_warnings(coverage) + _range_warnings(all_bands)

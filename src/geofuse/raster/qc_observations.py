@@ -50,7 +50,7 @@ class ObservationStats:
 
 
 #: A mask that flags more than this share of the observed pixels is probably the wrong rule.
-MASKED_WARN_FRACTION = 0.8
+MASKED_WARN_FRACTION = 0.95
 
 
 def mask_warnings(coverage: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
@@ -66,6 +66,11 @@ def mask_warnings(coverage: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
                 "mask.preset, invalid_values and invalid_bits against the flag band (values "
                 "of a class band such as SCL are not bits), and mask.buffer"
             ))
+        if masked == 0 and obs.get("observed_pixels"):
+            out.append((name,
+                f"modality {name!r}: its mask flagged no pixel at all; check that mask.band "
+                "or mask.files give the flag band (QA60 is empty in Sentinel-2 products since "
+                "processing baseline 04.00, January 2022: use the SCL band)"))
         none = (obs.get("clear_observations") or {}).get("none_fraction", 0.0)
         if none > 0:
             out.append((name,
