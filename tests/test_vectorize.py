@@ -13,21 +13,16 @@ import rasterio
 from rasterio.transform import from_origin
 from typer.testing import CliRunner
 
+from class_maps import ORIGIN, write_class_map
 from geofuse.cli import app
 from geofuse.errors import RasterError
-from geofuse.mapping.outputs import (
-    CLASS_NODATA,
-    build_products,
-    create_partial,
-    publish,
-    write_window,
-)
+from geofuse.mapping.outputs import CLASS_NODATA
 from geofuse.mapping.vectorize import vectorize_map
-from geofuse.raster.io import Grid, parse_crs, write_raster
+from geofuse.raster.io import write_raster
 
 NAMES = ["water", "forest", "urban"]
 WATER, FOREST, URBAN = 0, 1, 2
-TF = from_origin(500_000.0, 5_100_000.0, 10.0, 10.0)  # 10 m pixels: 0.01 ha each
+TF = from_origin(*ORIGIN, 10.0, 10.0)  # 10 m pixels: 0.01 ha each
 
 
 def _map() -> np.ndarray:
@@ -42,16 +37,7 @@ def _map() -> np.ndarray:
 
 
 def _write_map(folder: Path, data: np.ndarray) -> Path:
-    """A class map as 'geofuse predict' writes it (colour table, class name tags, COG)."""
-    grid = Grid(parse_crs("EPSG:32633", "crs"), TF, data.shape[1], data.shape[0])
-    product = build_products(NAMES, ["entropy"])["classes"]
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / "partial.tif"
-    create_partial(partial, grid, product, block=16 * 2)
-    write_window(partial, 0, 0, data)
-    target = publish(partial, folder / "classes.tif", product)
-    partial.unlink()
-    return target
+    return write_class_map(folder, "classes", data, NAMES)
 
 
 def test_mmu_merges_small_regions_and_writes_polygons_with_areas_and_doubt(

@@ -424,6 +424,38 @@ def assess(
 
 @app.command()
 @_friendly
+def change(
+    map_a: Path = typer.Argument(..., metavar="MAP_A", help="Class map of the first date."),
+    map_b: Path = typer.Argument(..., metavar="MAP_B", help="Class map of the second date, "
+                                 "on the same grid."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    merge_stable: bool = typer.Option(False, "--merge-stable", help="One 'no change' class "
+                                      "instead of one stable class per land cover."),
+    labels: str = typer.Option("A,B", "--labels", help="Names of the two dates, e.g. "
+                               "2018,2023."),
+    classes: str | None = typer.Option(
+        None, "--classes", help="Comma-separated class names, for maps without a class_names "
+        "tag."),
+) -> None:
+    """Land-cover change between two class maps: the from-to matrix in hectares, gains,
+    losses and net change per class (change.json, change.md) and change.tif, a class map of
+    the transitions (for 'geofuse assess --sample-design' and 'geofuse vectorize')."""
+    from geofuse.mapping.change import detect_change, summary
+
+    names = [c.strip() for c in classes.split(",")] if classes else None
+    pair = [x.strip() for x in labels.split(",")]
+    if len(pair) != 2 or not all(pair):
+        raise typer.BadParameter(f"--labels {labels!r} needs two names separated by a comma, "
+                                 "e.g. --labels 2018,2023")
+    res = detect_change(map_a, map_b, out, merge_stable=merge_stable, classes=names,
+                        labels=(pair[0], pair[1]))
+    console.print(summary(res.record), highlight=False)
+    console.print(f"change: [bold]{res.markdown_path}[/], {res.map_path.name} and "
+                  f"{res.record_path.name}", soft_wrap=True)
+
+
+@app.command()
+@_friendly
 def vectorize(
     map_path: Path = typer.Argument(..., metavar="MAP",
                                     help="Class map GeoTIFF ('geofuse predict': classes.tif)."),
