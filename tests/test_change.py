@@ -63,6 +63,11 @@ def test_from_to_matrix_gains_losses_and_a_change_map(tmp_path: Path) -> None:
     md = (out / "change.md").read_text()
     assert "| forest | 0.00 | 14.75 | 1.00 | 15.75 |" in md and "--sample-design" in md
     assert (out / "change_quicklook.png").is_file()
+    with rasterio.open(out / "change.tif") as src, rasterio.open(pa) as year:
+        table, land = src.colormap(1), year.colormap(1)
+    assert table[names.index("forest -> urban")] == land[URBAN]  # what it became
+    pale = table[names.index("forest (no change)")]
+    assert all(p > c for p, c in zip(pale[:3], land[FOREST][:3], strict=True))
     # change.tif is a class map: it can be published with an MMU and sampled for assessment
     cmap = open_class_map(out / "change.tif")
     assert cmap.class_names == names and cmap.counts[names.index("forest -> urban")] == 100
@@ -81,10 +86,20 @@ def test_merged_stable_class_and_mistakes(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "m" / "change.json").read_text())
     assert record["change_classes"] == ["no change", "water -> forest", "forest -> urban"]
+    # a shift far below a pixel (another tool's rounding) is the same grid
+    nudged = _write(tmp_path / "nudged", "b", b, x0=ORIGIN[0] + 1e-7)
+    assert CliRunner().invoke(app, ["change", str(pa), str(nudged), "-o",
+                                    str(tmp_path / "n")]).exit_code == 0
+    # maps that share no class name would count every pixel as change
+    other_names = write_class_map(tmp_path / "names", "b", b, ["a", "b", "c"])
+    res = CliRunner().invoke(app, ["change", str(pa), str(other_names), "-o",
+                                   str(tmp_path / "x")])
+    assert res.exit_code == 2 and "share no class name" in " ".join(res.output.split())
     shifted = _write(tmp_path / "other", "b", b, x0=500_010.0)
     for args, words in [
         (["change", str(pa), str(shifted), "-o", str(tmp_path / "x")],
-         ["are on different grids", "gdalwarp -r near"]),
+         ["are on different grids", "origin (500000.0, 5100000.0) vs (500010.0",
+          "gdalwarp -r near"]),
         (["change", str(pa), str(tmp_path / "none.tif"), "-o", str(tmp_path / "x")],
          ["none.tif", "does not exist"]),
         (["change", str(pa), str(pb), "-o", str(tmp_path / "x"), "--labels", "2018"],

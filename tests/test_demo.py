@@ -47,7 +47,7 @@ def test_demo_runs_the_sensor_ablation_and_writes_the_study_report(demo_dir: Pat
     assert (study / "map" / "classes.tif").is_file() and "Map of the scene" in md
     assert "map/quicklook.png" in md
     # and published with a minimum mapping unit, as polygons
-    vector = json.loads((study / "map" / "vectorize.json").read_text())
+    vector = json.loads((study / "map" / "classes_vectorize.json").read_text())
     assert vector["mmu_ha"] == pytest.approx(0.5, rel=0.05) and vector["polygons"] > 0
     polygons = gpd.read_file(study / "map" / "classes_mmu.gpkg")
     assert len(polygons) == vector["polygons"] and polygons["area_ha"].min() >= 0.5 - 1e-6

@@ -72,7 +72,7 @@ def test_mmu_merges_small_regions_and_writes_polygons_with_areas_and_doubt(
     water = polygons[polygons["class_name"] == "water"].iloc[0]
     assert water["area_ha"] == pytest.approx(4.0)
     assert water["mean_entropy"] == pytest.approx(entropy[want == WATER].mean(), rel=1e-6)
-    record = json.loads((tmp_path / "out" / "vectorize.json").read_text())
+    record = json.loads((tmp_path / "out" / "classes_vectorize.json").read_text())
     assert record["pixels_changed"] == 7 and record["polygons"] == 3
     urban = next(c for c in record["classes"] if c["class"] == "urban")
     assert urban["area_ha_before"] == pytest.approx(0.14)
@@ -88,6 +88,29 @@ def test_eight_connected_regions_join_across_corners(tmp_path: Path) -> None:
     diagonal = gpd.read_file(eight.polygons_path)
     assert ((diagonal["class_name"] == "water") & (diagonal["pixels"] == 2)).sum() == 1
     assert four.record["mmu_pixels"] == 2 and eight.record["connectivity"] == 8
+    # regions that touch themselves at a corner are written as valid (multi)polygons
+    assert diagonal.geometry.is_valid.all()
+    np.testing.assert_allclose(diagonal.geometry.area, diagonal["area_ha"] * 1e4)
+
+
+def test_clusters_of_small_regions_merge_and_islands_in_nodata_are_flagged(
+    tmp_path: Path,
+) -> None:
+    noisy = np.random.default_rng(1).integers(0, 3, (60, 60)).astype(np.uint8)
+    noisy[0:3, 0:3] = CLASS_NODATA
+    noisy[1, 1] = URBAN  # one pixel surrounded by nodata: nothing to merge with
+    result = vectorize_map(write_class_map(tmp_path, "noisy", noisy, NAMES), min_pixels=20)
+    polygons = gpd.read_file(result.polygons_path)
+    small = polygons[polygons["pixels"] < 20]
+    assert len(small) == 1 and small["below_mmu"].all() and result.record["below_mmu"] == 1
+    assert polygons["pixels"].sum() == (noisy != CLASS_NODATA).sum()
+    assert result.map_path.name == "noisy_mmu.tif"  # named after the map
+    # other integer types than GDAL's sieve takes are read as well
+    wide = noisy.astype(np.int64)
+    write_raster(tmp_path / "wide.tif", wide, "EPSG:32633", TF, nodata=CLASS_NODATA)
+    other = vectorize_map(tmp_path / "wide.tif", classes=NAMES, min_pixels=20)
+    with rasterio.open(other.map_path) as a, rasterio.open(result.map_path) as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
 
 
 def test_vectorize_mistakes_are_one_line_errors(tmp_path: Path) -> None:
@@ -105,6 +128,10 @@ def test_vectorize_mistakes_are_one_line_errors(tmp_path: Path) -> None:
     write_raster(tmp_path / "small.tif", np.zeros((8, 8), np.float32), "EPSG:32633", TF)
     cases.append((["vectorize", str(path), "--mmu", "1", "--uncertainty",
                    str(tmp_path / "small.tif")], ["on another grid", "small.tif"]))
+    cases += [
+        (["vectorize", str(path), "--mmu", "inf"], ["--mmu inf", "positive area"]),
+        (["vectorize", str(path), "--mmu", "500"], ["not smaller than the class map"]),
+    ]
     for args, words in cases:
         result = runner.invoke(app, args)
         out = " ".join(result.output.split())
@@ -114,3 +141,21 @@ def test_vectorize_mistakes_are_one_line_errors(tmp_path: Path) -> None:
     assert not list((tmp_path / "map").glob("classes_mmu*"))  # nothing half-done
     with pytest.raises(RasterError, match="more than vectorize holds at once"):
         vectorize_map(path, tmp_path / "big", min_pixels=2, max_pixels=1000)
+
+
+def test_a_study_publishes_its_map_once_per_unit_and_never_fails_on_it(tmp_path: Path) -> None:
+    from geofuse.experiments.study_map import _publish
+
+    write_class_map(tmp_path, "classes", _map(), NAMES)
+    record = tmp_path / "classes_vectorize.json"
+    _publish(tmp_path, 0.05, redo=False, progress=False)
+    first = record.stat().st_mtime_ns
+    _publish(tmp_path, 0.05, redo=False, progress=False)  # same unit, same map: kept
+    assert record.stat().st_mtime_ns == first
+    _publish(tmp_path, 0.1, redo=False, progress=False)  # another unit: redone
+    assert json.loads(record.read_text())["mmu_pixels"] == 10
+    _publish(tmp_path, None, redo=False, progress=False)  # the unit removed: no stale files
+    assert not list(tmp_path.glob("classes_mmu*")) and not record.exists()
+    with pytest.warns(UserWarning, match="not published with a minimum mapping unit"):
+        _publish(tmp_path, 1000.0, redo=True, progress=False)  # larger than the map
+    assert not record.exists()

@@ -475,9 +475,10 @@ def vectorize(
         None, "--classes", help="Comma-separated class names, for a map without a "
         "class_names tag."),
 ) -> None:
-    """Apply a minimum mapping unit to a class map and write it as polygons:
-    classes_mmu.tif (sieved, same colours), classes_mmu.gpkg (a polygon per region with class,
-    area and mean uncertainty) and vectorize.json (class areas before and after)."""
+    """Apply a minimum mapping unit to a class map and write it as polygons: for MAP
+    classes.tif, classes_mmu.tif (sieved, same colours), classes_mmu.gpkg (a polygon per
+    region with class, area and mean uncertainty) and classes_vectorize.json (class areas
+    before and after)."""
     from geofuse.mapping.vectorize import summary, vectorize_map
 
     names = [c.strip() for c in classes.split(",")] if classes else None

@@ -5,18 +5,21 @@ predict`) into ``<study>/map/``. When the study held polygons out (``ablation.te
 those polygons, which no fold model ever trained on, are written to
 ``map/heldout_polygons.gpkg`` and the map is assessed against them (:mod:`geofuse.mapping.
 assess`): confusion matrix, accuracies and error-adjusted class areas. The study report then
-shows the map and its assessment.
+shows the map and its assessment; with ``mapping.mmu_ha`` the map is also published with
+that minimum mapping unit (:mod:`geofuse.mapping.vectorize`).
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from geofuse.config import StudyConfig
-from geofuse.errors import ConfigError
+from geofuse.errors import ConfigError, GeofuseError
 
 console = Console(stderr=True)
 MAP_DIR = "map"
@@ -68,31 +71,38 @@ def heldout_polygons(cfg: StudyConfig, study_dir: Path, out_dir: Path) -> Path |
 
 
 def map_study(cfg: StudyConfig, study_dir: Path, progress: bool = True) -> Path:
-    """Map ``mapping.scene`` with the study's best configuration, then assess the map against
-    the held-out polygons when there are any; returns the map folder."""
-    from geofuse.mapping.assess import assess_map
+    """Map ``mapping.scene`` with the study's best configuration, assess the map against the
+    held-out polygons when there are any, and publish it with ``mapping.mmu_ha``; returns
+    the map folder. Each step is redone only when what it reads changed."""
     from geofuse.mapping.predict import PredictOptions, predict_map
 
     out = study_dir / MAP_DIR
     m = cfg.mapping
     cells = [p.stat().st_mtime for p in (study_dir / "cells").glob("*.json")]
     record = out / "predict.json"
-    if record.is_file() and cells and record.stat().st_mtime >= max(cells):
+    fresh = record.is_file() and bool(cells) and record.stat().st_mtime >= max(cells)
+    if fresh:
         if progress:  # no cell changed since the map was made
             console.print(f"map up to date: {out}")
-        return out
-    if progress:
-        console.rule("[bold]map: the best configuration's fold models on the scene")
-    mapped = predict_map(study_dir, scene_path(cfg), out,
-                         PredictOptions(stride=m.stride, tile_size=m.tile_size, tta=m.tta),
-                         progress=progress)
-    if m.mmu_ha is not None and not mapped.get("value_name"):
-        from geofuse.mapping.vectorize import summary, vectorize_map
-
-        polygons = vectorize_map(out / "classes.tif", out, mmu_ha=m.mmu_ha)
+        mapped = json.loads(record.read_text())
+    else:
         if progress:
-            console.print(f"{summary(polygons.record)}: {polygons.polygons_path}",
-                          highlight=False)
+            console.rule("[bold]map: the best configuration's fold models on the scene")
+        mapped = predict_map(study_dir, scene_path(cfg), out,
+                             PredictOptions(stride=m.stride, tile_size=m.tile_size, tta=m.tta),
+                             progress=progress)
+    if not fresh or not (out / "assessment.json").is_file():
+        _assess(cfg, study_dir, out, mapped, progress)
+    if not mapped.get("value_name"):
+        _publish(out, m.mmu_ha, redo=not fresh, progress=progress)
+    return out
+
+
+def _assess(cfg: StudyConfig, study_dir: Path, out: Path, mapped: dict[str, Any],
+            progress: bool) -> None:
+    """Assess the map against the polygons held out of every fold, when there are any."""
+    from geofuse.mapping.assess import assess_map
+
     reference = heldout_polygons(cfg, study_dir, out)
     if reference is not None and mapped.get("value_name"):  # a regression map
         from geofuse.mapping.assess_values import assess_value_map
@@ -106,4 +116,26 @@ def map_study(cfg: StudyConfig, study_dir: Path, progress: bool = True) -> Path:
     elif progress:
         console.print("no held-out polygons (ablation.test_fraction: 0): the map is not "
                       "assessed; run 'geofuse assess' with independent reference data")
-    return out
+
+
+def _publish(out: Path, mmu_ha: float | None, redo: bool, progress: bool) -> None:
+    """The class map with a minimum mapping unit (``classes_mmu.*``); a failure is a warning,
+    so it never costs the map or its assessment."""
+    from geofuse.mapping.vectorize import summary, vectorize_map
+
+    record = out / "classes_vectorize.json"
+    if not redo and mmu_ha is not None and record.is_file() and \
+            json.loads(record.read_text()).get("mmu_ha_requested") == mmu_ha:
+        return
+    for name in ("classes_mmu.tif", "classes_mmu.gpkg", record.name):  # never stale ones
+        (out / name).unlink(missing_ok=True)
+    if mmu_ha is None:
+        return
+    try:
+        result = vectorize_map(out / "classes.tif", out, mmu_ha=mmu_ha)
+    except GeofuseError as err:
+        warnings.warn(f"mapping.mmu_ha: the map was not published with a minimum mapping "
+                      f"unit: {err.one_line()}", UserWarning, stacklevel=2)
+        return
+    if progress:
+        console.print(f"{summary(result.record)}: {result.polygons_path}", highlight=False)

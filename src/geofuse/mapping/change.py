@@ -14,6 +14,7 @@ Both maps are read in strips, so memory stays bounded whatever their size.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from geofuse.mapping.outputs import (
     write_window,
 )
 
-#: Codes 0..254 of change.tif (255 is nodata).
+#: Classes of change.tif: codes 0..254 (255 is nodata).
 MAX_CLASSES = 255
 NO_CHANGE = "no change"
 
@@ -63,6 +64,7 @@ def detect_change(
     """
     a, b = open_class_map(map_a, classes), open_class_map(map_b, classes)
     _check_same_grid(a, b)
+    _check_names(a, b)
     counts = _transitions(a, b)
     names, code_of = _change_classes(a, b, counts, merge_stable)
     out = Path(out_dir)
@@ -71,28 +73,57 @@ def detect_change(
     lookup = np.full(len(a.class_names) * len(b.class_names), CLASS_NODATA, np.uint8)
     for (i, j), code in code_of.items():
         lookup[i * len(b.class_names) + j] = code
-    _write_change_map(target, a, b, names, lookup)
+    colours = _colours(names, code_of, a, b)
+    _write_change_map(target, a, b, names, colours, lookup)
     record = _record(a, b, counts, names, labels, merge_stable)
     record_path = out / "change.json"
     atomic_write_json(record_path, record)
     md = out / "change.md"
     atomic_write_text(md, render_markdown(record))
-    save_figure(quicklook_figure(target, names, f"Change {labels[0]} -> {labels[1]}"),
+    save_figure(quicklook_figure(target, names, f"Change {labels[0]} -> {labels[1]}", colours),
                 out / "change_quicklook.png")
     return ChangeResult(target, record_path, md, record)
 
 
 def _check_same_grid(a: ClassMap, b: ClassMap) -> None:
-    if a.grid != b.grid:
+    """Same CRS and size, and transforms equal to a millionth of a pixel."""
+    ta, tb = a.grid.transform, b.grid.transform
+    tol = 1e-6 * max(abs(ta.a), abs(ta.e))
+    parts = []
+    if a.grid.crs != b.grid.crs:
+        parts.append(f"CRS {a.grid.crs_string()} vs {b.grid.crs_string()}")
+    if (a.grid.width, a.grid.height) != (b.grid.width, b.grid.height):
+        parts.append(f"size {a.grid.width}x{a.grid.height} vs {b.grid.width}x{b.grid.height} px")
+    if max(abs(ta.a - tb.a), abs(ta.e - tb.e)) > tol:
+        parts.append(f"pixel size {ta.a!r} x {-ta.e!r} vs {tb.a!r} x {-tb.e!r}")
+    if max(abs(ta.c - tb.c), abs(ta.f - tb.f), abs(ta.b - tb.b), abs(ta.d - tb.d)) > tol:
+        parts.append(f"origin ({ta.c!r}, {ta.f!r}) vs ({tb.c!r}, {tb.f!r})")
+    if parts:
         raise RasterError(
-            f"class maps {str(a.path)!r} ({a.grid.width}x{a.grid.height} px, "
-            f"{a.grid.crs_string()}, origin {a.grid.transform.c:.6g}, {a.grid.transform.f:.6g}) "
-            f"and {str(b.path)!r} ({b.grid.width}x{b.grid.height} px, {b.grid.crs_string()}, "
-            f"origin {b.grid.transform.c:.6g}, {b.grid.transform.f:.6g}) are on different "
-            "grids; map both years on one reference grid (the same 'grid' section in both "
-            "study configs), or warp one onto the other with nearest neighbour "
-            "('gdalwarp -r near -te ... -tr ...')"
+            f"class maps {str(a.path)!r} and {str(b.path)!r} are on different grids "
+            f"({'; '.join(parts)}); map both dates on one reference grid (the same 'grid' "
+            "section in both study configs), or warp one onto the other with nearest "
+            "neighbour ('gdalwarp -r near -te ... -tr ...')"
         )
+
+
+def _check_names(a: ClassMap, b: ClassMap) -> None:
+    """Stable pixels are found by class name: maps with no common name are refused, maps
+    whose names differ are warned about."""
+    common = set(a.class_names) & set(b.class_names)
+    if not common:
+        raise RasterError(
+            f"class maps {str(a.path)!r} ({a.names_from}: {a.class_names}) and {str(b.path)!r} "
+            f"({b.names_from}: {b.class_names}) share no class name, so every pixel would "
+            "count as change; give both the same names (--classes a,b,c for maps without a "
+            "class_names tag)"
+        )
+    if set(a.class_names) != set(b.class_names):
+        warnings.warn(
+            f"the class maps name different classes ({sorted(set(a.class_names) - common)} "
+            f"only in {a.path.name}, {sorted(set(b.class_names) - common)} only in "
+            f"{b.path.name}); pixels of those classes always count as change",
+            UserWarning, stacklevel=3)
 
 
 def _transitions(a: ClassMap, b: ClassMap) -> np.ndarray:
@@ -127,19 +158,18 @@ def _change_classes(a: ClassMap, b: ClassMap, counts: np.ndarray, merge_stable: 
     for i, j in moved:
         code_of[(i, j)] = len(names)
         names.append(f"{a.class_names[i]} -> {b.class_names[j]}")
-    if len(names) > MAX_CLASSES - 1:
+    if len(names) > MAX_CLASSES:
         raise RasterError(
             f"the maps {str(a.path)!r} and {str(b.path)!r} show {len(names)} different "
-            f"transitions, more than a class map holds ({MAX_CLASSES - 1}); merge classes "
+            f"transitions, more than a class map holds ({MAX_CLASSES}); merge classes "
             "before comparing, or use --merge-stable"
         )
     return names, code_of
 
 
 def _write_change_map(target: Path, a: ClassMap, b: ClassMap, names: list[str],
-                      lookup: np.ndarray) -> None:
+                      colours: list[tuple[int, int, int]], lookup: np.ndarray) -> None:
     """``change.tif``: transition codes through ``lookup`` (nodata where either map is)."""
-    colours = _colours(names)
     cmap = {i: (*rgb, 255) for i, rgb in enumerate(colours)}
     cmap[CLASS_NODATA] = (0, 0, 0, 0)
     tags = {"class_names": json.dumps(names), **{f"class_{i}": n for i, n in enumerate(names)}}
@@ -158,18 +188,34 @@ def _write_change_map(target: Path, a: ClassMap, b: ClassMap, names: list[str],
         publish(partial, target, product)
 
 
-def _colours(names: list[str]) -> list[tuple[int, int, int]]:
+def _colours(names: list[str], code_of: dict[tuple[int, int], int], a: ClassMap, b: ClassMap
+             ) -> list[tuple[int, int, int]]:
     """Stable classes in a pale version of their colour, transitions in the colour of the
-    class they became, no change in light grey."""
+    class they became, no change in light grey; land-cover colours come from the maps'
+    colour tables (map A first), else from :func:`class_colours` over all names."""
+    land = list(dict.fromkeys([*a.class_names, *b.class_names]))
+    fallback = dict(zip(land, class_colours(land), strict=True))
+    own = {**dict(zip(b.class_names, b.colours, strict=True)),
+           **dict(zip(a.class_names, a.colours, strict=True))}
+
+    def colour(name: str) -> tuple[int, int, int]:
+        if name in own:
+            hexa = own[name].lstrip("#")
+            return (int(hexa[0:2], 16), int(hexa[2:4], 16), int(hexa[4:6], 16))
+        return fallback[name]
+
+    pair = {code: p for p, code in code_of.items()}  # a (from, to) pair of every code
     out = []
-    for name in names:
-        if name == NO_CHANGE:
+    for code, name in enumerate(names):
+        i, j = pair[code]
+        if name == NO_CHANGE and a.class_names[i] == b.class_names[j]:
             out.append((215, 215, 215))
-        elif name.endswith(f"({NO_CHANGE})"):
-            rgb = class_colours([name.removesuffix(f" ({NO_CHANGE})")])[0]
-            out.append(tuple(int(c + (255 - c) * 0.6) for c in rgb))  # type: ignore[arg-type]
+        elif a.class_names[i] == b.class_names[j]:
+            rgb = colour(a.class_names[i])
+            out.append((int(rgb[0] + (255 - rgb[0]) * 0.6), int(rgb[1] + (255 - rgb[1]) * 0.6),
+                        int(rgb[2] + (255 - rgb[2]) * 0.6)))
         else:
-            out.append(class_colours([name.split(" -> ")[1]])[0])
+            out.append(colour(b.class_names[j]))
     return out
 
 

@@ -189,16 +189,18 @@ def class_counts(path: Path, num_classes: int) -> tuple[np.ndarray, int]:
     return counts[:num_classes], int(counts[CLASS_NODATA])
 
 
-def quicklook_figure(path: Path, class_names: list[str], title: str) -> Figure:
+def quicklook_figure(path: Path, class_names: list[str], title: str,
+                     colours_rgb: Sequence[tuple[int, int, int]] | None = None) -> Figure:
     """The class map (decimated to at most :data:`QUICKLOOK_SIDE` pixels a side, nodata
-    white) with a legend of class colours and names."""
+    white) with a legend of class colours (``colours_rgb``, default :func:`class_colours`)
+    and names."""
     from matplotlib.patches import Patch
 
     with rasterio.open(path) as src:
         factor = max(1, int(np.ceil(max(src.height, src.width) / QUICKLOOK_SIDE)))
         shape = (max(1, src.height // factor), max(1, src.width // factor))
         classes = src.read(1, out_shape=shape, resampling=Resampling.nearest)
-    colours = np.array(class_colours(class_names), dtype=np.uint8)
+    colours = np.array(colours_rgb or class_colours(class_names), dtype=np.uint8)
     palette = np.full((256, 3), 255, dtype=np.uint8)
     palette[:len(colours)] = colours
     fig = Figure(figsize=(8, 8 * shape[0] / max(shape[1], 1)))

@@ -75,7 +75,7 @@ def map_blocks(study: Study) -> list[doc.Block]:
 
 def _mmu_blocks(folder: Any) -> list[doc.Block]:
     """The map published with a minimum mapping unit (``mapping.mmu_ha``), when made."""
-    path = folder / "vectorize.json"
+    path = folder / "classes_vectorize.json"
     if not path.is_file():
         return []
     v = json.loads(path.read_text())
@@ -85,8 +85,9 @@ def _mmu_blocks(folder: Any) -> list[doc.Block]:
         f"Published with a minimum mapping unit of {v['mmu_ha']:.4g} ha ({v['mmu_pixels']} px, "
         f"{v['connectivity']}-connected): {v['changed_fraction']:.1%} of the pixels joined a "
         f"larger neighbour; `map/classes_mmu.tif` and `map/classes_mmu.gpkg` "
-        f"({v['polygons']} polygons with class, area and mean uncertainty). The assessment "
-        "below is of the map before the unit."),
+        f"({v['polygons']} polygons with class, area and mean uncertainty"
+        + (f"; {v['below_mmu']} islands in nodata stay below the unit" if v.get("below_mmu")
+           else "") + "). The assessment below is of the map before the unit."),
         doc.Table(["class", "area (ha)", "area with the unit (ha)", "polygons"], rows)]
 
 
