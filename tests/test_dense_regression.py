@@ -236,7 +236,11 @@ def test_dense_study_trains_maps_and_assesses_end_to_end(scene: dict[str, Path])
     assert imp["metric"] == "r2" and set(imp["modality"]) == {"s2", "dem"}
     run = study / net["run_dir"]
     report = (run / "report.md").read_text()
-    assert "One value per pixel" in report and "plots/value_tiles_val.png" in report
+    assert "One value per pixel" in report and "Not drawn for a study's cell" in report
+    code, out = _invoke("report", str(run))  # a cell's figures are drawn on demand
+    assert code == 0, out
+    report = (run / "report.md").read_text()
+    assert "plots/value_tiles_val.png" in report and (run / "plots/value_tiles_val.png").is_file()
     assert "Main metric: **r2**" in (study / "report.md").read_text()
     # the study maps the scene with its best configuration's fold models, then assess
     code, out = _invoke("predict", str(study), "--stack", str(folder / "work" / "stack.tif"),

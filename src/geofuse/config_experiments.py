@@ -117,6 +117,12 @@ class AblationConfig(_Model):
     keep_checkpoints: bool = Field(
         False, description="Keep each cell's checkpoints (default: deleted once recorded)."
     )
+    cell_figures: bool = Field(
+        False, description="Draw each cell's run figures (training curves, confusion "
+        "matrices, example tiles, reliability) as it finishes. Off by default: the study report "
+        "draws its own, and 'geofuse report RUN_DIR' draws a cell's on demand (drawing them "
+        "costs about as much as training a small cell on a CPU)."
+    )
     output: str = Field("studies", description="Study folders go here, relative to workdir.")
 
     @model_validator(mode="after")

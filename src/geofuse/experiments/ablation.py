@@ -159,7 +159,7 @@ def _run_study_locked(
         config=cfg.model_dump(mode="json"), base_dir=str(cfg.base_dir),
         study_dir=str(study_dir.resolve()), fold_paths=fold_paths, epochs=epochs,
         keep_checkpoints=cfg.ablation.keep_checkpoints or cfg.mapping.scene is not None,
-        importance=cfg.ablation.importance,
+        cell_figures=cfg.ablation.cell_figures, importance=cfg.ablation.importance,
         importance_repeats=cfg.ablation.importance_repeats,
     )
     counter = {"n": len(cells) - len(todo)}

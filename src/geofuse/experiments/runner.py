@@ -88,6 +88,7 @@ class StudyContext:
     fold_paths: dict[int, str]
     epochs: int | None = None
     keep_checkpoints: bool = False
+    cell_figures: bool = False
     importance: bool = False
     importance_repeats: int = 5
     threads: int | None = None
@@ -157,11 +158,12 @@ def execute_cell(ctx: StudyContext, cell_data: dict[str, Any]) -> dict[str, Any]
     run = RunDir(study_dir / "runs" / cell.slug)
     state = _run_state(run, fingerprint)
     if state == "trained":  # stopped after training, while evaluating: finish that only
-        _finish_evaluation(run)
+        _finish_evaluation(run, ctx.cell_figures)
     else:
         train_model(cfg, progress=False, epochs=ctx.epochs, run_name=cell.slug,
                     overwrite=state == "fresh", resume=state == "resume",
-                    run_info_extra={"cell_fingerprint": fingerprint})
+                    run_info_extra={"cell_fingerprint": fingerprint},
+                    figures=ctx.cell_figures)
     metrics, info = run.read_json(run.metrics), run.read_json(run.run_json)
     history = read_history(run.history)
     importance = None
@@ -209,7 +211,7 @@ def _run_state(run: RunDir, fingerprint: str | None) -> str:
     return "fresh"
 
 
-def _finish_evaluation(run: RunDir) -> None:
+def _finish_evaluation(run: RunDir, figures: bool) -> None:
     """Evaluate and report a run whose training finished (skipped when already done)."""
     from geofuse.evaluation.evaluate import evaluate_run
     from geofuse.reporting.report import write_report
@@ -217,7 +219,7 @@ def _finish_evaluation(run: RunDir) -> None:
     if not run.metrics.is_file():
         evaluate_run(run.path, verbose=False)
     if not run.report.is_file():
-        write_report(run.path)
+        write_report(run.path, figures=figures)
 
 
 def cell_fingerprint(cfg: StudyConfig, cell: Cell, epochs: int | None, extra: str) -> str:

@@ -228,7 +228,11 @@ def _data_section(info: dict[str, Any]) -> list[str]:
             *_table(["class", *splits], rows), f"Bands used ({len(info['bands'])}): {bands}", ""]
 
 
-def _plots_section(plots: dict[str, str]) -> list[str]:
+def _plots_section(plots: dict[str, str] | None) -> list[str]:
+    if plots is None:
+        return ["## Plots", "", "Not drawn for a study's cell (the study report has the "
+                "study's figures; `ablation.cell_figures: true` draws every cell's): run "
+                "`geofuse report` on this folder to draw them.", ""]
     titles = {"training_curves": "Training curves", "confusion_val": "Confusion matrix (val)",
               "confusion_test": "Confusion matrix (test)",
               "masks_val": "Example tiles (val)", "masks_test": "Example tiles (test)",
@@ -251,8 +255,9 @@ def _config_section(run: RunDir) -> list[str]:
             "```yaml", run.config.read_text().rstrip(), "```", ""]
 
 
-def write_report(run_dir: str | Path) -> Path:
+def write_report(run_dir: str | Path, figures: bool = True) -> Path:
     """Write ``report.md`` and its PNG plots into ``run_dir``; returns the report path.
+    ``figures=False`` (a study's cells) writes the report without drawing them.
 
     Raises:
         RunDirError: run.json, metrics.json or config.yaml is missing.
@@ -261,7 +266,7 @@ def write_report(run_dir: str | Path) -> Path:
     run.require(run.run_json, run.metrics, run.config)
     info = run.read_json(run.run_json)
     metrics = run.read_json(run.metrics)
-    plots = _write_plots(run, metrics, info)
+    plots = _write_plots(run, metrics, info) if figures else None
     lines = [f"# Run report: {run.name}", "", *_guard_section(metrics.get("guard", {})),
              *_metrics_section(metrics, info), *calibration_lines(metrics),
              *_summary_section(info, metrics),

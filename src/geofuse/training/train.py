@@ -99,6 +99,7 @@ def train_model(
     epochs: int | None = None,
     overwrite: bool = False,
     run_info_extra: dict[str, Any] | None = None,
+    figures: bool = True,
 ) -> Path:
     """Train ``cfg.train.model`` on the PatchSet, then evaluate and write the report.
 
@@ -116,6 +117,7 @@ def train_model(
         epochs: override ``cfg.train.epochs`` (the maximum; early stopping may end sooner).
         overwrite: replace an existing finished run of the same name.
         run_info_extra: more keys for ``run.json`` (e.g. the study cell's fingerprint).
+        figures: draw the report's figures (a study's cells leave them to the study report).
 
     Returns:
         The run directory.
@@ -139,12 +141,13 @@ def train_model(
                 f"{killed['epochs_trained']} epoch(s); it is marked interrupted[/]",
                 soft_wrap=True)
         return _train_locked(cfg, run, resume, progress, patchset, epochs, overwrite,
-                             run_info_extra)
+                             run_info_extra, figures)
 
 
 def _train_locked(
     cfg: StudyConfig, run: RunDir, resume: bool, progress: bool, patchset: PatchSet | None,
     epochs: int | None, overwrite: bool, run_info_extra: dict[str, Any] | None,
+    figures: bool = True,
 ) -> Path:
     """:func:`train_model` once the run directory's lock is held."""
     from geofuse.evaluation.evaluate import evaluate_run
@@ -162,7 +165,7 @@ def _train_locked(
     if is_baseline(cfg.train.model.name):  # scikit-learn: fit, then the same evaluation/report
         fit_baseline(cfg, run, patches, stats, info)
         evaluate_run(run.path, verbose=progress)
-        write_report(run.path)
+        write_report(run.path, figures=figures)
         return run.path
 
     _check_shares(cfg, patches, patches_path)
@@ -193,7 +196,7 @@ def _train_locked(
         restore_callback_states(trainer, run.last_ckpt)
     finish_run_info(run, info, trainer, time.perf_counter() - started, task.model)
     evaluate_run(run.path, verbose=progress)
-    write_report(run.path)
+    write_report(run.path, figures=figures)
     return run.path
 
 
