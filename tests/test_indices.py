@@ -61,6 +61,21 @@ def test_band_roles_by_name() -> None:
         index_bands("s2", ["B2", "B3", "B4", "B8"], "NDBI")
 
 
+def test_landsat_band_numbers_follow_the_sensor() -> None:
+    oli = ["SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7"]
+    assert index_bands("ls", oli, "NDVI", "landsat8") == {"nir": "SR_B5", "red": "SR_B4"}
+    assert index_bands("ls", oli, "NBR", "landsat8") == {"nir": "SR_B5", "swir2": "SR_B7"}
+    # without the sensor, Sentinel-2 names would pick B8 (Landsat's panchromatic): refused
+    with pytest.raises(ConfigError, match=r"needs a nir band.*sensor: landsat8"):
+        index_bands("ls", ["B2", "B3", "B4", "B5", "B6", "B7"], "NDVI")
+    with pytest.raises(ConfigError, match=r"needs a nir band \(B5 or \*_B5 for sensor landsat8"):
+        index_bands("ls", ["B2", "B3", "B4"], "NDVI", "landsat8")
+    ps = _patches(["B4", "B5"], [0.1, 0.4])
+    ps.modalities = {"ls": ["B4", "B5"]}
+    out = add_index_modalities(ps, {"ls": ["NDVI"]}, {"ls": "landsat8"})
+    np.testing.assert_allclose(out.x[:, -1], (0.4 - 0.1) / (0.4 + 0.1), rtol=1e-6)
+
+
 def _patches(bands: list[str], values: list[float]) -> PatchSet:
     x = np.broadcast_to(np.array(values, np.float32)[None, :, None, None], (2, len(bands), 2, 2))
     return PatchSet(x=x.copy(), y=[0, 1], band_names=bands, modalities={"s1": bands},

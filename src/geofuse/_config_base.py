@@ -111,7 +111,8 @@ class ModalityConfig(_Model):
         "companion modality <name>_idx with bands <name>_<INDEX> (e.g. s2_idx: s2_NDVI): "
         "NDVI, NDWI, NDBI, SAVI, EVI, NBR (optical), RVI, VV_VH_RATIO (Sentinel-1, linear "
         "power; dB is converted). Bands are found by name (B4/B04/*_R, B8/B08, B11, B12, "
-        "VV/VH, VV_lee/VH_lee)."
+        "VV/VH, VV_lee/VH_lee); with sensor: landsat8 by Landsat 8/9 numbers (B4, B5, B6, B7 "
+        "or SR_B4 ...)."
     )
 
     @model_validator(mode="after")

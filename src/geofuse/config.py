@@ -268,7 +268,7 @@ class StudyConfig(_Model):
                                  "of that name; rename them")
             for ix in m.indices:
                 try:
-                    index_bands(m.name, m.bands, ix)
+                    index_bands(m.name, m.bands, ix, m.sensor)
                 except _ConfigError as err:
                     raise ValueError(str(err)) from None
 
@@ -381,6 +381,10 @@ class StudyConfig(_Model):
     def index_requests(self) -> dict[str, list[str]]:
         """Modality -> indices to compute at extract time."""
         return {m.name: list(m.indices) for m in self.modalities if m.indices}
+
+    def index_sensors(self) -> dict[str, str | None]:
+        """Modality -> its sensor key, for the band numbers of its indices."""
+        return {m.name: m.sensor for m in self.modalities}
 
     @property
     def all_modality_names(self) -> list[str]:

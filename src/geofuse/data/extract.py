@@ -312,7 +312,7 @@ def finish_patchset(
         mask_names=list(mask_names or []), values=values,
         value_name=value_name if values is not None else "",
     )
-    patches = add_index_modalities(patches, cfg.index_requests())
+    patches = add_index_modalities(patches, cfg.index_requests(), cfg.index_sensors())
     patches.save(cfg.patches_path)
     _write_extract_qc(qc, cfg.patches_path)
     return patches

@@ -99,8 +99,10 @@ def find_band(bands: Sequence[str], role: str, sensor: str | None = None) -> str
     return None
 
 
-def index_bands(modality: str, bands: Sequence[str], index: str) -> dict[str, str]:
-    """Role -> band name for one index of one modality.
+def index_bands(modality: str, bands: Sequence[str], index: str, sensor: str | None = None
+                ) -> dict[str, str]:
+    """Role -> band name for one index of one modality (band numbers of ``sensor``, see
+    :func:`find_band`).
 
     Raises:
         ConfigError: an unknown index, or a band the index needs is missing.
@@ -110,10 +112,16 @@ def index_bands(modality: str, bands: Sequence[str], index: str) -> dict[str, st
                           f"{', '.join(INDEX_NAMES)}")
     out = {}
     for role in FORMULAS[index][0]:
-        band = find_band(bands, role)
+        band = find_band(bands, role, sensor)
         if band is None:
+            hint = _HINTS[role]
+            if sensor in _NUMBERED and role in _NUMBERED[sensor]:
+                n = _NUMBERED[sensor][role]
+                hint = f"B{n} or *_B{n} for sensor {sensor}"
+            elif role in _OPTICAL:
+                hint += "; Landsat 8/9 bands: set the modality's sensor: landsat8"
             raise ConfigError(
-                f"modality {modality!r}: index {index} needs a {role} band ({_HINTS[role]}); "
+                f"modality {modality!r}: index {index} needs a {role} band ({hint}); "
                 f"bands available: {list(bands)}; remove {index} from its indices or add the band"
             )
         out[role] = band
@@ -169,13 +177,15 @@ def _is_db(x: np.ndarray, channels: list[int]) -> bool:
     return False
 
 
-def add_index_modalities(patches: Any, requests: Mapping[str, Sequence[str]]) -> Any:
+def add_index_modalities(patches: Any, requests: Mapping[str, Sequence[str]],
+                         sensors: Mapping[str, str | None] | None = None) -> Any:
     """``patches`` (a PatchSet) with one ``<modality>_idx`` modality per entry of ``requests``.
 
     Args:
         patches: the PatchSet (physical values, NaN = nodata).
         requests: modality name -> index names, e.g. ``{"s2": ["NDVI", "NDBI"]}``; empty lists
             are skipped.
+        sensors: modality name -> its ``sensor`` (band numbers differ between sensors).
 
     Returns:
         A new PatchSet whose bands ``<modality>_<INDEX>`` are appended after the existing
@@ -198,7 +208,8 @@ def add_index_modalities(patches: Any, requests: Mapping[str, Sequence[str]]) ->
             raise ConfigError(f"the PatchSet already has modality {index_modality(modality)!r}; "
                               "indices are added once, at extract time")
         bands = patches.modalities[modality]
-        plans = {ix: index_bands(modality, bands, ix) for ix in indices}
+        sensor = (sensors or {}).get(modality)
+        plans = {ix: index_bands(modality, bands, ix, sensor) for ix in indices}
         used = {b for plan in plans.values() for b in plan.values()}
         chans = {b: patches.band_names.index(b) for b in used}
         radar = sorted({chans[b] for plan in plans.values() for r, b in plan.items()

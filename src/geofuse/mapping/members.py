@@ -230,7 +230,7 @@ def _derived_bands(cfg: Any, info: dict[str, Any]) -> list[dict[str, Any]]:
         for ix in m.indices:
             if index_band(m.name, ix) in bands:
                 out.append({"name": index_band(m.name, ix), "index": ix,
-                            "inputs": index_bands(m.name, m.bands, ix),
+                            "inputs": index_bands(m.name, m.bands, ix, m.sensor),
                             "db_to_linear": None if db is None else bool(db)})
     return out
 

@@ -112,6 +112,6 @@ def build_dataset_patches(cfg: StudyConfig) -> PatchSet:
         test = _read(d, test_root, cfg, external=True)
         patches = with_external_test(patches, test, name=test_root.name)
     # on the merged set: one dB-or-linear decision for the training and the external test set
-    patches = add_index_modalities(patches, cfg.index_requests())
+    patches = add_index_modalities(patches, cfg.index_requests(), cfg.index_sensors())
     patches.save(cfg.patches_path)
     return patches
