@@ -241,7 +241,9 @@ def test_dense_study_trains_maps_and_assesses_end_to_end(scene: dict[str, Path])
     assert code == 0, out
     report = (run / "report.md").read_text()
     assert "plots/value_tiles_val.png" in report and (run / "plots/value_tiles_val.png").is_file()
-    assert "Main metric: **r2**" in (study / "report.md").read_text()
+    study_md = (study / "report.md").read_text()
+    assert "Main metric: **r2**" in study_md
+    assert "grouped by spatial block of whole tiles" in study_md  # not "polygon"
     # the study maps the scene with its best configuration's fold models, then assess
     code, out = _invoke("predict", str(study), "--stack", str(folder / "work" / "stack.tif"),
                         "-o", str(folder / "map"))

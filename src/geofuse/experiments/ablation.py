@@ -257,6 +257,8 @@ def study_data(patches: PatchSet, folds: FoldAssignment, summary: dict[str, Any]
         "split_counts": per_split, "bands": list(patches.band_names),
         "modalities": dict(patches.modalities), "grid": grid, "test": test,
         "dataset": patches.provenance.get("dataset"),
+        "units": len(np.unique(folds.units)),
+        "unit_example": str(folds.units[0]) if len(folds.units) else None,
     }
 
 

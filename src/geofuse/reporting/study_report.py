@@ -373,14 +373,24 @@ def _data_blocks(study: Study) -> list[doc.Block]:
             doc.BulletList([f"patches: {d.get('n_patches', '?')}",
                             f"bands ({len(bands)}): " + ", ".join(f"`{b}`" for b in bands),
                             "grid: " + (", ".join(f"{k} {v}" for k, v in grid.items()) or "n/a"),
-                            f"folds: {g.get('folds', '?')}, grouped by "
-                            f"`{g.get('group_by', '?')}`, seeds: {g.get('seeds', '?')}, "
+                            f"folds: {g.get('folds', '?')}, grouped by {_grouping(d, g)}, "
+                            f"seeds: {g.get('seeds', '?')}, "
                             f"held-out test set: {d.get('test', g.get('test', '?'))}",
                             *_buffer_lines(g)]),
             *([doc.Para("Sensors:"), doc.BulletList(sensors)] if sensors else []),
             *data_figure_blocks(study.path, d, study.strata_names,
                                 lambda fig, name, title: _figure(fig, study, name, title),
                                 study.multilabel)]
+
+
+def _grouping(data: dict[str, Any], grid: dict[str, Any]) -> str:
+    """What the folds keep together: tiles cut from a stack are grouped in spatial blocks
+    whatever ``ablation.group_by`` says (their ``polygon`` is the block)."""
+    units = data.get("units")
+    count = f" ({units} units)" if units else ""
+    if str(data.get("unit_example") or "").startswith("block:"):
+        return f"spatial block of whole tiles (`block:<col>_<row>`){count}"
+    return f"`{grid.get('group_by', '?')}`{count}"
 
 
 def _buffer_lines(grid: dict[str, Any]) -> list[str]:
