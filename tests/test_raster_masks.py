@@ -136,6 +136,11 @@ def test_median_composite_removes_clouds_shadows_and_the_buffered_haze(tmp_path:
     assert counts["histogram"] == np.bincount(clear.ravel(), minlength=4).tolist()
     assert counts["none_fraction"] == pytest.approx((~has).mean())
     assert counts["min"] == 0 and counts["max"] == 3
+    # and per pixel, as a raster beside the stack
+    with rasterio.open(result.stack_path.with_name("stack_clear.tif")) as src:
+        assert src.descriptions == ("s2_clear_acquisitions",)
+        assert src.transform == from_origin(*ORIGIN, 10, 10)
+        np.testing.assert_array_equal(src.read(1), clear)
     flagged = 3 * N * N - clear.sum()
     assert obs["flagged_pixels"] == flagged and obs["observed_pixels"] == 3 * N * N
     assert any("no clear acquisition" in w for w in result.qc["warnings"])
@@ -143,6 +148,7 @@ def test_median_composite_removes_clouds_shadows_and_the_buffered_haze(tmp_path:
     assert "clear acquisitions per pixel" in md
     manifest = json.loads(result.manifest_path.read_text())["sources"]["s2"]
     assert manifest["combine"] == "mean" and manifest["mask"]["buffer"] == 2
+    assert manifest["clear_acquisitions"] == "s2_clear_acquisitions"
     assert manifest["mask"]["invalid_values"] == [0, 1, 3, 8, 9, 10]
     assert len(manifest["mask"]["files"]) == 3
 

@@ -5,7 +5,10 @@ Outputs, beside ``cfg.stack_path`` (default ``work/stack.tif``):
 - ``stack.tif``: float32 physical values, NaN = nodata, DEFLATE-compressed COG, band
   descriptions = band names;
 - ``stack.json``: the :class:`~geofuse.raster.manifest.StackManifest`;
-- ``stack_qc.json`` and ``stack_qc.md``: the QC report (see :mod:`geofuse.raster.qc`).
+- ``stack_qc.json`` and ``stack_qc.md``: the QC report (see :mod:`geofuse.raster.qc`);
+- ``stack_clear.tif`` (composite modalities only): the clear acquisitions behind every pixel,
+  one band per composite modality (``<modality>_clear_acquisitions``), NaN where it has no
+  file.
 
 The stack is built window by window in a hidden temporary folder beside the target and only
 renamed onto ``stack.tif`` once complete and checked, so a failed run never touches an
@@ -97,10 +100,11 @@ def prepare_stack(cfg: StudyConfig, progress: bool = True) -> PrepareResult:
         step_progress(progress) as bar,
     ):
         raw, cog = Path(tmp) / "raw.tif", Path(tmp) / "cog.tif"
+        clear_raw = Path(tmp) / "clear_raw.tif"
         inputs = [str(f.info.path) for plan in plans for f in plan.files]
         inputs += [str(f.mask.info.path) for plan in plans for f in plan.files if f.mask]
         with _writing(stack_path, inputs):
-            qc = _fuse(plans, grid, raw, _block_size(cfg.prepare.block_size), bar)
+            qc = _fuse(plans, grid, raw, _block_size(cfg.prepare.block_size), bar, clear_raw)
         report = qc.report(stack_path, cfg.prepare.max_nan_fraction)
         qc_path = write_qc(report, stack_path)
         raise_if_failed(report, qc_path)
@@ -109,6 +113,13 @@ def prepare_stack(cfg: StudyConfig, progress: bool = True) -> PrepareResult:
             write_cog(raw, cog, overview_resampling=_overview_resampling(plans))
         bar.advance(task)
         _verify_stack(cog, grid, cfg.band_names)
+        if clear_raw.is_file():  # composites: clear acquisitions per pixel, beside the stack
+            clear_cog = Path(tmp) / "clear_cog.tif"
+            with _writing(clear_path(stack_path)):
+                write_cog(clear_raw, clear_cog, overview_resampling="nearest")
+            os.replace(clear_cog, clear_path(stack_path))
+        else:  # no composite (any more): no stale counts beside the new stack
+            clear_path(stack_path).unlink(missing_ok=True)
         os.replace(cog, stack_path)
     manifest = build_manifest(plans, grid, report)
     man_path = manifest_path(stack_path)
@@ -152,24 +163,42 @@ def _block_size(block_size: int) -> int:
     return max(16, block_size // 16 * 16)
 
 
+def clear_path(stack_path: Path) -> Path:
+    """``stack_clear.tif`` beside ``stack.tif``: clear acquisitions per pixel of every
+    composite modality (band ``<modality>_clear_acquisitions``)."""
+    return stack_path.with_name(f"{stack_path.stem}_clear.tif")
+
+
 def _fuse(
-    plans: list[ModalityPlan], grid: Grid, raw: Path, block: int, bar: Progress
+    plans: list[ModalityPlan], grid: Grid, raw: Path, block: int, bar: Progress,
+    clear_raw: Path | None = None,
 ) -> QCAccumulator:
-    """Write every window of every modality to ``raw``; return the accumulated QC."""
+    """Write every window of every modality to ``raw`` (and the clear acquisitions of the
+    composites to ``clear_raw``); return the accumulated QC."""
     bands = [b for p in plans for b in p.config.bands]
     qc = QCAccumulator(grid, [p.config for p in plans], {p.name: len(p.files) for p in plans})
-    with StackWriter(raw, grid, bands, tile=block) as writer:
+    composites = [p.name for p in plans if p.config.composite]
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(StackWriter(raw, grid, bands, tile=block))
+        counts = stack.enter_context(StackWriter(
+            clear_raw, grid, [f"{n}_clear_acquisitions" for n in composites], tile=block,
+        )) if composites and clear_raw is not None else None
         task = bar.add_task(
             f"prepare {len(bands)} bands, {grid.width}x{grid.height} px",
             total=grid.n_windows(block),
         )
         for window in grid.windows(block):
-            parts = []
+            parts, clear = [], []
             for plan in plans:
                 data, observed = plan.read_observed(grid, window)
-                qc.update(plan.name, data, plan.coverage(grid, window), window, observed)
+                covered = plan.coverage(grid, window)
+                qc.update(plan.name, data, covered, window, observed)
                 parts.append(data)
+                if observed.clear is not None:
+                    clear.append(np.where(covered, observed.clear, np.nan))
             writer.write(window, np.concatenate(parts))
+            if counts is not None:
+                counts.write(window, np.stack(clear))
             bar.advance(task)
     return qc
 
@@ -231,6 +260,7 @@ def _source_entry(plan: ModalityPlan, coverage: dict[str, Any]) -> dict[str, Any
         "covered_fraction": coverage["covered_fraction"],
         "uncovered_bounds": coverage["uncovered_bounds"],
         **_mask_entry(plan, coverage),
+        **({"clear_acquisitions": f"{m.name}_clear_acquisitions"} if m.composite else {}),
     }
 
 

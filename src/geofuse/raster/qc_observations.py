@@ -98,4 +98,6 @@ def observation_lines(modalities: dict[str, dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     return ["", "| modality | masked (of observed pixels) | clear acquisitions per pixel "
-            "(min / median / mean / max) | pixels without any |", "|---|---|---|---|", *rows]
+            "(min / median / mean / max) | pixels without any |", "|---|---|---|---|", *rows,
+            "", "Composites: the clear acquisitions of every pixel are in `stack_clear.tif` "
+            "beside the stack (band `<modality>_clear_acquisitions`)."]
