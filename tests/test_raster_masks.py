@@ -4,6 +4,7 @@ max / greenest composites, clear-observation QC, and the one-line errors."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,21 @@ def test_mask_rules_read_values_bits_and_presets() -> None:
     assert rule == MaskRule(values=(0, 1, 3, 4, 8, 9, 10), bits=(0,))
     assert rule.invalid(flags).tolist() == [True, True, True, True, False, False, False, True]
     assert disk(1).sum() == 5 and disk(2).sum() == 13
+
+
+def test_the_median_equals_numpys_nanmedian() -> None:
+    from geofuse.raster.composite import nanmedian_first_axis
+
+    rng = np.random.default_rng(2)
+    for dates in (1, 2, 5, 40):
+        obs = rng.normal(size=(dates, 3, 9, 11)).astype(np.float32)
+        obs[rng.random(obs.shape) < 0.4] = np.nan
+        obs[:, :, 0, 0] = np.nan  # no valid value at all
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            want = np.nanmedian(obs, axis=0)
+        np.testing.assert_allclose(nanmedian_first_axis(obs), want, rtol=1e-6,
+                                   equal_nan=True)
 
 
 def test_median_composite_removes_clouds_shadows_and_the_buffered_haze(tmp_path: Path) -> None:

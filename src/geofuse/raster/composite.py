@@ -31,10 +31,26 @@ def composite(obs: np.ndarray, method: str, bands: Sequence[str], sensor: str | 
         return np.full(obs.shape[1:], np.nan, "float32")
     if method == "greenest":
         return _greenest(obs, bands, sensor)
-    reducer = {"median": np.nanmedian, "mean": np.nanmean, "max": np.nanmax}[method]
+    if method == "median":
+        return nanmedian_first_axis(obs)
+    reducer = {"mean": np.nanmean, "max": np.nanmax}[method]
     with warnings.catch_warnings():  # pixels without any valid value stay NaN, silently
         warnings.simplefilter("ignore", RuntimeWarning)
         return reducer(obs, axis=0).astype("float32")
+
+
+def nanmedian_first_axis(obs: np.ndarray) -> np.ndarray:
+    """``np.nanmedian(obs, axis=0)`` by one sort (NaN sorts last) and the middle of each
+    pixel's valid values: several times faster than numpy's, which goes through masked
+    arrays for short axes; NaN where a pixel has no valid value."""
+    ordered = np.sort(obs, axis=0)
+    n = np.isfinite(obs).sum(axis=0)
+    low = np.take_along_axis(ordered, np.maximum((n - 1) // 2, 0)[None], axis=0)[0]
+    high = np.take_along_axis(ordered, (n // 2)[None], axis=0)[0]
+    with np.errstate(invalid="ignore"):
+        out = ((low + high) / 2).astype("float32")
+    out[n == 0] = np.nan
+    return out
 
 
 def greenest_bands(bands: Sequence[str], sensor: str | None = None) -> tuple[int, int] | None:
