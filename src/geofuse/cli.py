@@ -26,6 +26,13 @@ console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 ConfigOpt = typer.Option(..., "--config", "-c", help="Study YAML file.", show_default=False)
+ClassesOpt = typer.Option(None, "--classes", help="Comma-separated class names, for a class "
+                          "map without a class_names tag (default: class_0, class_1, ...).")
+
+
+def _class_names(classes: str | None) -> list[str] | None:
+    """``--classes a, b,c`` as a list of names."""
+    return [c.strip() for c in classes.split(",")] if classes else None
 
 
 #: Set by ``geofuse --debug``: let tracebacks through for bug reports.
@@ -364,9 +371,7 @@ def assess(
     value_field: str | None = typer.Option(
         None, "--value-field", help="A regression map (values.tif): the numeric attribute of "
         "the --polygons points or polygons to compare it with (RMSE, bias, R2)."),
-    classes: str | None = typer.Option(
-        None, "--classes", help="Comma-separated class names, for a map without a "
-        "class_names tag (default: class_0, class_1, ...)."),
+    classes: str | None = ClassesOpt,
     unlabelled: int | None = typer.Option(
         None, "--unlabelled", help="--labels: code of unlabelled pixels (default: that of the "
         "label raster the map's model was trained on, else 255)."),
@@ -400,7 +405,7 @@ def assess(
         console.print(f"assessment: [bold]{res.markdown_path}[/], {res.html_path.name} and "
                       f"{res.json_path.name}")
         return
-    names = [c.strip() for c in classes.split(",")] if classes else None
+    names = _class_names(classes)
     if sample_design is not None:
         from geofuse.mapping.sample_design import design_sample
 
@@ -433,16 +438,14 @@ def change(
                                       "instead of one stable class per land cover."),
     labels: str = typer.Option("A,B", "--labels", help="Names of the two dates, e.g. "
                                "2018,2023."),
-    classes: str | None = typer.Option(
-        None, "--classes", help="Comma-separated class names, for maps without a class_names "
-        "tag."),
+    classes: str | None = ClassesOpt,
 ) -> None:
     """Land-cover change between two class maps: the from-to matrix in hectares, gains,
     losses and net change per class (change.json, change.md) and change.tif, a class map of
     the transitions (for 'geofuse assess --sample-design' and 'geofuse vectorize')."""
     from geofuse.mapping.change import detect_change, summary
 
-    names = [c.strip() for c in classes.split(",")] if classes else None
+    names = _class_names(classes)
     pair = [x.strip() for x in labels.split(",")]
     if len(pair) != 2 or not all(pair):
         raise typer.BadParameter(f"--labels {labels!r} needs two names separated by a comma, "
@@ -471,9 +474,7 @@ def vectorize(
     uncertainty: Path | None = typer.Option(
         None, "--uncertainty", help="Raster averaged per polygon (default: uncertainty.tif "
         "beside the map, band 'entropy')."),
-    classes: str | None = typer.Option(
-        None, "--classes", help="Comma-separated class names, for a map without a "
-        "class_names tag."),
+    classes: str | None = ClassesOpt,
 ) -> None:
     """Apply a minimum mapping unit to a class map and write it as polygons: for MAP
     classes.tif, classes_mmu.tif (sieved, same colours), classes_mmu.gpkg (a polygon per
@@ -481,7 +482,7 @@ def vectorize(
     before and after)."""
     from geofuse.mapping.vectorize import summary, vectorize_map
 
-    names = [c.strip() for c in classes.split(",")] if classes else None
+    names = _class_names(classes)
     res = vectorize_map(map_path, out, mmu_ha=mmu, min_pixels=mmu_pixels,
                         connectivity=connectivity, classes=names, uncertainty=uncertainty)
     console.print(summary(res.record), highlight=False)

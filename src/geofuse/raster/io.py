@@ -11,7 +11,6 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import rasterio
@@ -122,15 +121,18 @@ def parse_crs(value: str, where: str) -> CRS:
 
 
 @contextlib.contextmanager
-def open_raster(path: Path) -> Iterator[rasterio.io.DatasetReader]:
-    """Open a raster for reading; raise DataNotFoundError/RasterError naming the file."""
+def open_raster(path: Path, bands: Sequence[int] | None = None
+                ) -> Iterator[rasterio.io.DatasetReader]:
+    """Open a raster for reading (only its 1-based ``bands``, as a GDAL ``vrt://`` view, when
+    given); raise DataNotFoundError/RasterError naming the file."""
     path = Path(path)
     if not path.exists():
         raise DataNotFoundError(
             f"raster file {str(path)!r} does not exist; fix the path in the config's 'files'"
         )
     try:
-        src = rasterio.open(path)
+        src = rasterio.open(path if bands is None else
+                            f"vrt://{path.resolve()}?bands={','.join(str(b) for b in bands)}")
     except RasterioIOError as err:
         reason = " ".join(str(err).split())
         raise RasterError(
@@ -187,15 +189,7 @@ def read_warped(
     subset = indexes is not None and list(indexes) != list(range(1, info.count + 1))
     path = Path(info.path)
     try:
-        if subset and indexes is not None:
-            if not path.exists():
-                raise DataNotFoundError(f"raster file {str(path)!r} does not exist; fix the "
-                                        "path in the config's 'files'")
-            view = f"vrt://{path.resolve()}?bands={','.join(str(i) for i in indexes)}"
-            opened: Any = contextlib.closing(rasterio.open(view))
-        else:
-            opened = open_raster(path)
-        with opened as src, WarpedVRT(
+        with open_raster(path, indexes if subset else None) as src, WarpedVRT(
             src, crs=grid.crs, transform=grid.transform, width=grid.width,
             height=grid.height, resampling=Resampling[resampling], src_nodata=src_nodata,
             nodata=np.nan, dtype=dtype, tolerance=_WARP_TOLERANCE,
