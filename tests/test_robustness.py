@@ -447,7 +447,7 @@ ISSUE_ROWS: list[Row] = [
         "modality 'dem'", "elevation 100%", "max_nodata_fraction"),
     Row("extract-empty-labels", write("labels.geojson", b'{"type": "FeatureCollection", '
                                                         b'"features": []}\n'), EXTRACT, 2,
-        "labels.geojson", "holds no polygons", "labels.path"),
+        "labels.geojson", "holds no features", "labels.path"),
     Row("extract-polygons-smaller-than-patch", labels(_tiny), EXTRACT, 0,
         "patches_qc.md", "outside their label polygon", "patch_size",
         then=patches_qc_flags_small_polygons),

@@ -113,8 +113,16 @@ def labels_problems(cfg: StudyConfig) -> tuple[int | None, list[Problem]]:
     n = int(info.get("features") or 0)
     out = []
     if n == 0:
-        out.append(Problem("labels.path", lab.path, "holds no polygons (an empty layer); "
-                           "point it to the file with your label polygons"))
+        out.append(Problem("labels.path", lab.path, "holds no features (an empty layer); "
+                           "point it to the file with your label polygons or points"))
+    kind = str(info.get("geometry_type") or "")
+    if "Line" in kind:
+        out.append(Problem("labels.path", lab.path, f"holds lines ({kind}), which label no "
+                           "area and no pixel; give polygons or points"))
+    elif "Point" in kind and cfg.extract.target == "mask":
+        out.append(Problem("labels.path", lab.path, f"holds points ({kind}), and "
+                           "extract.target: mask needs a class per pixel from polygons; use "
+                           "extract.target: class (one patch per point) or label polygons"))
     for key in ("value_field" if lab.value_field else "class_field", "id_field"):
         name = getattr(lab, key)
         if name is not None and fields and name not in fields:

@@ -50,7 +50,8 @@ class LabelsConfig(_Model):
     """Label polygons and the attribute that holds their class, or a label raster."""
 
     path: str | None = Field(
-        None, description="GeoJSON, GeoPackage or Shapefile with label polygons."
+        None, description="GeoJSON, GeoPackage or Shapefile with label polygons, or label "
+        "points (one patch centred on each point's pixel)."
     )
     raster: str | None = Field(
         None, description="Instead of path: GeoTIFF of class codes per pixel (any CRS/res)."
@@ -114,10 +115,18 @@ class ExtractConfig(_Model):
 
     output: str = Field("patches.h5", description="PatchSet file, relative to workdir.")
     patch_size: int = Field(8, ge=1)
-    per_polygon: int | None = Field(10, ge=1, description="Patch centres per polygon.")
+    per_polygon: int | None = Field(
+        10, ge=1, description="Patch centres per polygon (label points: one patch each)."
+    )
     per_class: int | None = Field(
         None, ge=1, description="Patch centres per class, spread over its polygons "
-        "(labels.raster: the cap per class, default 200)."
+        "(labels.raster: the cap per class, default 200; label points: at most this many "
+        "points of a class, a seeded random subset)."
+    )
+    group_distance: float | None = Field(
+        None, gt=0, description="Label points: points closer than this (map units, e.g. "
+        "metres) form one group that no split divides (single linkage), e.g. the points of "
+        "one field or village; points whose patches share a pixel are always one group."
     )
     jitter: float = Field(0.0, ge=0, description="Random shift of centres, in pixels.")
     min_distance: float = Field(0.0, ge=0, description="Minimum centre spacing, in pixels.")

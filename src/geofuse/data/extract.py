@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import geopandas as gpd
 import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
@@ -21,7 +22,8 @@ from geofuse.errors import ConfigError, RasterError, SamplingError
 from geofuse.io_utils import atomic_write_json, atomic_write_text
 from geofuse.labels.fit import label_fit
 from geofuse.labels.fit import render_markdown as render_fit_markdown
-from geofuse.labels.polygons import LabelPolygons, format_ids, read_label_polygons
+from geofuse.labels.points import is_point_layer
+from geofuse.labels.polygons import LabelPolygons, format_ids, read_frame, read_label_polygons
 from geofuse.labels.sampling import CentreSample, SamplingParams, sample_centres
 from geofuse.raster.manifest import StackManifest, manifest_path
 
@@ -77,15 +79,20 @@ def _sampling_params(cfg: StudyConfig) -> SamplingParams:
     )
 
 
+def stack_coverage(reader: StackPatchReader) -> str:
+    """'the stack covers (left, bottom, right, top) in CRS with HxW pixels'."""
+    bounds = ", ".join(f"{v:.2f}" for v in _scene_bounds(reader))
+    return (f"the stack covers ({bounds}) in {reader.crs} with {reader.height}x{reader.width} "
+            "pixels")
+
+
 def _no_centres_error(labels: Path, polygons: LabelPolygons, reader: StackPatchReader,
                       patch_size: int) -> SamplingError:
-    bounds = ", ".join(f"{v:.2f}" for v in _scene_bounds(reader))
     return SamplingError(
         f"{labels}: no patch centres could be sampled from {len(polygons)} usable polygon(s) "
         f"(of {polygons.report.n_features} features, {len(polygons.report.outside)} outside "
-        f"the stack); the stack covers ({bounds}) in "
-        f"{reader.crs} with {reader.height}x{reader.width} pixels. Fix: check the polygons "
-        f"overlap the stack, or use a smaller extract.patch_size (now {patch_size})"
+        f"the stack); {stack_coverage(reader)}. Fix: check the polygons overlap the stack, or "
+        f"use a smaller extract.patch_size (now {patch_size})"
     )
 
 
@@ -180,9 +187,11 @@ def _base_provenance(cfg: StudyConfig) -> dict[str, Any]:
 
 
 def _read_patches(
-    cfg: StudyConfig, labels: Path, manifest: StackManifest, progress: bool
+    cfg: StudyConfig, labels: Path, manifest: StackManifest, progress: bool,
+    frame: gpd.GeoDataFrame,
 ) -> tuple[np.ndarray, np.ndarray, LabelPolygons, CentreSample, Affine]:
-    """Validated polygons, sampled centres, their patches, map coordinates, stack transform."""
+    """Validated polygons (of ``frame``, read from ``labels``), sampled centres, their
+    patches, map coordinates, stack transform."""
     lab, stack = _labels_config(cfg), cfg.stack_path
     limit = cfg.extract.memory_limit_mb * 2**20
     with StackPatchReader(stack, max_memory_bytes=limit) as reader:
@@ -190,7 +199,7 @@ def _read_patches(
         polygons = read_label_polygons(
             labels, class_field=lab.class_field, classes=lab.classes, id_field=lab.id_field,
             crs=reader.crs, scene_bounds=_scene_bounds(reader), value_field=lab.value_field,
-            value_strata_count=lab.value_strata,
+            value_strata_count=lab.value_strata, frame=frame,
         )
         params = _sampling_params(cfg)
         centres = sample_centres(polygons, reader.transform, reader.height, reader.width,
@@ -274,7 +283,13 @@ def extract_patches(cfg: StudyConfig, progress: bool = True) -> PatchSet:
 
         return extract_from_label_raster(cfg, manifest, progress)
     labels = cfg.resolve(lab.path or "")
-    x, coords, polygons, centres, transform = _read_patches(cfg, labels, manifest, progress)
+    frame = read_frame(labels)
+    if is_point_layer(frame):
+        from geofuse.data.extract_points import extract_from_points
+
+        return extract_from_points(cfg, manifest, labels, frame, progress)
+    x, coords, polygons, centres, transform = _read_patches(cfg, labels, manifest, progress,
+                                                            frame)
     keep, frac, nodata = _apply_nodata(cfg, labels, x, centres, polygons, manifest)
     qc = _extract_qc(label_fit(polygons, centres, transform, cfg.extract.patch_size, keep),
                      nodata, cfg)

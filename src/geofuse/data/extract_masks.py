@@ -28,7 +28,7 @@ from geofuse.data.extract import (
 )
 from geofuse.data.patchset import MASK_IGNORE, PatchSet
 from geofuse.data.stack_reader import StackPatchReader
-from geofuse.errors import SamplingError
+from geofuse.errors import LabelError, SamplingError
 from geofuse.labels.label_tiles import (
     CodeReader,
     TileSampling,
@@ -38,7 +38,8 @@ from geofuse.labels.label_tiles import (
     sample_label_tiles,
     tile_strata,
 )
-from geofuse.labels.polygons import read_label_polygons
+from geofuse.labels.points import is_point_layer
+from geofuse.labels.polygons import read_frame, read_label_polygons
 from geofuse.labels.raster_labels import DEFAULT_PER_CLASS, block_groups
 from geofuse.raster.io import Grid
 from geofuse.raster.manifest import StackManifest
@@ -62,9 +63,14 @@ def _label_source(
                             lab.class_codes)
         return raster_code_reader(path, grid), opts, str(path)
     path = cfg.resolve(lab.path or "")
+    frame = read_frame(path)
+    if is_point_layer(frame):
+        raise LabelError(f"{path}: holds label points, and extract.target: mask needs a class "
+                         "per pixel from polygons (or labels.raster); use extract.target: "
+                         "class (one patch per point) or label polygons")
     polygons = read_label_polygons(path, class_field=lab.class_field, classes=lab.classes,
                                    id_field=lab.id_field, crs=reader.crs,
-                                   scene_bounds=_scene_bounds(reader))
+                                   scene_bounds=_scene_bounds(reader), frame=frame)
     codes = {name: k + 1 for k, name in enumerate(polygons.class_names)}
     opts = TileSampling(ex.patch_size, per_class, ex.min_labelled, 0, cfg.seed, codes)
     return polygon_code_reader(polygons.geometries, polygons.y, grid), opts, str(path)

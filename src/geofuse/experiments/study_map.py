@@ -2,11 +2,12 @@
 
 The best configuration's fold models map the scene as an ensemble (:mod:`geofuse.mapping.
 predict`) into ``<study>/map/``. When the study held polygons out (``ablation.test_fraction``),
-those polygons, which no fold model ever trained on, are written to
-``map/heldout_polygons.gpkg`` and the map is assessed against them (:mod:`geofuse.mapping.
-assess`): confusion matrix, accuracies and error-adjusted class areas. The study report then
-shows the map and its assessment; with ``mapping.mmu_ha`` the map is also published with
-that minimum mapping unit (:mod:`geofuse.mapping.vectorize`).
+those polygons (or label points), which no fold model ever trained on, are written to
+``map/heldout_polygons.gpkg`` (``map/heldout_points.gpkg``) and the map is assessed against
+them (:mod:`geofuse.mapping.assess`): confusion matrix, accuracies and error-adjusted
+class areas. The study report then shows the map and its assessment; with
+``mapping.mmu_ha`` the map is also published with that minimum mapping unit
+(:mod:`geofuse.mapping.vectorize`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from geofuse.errors import ConfigError, GeofuseError
 console = Console(stderr=True)
 MAP_DIR = "map"
 HELDOUT = "heldout_polygons.gpkg"
+HELDOUT_POINTS = "heldout_points.gpkg"
 
 
 def scene_path(cfg: StudyConfig) -> Path:
@@ -40,16 +42,18 @@ def scene_path(cfg: StudyConfig) -> Path:
 
 def heldout_polygons(cfg: StudyConfig, study_dir: Path, out_dir: Path) -> Path | None:
     """Write the label polygons of the study's test groups (``polygon:<id>``) to a
-    GeoPackage with a ``class`` field (of a regression study, ``value``: the polygon's number);
-    None when the study held no polygon out."""
+    GeoPackage with a ``class`` field (of a regression study, ``value``: the polygon's number),
+    or its label points (:func:`heldout_points`); None when the study held none out."""
     import geopandas as gpd
 
     from geofuse.labels.polygons import read_label_polygons
     from geofuse.raster.io import read_stack_header
 
     folds = json.loads((study_dir / "folds.json").read_text())
-    ids = {g.split(":", 1)[1] for g in folds.get("test_groups") or []
-           if g.startswith("polygon:")}
+    test_groups = folds.get("test_groups") or []
+    if any(g.startswith("point:") for g in test_groups):
+        return heldout_points(cfg.patches_path, set(test_groups), out_dir)
+    ids = {g.split(":", 1)[1] for g in test_groups if g.startswith("polygon:")}
     lab = cfg.labels
     if not ids or lab is None or lab.path is None:
         return None
@@ -66,6 +70,34 @@ def heldout_polygons(cfg: StudyConfig, study_dir: Path, out_dir: Path) -> Path |
         {"id": [polygons.ids[i] for i in keep], **label},
         geometry=[polygons.geometries[i] for i in keep], crs=polygons.crs)
     path = out_dir / HELDOUT
+    frame.to_file(path, driver="GPKG")
+    return path
+
+
+def heldout_points(patches_path: Path, test_groups: set[str], out_dir: Path) -> Path | None:
+    """Write the label points of the study's test groups (``point:<id>``), as placed on the
+    stack grid (the centre of the pixel each point falls in), to a GeoPackage with a ``class``
+    field (of a regression study, ``value``); None when the PatchSet holds none of them."""
+    import geopandas as gpd
+    import h5py
+    import numpy as np
+
+    with h5py.File(patches_path, "r") as f:
+        groups = np.char.decode(f["groups"][()], "utf-8").astype(str)
+        held = np.isin(groups, sorted(test_groups))
+        coords, y = f["coords"][()][held], f["y"][()][held]
+        values = f["values"][()][held] if "values" in f else None
+        class_names = json.loads(f.attrs["class_names"])
+        provenance = json.loads(f.attrs.get("provenance", "{}"))
+        crs = str(f.attrs["crs"])
+    if not held.any():
+        return None
+    ids = np.asarray(provenance.get("point_ids") or [str(i) for i in range(len(groups))])
+    label = ({"value": values.astype(float).tolist()} if values is not None
+             else {"class": [class_names[int(k)] for k in y.tolist()]})
+    frame = gpd.GeoDataFrame({"id": ids[held].tolist(), **label},
+                             geometry=gpd.points_from_xy(coords[:, 0], coords[:, 1]), crs=crs)
+    path = out_dir / HELDOUT_POINTS
     frame.to_file(path, driver="GPKG")
     return path
 

@@ -39,6 +39,7 @@ class PolygonReport:
     repaired: list[str] = field(default_factory=list)
     outside: list[str] = field(default_factory=list)
     label_kind: str = "a class value"  #: what a feature needs (a number with value_field)
+    geometry: str = "polygon"  #: what the kept features are (``point`` for label points)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary with counts and ids."""
@@ -85,7 +86,7 @@ def _warn(message: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=4)
 
 
-def _read_frame(path: Path) -> gpd.GeoDataFrame:
+def read_frame(path: Path) -> gpd.GeoDataFrame:
     if not path.is_file():
         raise DataNotFoundError(
             f"label file {str(path)!r} does not exist; fix labels.path in the config "
@@ -100,8 +101,8 @@ def _read_frame(path: Path) -> gpd.GeoDataFrame:
         ) from None
     if len(frame) == 0:
         raise LabelError(
-            f"label file {str(path)!r} holds no polygons (0 features); export the label "
-            "polygons into it again (check the layer and any filter in your GIS), or fix "
+            f"label file {str(path)!r} holds no features (0 polygons or points); export the "
+            "labels into it again (check the layer and any filter in your GIS), or fix "
             "labels.path in the config"
         )
     if frame.crs is None:
@@ -233,7 +234,7 @@ def _clean_geometries(
     return out
 
 
-def _warn_report(report: PolygonReport) -> None:
+def warn_report(report: PolygonReport) -> None:
     name = Path(report.path).name
     if report.dropped_null:
         _warn(f"{name}: dropped {len(report.dropped_null)} feature(s) with null or empty "
@@ -246,11 +247,34 @@ def _warn_report(report: PolygonReport) -> None:
               f"(polygonal parts kept), ids: {format_ids(report.repaired)}")
     if report.dropped_no_area:
         _warn(f"{name}: dropped {len(report.dropped_no_area)} feature(s) with no polygonal "
-              f"area (points, lines or collapsed rings), ids: {format_ids(report.dropped_no_area)}")
+              f"area (lines or collapsed rings, or points among polygons: give label points "
+              f"a file of their own), ids: {format_ids(report.dropped_no_area)}")
     if report.outside:
-        _warn(f"{name}: dropped {len(report.outside)} polygon(s) entirely outside the stack "
-              f"extent, ids: {format_ids(report.outside)}; check the label file and stack cover "
-              "the same area")
+        _warn(f"{name}: dropped {len(report.outside)} {report.geometry}(s) entirely outside the "
+              f"stack extent, ids: {format_ids(report.outside)}; check the label file and stack "
+              "cover the same area")
+
+
+def labelled_features(
+    frame: gpd.GeoDataFrame, path: Path, class_field: str, classes: list[str] | None,
+    id_field: str | None, value_field: str | None,
+) -> tuple[gpd.GeoDataFrame, list[str], list[str | None], list[str]]:
+    """The frame, feature ids, each feature's label (class name, or a number as a string with
+    ``value_field``; None when missing) and the class names (the distinct numbers with
+    ``value_field``)."""
+    ids = _feature_ids(frame, path, id_field)
+    values = (feature_numbers(frame, path, value_field) if value_field else
+              _class_values(frame, path, class_field))
+    class_names = (sorted({v for v in values if v is not None}) if value_field else
+                   _class_names(values, path, class_field, classes))
+    return frame, ids, values, class_names
+
+
+def new_report(path: Path, n_features: int, value_field: str | None) -> PolygonReport:
+    """An empty report of a label file of ``n_features`` features."""
+    return PolygonReport(path=str(path), n_features=n_features,
+                         label_kind=f"a number in {value_field!r}" if value_field
+                         else "a class value")
 
 
 def read_label_polygons(
@@ -262,6 +286,7 @@ def read_label_polygons(
     scene_bounds: tuple[float, float, float, float] | None = None,
     value_field: str | None = None,
     value_strata_count: int = 4,
+    frame: gpd.GeoDataFrame | None = None,
 ) -> LabelPolygons:
     """Read label polygons, validate classes, reproject, repair and report.
 
@@ -275,23 +300,19 @@ def read_label_polygons(
         value_field: numeric attribute to learn instead of a class (regression); each
             polygon's class is then its quantile range (:func:`value_strata`).
         value_strata_count: how many quantile ranges at most.
+        frame: the file's features when already read (:func:`read_frame`).
 
     Raises:
         DataNotFoundError: the file does not exist.
         LabelError: unreadable file, no CRS, missing class/id attribute, unknown class values.
     """
     path = Path(path)
-    frame = _read_frame(path)
-    ids = _feature_ids(frame, path, id_field)
-    values = (feature_numbers(frame, path, value_field) if value_field else
-              _class_values(frame, path, class_field))
-    class_names = (sorted({v for v in values if v is not None}) if value_field else
-                   _class_names(values, path, class_field, classes))
+    frame, ids, values, class_names = labelled_features(
+        read_frame(path) if frame is None else frame, path, class_field, classes, id_field,
+        value_field)
     if crs is not None:
         frame = frame.to_crs(crs)
-    report = PolygonReport(path=str(path), n_features=len(frame),
-                           label_kind=f"a number in {value_field!r}" if value_field
-                           else "a class value")
+    report = new_report(path, len(frame), value_field)
     geoms = _clean_geometries(frame.geometry, ids, report)
     scene = box(*scene_bounds) if scene_bounds is not None else None
     keep_ids, keep_geoms, keep_y = [], [], []
@@ -307,7 +328,7 @@ def read_label_polygons(
             keep_geoms.append(geom)
             keep_y.append(class_names.index(value))
     report.n_kept = len(keep_ids)
-    _warn_report(report)
+    warn_report(report)
     y, numbers = np.asarray(keep_y, dtype=np.int64), None
     if value_field:  # regression: the number itself, stratified by quantile range
         numbers = np.array([float(class_names[i]) for i in y], dtype=np.float64)

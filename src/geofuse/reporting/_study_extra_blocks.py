@@ -8,6 +8,7 @@ from typing import Any
 
 from matplotlib.figure import Figure as MplFigure
 
+from geofuse.experiments.study_map import HELDOUT_POINTS
 from geofuse.reporting import html as doc
 from geofuse.reporting._seg_report import study_mask_comparison
 from geofuse.reporting._study_load import Study
@@ -50,13 +51,18 @@ def map_blocks(study: Study) -> list[doc.Block]:
     blocks += _mmu_blocks(folder)
     assessment = folder / "assessment.json"
     if not assessment.is_file():
-        return [*blocks, doc.Para("Not assessed: the study held no polygons out.")]
+        return [*blocks, doc.Para("Not assessed: the study held no polygons or points out.")]
     a = json.loads(assessment.read_text())
+    reference = a.get("reference")  # a value map's assessment names the file only
+    points = (reference.get("kind") == "points" if isinstance(reference, dict)
+              else str(reference).endswith(HELDOUT_POINTS))
     if a.get("kind") == "values":
         m = a["metrics"]
         return [*blocks, doc.Para(
-            f"Assessed against the {m['n']} held-out polygons, which no fold model trained on "
-            "(the mean of the map's pixels in each against its number): `map/assessment.md`."),
+            f"Assessed against the {m['n']} held-out {'points' if points else 'polygons'}, "
+            "which no fold model trained on (" + ("the map's pixel under each" if points else
+                                                 "the mean of the map's pixels in each")
+            + " against its number): `map/assessment.md`."),
             doc.Table(["RMSE", "MAE", "bias", "R2", "Spearman r"],
                       [[f"{m['rmse']:.4g}", f"{m['mae']:.4g}", f"{m['bias']:+.4g}",
                         _f(m["r2"]), _f(m["spearman_r"])]])]
@@ -65,10 +71,14 @@ def map_blocks(study: Study) -> list[doc.Block]:
     return [
         *blocks,
         doc.Para(f"Assessed against the {a['reference'].get('n_reference_pixels', '?')} pixels "
-                 "of the held-out polygons, which no fold model trained on: overall accuracy "
-                 f"{_f(a['overall_accuracy'])} +- {_f(a['overall_accuracy_se'])} (SE); "
-                 "error-adjusted areas with 95% intervals (Olofsson et al. 2014). Polygon "
-                 "pixels are clustered, so the intervals are too narrow: `map/assessment.md`."),
+                 f"of the held-out {'label points' if points else 'polygons'}, which no fold "
+                 f"model trained on: overall accuracy {_f(a['overall_accuracy'])} +- "
+                 f"{_f(a['overall_accuracy_se'])} (SE); error-adjusted areas with 95% intervals "
+                 "(Olofsson et al. 2014). " + (
+                     "The intervals hold only as far as the points are a random sample of "
+                     "each mapped class" if points else
+                     "Polygon pixels are clustered, so the intervals are too narrow")
+                 + ": `map/assessment.md`."),
         doc.Table(["class", "mapped area (ha)", "adjusted area (ha, 95% CI)", "user's acc.",
                    "producer's acc."], rows)]
 

@@ -385,11 +385,16 @@ def _data_blocks(study: Study) -> list[doc.Block]:
 
 def _grouping(data: dict[str, Any], grid: dict[str, Any]) -> str:
     """What the folds keep together: tiles cut from a stack are grouped in spatial blocks
-    whatever ``ablation.group_by`` says (their ``polygon`` is the block)."""
+    whatever ``ablation.group_by`` says (their ``polygon`` is the block), label points in
+    their groups."""
     units = data.get("units")
     count = f" ({units} units)" if units else ""
-    if str(data.get("unit_example") or "").startswith("block:"):
+    example = str(data.get("unit_example") or "")
+    if example.startswith("block:"):
         return f"spatial block of whole tiles (`block:<col>_<row>`){count}"
+    if example.startswith("point:") and grid.get("group_by") == "polygon":
+        return ("label points, those whose patches share a pixel (or closer than "
+                f"`extract.group_distance`) together (`point:<first id>`){count}")
     return f"`{grid.get('group_by', '?')}`{count}"
 
 
