@@ -14,10 +14,11 @@ ORIGIN = (500_000.0, 5_100_000.0)
 
 
 def write_class_map(folder: Path, name: str, data: np.ndarray, names: list[str],
-                    x0: float = ORIGIN[0], pixel: float = 10.0) -> Path:
+                    x0: float = ORIGIN[0], pixel: float = 10.0, y0: float = ORIGIN[1],
+                    crs: str = "EPSG:32633") -> Path:
     """``folder/name.tif``: uint8 classes with a colour table and class-name tags, a COG in
-    EPSG:32633 at ``pixel`` metres."""
-    grid = Grid(parse_crs("EPSG:32633", "crs"), from_origin(x0, ORIGIN[1], pixel, pixel),
+    ``crs`` at ``pixel`` metres."""
+    grid = Grid(parse_crs(crs, "crs"), from_origin(x0, y0, pixel, pixel),
                 data.shape[1], data.shape[0])
     product = build_products(names, ["entropy"])["classes"]
     folder.mkdir(parents=True, exist_ok=True)

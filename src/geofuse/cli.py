@@ -492,6 +492,51 @@ def vectorize(
 
 @app.command()
 @_friendly
+def suggest(
+    map_path: Path = typer.Argument(..., metavar="MAP",
+                                    help="Class map GeoTIFF ('geofuse predict': classes.tif)."),
+    n: int = typer.Option(..., "-n", help="How many places to suggest."),
+    out: Path | None = typer.Option(None, "--out", "-o",
+                                    help="Output folder (default: the map's folder)."),
+    min_distance: float | None = typer.Option(
+        None, "--min-distance", help="Least distance between suggestions, in map units "
+        "(default: a quarter of the spacing of N points spread evenly over the map, at least "
+        "10 pixels)."),
+    label_distance: float | None = typer.Option(
+        None, "--label-distance", help="Least distance from --labels, in map units (default: "
+        "10 pixels)."),
+    explore: float = typer.Option(0.2, "--explore", help="Share of each class's suggestions "
+                                  "drawn at random rather than by uncertainty."),
+    min_per_class: int = typer.Option(2, "--min-per-class",
+                                      help="Suggestions every mapped class gets at least."),
+    band: str = typer.Option("entropy", "--band", help="Uncertainty band: entropy, "
+                             "one_minus_max_probability, member_std, vote_disagreement."),
+    labels: Path | None = typer.Option(None, "--labels", help="Existing label points or "
+                                       "polygons: nothing is suggested near them."),
+    uncertainty: Path | None = typer.Option(
+        None, "--uncertainty", help="Uncertainty raster (default: uncertainty.tif beside the "
+        "map)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    classes: str | None = ClassesOpt,
+) -> None:
+    """Where to label next: the most uncertain places of a map, spread out and over every
+    class, plus a random share (label_suggestions.gpkg with an empty 'class' column to fill,
+    .json and .png)."""
+    from geofuse.mapping.suggest import SuggestOptions, suggest_labels, summary
+
+    opts = SuggestOptions(n=n, min_distance=min_distance, explore=explore,
+                          min_per_class=min_per_class, band=band, seed=seed,
+                          label_distance=label_distance)
+    res = suggest_labels(map_path, opts, out_dir=out, uncertainty=uncertainty, labels=labels,
+                         classes=_class_names(classes))
+    console.print(summary(res.record), highlight=False, soft_wrap=True)
+    console.print(f"suggestions: [bold]{res.gpkg_path}[/] (fill its 'class' column, add the "
+                  f"points to your label points and run extract again), {res.png_path.name}",
+                  soft_wrap=True, highlight=False)
+
+
+@app.command()
+@_friendly
 def demo(
     workdir: Path = typer.Option(Path("demo_output"), help="Where the demo writes everything."),
     seed: int = typer.Option(0, help="Scene and training seed."),
