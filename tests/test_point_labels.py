@@ -15,7 +15,7 @@ from shapely.geometry import LineString, MultiPoint, Point
 
 from geofuse.data.extract import extract_patches
 from geofuse.data.patchset import SPLIT_CODES, PatchSet
-from geofuse.errors import LabelError, SamplingError
+from geofuse.errors import ConfigError, LabelError, SamplingError, SplitError
 from geofuse.labels.points import point_groups
 from test_extract import (
     CRS,
@@ -97,11 +97,41 @@ def test_points_whose_patches_share_a_pixel_never_straddle_a_split(tmp_path: Pat
     assert np.all(same_group[overlap])  # brute force: overlapping patches share a group
     assert np.all((ps.split[:, None] == ps.split[None, :])[same_group])
     assert len(set(ps.groups.tolist())) < len(ps)  # some did chain
-    # a group distance of 15 px (150 m) joins more points, and every pair closer than it
+    # a group distance of 15 px (150 m) joins more points, and every pair within it
     grouped = point_groups(r, c, ps.coords, [str(i) for i in range(len(ps))], 5, 150.0)
     near = np.hypot(*(ps.coords[:, None, :] - ps.coords[None]).transpose(2, 0, 1)) <= 150.0
     assert np.all((grouped[:, None] == grouped[None])[near | overlap])
     assert len(set(grouped.tolist())) < len(set(ps.groups.tolist()))
+
+
+def test_group_distance_is_between_the_points_and_a_multipoint_is_one_group(
+    tmp_path: Path,
+) -> None:
+    write_stack(tmp_path / "work")
+    # A and B are 49 m apart; their pixel centres 60 m: group_distance 49.5 joins them
+    rows = [*({**d, "name": f"{d['name']}x"} for d in lattice(step=12)),
+            {"name": "A", "landcover": "north", "geometry": pixpoint(30.05, 10.95)},
+            {"name": "B", "landcover": "north", "geometry": pixpoint(30.05, 15.85)},
+            {"name": "M", "landcover": "south", "geometry": MultiPoint(
+                [pixpoint(50.5, 5.5), pixpoint(50.5, 70.5)])}]  # one plot, far-apart samples
+    cfg = make_config(tmp_path, write_points(tmp_path / "p.gpkg", rows), on_nodata="flag",
+                      group_distance=49.5)
+    ps = extract_quietly(cfg)
+    group = dict(zip(ps.provenance["point_ids"], ps.groups.tolist(), strict=True))
+    assert group["A"] == group["B"] and group["M#0"] == group["M#1"]
+    assert len({group["A"], group["M#0"], group["p4_4x"]}) == 3
+    qc = cfg.patches_path.with_name("patches_qc.md").read_text()
+    assert "| groups (no split divides one) |" in qc and "mean inside" not in qc
+    # a MultiPoint part id that meets a feature's id is refused
+    clash = write_points(tmp_path / "c.gpkg", [*rows, {"name": "M#1", "landcover": "north",
+                                                       "geometry": pixpoint(40.5, 40.5)}])
+    with pytest.raises(LabelError, match=r"point ids M#1 occur twice"):
+        extract_quietly(make_config(tmp_path, clash))
+    # every point chained into one group: the split error says why and what to change
+    cfg = make_config(tmp_path, write_points(tmp_path / "p.gpkg", rows), group_distance=5000)
+    with pytest.raises(SplitError, match=r"p\.gpkg: \d+ points in 1 groups .*group_distance "
+                       r"= 5000.*lower extract\.group_distance or extract\.patch_size"):
+        extract_quietly(cfg)
 
 
 def test_what_points_cannot_give_is_dropped_with_its_ids(tmp_path: Path) -> None:
@@ -123,11 +153,12 @@ def test_what_points_cannot_give_is_dropped_with_its_ids(tmp_path: Path) -> None
         ps = extract_patches(cfg, progress=False)
     text = " | ".join(str(w.message) for w in caught)
     for expected in ("too near the stack's edge for a whole 5x5 px patch, ids: edge",
-                     "merged into it, ids: twin", "clash_a, clash_b", "outside the stack extent",
+                     "merged into it (with the same class), ids: twin", "clash_a, clash_b",
+                     "outside the stack extent",
                      "without a class value, ids: nolabel", "null or empty geometry, ids: empty"):
         assert expected in text
     ids = ps.provenance["point_ids"]
-    assert {"multi.0", "multi.1", "p4_4"} <= set(ids)  # each part of a MultiPoint
+    assert {"multi#0", "multi#1", "p4_4"} <= set(ids)  # each part of a MultiPoint
     assert not {"edge", "outside", "twin", "clash_a", "clash_b", "nolabel", "empty"} & set(ids)
     placed = ps.provenance["sampling"]
     assert placed["merged_same_pixel"] == ["twin"] and placed["near_edge"] == ["edge"]
@@ -142,6 +173,44 @@ def test_per_class_caps_points_with_a_seeded_subset(tmp_path: Path) -> None:
     assert np.bincount(first.y).tolist() == [7, 7, 7]
     again = extract_quietly(cfg)
     assert again.provenance["point_ids"] == first.provenance["point_ids"]
+    # points lost to nodata (the NaN corner, rows < 10, cols >= 60) are replaced by others
+    corner = [{"name": f"c{r}_{c}", "landcover": "north", "geometry": pixpoint(r + .5, c + .5)}
+              for r in range(3, 9, 3) for c in range(62, 78, 3)]
+    spare = [d for d in lattice(step=6) if d["landcover"] != "north"]
+    north = [d for d in lattice(step=6) if d["landcover"] == "north"][:6]
+    cfg = make_config(tmp_path, write_points(tmp_path / "q.gpkg", [*corner, *north, *spare]),
+                      per_class=8)
+    ps = extract_quietly(cfg)
+    assert np.bincount(ps.y).tolist() == [8, 6, 8]  # north: only 6 points outside the corner
+    assert all(i.startswith("p") for i in ps.provenance["point_ids"])
+    assert not set(ps.provenance["nodata"].get("points_without_patches", [])) - {
+        d["name"] for d in corner}
+
+
+def test_points_in_one_pixel_average_their_numbers(tmp_path: Path) -> None:
+    write_stack(tmp_path / "work")
+    rows = [{**d, "soc": 1.0 + i} for i, d in enumerate(lattice(step=9))]
+    rows += [{"name": "near", "landcover": "north", "soc": 20.0,
+              "geometry": pixpoint(4.9, 4.9)}]  # p4_4's pixel, soc 1.0
+    cfg = make_config(tmp_path, write_points(tmp_path / "p.gpkg", rows), on_nodata="flag")
+    cfg.labels.value_field, cfg.labels.value_strata = "soc", 3
+    with pytest.warns(UserWarning, match=r"merged into it \(their numbers averaged\), ids: near"):
+        ps = extract_patches(cfg, progress=False)
+    k = ps.provenance["point_ids"].index("p4_4")
+    assert ps.values[k] == pytest.approx(10.5)
+
+
+def test_the_disk_estimate_counts_one_patch_per_point() -> None:
+    from geofuse._preflight_files import LabelCount
+    from geofuse.config import parse_config
+    from geofuse.preflight import _patch_count
+
+    cfg = parse_config({"labels": {"path": "p.gpkg"}, "modalities": [
+        {"name": "s2", "files": ["s2.tif"], "bands": ["B4"]}],
+        "extract": {"per_class": 500, "patch_size": 32}}, Path("/tmp"))
+    assert _patch_count(cfg, LabelCount(3000, points=True, classes=3)) == 1500
+    assert _patch_count(cfg, LabelCount(3000, points=True)) == 3000
+    assert _patch_count(cfg, LabelCount(3000, points=False, classes=3)) == 30_000
 
 
 def test_a_value_per_point_studied_mapped_and_assessed(tmp_path: Path) -> None:
@@ -176,9 +245,15 @@ def test_point_files_the_flow_cannot_use_are_refused(tmp_path: Path) -> None:
     write_stack(tmp_path / "work")
     far = write_points(tmp_path / "far.gpkg", [
         {"name": "a", "landcover": "north", "geometry": pixpoint(-500, -500)}])
-    with pytest.raises(SamplingError, match=r"none of its 1 label point\(s\) gives a patch"):
+    with pytest.raises(SamplingError, match=r"none of its 1 feature\(s\) gives a patch"):
         extract_quietly(make_config(tmp_path, far))
+    from geofuse.data.extract_points import _check_settings
+
     points = write_points(tmp_path / "p.gpkg", lattice())
+    with pytest.raises(ConfigError, match=r"group_distance = 500 is in map units.*geographic"):
+        _check_settings(make_config(tmp_path, points, group_distance=500), "EPSG:4326")
+    with pytest.warns(UserWarning, match=r"extract\.jitter .* do nothing for label points"):
+        _check_settings(make_config(tmp_path, points, jitter=2), "EPSG:32718")
     cfg = make_config(tmp_path, points, target="mask")
     with pytest.raises(LabelError, match=r"extract\.target: class \(one patch per point\)"):
         extract_quietly(cfg)

@@ -87,7 +87,27 @@ def stack_pixels(cfg: StudyConfig) -> tuple[int | None, list[Problem]]:
     return int(grid.width) * int(grid.height), []
 
 
-def labels_problems(cfg: StudyConfig) -> tuple[int | None, list[Problem]]:
+@dataclass(frozen=True)
+class LabelCount:
+    """What the disk estimate needs from a label file: its features, whether they are points
+    (one patch each) and its distinct class values (None when unknown)."""
+
+    features: int
+    points: bool = False
+    classes: int | None = None
+
+
+def _distinct_classes(path: Path, field: str) -> int | None:
+    import pyogrio
+
+    try:
+        frame = pyogrio.read_dataframe(path, columns=[field], read_geometry=False)
+        return int(frame[field].nunique())
+    except Exception:  # an estimate only: extract itself reports unreadable attributes
+        return None
+
+
+def labels_problems(cfg: StudyConfig) -> tuple[LabelCount | None, list[Problem]]:
     """The label file: exists, has features and the class/id attributes; its feature count."""
     if cfg.labels is None:
         return None, [Problem("labels", None, "extract needs label polygons; add a labels "
@@ -128,7 +148,12 @@ def labels_problems(cfg: StudyConfig) -> tuple[int | None, list[Problem]]:
         if name is not None and fields and name not in fields:
             out.append(Problem(f"labels.{key}", name, f"not an attribute of {path.name}; "
                                f"{did_you_mean(name, fields, 'attributes')}"))
-    return n, out
+    if not n:
+        return None, out
+    classes = None if lab.value_field or lab.classes else \
+        _distinct_classes(path, lab.class_field)
+    return LabelCount(n, points="Point" in kind,
+                      classes=len(lab.classes) if lab.classes else classes), out
 
 
 # -- PatchSet and folds -------------------------------------------------------------------
@@ -215,7 +240,7 @@ def fold_problems(cfg: StudyConfig, meta: PatchMeta) -> list[Problem]:
     if not short:
         return []
     test = " + test" if a.test_fraction > 0 else ""
-    fix = "lower ablation.folds or add labelled polygons" + (
+    fix = "lower ablation.folds or add labelled polygons or points" + (
         " or set ablation.test_fraction to 0" if test else "")
     return [Problem("ablation.folds", a.folds, f"every class needs at least {need} {a.group_by} "
                     f"groups ({a.folds} folds{test}) in {where}, but {'; '.join(short)}; {fix}")]

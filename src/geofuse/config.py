@@ -124,9 +124,10 @@ class ExtractConfig(_Model):
         "points of a class, a seeded random subset)."
     )
     group_distance: float | None = Field(
-        None, gt=0, description="Label points: points closer than this (map units, e.g. "
-        "metres) form one group that no split divides (single linkage), e.g. the points of "
-        "one field or village; points whose patches share a pixel are always one group."
+        None, gt=0, description="Label points: points at most this far apart (map units, "
+        "e.g. metres; measured between the points) form one group that no split divides "
+        "(single linkage), e.g. the points of one field or village; points whose patches "
+        "share a pixel and the parts of one MultiPoint are always one group."
     )
     jitter: float = Field(0.0, ge=0, description="Random shift of centres, in pixels.")
     min_distance: float = Field(0.0, ge=0, description="Minimum centre spacing, in pixels.")

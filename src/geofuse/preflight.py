@@ -23,6 +23,7 @@ from typing import Literal
 
 from geofuse._preflight_base import Inputs, Problem, dedupe
 from geofuse._preflight_files import (
+    LabelCount,
     PatchMeta,
     human,
     labels_problems,
@@ -161,24 +162,25 @@ def _input_problems(cfg: StudyConfig, command: str) -> tuple[list[Problem], list
                 estimates.append(("prepare.output", pixels * len(cfg.band_names) * 4,
                                   "the fused stack"))
     if command in ("check", "extract"):
-        n_features, found = labels_problems(cfg)
+        counted, found = labels_problems(cfg)
         problems += found
         bands = _inputs(cfg).band_names
         if command == "extract" and not _manifest(cfg).is_file():
             problems.append(Problem("prepare.output", cfg.prepare.output, f"extract needs the "
                                     f"fused stack {str(cfg.stack_path)!r} and its manifest; run "
                                     "'geofuse prepare -c CONFIG' first"))
-        if n_features:
-            estimates.append(("extract.output", _patch_count(cfg, n_features) * len(bands)
+        if counted:
+            estimates.append(("extract.output", _patch_count(cfg, counted) * len(bands)
                               * cfg.extract.patch_size ** 2 * 4, "the PatchSet"))
     return problems, estimates
 
 
-def _patch_count(cfg: StudyConfig, n_features: int) -> int:
-    """Patches ``extract`` would write at most (0 when patches cannot fit the stack)."""
+def _patch_count(cfg: StudyConfig, labels: LabelCount) -> int:
+    """Patches ``extract`` would write at most (0 when patches cannot fit the stack): one per
+    label point, else ``per_polygon`` per polygon or ``per_class`` per class."""
     from geofuse.raster.manifest import StackManifest
 
-    ex, classes = cfg.extract, (cfg.labels.classes if cfg.labels else None) or []
+    ex, n_features = cfg.extract, labels.features
     if _manifest(cfg).is_file():
         try:
             man = StackManifest.load(_manifest(cfg))
@@ -186,9 +188,10 @@ def _patch_count(cfg: StudyConfig, n_features: int) -> int:
                 return 0  # extract says why no patch fits; no disk estimate for that
         except (OSError, ValueError, TypeError):
             pass
-    by_polygon = n_features * (ex.per_polygon or 0)
-    by_class = (ex.per_class or 0) * (len(classes) or n_features)
-    return max(by_polygon, by_class)
+    by_class = (ex.per_class or 0) * (labels.classes or n_features)
+    if labels.points:
+        return min(n_features, by_class) if ex.per_class else n_features
+    return max(n_features * (ex.per_polygon or 0), by_class)
 
 
 def _manifest(cfg: StudyConfig) -> Path:

@@ -121,8 +121,10 @@ def _describe_bands(shares: dict[str, float], manifest: StackManifest) -> str:
 def _apply_nodata(
     cfg: StudyConfig, labels: Path, x: np.ndarray, centres: CentreSample | None,
     polygons: LabelPolygons | None, manifest: StackManifest,
+    point_ids: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Keep-mask after the nodata rule, nodata fraction per patch, and what the rule did."""
+    """Keep-mask after the nodata rule, nodata fraction per patch, and what the rule did
+    (the ids of label points, one per patch, named when dropped)."""
     frac = nodata_fraction(x)
     ex = cfg.extract
     over = frac > ex.max_nodata_fraction
@@ -137,12 +139,16 @@ def _apply_nodata(
         raise SamplingError(
             f"{labels}: all {len(frac)} sampled patches have a nodata (NaN) share above "
             f"extract.max_nodata_fraction={ex.max_nodata_fraction}; NaN share of the patch "
-            f"pixels: {culprits}; check those bands have data under the polygons "
+            f"pixels: {culprits}; check those bands have data under the labels "
             f"(see the QC report of {cfg.stack_path.name}), drop their modality, raise "
             "max_nodata_fraction, or set extract.on_nodata: flag"
         )
     msg = (f"dropped {int(over.sum())} of {len(frac)} patches with a nodata share above "
            f"{ex.max_nodata_fraction} (NaN share of their pixels: {culprits})")
+    if point_ids is not None:
+        lost = [point_ids[i] for i in np.flatnonzero(over).tolist()]
+        msg += f"; points without patches, ids: {format_ids(lost)}"
+        record["points_without_patches"] = lost
     if centres is None or polygons is None:
         warnings.warn(msg, stacklevel=3)
         return ~over, frac, record

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
 import numpy as np
+from rasterio.crs import CRS
 
 from geofuse.config import StudyConfig
 from geofuse.data.extract import (
@@ -17,23 +19,96 @@ from geofuse.data.extract import (
     _labels_config,
     _scene_bounds,
     finish_patchset,
+    nodata_fraction,
     stack_coverage,
 )
 from geofuse.data.patchset import PatchSet
 from geofuse.data.stack_reader import StackPatchReader
-from geofuse.errors import SamplingError
-from geofuse.labels.points import LabelPoints, place_points, point_groups, read_label_points
+from geofuse.errors import ConfigError, SamplingError, SplitError
+from geofuse.labels.points import (
+    LabelPoints,
+    PointCentres,
+    class_order,
+    place_points,
+    point_groups,
+    read_label_points,
+)
 from geofuse.raster.manifest import StackManifest
+
+#: QC warns when one group holds more than this share of the points.
+LARGEST_GROUP_SHARE = 0.5
 
 
 def _no_points_error(labels: Path, points: LabelPoints, reader: StackPatchReader,
                      patch_size: int) -> SamplingError:
     return SamplingError(
-        f"{labels}: none of its {points.report.n_features} label point(s) gives a patch "
-        f"({len(points.report.outside)} outside the stack, the rest too near its edge or "
-        f"without a label); {stack_coverage(reader)}. Fix: check the points overlap the "
-        f"stack, or use a smaller extract.patch_size (now {patch_size})"
+        f"{labels}: none of its {points.report.n_features} feature(s) gives a patch "
+        f"({len(points.report.outside)} point(s) outside the stack; the warnings name the "
+        f"rest: near the edge, no label, no geometry, classes differing in a pixel); "
+        f"{stack_coverage(reader)}. Fix: check the points overlap the stack, or use a smaller "
+        f"extract.patch_size (now {patch_size})"
     )
+
+
+def _check_settings(cfg: StudyConfig, crs: str) -> None:
+    """Refuse a group distance in degrees; warn about polygon settings that do nothing here."""
+    ex = cfg.extract
+    if ex.group_distance and CRS.from_user_input(crs).is_geographic:
+        raise ConfigError(
+            f"extract.group_distance = {ex.group_distance:g} is in map units, and the stack's "
+            f"CRS {crs} is geographic (degrees); prepare the stack on a projected grid (e.g. "
+            "UTM) or remove extract.group_distance")
+    ignored = [k for k in ("jitter", "min_distance") if getattr(ex, k)]
+    if ignored:
+        warnings.warn(f"extract.{' and extract.'.join(ignored)} move and space centres inside "
+                      "polygons and do nothing for label points (one patch at each point); "
+                      "remove them", UserWarning, stacklevel=3)
+
+
+def _read_capped(reader: StackPatchReader, placed: PointCentres, order: list[np.ndarray],
+                 cfg: StudyConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Patches of the placed points ``extract.per_class`` takes (all without it), topping a
+    class up from its next points when the nodata rule will drop some; the patches and their
+    indices into ``placed``."""
+    ex, size = cfg.extract, cfg.extract.patch_size
+    cap = ex.per_class
+    if cap is None:
+        return reader.read_patches(placed.rows, placed.cols, size, False), \
+            np.arange(len(placed))
+    taken = [o[:cap] for o in order]
+    batches, chosen = [], []
+    pending = np.concatenate(taken)
+    while len(pending):
+        x = reader.read_patches(placed.rows[pending], placed.cols[pending], size, False)
+        batches.append(x)
+        chosen.append(pending)
+        if ex.on_nodata == "flag":
+            break
+        good = np.concatenate(chosen)[np.concatenate(
+            [nodata_fraction(b) for b in batches]) <= ex.max_nodata_fraction]
+        more = []
+        for k, o in enumerate(order):
+            short = cap - int(np.isin(good, o).sum())
+            if short > 0:
+                more.append(o[len(taken[k]):len(taken[k]) + short])
+                taken[k] = o[:len(taken[k]) + short]
+        pending = np.concatenate(more) if more else np.zeros(0, np.int64)
+    idx = np.concatenate(chosen)
+    return np.concatenate(batches), idx
+
+
+def _capped_report(points: LabelPoints, placed: PointCentres, cap: int | None
+                   ) -> dict[str, list[int]]:
+    """Classes with more usable points than ``extract.per_class``: [kept, usable]."""
+    if cap is None:
+        return {}
+    usable = Counter(points.y[placed.point].tolist())
+    out = {points.class_names[k]: [min(cap, n), n] for k, n in sorted(usable.items())
+           if n > cap}
+    for name, (kept, had) in out.items():
+        warnings.warn(f"class {name!r}: kept {kept} of its {had} points "
+                      f"(extract.per_class = {cap})", UserWarning, stacklevel=3)
+    return out
 
 
 def _groups_summary(groups: np.ndarray) -> dict[str, Any]:
@@ -42,26 +117,37 @@ def _groups_summary(groups: np.ndarray) -> dict[str, Any]:
             "points_in_shared_groups": int(sizes[sizes > 1].sum())}
 
 
-def _qc(points: LabelPoints, placed: dict[str, Any], groups: np.ndarray, y: np.ndarray,
-        nodata: dict[str, Any], largest_share: float) -> dict[str, Any]:
+def _grouping_rule(cfg: StudyConfig) -> str:
+    ex = cfg.extract
+    rule = f"points whose {ex.patch_size}x{ex.patch_size} px patches share a pixel"
+    if ex.group_distance:
+        rule += f" or lie within extract.group_distance = {ex.group_distance:g}"
+    return rule + " form one group"
+
+
+def _grouping_fix(cfg: StudyConfig) -> str:
+    return ("lower extract.group_distance or extract.patch_size" if cfg.extract.group_distance
+            else "lower extract.patch_size")
+
+
+def _qc(cfg: StudyConfig, points: LabelPoints, placed: dict[str, Any], groups: np.ndarray,
+        y: np.ndarray, nodata: dict[str, Any]) -> dict[str, Any]:
     """The extract QC record of a point set: counts, groups and a warning when one group
     holds most points (the splits then have little to choose from)."""
     summary = _groups_summary(groups)
     warnings_: list[str] = []
-    if len(groups) and summary["largest_group"] > largest_share * len(groups):
+    if len(groups) and summary["largest_group"] > LARGEST_GROUP_SHARE * len(groups):
         warnings_.append(
-            f"one group holds {summary['largest_group']} of the {len(groups)} points: the "
-            "points lie so close together that their patches (or extract.group_distance) chain "
-            "them into one group, and the splits cannot separate them; lower "
-            "extract.patch_size or extract.group_distance"
-        )
+            f"one group holds {summary['largest_group']} of the {len(groups)} points "
+            f"({_grouping_rule(cfg)}), so the splits cannot separate them; "
+            f"{_grouping_fix(cfg)}")
+        warnings.warn(f"extract QC: {warnings_[-1]}", UserWarning, stacklevel=3)
     per_class = Counter(points.class_names[int(k)] for k in y.tolist())
+    counts = {k: (len(v) if isinstance(v, list) else v) for k, v in placed.items()
+              if k != "mode" and not isinstance(v, dict)}
     return {"status": "warning" if warnings_ else "passed", "warnings": warnings_,
             "label_fit": {"status": "passed", "warnings": [], "classes": {}},
-            "points": {**{k: v for k, v in placed.items() if not isinstance(v, list | dict)},
-                       "near_edge": len(placed["near_edge"]),
-                       "merged_same_pixel": len(placed["merged_same_pixel"]),
-                       "conflicting_same_pixel": len(placed["conflicting_same_pixel"]),
+            "points": {**counts, "capped_classes": placed.get("capped_classes", {}),
                        "per_class": dict(per_class), **summary},
             "nodata": nodata}
 
@@ -73,8 +159,9 @@ def extract_from_points(cfg: StudyConfig, manifest: StackManifest, labels: Path,
     split; write the PatchSet.
 
     Raises:
+        ConfigError: ``extract.group_distance`` on a stack in degrees.
         RasterError: the stack does not match its manifest.
-        LabelError: bad attributes (see :func:`read_label_points`).
+        LabelError: bad attributes or repeated ids (see :func:`read_label_points`).
         SamplingError: no point gives a patch; all patches dropped for nodata.
         SplitError: a class has too few groups for every split.
     """
@@ -82,24 +169,28 @@ def extract_from_points(cfg: StudyConfig, manifest: StackManifest, labels: Path,
     limit = ex.memory_limit_mb * 2**20
     with StackPatchReader(stack, max_memory_bytes=limit) as reader:
         _check_stack(reader, manifest, stack)
+        _check_settings(cfg, reader.crs)
         points = read_label_points(
             frame, labels, class_field=lab.class_field, classes=lab.classes,
             id_field=lab.id_field, crs=reader.crs, scene_bounds=_scene_bounds(reader),
             value_field=lab.value_field, value_strata_count=lab.value_strata)
         placed = place_points(points, reader.transform, reader.height, reader.width,
-                              ex.patch_size, ex.per_class, cfg.seed)
+                              ex.patch_size)
         if len(placed) == 0:
             raise _no_points_error(labels, points, reader, ex.patch_size)
-        x = reader.read_patches(placed.rows, placed.cols, ex.patch_size, progress)
+        x, taken = _read_capped(reader, placed, class_order(points, placed, cfg.seed), cfg)
+        report = {**placed.report,
+                  "capped_classes": _capped_report(points, placed, ex.per_class)}
+        placed = placed.subset(taken)
         coords = reader.pixel_centre_coords(placed.rows, placed.cols)
-    keep, frac, nodata = _apply_nodata(cfg, labels, x, None, None, manifest)
-    idx = placed.point[keep]
-    if not keep.all():
-        nodata["points_without_patches"] = [points.ids[i] for i in placed.point[~keep].tolist()]
+    read_ids = [points.ids[i] for i in placed.point.tolist()]
+    keep, frac, nodata = _apply_nodata(cfg, labels, x, None, None, manifest, read_ids)
+    kept = placed.subset(np.flatnonzero(keep))
+    idx = kept.point
     ids = [points.ids[i] for i in idx.tolist()]
-    groups = point_groups(placed.rows[keep], placed.cols[keep], coords[keep], ids,
-                          ex.patch_size, ex.group_distance)
-    qc = _qc(points, placed.report, groups, points.y[idx], nodata, largest_share=0.5)
+    groups = point_groups(kept.rows, kept.cols, points.xy[idx], ids, ex.patch_size,
+                          ex.group_distance, points.feature[idx])
+    qc = _qc(cfg, points, report, groups, points.y[idx], nodata)
     provenance = {
         **_base_provenance(cfg),
         "labels_path": str(labels),
@@ -110,15 +201,20 @@ def extract_from_points(cfg: StudyConfig, manifest: StackManifest, labels: Path,
         "centre_convention": "window rows/cols start at centre - patch_size // 2; coords are "
                              "the map x, y of the centre of the pixel holding the point",
         "sampling": {"per_class": ex.per_class, "group_distance": ex.group_distance,
-                     **placed.report},
+                     **report},
         "point_ids": ids,
         "seed": cfg.seed,
         "polygons": points.report.to_dict(),
         "nodata": nodata,
     }
-    return finish_patchset(
-        cfg, manifest, x[keep], points.y[idx], groups, coords[keep], frac[keep],
-        points.class_names, provenance, qc,
-        values=None if points.values is None else points.values[idx],
-        value_name=lab.value_field or "",
-    )
+    try:
+        return finish_patchset(
+            cfg, manifest, x[keep], points.y[idx], groups, coords[keep], frac[keep],
+            points.class_names, provenance, qc, values=kept.values,
+            value_name=lab.value_field or "")
+    except SplitError as err:
+        summary = _groups_summary(groups)
+        raise SplitError(
+            f"{labels}: {len(groups)} points in {summary['n_groups']} groups (the largest "
+            f"holds {summary['largest_group']}; {_grouping_rule(cfg)}): {err}; or "
+            f"{_grouping_fix(cfg)}") from None

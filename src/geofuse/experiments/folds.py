@@ -168,7 +168,7 @@ def _too_few_message(
 ) -> str:
     short = "; ".join(f"{names[k]!r} has {n}" for k, n in enumerate(counts) if n < need)
     all_counts = ", ".join(f"{names[k]} {n}" for k, n in enumerate(counts))
-    fix = "lower ablation.folds, add labelled polygons"
+    fix = "lower ablation.folds, add labelled polygons or points"
     fix += ", use a smaller ablation.block_size" if group_by == "block" else ""
     fix += ", set ablation.test_fraction to 0" if test else ""
     return (

@@ -52,7 +52,8 @@ def heldout_polygons(cfg: StudyConfig, study_dir: Path, out_dir: Path) -> Path |
     folds = json.loads((study_dir / "folds.json").read_text())
     test_groups = folds.get("test_groups") or []
     if any(g.startswith("point:") for g in test_groups):
-        return heldout_points(cfg.patches_path, set(test_groups), out_dir)
+        own = sorted((study_dir / "folds").glob("fold*.h5"))  # the study's very patches
+        return heldout_points(own[0] if own else cfg.patches_path, set(test_groups), out_dir)
     ids = {g.split(":", 1)[1] for g in test_groups if g.startswith("polygon:")}
     lab = cfg.labels
     if not ids or lab is None or lab.path is None:
@@ -92,7 +93,9 @@ def heldout_points(patches_path: Path, test_groups: set[str], out_dir: Path) -> 
         crs = str(f.attrs["crs"])
     if not held.any():
         return None
-    ids = np.asarray(provenance.get("point_ids") or [str(i) for i in range(len(groups))])
+    ids = np.asarray(provenance.get("point_ids") or [])
+    if len(ids) != len(groups):  # not the PatchSet extract wrote: number the patches
+        ids = np.array([f"patch{i}" for i in range(len(groups))])
     label = ({"value": values.astype(float).tolist()} if values is not None
              else {"class": [class_names[int(k)] for k in y.tolist()]})
     frame = gpd.GeoDataFrame({"id": ids[held].tolist(), **label},

@@ -103,9 +103,12 @@ def label_fit(
 def render_markdown(qc: dict[str, Any], title: str) -> str:
     """A short Markdown version of an extract QC record (see :func:`label_fit`)."""
     status = {"passed": "passed", "warning": "WARNING"}.get(qc["status"], qc["status"])
-    lines = [f"# Extract QC: {title}", "", f"Status: **{status}**", "",
-             "| class | patches | mean inside | median inside | patches outside | "
-             "polygons smaller than a patch |", "|---|---|---|---|---|---|"]
+    lines = [f"# Extract QC: {title}", "", f"Status: **{status}**", ""]
+    if qc.get("points"):
+        lines += _points_markdown(qc["points"])
+    else:
+        lines += ["| class | patches | mean inside | median inside | patches outside | "
+                  "polygons smaller than a patch |", "|---|---|---|---|---|---|"]
     for name, c in qc["label_fit"]["classes"].items():
         lines.append(
             f"| {name} | {c['patches']} | {c['mean_inside']:.0%} | {c['median_inside']:.0%} | "
@@ -114,3 +117,24 @@ def render_markdown(qc: dict[str, Any], title: str) -> str:
     if qc["warnings"]:
         lines += ["", "## Warnings", "", *[f"- {w}" for w in qc["warnings"]]]
     return "\n".join(lines) + "\n"
+
+
+def _points_markdown(p: dict[str, Any]) -> list[str]:
+    """The label points' counts and groups, for :func:`render_markdown`."""
+    rows = [("points read", p.get("n_points")), ("placed (one per pixel)", p.get("n_placed")),
+            ("too near the edge", p.get("near_edge")),
+            ("merged into a point in the same pixel", p.get("merged_same_pixel")),
+            ("dropped: classes differ in a pixel", p.get("conflicting_same_pixel")),
+            ("groups (no split divides one)", p.get("n_groups")),
+            ("largest group", p.get("largest_group")),
+            ("points sharing a group", p.get("points_in_shared_groups"))]
+    lines = ["| label points | count |", "|---|---|",
+             *[f"| {k} | {v} |" for k, v in rows if v is not None]]
+    capped = p.get("capped_classes") or {}
+    lines += ["", "| class | patches |" + (" capped (kept of usable) |" if capped else ""),
+              "|---|---|" + ("---|" if capped else "")]
+    for name, n in (p.get("per_class") or {}).items():
+        cap = capped.get(name)
+        lines.append(f"| {name} | {n} |" + (f" {cap[0]} of {cap[1]} |" if cap else
+                                            (" |" if capped else "")))
+    return lines

@@ -161,7 +161,7 @@ def _class_names(
         raise LabelError(
             f"{path}: attribute {class_field!r} has class value(s) not in labels.classes: "
             f"{counts} (feature counts); known classes are {classes}; add them to "
-            "labels.classes or remove those polygons"
+            "labels.classes or remove those features"
         )
     return list(classes)
 
@@ -245,7 +245,10 @@ def warn_report(report: PolygonReport) -> None:
     if report.repaired:
         _warn(f"{name}: repaired {len(report.repaired)} invalid geometr(ies) with make_valid "
               f"(polygonal parts kept), ids: {format_ids(report.repaired)}")
-    if report.dropped_no_area:
+    if report.dropped_no_area and report.geometry == "point":
+        _warn(f"{name}: dropped {len(report.dropped_no_area)} feature(s) that are neither "
+              f"points nor polygons (lines), ids: {format_ids(report.dropped_no_area)}")
+    elif report.dropped_no_area:
         _warn(f"{name}: dropped {len(report.dropped_no_area)} feature(s) with no polygonal "
               f"area (lines or collapsed rings, or points among polygons: give label points "
               f"a file of their own), ids: {format_ids(report.dropped_no_area)}")
