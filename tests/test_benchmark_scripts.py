@@ -91,3 +91,21 @@ def test_multi_device_prints_throughput_against_one_device_in_32_bit() -> None:
     # printed to 1 and 2 decimals: the ratio of the printed throughputs, within rounding
     assert float(rows[1][5]) == pytest.approx(float(rows[1][4]) / float(rows[0][4]),
                                               rel=0.01, abs=0.01)
+
+
+def test_active_learning_scores_every_strategy_against_the_true_land_cover() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "active_learning.py"), "--size", "4000",
+         "--epochs", "1", "--start", "4", "--add", "10", "--seeds", "0"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    scores = {}
+    for name in ("first points", "first + 10 suggest", "first + 10 random",
+                 "first + 10 stratified"):
+        row = next(line for line in out.splitlines() if line.startswith(name))
+        oa, _, f1, _ = (float(x) for x in re.findall(r"\d+\.\d+", row)[:4])
+        assert 0 < oa <= 1 and 0 < f1 <= 1, row
+        scores[name] = oa
+    diff = float(re.search(r"suggest - random: OA ([+-]\d+\.\d+)", out).group(1))
+    assert diff == pytest.approx(scores["first + 10 suggest"] - scores["first + 10 random"],
+                                 abs=0.0015)

@@ -499,16 +499,16 @@ def suggest(
     out: Path | None = typer.Option(None, "--out", "-o",
                                     help="Output folder (default: the map's folder)."),
     min_distance: float | None = typer.Option(
-        None, "--min-distance", help="Least distance between suggestions, in map units "
+        None, "--min-distance", help="Least distance between places, in map units "
         "(default: a quarter of the spacing of N points spread evenly over the map, at least "
         "10 pixels)."),
     label_distance: float | None = typer.Option(
         None, "--label-distance", help="Least distance from --labels, in map units (default: "
         "10 pixels)."),
-    explore: float = typer.Option(0.2, "--explore", help="Share of each class's suggestions "
-                                  "drawn at random rather than by uncertainty."),
+    explore: float = typer.Option(0.2, "--explore", help="Share of the places drawn at "
+                                  "random rather than by uncertainty."),
     min_per_class: int = typer.Option(2, "--min-per-class",
-                                      help="Suggestions every mapped class gets at least."),
+                                      help="Places every mapped class gets at least."),
     band: str = typer.Option("entropy", "--band", help="Uncertainty band: entropy, "
                              "one_minus_max_probability, member_std, vote_disagreement."),
     labels: Path | None = typer.Option(None, "--labels", help="Existing label points or "
@@ -516,6 +516,12 @@ def suggest(
     uncertainty: Path | None = typer.Option(
         None, "--uncertainty", help="Uncertainty raster (default: uncertainty.tif beside the "
         "map)."),
+    window: int | None = typer.Option(
+        None, "--window", help="Side in pixels of the neighbourhood whose mean uncertainty "
+        "scores a place and which must be mapped as one class (1: any pixel, class edges "
+        "too; default: the patch side of the model that made the map, else 5)."),
+    prefix: str | None = typer.Option(None, "--prefix", help="Start of the places' ids "
+                                      "(default: s<UTC time>_, unique per run)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     classes: str | None = ClassesOpt,
 ) -> None:
@@ -526,12 +532,12 @@ def suggest(
 
     opts = SuggestOptions(n=n, min_distance=min_distance, explore=explore,
                           min_per_class=min_per_class, band=band, seed=seed,
-                          label_distance=label_distance)
+                          label_distance=label_distance, window=window, prefix=prefix)
     res = suggest_labels(map_path, opts, out_dir=out, uncertainty=uncertainty, labels=labels,
                          classes=_class_names(classes))
     console.print(summary(res.record), highlight=False, soft_wrap=True)
-    console.print(f"suggestions: [bold]{res.gpkg_path}[/] (fill its 'class' column, add the "
-                  f"points to your label points and run extract again), {res.png_path.name}",
+    console.print(f"places to label: [bold]{res.gpkg_path}[/] (fill its 'class' column, add "
+                  f"the points to your label points and run extract again), {res.png_path.name}",
                   soft_wrap=True, highlight=False)
 
 

@@ -1,40 +1,48 @@
 """``geofuse suggest MAP -n N``: where to label next (active learning on a whole map).
 
-A model maps best where it was shown examples; the pixels it is least sure of are where new
+A model maps best where it was shown examples; the places it is least sure of are where new
 labels teach it most, provided they are spread out and not all on one confused field (Tuia et
 al. 2011: uncertainty plus diversity). From a class map and its uncertainty raster (both
 written by ``geofuse predict``):
 
-1. **Candidates.** ``min_distance`` defaults to a quarter of the spacing of ``n`` points on a
-   square lattice over the mapped area (at least ten pixels), so suggestions spread over the
-   whole map. The map is cut into square blocks of ``min_distance`` (at least one pixel;
-   larger when the map has more than :data:`MAX_BLOCKS` blocks). One pass over strips keeps,
-   for every block and mapped class, the pixel of highest uncertainty (an *uncertain*
-   candidate), one pixel drawn at random (a *random* candidate), and how many pixels of the
-   class the block holds. Memory is bounded by the number of blocks, not pixels.
-2. **Allocation.** Each mapped class gets ``min_per_class`` suggestions, the rest in proportion
-   to its uncertainty mass (the sum of the band over its pixels: big, confused classes get
-   more); :func:`~geofuse.mapping.sample_design.allocate` does the arithmetic.
-3. **Selection.** A share ``1 - explore`` of each class's quota goes to its most uncertain
-   candidates, the rest to random candidates (blocks drawn in proportion to the class's pixels
-   in them, so the pick is close to uniform over the class): labels only on decision
-   boundaries bias a training set. Candidates are taken greedily (uncertain ones in falling
-   uncertainty, random ones in random order) when at least ``min_distance`` from every
-   suggestion taken so far, and at least ``label_distance`` (default ten pixels) from the
-   existing labels (``labels``: points or polygons; inside a polygon counts as near).
+1. **Candidates.** A pixel is scored by the mean uncertainty of its ``window`` x ``window``
+   neighbourhood (by default the map model's patch side) and is a candidate only when that
+   neighbourhood is mapped as one class (class edges, where a patch mixes classes and every
+   model is unsure, are left out) and it lies
+   more than ``label_distance`` from the existing labels. The map is cut into blocks of
+   ``min_distance`` (per axis; larger when the map would have more than :data:`MAX_BLOCKS`);
+   for every block and class one pass over strips keeps the best-scored candidate, one drawn
+   uniformly at random and the number of candidates (ties broken at random). Memory is
+   bounded by the strips and the blocks, not by the map.
+2. **Allocation.** Each class with candidates gets ``min_per_class`` places, the rest in
+   proportion to its uncertainty mass (the sum of the band over its mapped pixels: big,
+   confused classes get more; the class's pixels when the band is zero everywhere);
+   :func:`~geofuse.mapping.sample_design.allocate` does the arithmetic.
+3. **Selection.** ``round(n x explore)`` places go to random candidates (blocks drawn in
+   proportion to the class's candidates in them, so the pick is close to uniform over the
+   class): labels only where the model doubts bias a training set. The others go to the
+   best-scored candidates. Candidates are taken greedily (best ones in falling score, random
+   ones in random order) when at least ``min_distance`` (map units) from every place taken so
+   far; quota a class cannot fill goes to the other classes, and a shortfall against ``n`` is
+   warned with its cause.
 
-Outputs (in ``out_dir``, default the map's folder): ``label_suggestions.gpkg`` (points at pixel
-centres: ``id``, ``map_class``, ``map_class_name``, the band value, ``pick`` uncertain/random
-and an empty ``class`` for the person who labels them; append the labelled points to the
-study's label points and run extract again), ``label_suggestions.json`` (settings, allocation,
-shortfalls) and ``label_suggestions.png`` (the uncertainty map with the suggestions).
+Outputs (in ``out_dir``, default the map's folder), staged and renamed together:
+``label_suggestions.gpkg`` (points at pixel centres: ``id``, ``map_class``,
+``map_class_name``, the band's value at the pixel, ``score`` (the neighbourhood's mean),
+``pick`` uncertain/random and an empty ``class`` for the person who labels them; append the
+labelled points to the study's label points and run extract again),
+``label_suggestions.json`` (settings, allocation, shortfalls) and ``label_suggestions.png``
+(the uncertainty map with the places).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,34 +51,45 @@ import numpy as np
 import pandas as pd
 import rasterio
 import shapely
+from affine import Affine
+from rasterio.features import geometry_mask
 from rasterio.windows import Window
 
 from geofuse.errors import ConfigError, DataNotFoundError, LabelError, RasterError, SamplingError
-from geofuse.io_utils import atomic_path, atomic_write_json
-from geofuse.mapping.assess_io import STRIP_PIXELS, ClassMap, open_class_map
+from geofuse.io_utils import atomic_write_json, scratch_dir
+from geofuse.mapping.assess_io import ClassMap, open_class_map
 from geofuse.mapping.sample_design import allocate
 
 STEM = "label_suggestions"
-#: At most about this many candidate blocks (the block side grows on larger maps).
+#: At most about this many candidate blocks (their side grows on larger maps).
 MAX_BLOCKS = 1_000_000
+#: Pixels read at once (plus the neighbourhood's halo rows).
+STRIP_PIXELS = 1 << 20
 DEFAULT_MIN_DISTANCE_PX = 10
+DEFAULT_WINDOW = 5
+MAX_WINDOW = 65
 
 
 @dataclass(frozen=True)
 class SuggestOptions:
-    """How many suggestions and how to spread them.
+    """How many places and how to spread them.
 
     Attributes:
-        n: suggestions in all.
-        min_distance: least distance between suggestions, and from existing labels, in map
-            units; ``None``: :func:`default_distance`.
-        explore: share of each class's suggestions drawn at random instead of by uncertainty.
-        min_per_class: suggestions every mapped class gets at least.
+        n: places in all.
+        min_distance: least distance between places, in map units; ``None``:
+            :func:`default_distance`.
+        explore: share of the places drawn at random instead of by uncertainty.
+        min_per_class: places every class with candidates gets at least.
         band: uncertainty band by name (``entropy``, ``one_minus_max_probability``,
             ``member_std``, ``vote_disagreement``).
         seed: random seed.
         label_distance: least distance from existing labels, in map units; ``None``:
             :data:`DEFAULT_MIN_DISTANCE_PX` pixels.
+        window: side (pixels) of the neighbourhood whose mean uncertainty scores a pixel and
+            which must be mapped as one class (1: the pixel alone, class edges allowed);
+            ``None``: :func:`default_window`.
+        prefix: start of the places' ids (default ``s<UTC time>_``: unique per run, so the
+            places of several rounds can join one label file).
     """
 
     n: int
@@ -80,6 +99,8 @@ class SuggestOptions:
     band: str = "entropy"
     seed: int = 0
     label_distance: float | None = None
+    window: int | None = None
+    prefix: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,14 +115,15 @@ class Suggestions:
 
 @dataclass
 class _Candidates:
-    """Per class: flat block index, uncertain and random pixel (row, col, value) and the
-    class's pixels in the block."""
+    """One entry per (block, class) with candidates: its class, the best-scored and the random
+    candidate (row, col, score, band value at the pixel) and its number of candidates."""
 
-    block: list[np.ndarray]
-    best: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
-    rand: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
-    count: list[np.ndarray]
+    cls: np.ndarray
+    best: dict[str, np.ndarray]
+    rand: dict[str, np.ndarray]
+    count: np.ndarray
     mass: np.ndarray
+    mapped: np.ndarray  #: mapped pixels of each class with a finite band value
 
 
 def _check_options(opts: SuggestOptions) -> None:
@@ -112,6 +134,8 @@ def _check_options(opts: SuggestOptions) -> None:
         bad.append(f"--explore {opts.explore} (0..1)")
     if opts.min_per_class < 0:
         bad.append(f"--min-per-class {opts.min_per_class} (0 or more)")
+    if opts.window is not None and opts.window < 1:
+        bad.append(f"--window {opts.window} (a side in pixels, at least 1)")
     for name, value in (("--min-distance", opts.min_distance),
                         ("--label-distance", opts.label_distance)):
         if value is not None and not (value >= 0 and math.isfinite(value)):
@@ -142,87 +166,148 @@ def _uncertainty_band(cmap: ClassMap, path: Path | None, band: str) -> tuple[Pat
     return src_path, names.index(band) + 1
 
 
-def default_distance(mapped_pixels: int, pixel: float, n: int) -> float:
+def default_window(map_path: Path) -> int:
+    """The patch side of the model that made the map (``patch_size`` in the ``predict.json``
+    beside it; made odd, at most :data:`MAX_WINDOW`), so that a place is where a whole training
+    patch would lie in one mapped class; :data:`DEFAULT_WINDOW` without that record."""
+    record = map_path.parent / "predict.json"
+    try:
+        size = int(json.loads(record.read_text()).get("patch_size") or 0)
+    except (OSError, ValueError, TypeError):
+        size = 0
+    if size < 1:
+        return DEFAULT_WINDOW
+    return min(size | 1, MAX_WINDOW)
+
+
+def default_distance(mapped_pixels: int, pixel_area: float, pixel: float, n: int) -> float:
     """A quarter of the spacing of ``n`` points on a square lattice over the mapped area, and
-    at least :data:`DEFAULT_MIN_DISTANCE_PX` pixels: suggestions spread over the whole map,
-    with room for every class's quota."""
-    return max(DEFAULT_MIN_DISTANCE_PX * pixel, 0.25 * pixel * math.sqrt(mapped_pixels / n))
+    at least :data:`DEFAULT_MIN_DISTANCE_PX` pixels (``pixel``: the larger pixel side):
+    places spread over the whole map, with room for every class's quota."""
+    return max(DEFAULT_MIN_DISTANCE_PX * pixel, 0.25 * math.sqrt(mapped_pixels * pixel_area / n))
 
 
-def block_side(height: int, width: int, min_distance_px: float) -> int:
-    """Side of the candidate blocks: ``min_distance`` in pixels, grown until the map has at
-    most :data:`MAX_BLOCKS` blocks."""
-    side = max(1, math.ceil(min_distance_px))
-    while math.ceil(height / side) * math.ceil(width / side) > MAX_BLOCKS:
-        side += max(1, side // 4)
-    return side
+def block_sides(height: int, width: int, rows_px: float, cols_px: float) -> tuple[int, int]:
+    """Rows and columns of the candidate blocks (``min_distance`` in pixels along each axis),
+    grown together until the map has at most :data:`MAX_BLOCKS` blocks."""
+    sr, sc = max(1, math.ceil(rows_px)), max(1, math.ceil(cols_px))
+    while math.ceil(height / sr) * math.ceil(width / sc) > MAX_BLOCKS:
+        sr, sc = sr + max(1, sr // 4), sc + max(1, sc // 4)
+    return sr, sc
 
 
-def _blocks(a: np.ndarray, side: int, fill: Any) -> np.ndarray:
-    """(rows, W) -> (block rows, block cols, side * side), padded with ``fill``."""
-    h, w = a.shape
-    hb, wb = math.ceil(h / side), math.ceil(w / side)
-    padded = np.full((hb * side, wb * side), fill, dtype=a.dtype)
-    padded[:h, :w] = a
-    return padded.reshape(hb, side, wb, side).transpose(0, 2, 1, 3).reshape(hb, wb, side * side)
+def _window_scores(cls: np.ndarray, unc: np.ndarray, valid: np.ndarray, window: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean uncertainty over the ``window`` x ``window`` neighbourhood of each pixel, and
+    whether that neighbourhood is mapped, inside the map and of one class (an interior pixel,
+    not a class edge)."""
+    if window <= 1:
+        return unc, valid
+    from scipy import ndimage
+
+    share = ndimage.uniform_filter(valid.astype(np.float64), window, mode="constant", cval=0.0)
+    total = ndimage.uniform_filter(np.where(valid, unc, 0.0), window, mode="constant",
+                                   cval=0.0)
+    same = ndimage.minimum_filter(cls, window, mode="nearest") == \
+        ndimage.maximum_filter(cls, window, mode="nearest")
+    interior = valid & same & (share > 1 - 1e-9)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(interior, total / np.maximum(share, 1e-12), np.nan), interior
 
 
-def _pick(values: np.ndarray, side: int, row0: int, width: int, nbx: int, brow0: int
-          ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per block of a strip: the flat block index and (row, col, value) of the largest value
-    (``-inf`` = not a candidate), for blocks holding a candidate."""
-    blocks = _blocks(values, side, -np.inf)
-    arg = blocks.argmax(axis=2)
-    top = np.take_along_axis(blocks, arg[..., None], axis=2)[..., 0]
-    by, bx = np.nonzero(np.isfinite(top))
-    inner = arg[by, bx]
-    rows = row0 + by * side + inner // side
-    cols = bx * side + inner % side
-    return (brow0 + by) * nbx + bx, (rows, cols, top[by, bx])
+class _LabelMask:
+    """Pixels within ``distance`` of the existing labels (touching a label buffered by it)."""
+
+    def __init__(self, labels: list[Any], distance: float) -> None:
+        self.geoms = (shapely.buffer(np.asarray(labels, dtype=object), distance)
+                      if labels and distance > 0 else np.asarray(labels, dtype=object))
+        self.tree = shapely.STRtree(self.geoms) if len(self.geoms) else None
+
+    def near(self, transform: Any, row0: int, shape: tuple[int, int]) -> np.ndarray:
+        out = np.zeros(shape, dtype=bool)
+        if self.tree is None:
+            return out
+        strip = transform @ Affine.translation(0, row0)
+        xs, ys = strip @ (np.array([0, shape[1]]), np.array([0, shape[0]]))
+        hits = self.tree.query(shapely.box(min(xs), min(ys), max(xs), max(ys)))
+        if len(hits):
+            out = geometry_mask(list(self.geoms[hits]), out_shape=shape, transform=strip,
+                                all_touched=True, invert=True)
+        return out
 
 
-def _candidates(cmap: ClassMap, unc_path: Path, band: int, side: int, seed: int
-                ) -> _Candidates:
-    """One pass over strips of whole block rows (see the module docstring, step 1)."""
+def _first_per_key(key: np.ndarray, *sort_by: np.ndarray) -> np.ndarray:
+    """Index of the first entry of each key after sorting by ``sort_by`` (first = primary)
+    within the key."""
+    order = np.lexsort((*reversed(sort_by), key))
+    sk = key[order]
+    return order[np.r_[True, sk[1:] != sk[:-1]]] if len(sk) else order
+
+
+def _candidates(cmap: ClassMap, unc_path: Path, band: int, sides: tuple[int, int],
+                opts: SuggestOptions, labels: _LabelMask) -> _Candidates:
+    """One pass over strips (see the module docstring, step 1)."""
     k, width, height = cmap.n_classes, cmap.grid.width, cmap.grid.height
-    nbx = math.ceil(width / side)
-    rng = np.random.default_rng([seed, 7])
-    parts: dict[str, list[list[Any]]] = {key: [[] for _ in range(k)]
-                                         for key in ("block", "best", "rand", "count")}
-    mass = np.zeros(k)
-    strip = side * max(1, STRIP_PIXELS // max(width * side, 1))
+    sr, sc = sides
+    nbx = math.ceil(width / sc)
+    halo = opts.window // 2
+    rng = np.random.default_rng([opts.seed, 7])
+    parts: list[dict[str, np.ndarray]] = []
+    mass, mapped = np.zeros(k), np.zeros(k, dtype=np.int64)
+    rows_per_strip = max(1, STRIP_PIXELS // max(width, 1))
     with rasterio.open(cmap.path) as cls_src, rasterio.open(unc_path) as unc_src:
-        for row0 in range(0, height, strip):
-            win = Window(0, row0, width, min(strip, height - row0))
+        for row0 in range(0, height, rows_per_strip):
+            n_rows = min(rows_per_strip, height - row0)
+            top, bottom = max(row0 - halo, 0), min(row0 + n_rows + halo, height)
+            win = Window(0, top, width, bottom - top)
             cls = cls_src.read(1, window=win)
             unc = unc_src.read(band, window=win, masked=True).filled(np.nan).astype(np.float64)
             valid = (cls != cmap.nodata) & np.isfinite(unc) & (cls < k)
-            for c in np.unique(cls[valid]).tolist():
-                of_class = valid & (cls == c)
-                mass[c] += float(unc[of_class].sum())
-                block, best = _pick(np.where(of_class, unc, -np.inf), side, row0, width, nbx,
-                                    row0 // side)
-                _, rand = _pick(np.where(of_class, rng.random(cls.shape), -np.inf), side,
-                                row0, width, nbx, row0 // side)
-                counts = _blocks(of_class, side, False).sum(axis=2)
-                parts["block"][c].append(block)
-                parts["best"][c].append(best)
-                parts["rand"][c].append((rand[0], rand[1], unc[rand[0] - row0, rand[1]]))
-                parts["count"][c].append(counts.reshape(-1)[block - (row0 // side) * nbx])
-    return _Candidates(
-        block=[_cat(p) for p in parts["block"]],
-        best=[_cat3(p) for p in parts["best"]], rand=[_cat3(p) for p in parts["rand"]],
-        count=[_cat(p) for p in parts["count"]], mass=mass)
+            score, interior = _window_scores(cls, unc, valid, opts.window)
+            inner = slice(row0 - top, row0 - top + n_rows)
+            cls, unc, valid = cls[inner], unc[inner], valid[inner]
+            score, interior = score[inner], interior[inner]
+            c_valid = cls[valid].astype(np.int64)
+            mass += np.bincount(c_valid, weights=unc[valid], minlength=k)[:k]
+            mapped += np.bincount(c_valid, minlength=k)[:k]
+            pool = interior & ~labels.near(cmap.grid.transform, row0, cls.shape)
+            rr, cc = np.nonzero(pool)
+            if not len(rr):
+                continue
+            rr = rr + row0
+            c = cls[rr - row0, cc].astype(np.int64)
+            key = ((rr // sr) * nbx + cc // sc) * k + c
+            s, v = score[rr - row0, cc], unc[rr - row0, cc]
+            u_best, u_rand = rng.random(len(rr)), rng.random(len(rr))
+            b = _first_per_key(key, -s, u_best)
+            r = _first_per_key(key, u_rand)
+            keys, counts = np.unique(key, return_counts=True)
+            parts.append({"key_b": key[b], "row_b": rr[b], "col_b": cc[b], "score_b": s[b],
+                          "value_b": v[b], "tie_b": u_best[b],
+                          "key_r": key[r], "row_r": rr[r], "col_r": cc[r], "score_r": s[r],
+                          "value_r": v[r], "u_r": u_rand[r], "keys": keys, "counts": counts})
+    return _merge(parts, k, mass, mapped)
 
 
-def _cat(parts: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-
-def _cat3(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _merge(parts: list[dict[str, np.ndarray]], k: int, mass: np.ndarray, mapped: np.ndarray
+           ) -> _Candidates:
+    """The strips' per-key candidates merged (a block can span strips): the best score, the
+    smallest random key, the summed counts."""
     if not parts:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
+        empty = np.zeros(0, dtype=np.int64)
+        none = {"row": empty, "col": empty, "score": np.zeros(0), "value": np.zeros(0)}
+        return _Candidates(empty, none, dict(none), empty, mass, mapped)
+    cat = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    b = _first_per_key(cat["key_b"], -cat["score_b"], cat["tie_b"])
+    r = _first_per_key(cat["key_r"], cat["u_r"])
+    keys, inverse = np.unique(cat["keys"], return_inverse=True)
+    counts = np.bincount(inverse, weights=cat["counts"]).astype(np.int64)
+    # b, r and keys all come out in key order, one entry per key
+    return _Candidates(
+        cls=keys % k,
+        best={f: cat[f"{f}_b"][b] for f in ("row", "col", "score", "value")},
+        rand={f: cat[f"{f}_r"][r] for f in ("row", "col", "score", "value")},
+        count=counts, mass=mass, mapped=mapped)
 
 
 def _label_geometries(path: Path, crs: Any) -> list[Any]:
@@ -243,121 +328,152 @@ def _label_geometries(path: Path, crs: Any) -> list[Any]:
 
 
 class _Spacing:
-    """Accepted points on a hash grid of ``distance`` pixels; a pixel is free when no accepted
-    point lies closer than ``distance`` (at least one pixel: never the same pixel twice)."""
+    """Places taken, on a hash grid in map units; a pixel is free when no place lies closer
+    than ``distance`` (never the same pixel twice)."""
 
-    def __init__(self, distance_px: float, labels: list[Any], transform: Any,
-                 distance_map: float) -> None:
-        self.d = max(float(distance_px), 1.0)
-        self.grid: dict[tuple[int, int], list[tuple[int, int]]] = {}
-        self.tree = shapely.STRtree(labels) if labels else None
-        self.transform, self.distance_map = transform, distance_map
+    def __init__(self, distance: float, xres: float, yres: float) -> None:
+        self.d = max(distance, 0.5 * min(xres, yres))
+        self.xres, self.yres = xres, yres
+        self.grid: dict[tuple[int, int], list[tuple[float, float]]] = {}
 
-    def near_labels(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """Whether each pixel centre lies within the distance of (or in) an existing label."""
-        near = np.zeros(len(rows), dtype=bool)
-        if self.tree is None or not len(rows):
-            return near
-        xs, ys = self.transform @ (cols + 0.5, rows + 0.5)
-        pts = shapely.points(np.asarray(xs), np.asarray(ys))
-        hit = (self.tree.query(pts, predicate="dwithin", distance=self.distance_map)
-               if self.distance_map > 0 else self.tree.query(pts, predicate="intersects"))
-        near[np.unique(hit[0])] = True
-        return near
-
-    def take(self, r: int, c: int) -> bool:
-        """Accept pixel (r, c) when it is free."""
-        kr, kc = int(r // self.d), int(c // self.d)
+    def take(self, row: int, col: int) -> bool:
+        """Take pixel (row, col) when it is free."""
+        x, y = (col + 0.5) * self.xres, (row + 0.5) * self.yres
+        kx, ky = int(x // self.d), int(y // self.d)
         d2 = self.d * self.d
-        for dr in (-1, 0, 1):
-            for dc in (-1, 0, 1):
-                for pr, pc in self.grid.get((kr + dr, kc + dc), ()):
-                    if (r - pr) ** 2 + (c - pc) ** 2 < d2:
+        for dx in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                for px, py in self.grid.get((kx + dx, ky + dy), ()):
+                    if (x - px) ** 2 + (y - py) ** 2 < d2:
                         return False
-        self.grid.setdefault((kr, kc), []).append((r, c))
+        self.grid.setdefault((kx, ky), []).append((x, y))
         return True
 
 
-def _greedy(order: np.ndarray, rows: np.ndarray, cols: np.ndarray, classes: np.ndarray,
-            quota: np.ndarray, spacing: _Spacing) -> list[int]:
-    """Indices of candidates taken in ``order`` while their class has quota left and they
-    keep the spacing; ``quota`` is decremented."""
+def _greedy(order: np.ndarray, cand: dict[str, np.ndarray], classes: np.ndarray,
+            quota: np.ndarray | None, limit: int, spacing: _Spacing, used: np.ndarray
+            ) -> list[int]:
+    """Candidates taken in ``order`` while their class has quota left (any class without a
+    quota), at most ``limit``, keeping the spacing; ``quota`` and ``used`` are updated."""
     taken: list[int] = []
+    rows, cols = cand["row"], cand["col"]
     for i in order.tolist():
-        c = int(classes[i])
-        if quota[c] > 0 and spacing.take(int(rows[i]), int(cols[i])):
-            quota[c] -= 1
-            taken.append(i)
-        if not quota.any():
+        if len(taken) >= limit:
             break
+        c = int(classes[i])
+        if used[i] or (quota is not None and quota[c] <= 0):
+            continue
+        if spacing.take(int(rows[i]), int(cols[i])):
+            used[i] = True
+            taken.append(i)
+            if quota is not None:
+                quota[c] -= 1
     return taken
 
 
-def _pool(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], spacing: _Spacing
-          ) -> tuple[np.ndarray, ...]:
-    """All classes' candidates (rows, cols, values, classes, index within the class), those
-    near existing labels left out."""
-    rows, cols, vals = (np.concatenate([p[i] for p in parts]) for i in range(3))
-    classes = np.concatenate([np.full(len(p[0]), c) for c, p in enumerate(parts)])
-    within = np.concatenate([np.arange(len(p[0])) for p in parts])
-    ok = ~spacing.near_labels(rows, cols)
-    return rows[ok], cols[ok], vals[ok], classes[ok], within[ok]
+def _split(total: np.ndarray, share: float) -> np.ndarray:
+    """Integer parts of ``total * share`` per class summing to ``sum(total) * share`` rounded
+    (floors, then the largest remainders)."""
+    want = np.asarray(total, dtype=float) * share
+    out = np.floor(want + 1e-9).astype(np.int64)
+    extra = math.floor(float(np.sum(total)) * share + 0.5) - int(out.sum())
+    if extra > 0:
+        out[np.argsort(-(want - out), kind="stable")[:extra]] += 1
+    return np.minimum(out, total)
 
 
-def _select(cand: _Candidates, alloc: np.ndarray, explore: float, spacing: _Spacing,
-            seed: int) -> tuple[list[dict[str, Any]], dict[int, list[int]]]:
-    """The suggestions (see the module docstring, step 3) and the classes that fell short
-    (class -> [quota, taken])."""
-    rng = np.random.default_rng([seed, 11])
-    out: list[dict[str, Any]] = []
-    quota = np.rint(alloc * (1 - explore)).astype(np.int64)
-    rows, cols, vals, classes, _ = _pool(cand.best, spacing)
-    order = np.argsort(-vals, kind="stable")  # most uncertain first, all classes together
-    for i in _greedy(order, rows, cols, classes, quota, spacing):
-        out.append({"row": int(rows[i]), "col": int(cols[i]), "map_class": int(classes[i]),
-                    "value": float(vals[i]), "pick": "uncertain"})
-    quota += alloc - np.rint(alloc * (1 - explore)).astype(np.int64)  # the random share
-    rows, cols, vals, classes, within = _pool(cand.rand, spacing)
-    counts = np.concatenate(cand.count).astype(float) if cand.count else np.zeros(0)
-    weights = counts[_flat_index(cand.count, classes, within)] if len(rows) else counts[:0]
-    # blocks in proportion to the class's pixels in them, each class on its own scale
-    totals = np.bincount(classes, weights=weights, minlength=len(alloc))
-    u = rng.random(len(rows))
-    keys = np.log(u) / np.maximum(weights / np.maximum(totals[classes], 1e-300), 1e-300)
-    order = np.argsort(-keys, kind="stable")  # weighted random order (Efraimidis-Spirakis)
-    for i in _greedy(order, rows, cols, classes, quota, spacing):
-        out.append({"row": int(rows[i]), "col": int(cols[i]), "map_class": int(classes[i]),
-                    "value": float(vals[i]), "pick": "random"})
-    got = np.bincount([s["map_class"] for s in out], minlength=len(alloc))
-    short = {c: [int(alloc[c]), int(got[c])] for c in range(len(alloc)) if got[c] < alloc[c]}
-    return out, short
+def _select(cand: _Candidates, alloc: np.ndarray, opts: SuggestOptions, spacing: _Spacing
+            ) -> list[dict[str, Any]]:
+    """The places (see the module docstring, step 3)."""
+    rng = np.random.default_rng([opts.seed, 11])
+    picks: list[dict[str, Any]] = []
+    n = len(cand.cls)
+    used_b, used_r = np.zeros(n, bool), np.zeros(n, bool)
+    best_order = np.lexsort((rng.random(n), -cand.best["score"]))  # ties at random
+    weights = cand.count / np.maximum(np.bincount(cand.cls, weights=cand.count,
+                                                  minlength=len(alloc))[cand.cls], 1)
+    keys = np.log(rng.random(n)) / np.maximum(weights, 1e-300)
+    rand_order = np.argsort(-keys, kind="stable")  # weighted order (Efraimidis-Spirakis)
+    random_quota = _split(alloc, opts.explore)
+    quota = alloc - random_quota
+
+    def add(idx: list[int], source: dict[str, np.ndarray], pick: str) -> None:
+        picks.extend({"row": int(source["row"][i]), "col": int(source["col"][i]),
+                      "map_class": int(cand.cls[i]), "score": float(source["score"][i]),
+                      "value": float(source["value"][i]), "pick": pick} for i in idx)
+
+    add(_greedy(best_order, cand.best, cand.cls, quota, n, spacing, used_b), cand.best,
+        "uncertain")
+    quota += random_quota  # the random share, and what the uncertain picks left
+    add(_greedy(rand_order, cand.rand, cand.cls, quota, n, spacing, used_r), cand.rand,
+        "random")
+    left = int(alloc.sum()) - len(picks)  # quota no candidate of its class could fill
+    if left > 0:
+        add(_greedy(best_order, cand.best, cand.cls, None, left, spacing, used_b), cand.best,
+            "uncertain")
+        left = int(alloc.sum()) - len(picks)
+        add(_greedy(rand_order, cand.rand, cand.cls, None, left, spacing, used_r), cand.rand,
+            "random")
+    return picks
 
 
-def _flat_index(parts: list[np.ndarray], classes: np.ndarray, within: np.ndarray) -> np.ndarray:
-    offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
-    return offsets[classes] + within
+def _allocation(cand: _Candidates, opts: SuggestOptions) -> np.ndarray:
+    available = np.bincount(cand.cls, minlength=len(cand.mass)).astype(np.int64)
+    need = int(np.minimum(opts.min_per_class, available).sum())
+    if opts.n < need:
+        raise SamplingError(
+            f"-n {opts.n} is below the minimum of {opts.min_per_class} places per class over "
+            f"{int((available > 0).sum())} classes with candidates ({need}); raise -n or "
+            "lower --min-per-class")
+    weights = cand.mass if cand.mass[available > 0].sum() > 0 else cand.mapped.astype(float)
+    return allocate(opts.n, weights, opts.min_per_class, available)
 
 
-def _write_gpkg(path: Path, cmap: ClassMap, picks: list[dict[str, Any]], band: str) -> None:
+def _warn_shortfall(cmap: ClassMap, cand: _Candidates, picks: list[dict[str, Any]],
+                    opts: SuggestOptions, distance: float, labelled: bool) -> dict[str, Any]:
+    """Warn (and return, for the record) when fewer places than ``n`` were found, and about
+    mapped classes that got none."""
+    out: dict[str, Any] = {}
+    got = np.bincount([p["map_class"] for p in picks], minlength=cmap.n_classes)
+    where = "interior pixels" + (" away from the labels" if labelled else "")
+    no_candidates = [cmap.class_names[c] for c in range(cmap.n_classes)
+                     if cmap.counts[c] > 0 and not (cand.cls == c).any()]
+    if no_candidates:
+        out["classes_without_candidates"] = no_candidates
+        warnings.warn(f"mapped class(es) {', '.join(map(repr, no_candidates))} get no place: "
+                      f"they have no {where} with a finite {opts.band!r} (--window "
+                      f"{opts.window})", UserWarning, stacklevel=3)
+    if len(picks) < opts.n:
+        cause = (f"the map has only {len(cand.cls)} candidate blocks ({where}, in blocks of "
+                 "--min-distance)" if len(cand.cls) < opts.n else
+                 f"the other candidates lie closer than --min-distance {distance:g} to a place")
+        out["shortfall"] = {"requested": opts.n, "found": len(picks), "cause": cause}
+        warnings.warn(f"{len(picks)} places of the {opts.n} asked for: {cause}; lower "
+                      "--min-distance or -n", UserWarning, stacklevel=3)
+    out["per_class_found"] = {cmap.class_names[c]: int(got[c]) for c in range(cmap.n_classes)}
+    return out
+
+
+def _write_gpkg(path: Path, cmap: ClassMap, picks: list[dict[str, Any]], band: str,
+                prefix: str) -> None:
     rows = np.array([p["row"] for p in picks], dtype=np.int64)
     cols = np.array([p["col"] for p in picks], dtype=np.int64)
     xs, ys = cmap.grid.transform @ (cols + 0.5, rows + 0.5)
     frame = gpd.GeoDataFrame({
-        "id": [f"s{i + 1:04d}" for i in range(len(picks))],
+        "id": [f"{prefix}{i + 1:04d}" for i in range(len(picks))],
         "map_class": np.array([p["map_class"] for p in picks], dtype=np.int64),
         "map_class_name": [cmap.class_names[p["map_class"]] for p in picks],
         band: np.array([p["value"] for p in picks], dtype=np.float64),
+        "score": np.array([p["score"] for p in picks], dtype=np.float64),
         "pick": [p["pick"] for p in picks],
         "class": pd.Series([None] * len(picks), dtype=object),
     }, geometry=shapely.points(np.asarray(xs), np.asarray(ys)), crs=cmap.grid.crs)
-    with atomic_path(path, suffix=".gpkg") as tmp:
-        tmp.unlink()  # GDAL writes a new GeoPackage, not into an empty file
-        frame.to_file(tmp, driver="GPKG", layer=STEM, engine="pyogrio")
+    frame.to_file(path, driver="GPKG", layer=STEM, engine="pyogrio")
 
 
 def _write_png(path: Path, unc_path: Path, band: int, band_name: str,
                picks: list[dict[str, Any]], cmap: ClassMap) -> None:
-    """The uncertainty band (at most 1000 px a side) with the suggestions over it."""
+    """The uncertainty band (at most 1000 px a side) with the places over it."""
     from matplotlib.figure import Figure
 
     scale = max(1.0, max(cmap.grid.width, cmap.grid.height) / 1000)
@@ -376,11 +492,10 @@ def _write_png(path: Path, unc_path: Path, band: int, band_name: str,
                        marker=marker, facecolors="none", edgecolors=colour, linewidths=1.2,
                        label=f"{pick} ({len(sel)})")
     ax.set_axis_off()
-    ax.set_title(f"Where to label next: {len(picks)} suggestions")
+    ax.set_title(f"Where to label next: {len(picks)} places")
     if picks:
         ax.legend(loc="lower right", fontsize=8, framealpha=0.8)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    fig.savefig(path, dpi=110, bbox_inches="tight", format="png")
 
 
 def suggest_labels(
@@ -389,99 +504,93 @@ def suggest_labels(
     classes: list[str] | None = None,
 ) -> Suggestions:
     """Suggest ``opts.n`` places to label next from a class map and its uncertainty (see the
-    module docstring); write the GeoPackage, the JSON record and the PNG.
+    module docstring); write the GeoPackage, the JSON record and the PNG together.
 
     Args:
         map_path: the class map (``classes.tif`` of ``geofuse predict``).
         opts: how many and how spread.
         out_dir: output folder (default: the map's folder).
         uncertainty: the uncertainty raster (default: ``uncertainty.tif`` beside the map).
-        labels: existing label points or polygons; no suggestion within ``min_distance``.
+        labels: existing label points or polygons; no place within ``opts.label_distance``.
         classes: class names when the map carries none.
 
     Raises:
         ConfigError: options out of range, a band the raster lacks.
         DataNotFoundError: the map, the uncertainty raster or the label file is missing.
         RasterError: the uncertainty raster is on another grid; an unreadable map.
-        SamplingError: ``n`` below the per-class minimum, or no candidate left.
+        SamplingError: ``n`` below the per-class minimum, or no candidate at all.
     """
     _check_options(opts)
     cmap = open_class_map(map_path, classes)
+    if opts.window is None:
+        opts = replace(opts, window=default_window(cmap.path))
     unc_path, band = _uncertainty_band(cmap, Path(uncertainty) if uncertainty else None,
                                        opts.band)
-    pixel = math.sqrt(abs(cmap.grid.transform.a * cmap.grid.transform.e
-                          - cmap.grid.transform.b * cmap.grid.transform.d))
-    distance = opts.min_distance if opts.min_distance is not None \
-        else default_distance(int(cmap.counts.sum()), pixel, opts.n)
-    side = block_side(cmap.grid.height, cmap.grid.width, distance / pixel)
-    existing = _label_geometries(Path(labels), cmap.grid.crs) if labels else []
-    cand = _candidates(cmap, unc_path, band, side, opts.seed)
-    available = np.array([len(b) for b in cand.block], dtype=np.int64)
-    need = int(np.minimum(opts.min_per_class, available).sum())
-    if opts.n < need:
-        raise SamplingError(
-            f"-n {opts.n} is below the minimum of {opts.min_per_class} suggestions per class "
-            f"over {int((available > 0).sum())} mapped classes ({need}); raise -n or lower "
-            "--min-per-class")
-    if not available.any():
-        raise SamplingError(f"class map {str(cmap.path)!r} has no mapped pixel with a finite "
-                            f"{opts.band!r} in {str(unc_path)!r}; check the two rasters")
-    alloc = allocate(opts.n, cand.mass, opts.min_per_class, available)
+    t = cmap.grid.transform
+    xres, yres = math.hypot(t.a, t.d), math.hypot(t.b, t.e)
+    distance = opts.min_distance if opts.min_distance is not None else default_distance(
+        int(cmap.counts.sum()), cmap.pixel_area_m2 if cmap.pixel_area_m2 else xres * yres,
+        max(xres, yres), opts.n)
     label_distance = (opts.label_distance if opts.label_distance is not None
-                      else DEFAULT_MIN_DISTANCE_PX * pixel)
-    spacing = _Spacing(distance / pixel, existing, cmap.grid.transform, label_distance)
-    picks, short = _select(cand, alloc, opts.explore, spacing, opts.seed)
-    if not picks:
-        raise SamplingError(f"no place to suggest: every candidate of {str(cmap.path)!r} lies "
-                            f"within --label-distance {label_distance:g} of the labels in "
-                            f"{labels}; lower --label-distance")
-    if short:
-        names = ", ".join(f"{cmap.class_names[c]!r} {got} of {want}"
-                          for c, (want, got) in short.items())
-        warnings.warn(f"fewer suggestions than allocated for class(es) {names}: their pixels "
-                      f"are too few or too close together for --min-distance {distance:g}",
-                      UserWarning, stacklevel=2)
+                      else DEFAULT_MIN_DISTANCE_PX * max(xres, yres))
+    existing = _label_geometries(Path(labels), cmap.grid.crs) if labels else []
+    sides = block_sides(cmap.grid.height, cmap.grid.width, distance / yres, distance / xres)
+    cand = _candidates(cmap, unc_path, band, sides, opts, _LabelMask(existing, label_distance))
+    if not len(cand.cls):
+        near = f" farther than --label-distance {label_distance:g} from {labels}" if labels \
+            else ""
+        raise SamplingError(
+            f"no place to suggest in {str(cmap.path)!r}: no mapped pixel with a finite "
+            f"{opts.band!r} inside a {opts.window}x{opts.window} px patch of one class{near}; "
+            "lower --window or --label-distance, or check the map and its uncertainty")
+    alloc = _allocation(cand, opts)
+    picks = _select(cand, alloc, opts, _Spacing(distance, xres, yres))
+    found = _warn_shortfall(cmap, cand, picks, opts, distance, bool(labels))
+    prefix = opts.prefix if opts.prefix is not None else \
+        f"s{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}_"
+    record = _record(cmap, opts, unc_path, (distance, label_distance), sides, labels, cand,
+                     alloc, picks, found)
     out = Path(out_dir) if out_dir is not None else cmap.path.parent
     out.mkdir(parents=True, exist_ok=True)
-    record = _record(cmap, opts, unc_path, (distance, label_distance), side, labels, cand,
-                     alloc, picks, short)
-    gpkg, json_path, png = (out / f"{STEM}.gpkg", out / f"{STEM}.json", out / f"{STEM}.png")
-    _write_gpkg(gpkg, cmap, picks, opts.band)
-    _write_png(png, unc_path, band, opts.band, picks, cmap)
-    atomic_write_json(json_path, record)
-    return Suggestions(gpkg_path=gpkg, json_path=json_path, png_path=png, record=record)
+    targets = {k: out / f"{STEM}.{k}" for k in ("gpkg", "png", "json")}
+    with scratch_dir(targets["json"]) as tmp:  # all three, or none of them
+        _write_gpkg(tmp / targets["gpkg"].name, cmap, picks, opts.band, prefix)
+        _write_png(tmp / targets["png"].name, unc_path, band, opts.band, picks, cmap)
+        atomic_write_json(tmp / targets["json"].name, record)
+        for target in targets.values():
+            os.replace(tmp / target.name, target)
+    return Suggestions(gpkg_path=targets["gpkg"], json_path=targets["json"],
+                       png_path=targets["png"], record=record)
 
 
 def _record(cmap: ClassMap, opts: SuggestOptions, unc_path: Path,
-            distances: tuple[float, float], side: int, labels: str | Path | None,
-            cand: _Candidates, alloc: np.ndarray, picks: list[dict[str, Any]],
-            short: dict[int, list[int]]) -> dict[str, Any]:
+            distances: tuple[float, float], sides: tuple[int, int],
+            labels: str | Path | None, cand: _Candidates, alloc: np.ndarray,
+            picks: list[dict[str, Any]], found: dict[str, Any]) -> dict[str, Any]:
     per_class = []
     for c, name in enumerate(cmap.class_names):
         mine = [p for p in picks if p["map_class"] == c]
         per_class.append({
             "class": name, "mapped_pixels": int(cmap.counts[c]),
-            "uncertainty_mass": float(cand.mass[c]), "allocated": int(alloc[c]),
+            "uncertainty_mass": float(cand.mass[c]),
+            "candidate_blocks": int((cand.cls == c).sum()), "allocated": int(alloc[c]),
             "uncertain": sum(p["pick"] == "uncertain" for p in mine),
             "random": sum(p["pick"] == "random" for p in mine),
-            "mean_value": float(np.mean([p["value"] for p in mine])) if mine else None})
+            "mean_score": float(np.mean([p["score"] for p in mine])) if mine else None})
     return {
         "map": str(cmap.path), "uncertainty": str(unc_path), "band": opts.band,
         "labels": str(labels) if labels else None, "n_requested": opts.n, "n": len(picks),
-        "min_distance": distances[0], "label_distance": distances[1], "block_side_px": side,
-        "explore": opts.explore, "min_per_class": opts.min_per_class, "seed": opts.seed,
-        "crs": cmap.grid.crs_string(),
-        "classes": per_class,
-        "short": {cmap.class_names[c]: {"allocated": a, "taken": g}
-                  for c, (a, g) in short.items()},
+        "min_distance": distances[0], "label_distance": distances[1],
+        "block_px": list(sides), "window": opts.window, "explore": opts.explore,
+        "min_per_class": opts.min_per_class, "seed": opts.seed,
+        "crs": cmap.grid.crs_string(), "classes": per_class, **found,
     }
 
 
 def summary(record: dict[str, Any]) -> str:
-    """One line: how many suggestions, how picked, per class."""
+    """One line: how many places, how picked, per class."""
     uncertain = sum(c["uncertain"] for c in record["classes"])
     per_class = ", ".join(f"{c['class']} {c['uncertain'] + c['random']}"
                           for c in record["classes"] if c["uncertain"] + c["random"])
-    return (f"{record['n']} suggestions ({uncertain} most uncertain, "
-            f"{record['n'] - uncertain} random), at least {record['min_distance']:g} apart: "
-            f"{per_class}")
+    return (f"{record['n']} places ({uncertain} most uncertain, {record['n'] - uncertain} "
+            f"random), at least {record['min_distance']:g} apart: {per_class}")
