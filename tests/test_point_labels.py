@@ -275,12 +275,12 @@ def test_a_point_study_maps_and_assesses_against_its_held_out_points(tmp_path: P
     from geofuse.experiments.ablation import run_ablation
 
     write_stack(tmp_path / "work")
-    labels = write_points(tmp_path / "points.gpkg", lattice(step=6, offset=0.5))
+    labels = write_points(tmp_path / "points.gpkg", lattice(step=9, offset=0.5))
     cfg = make_config(tmp_path, labels)
     cfg.splits.test_fraction = 0.0
     cfg.ablation.folds, cfg.ablation.test_fraction = 2, 0.25
     cfg.ablation.sensors, cfg.ablation.models = [["s2"]], ["random_forest"]
-    cfg.mapping.scene, cfg.mapping.stride = "stack", 2
+    cfg.mapping.scene, cfg.mapping.stride, cfg.mapping.suggest = "stack", 2, 4
     ps = extract_quietly(cfg)
     study = run_ablation(cfg, progress=False)
     folds = json.loads((study / "folds.json").read_text())
@@ -300,3 +300,9 @@ def test_a_point_study_maps_and_assesses_against_its_held_out_points(tmp_path: P
     report = (study / "report.md").read_text()
     assert "grouped by label points, those whose patches share a pixel" in report
     assert "pixels of the held-out label points" in report and "Polygon pixels" not in report
+    # where to label next: away from the study's points, by the patch of its model (5 px)
+    places = gpd.read_file(study / "map" / "label_suggestions.gpkg")
+    known = gpd.read_file(labels).to_crs(CRS).geometry
+    assert 1 <= len(places) <= 4 and places["class"].isna().all()
+    assert min(p.distance(q) for p in places.geometry for q in known) >= 50
+    assert "Where to label next:" in report and "label_suggestions.png" in report

@@ -504,7 +504,7 @@ def suggest(
         "10 pixels)."),
     label_distance: float | None = typer.Option(
         None, "--label-distance", help="Least distance from --labels, in map units (default: "
-        "10 pixels)."),
+        "the window, so a new place's patch does not overlap a labelled point's)."),
     explore: float = typer.Option(0.2, "--explore", help="Share of the places drawn at "
                                   "random rather than by uncertainty."),
     min_per_class: int = typer.Option(2, "--min-per-class",

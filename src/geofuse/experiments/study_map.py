@@ -107,8 +107,9 @@ def heldout_points(patches_path: Path, test_groups: set[str], out_dir: Path) -> 
 
 def map_study(cfg: StudyConfig, study_dir: Path, progress: bool = True) -> Path:
     """Map ``mapping.scene`` with the study's best configuration, assess the map against the
-    held-out polygons when there are any, and publish it with ``mapping.mmu_ha``; returns
-    the map folder. Each step is redone only when what it reads changed."""
+    held-out polygons when there are any, publish it with ``mapping.mmu_ha`` and suggest
+    ``mapping.suggest`` places to label next; returns the map folder. Each step is redone
+    only when what it reads changed."""
     from geofuse.mapping.predict import PredictOptions, predict_map
 
     out = study_dir / MAP_DIR
@@ -130,7 +131,43 @@ def map_study(cfg: StudyConfig, study_dir: Path, progress: bool = True) -> Path:
         _assess(cfg, study_dir, out, mapped, progress)
     if not mapped.get("value_name"):
         _publish(out, m.mmu_ha, redo=not fresh, progress=progress)
+        _suggest(cfg, out, len(mapped.get("class_names") or []), redo=not fresh,
+                 progress=progress)
     return out
+
+
+def _suggest(cfg: StudyConfig, out: Path, n_classes: int, redo: bool, progress: bool) -> None:
+    """Places to label next (``mapping.suggest``), away from the study's labels, at least two
+    per class when the number allows; redone when the map or the number changed; a failure
+    is a warning."""
+    from geofuse.mapping.suggest import STEM, SuggestOptions, suggest_labels, summary
+
+    n = cfg.mapping.suggest
+    record = out / f"{STEM}.json"
+    if not redo and n is not None and record.is_file() and \
+            json.loads(record.read_text()).get("n_requested") == n:
+        return
+    for suffix in (".gpkg", ".png", ".json"):  # never stale ones
+        (out / f"{STEM}{suffix}").unlink(missing_ok=True)
+    if n is None:
+        return
+    lab = cfg.labels
+    labels = cfg.resolve(lab.path) if lab is not None and lab.path else None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            opts = SuggestOptions(n=n, seed=cfg.seed,
+                                  min_per_class=min(2, n // max(n_classes, 1)))
+            result = suggest_labels(out / "classes.tif", opts, labels=labels, out_dir=out)
+    except GeofuseError as err:
+        warnings.warn(f"mapping.suggest: no places to label were written: {err.one_line()}",
+                      UserWarning, stacklevel=2)
+        return
+    for w in caught:
+        warnings.warn(f"mapping.suggest: {w.message}", UserWarning, stacklevel=2)
+    if progress:
+        console.print(f"places to label next: {summary(result.record)}: {result.gpkg_path}",
+                      soft_wrap=True)
 
 
 def _assess(cfg: StudyConfig, study_dir: Path, out: Path, mapped: dict[str, Any],

@@ -83,8 +83,8 @@ class SuggestOptions:
         band: uncertainty band by name (``entropy``, ``one_minus_max_probability``,
             ``member_std``, ``vote_disagreement``).
         seed: random seed.
-        label_distance: least distance from existing labels, in map units; ``None``:
-            :data:`DEFAULT_MIN_DISTANCE_PX` pixels.
+        label_distance: least distance from existing labels, in map units; ``None``: the
+            window (so a new place's patch does not overlap a labelled point's).
         window: side (pixels) of the neighbourhood whose mean uncertainty scores a pixel and
             which must be mapped as one class (1: the pixel alone, class edges allowed);
             ``None``: :func:`default_window`.
@@ -532,7 +532,7 @@ def suggest_labels(
         int(cmap.counts.sum()), cmap.pixel_area_m2 if cmap.pixel_area_m2 else xres * yres,
         max(xres, yres), opts.n)
     label_distance = (opts.label_distance if opts.label_distance is not None
-                      else DEFAULT_MIN_DISTANCE_PX * max(xres, yres))
+                      else opts.window * max(xres, yres))
     existing = _label_geometries(Path(labels), cmap.grid.crs) if labels else []
     sides = block_sides(cmap.grid.height, cmap.grid.width, distance / yres, distance / xres)
     cand = _candidates(cmap, unc_path, band, sides, opts, _LabelMask(existing, label_distance))

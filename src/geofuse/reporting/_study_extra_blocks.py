@@ -48,7 +48,7 @@ def map_blocks(study: Study) -> list[doc.Block]:
     if quicklook.is_file():
         blocks.append(doc.Figure(title="Value map" if values else "Class map",
                                  png=quicklook.read_bytes(), path="map/quicklook.png"))
-    blocks += _mmu_blocks(folder)
+    blocks += _mmu_blocks(folder) + _suggest_blocks(folder)
     assessment = folder / "assessment.json"
     if not assessment.is_file():
         return [*blocks, doc.Para("Not assessed: the study held no polygons or points out.")]
@@ -81,6 +81,30 @@ def map_blocks(study: Study) -> list[doc.Block]:
                  + ": `map/assessment.md`."),
         doc.Table(["class", "mapped area (ha)", "adjusted area (ha, 95% CI)", "user's acc.",
                    "producer's acc."], rows)]
+
+
+def _suggest_blocks(folder: Any) -> list[doc.Block]:
+    """The places to label next (``mapping.suggest``), when written."""
+    path = folder / "label_suggestions.json"
+    if not path.is_file():
+        return []
+    r = json.loads(path.read_text())
+    uncertain = sum(c["uncertain"] for c in r["classes"])
+    blocks: list[doc.Block] = [doc.Para(
+        f"Where to label next: {r['n']} places (`map/label_suggestions.gpkg`), {uncertain} "
+        f"where the {r['window']} x {r['window']} px neighbourhood is mapped as one class and "
+        f"most uncertain ({r['band']}), {r['n'] - uncertain} at random, at least "
+        f"{r['min_distance']:.4g} apart and {r['label_distance']:.4g} from the study's labels. "
+        "Fill their `class` column, add them to the label points and run the study again.")]
+    png = path.with_suffix(".png")
+    if png.is_file():
+        blocks.append(doc.Figure(title="Places to label next", png=png.read_bytes(),
+                                 path="map/label_suggestions.png"))
+    rows = [[c["class"], str(c["allocated"]), str(c["uncertain"]), str(c["random"]),
+             _f(c["mean_score"])] for c in r["classes"] if c["allocated"] or c["uncertain"]
+            or c["random"]]
+    return [*blocks, doc.Table(["class", "allocated", "uncertain", "random", "mean score"],
+                               rows)]
 
 
 def _mmu_blocks(folder: Any) -> list[doc.Block]:
