@@ -74,6 +74,27 @@ def test_landsat_band_numbers_follow_the_sensor() -> None:
     ps.modalities = {"ls": ["B4", "B5"]}
     out = add_index_modalities(ps, {"ls": ["NDVI"]}, {"ls": "landsat8"})
     np.testing.assert_allclose(out.x[:, -1], (0.4 - 0.1) / (0.4 + 0.1), rtol=1e-6)
+    # Landsat 4/5 TM and 7 ETM+: red B3, near infrared B4, SWIR B5 and B7 (B6 thermal)
+    tm = ["SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "ST_B6", "SR_B7"]
+    assert index_bands("ls", tm, "NDVI", "landsat57") == {"nir": "SR_B4", "red": "SR_B3"}
+    assert index_bands("ls", tm, "NDBI", "landsat57") == {"nir": "SR_B4", "swir1": "SR_B5"}
+    assert index_bands("ls", tm, "NBR", "landsat57") == {"nir": "SR_B4", "swir2": "SR_B7"}
+    assert index_bands("ls", tm, "EVI", "landsat57")["blue"] == "SR_B1"
+    ps = _patches(["B3", "B4"], [0.1, 0.4])  # TM red and near infrared
+    ps.modalities = {"ls": ["B3", "B4"]}
+    out = add_index_modalities(ps, {"ls": ["NDVI"]}, {"ls": "landsat57"})
+    np.testing.assert_allclose(out.x[:, -1], (0.4 - 0.1) / (0.4 + 0.1), rtol=1e-6)
+
+
+def test_greenest_composites_know_the_landsat_band_numbers() -> None:
+    from geofuse._config_base import ModalityConfig
+    from geofuse.raster.composite import greenest_bands
+
+    assert greenest_bands(["B1", "B2", "B3", "B4", "B5", "B7"], "landsat57") == (2, 3)
+    assert greenest_bands(["B2", "B3", "B4", "B5"], "landsat8") == (2, 3)
+    with pytest.raises(ValueError, match=r"B3 and B4 \(sensor landsat57\)"):
+        ModalityConfig(name="tm", files=["a.tif", "b.tif"], bands=["B1", "B2", "B3"],
+                       sensor="landsat57", combine="greenest")
 
 
 def _patches(bands: list[str], values: list[float]) -> PatchSet:

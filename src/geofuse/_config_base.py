@@ -90,8 +90,9 @@ class ModalityConfig(_Model):
         "NDVI (needs red and near-infrared bands, e.g. B4 and B8).",
     )
     sensor: str | None = Field(
-        None, description="Catalogue key (sentinel2, sentinel1, modis_ndvi, dem, viirs, landsat8) "
-        "for default valid ranges."
+        None, description="Catalogue key (sentinel2, sentinel1, modis_ndvi, dem, viirs, landsat8 "
+        "for Landsat 8/9, landsat57 for Landsat 4/5 TM and 7 ETM+) for default valid ranges "
+        "and, for Landsat, the band numbers of indices and greenest composites."
     )
     scale: float = Field(1.0, description="Physical value = raw * scale + offset.")
     offset: float = 0.0
@@ -112,7 +113,7 @@ class ModalityConfig(_Model):
         "NDVI, NDWI, NDBI, SAVI, EVI, NBR (optical), RVI, VV_VH_RATIO (Sentinel-1, linear "
         "power; dB is converted). Bands are found by name (B4/B04/*_R, B8/B08, B11, B12, "
         "VV/VH, VV_lee/VH_lee); with sensor: landsat8 by Landsat 8/9 numbers (B4, B5, B6, B7 "
-        "or SR_B4 ...)."
+        "or SR_B4 ...), with sensor: landsat57 by Landsat 4/5/7 numbers (B3, B4, B5, B7)."
     )
 
     @model_validator(mode="after")
@@ -125,9 +126,10 @@ class ModalityConfig(_Model):
             from geofuse.raster.composite import greenest_bands
 
             if greenest_bands(self.bands, self.sensor) is None:
-                hint = ("B4 and B5 (sensor landsat8)" if self.sensor == "landsat8"
-                        else "B4 and B8 (or B04/B08; Landsat 8/9: set sensor: landsat8 and "
-                        "name them B4 and B5)")
+                hint = {"landsat8": "B4 and B5 (sensor landsat8)",
+                        "landsat57": "B3 and B4 (sensor landsat57)"}.get(
+                    self.sensor or "", "B4 and B8 (or B04/B08; Landsat: set sensor: landsat8 "
+                    "(8/9, B4 and B5) or landsat57 (4/5/7, B3 and B4))")
                 raise ValueError(
                     f"modality {self.name!r}: combine: greenest needs a red and a near-infrared "
                     f"band to compute NDVI, but 'bands' are {self.bands}; name them {hint}, or "

@@ -37,7 +37,12 @@ SENSORS: dict[str, SensorSpec] = {
         SensorSpec("viirs", ("radiance",), (0.0, 1000.0),
                    description="VIIRS night-time lights radiance (nW/cm2/sr)"),
         SensorSpec("landsat8", ("B1", "B2", "B3", "B4", "B5", "B6", "B7"), (0.0, 1.6),
-                   rgb=("B4", "B3", "B2"), description="Landsat 8 OLI surface reflectance"),
+                   rgb=("B4", "B3", "B2"),
+                   description="Landsat 8/9 OLI surface reflectance (B2 blue ... B7 SWIR 2)"),
+        SensorSpec("landsat57", ("B1", "B2", "B3", "B4", "B5", "B7"), (0.0, 1.6),
+                   rgb=("B3", "B2", "B1"),
+                   description="Landsat 4/5 TM and 7 ETM+ surface reflectance (B1 blue ... "
+                   "B4 near infrared, B5 and B7 SWIR)"),
         SensorSpec("label", ("label",), (0.0, 65535.0), resampling="nearest",
                    description="Categorical label raster (always nearest)"),
     ]

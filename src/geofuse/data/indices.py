@@ -68,9 +68,11 @@ _HINTS = {
 }
 _COMPLEX_PARTS = {"real", "imag", "re", "im"}
 #: Sensors whose band numbers mean other wavelengths than Sentinel-2's: role -> band number
-#: (Landsat 8/9 OLI: the near infrared is B5; B8 is panchromatic).
+#: (Landsat 8/9 OLI: the near infrared is B5, B8 is panchromatic; Landsat 4/5 TM and 7 ETM+:
+#: red B3, near infrared B4, B6 thermal).
 _NUMBERED: dict[str, dict[str, int]] = {
     "landsat8": {"blue": 2, "green": 3, "red": 4, "nir": 5, "swir1": 6, "swir2": 7},
+    "landsat57": {"blue": 1, "green": 2, "red": 3, "nir": 4, "swir1": 5, "swir2": 7},
 }
 
 
@@ -119,7 +121,8 @@ def index_bands(modality: str, bands: Sequence[str], index: str, sensor: str | N
                 n = _NUMBERED[sensor][role]
                 hint = f"B{n} or *_B{n} for sensor {sensor}"
             elif role in _OPTICAL:
-                hint += "; Landsat 8/9 bands: set the modality's sensor: landsat8"
+                hint += ("; Landsat bands: set the modality's sensor: landsat8 (8/9) or "
+                         "landsat57 (4/5 TM, 7 ETM+)")
             raise ConfigError(
                 f"modality {modality!r}: index {index} needs a {role} band ({hint}); "
                 f"bands available: {list(bands)}; remove {index} from its indices or add the band"
