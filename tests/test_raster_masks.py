@@ -302,7 +302,7 @@ def test_mask_and_composite_mistakes_are_one_line_errors(tmp_path: Path) -> None
         (_modality(combine="greenest", bands=["a", "b", "c", "d"]),
          ["greenest needs a red and a near-infrared band", "B4 and B8"]),
         (_modality(combine="greenest", bands=["B2", "B3", "B4", "B5"]),
-         ["set sensor: landsat8 and name them B4 and B5"]),
+         ["set sensor: landsat8 (8/9, B4 and B5) or landsat57"]),
         (_modality(mask={"files": ["scl/*.tif"], "invalid_values": [3], "band": 1,
                          "threshold": None}, combine="greenest", sensor="landsat8",
                    bands=["B2", "B3", "B4", "B6"]), ["B4 and B5 (sensor landsat8)"]),
