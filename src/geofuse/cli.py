@@ -543,6 +543,33 @@ def suggest(
 
 @app.command()
 @_friendly
+def zonal(
+    map_path: Path = typer.Argument(..., metavar="MAP", help="Class map (classes.tif) or value "
+                                    "map (values.tif) of 'geofuse predict'."),
+    polygons: Path = typer.Option(..., "--polygons", help="Fields, parcels or districts to "
+                                  "summarise the map over (any CRS)."),
+    id_field: str | None = typer.Option(None, "--id-field", help="Attribute that names each "
+                                        "polygon in warnings (default: row number)."),
+    out: Path | None = typer.Option(None, "--out", "-o",
+                                    help="Output folder (default: the map's folder)."),
+    uncertainty: Path | None = typer.Option(
+        None, "--uncertainty", help="Raster averaged per polygon (default: uncertainty.tif "
+        "beside a class map, band 'entropy')."),
+    classes: str | None = ClassesOpt,
+) -> None:
+    """The map per polygon: majority class, class shares and mean uncertainty (class map) or
+    mean, std, min and max (value map), with pixels and area; <map>_zonal.gpkg and .json."""
+    from geofuse.mapping.zonal import summary, zonal_stats
+
+    res = zonal_stats(map_path, polygons, out_dir=out, id_field=id_field,
+                      classes=_class_names(classes), uncertainty=uncertainty)
+    console.print(summary(res.record), highlight=False, soft_wrap=True)
+    console.print(f"per polygon: [bold]{res.gpkg_path}[/] and {res.json_path.name}",
+                  soft_wrap=True)
+
+
+@app.command()
+@_friendly
 def demo(
     workdir: Path = typer.Option(Path("demo_output"), help="Where the demo writes everything."),
     seed: int = typer.Option(0, help="Scene and training seed."),

@@ -25,7 +25,7 @@ import rasterio
 from rasterio.errors import CRSError, RasterioIOError
 from rasterio.windows import Window
 
-from geofuse.errors import DataNotFoundError, RasterError
+from geofuse.errors import DataNotFoundError, LabelError, RasterError
 from geofuse.raster.io import Grid
 
 #: Most pixels read at once (a strip of whole rows): 4 Mpx, 4 MB for a uint8 map.
@@ -278,3 +278,26 @@ def uncertainty_summary(path: Path, grid: Grid, bins: int = 40) -> dict[str, Any
         hist += np.histogram(v, bins=edges)[0]
     return {"path": str(path), "band": 1, "n_pixels": n, "mean": total / n, "min": lo,
             "max": hi, "bin_edges": edges.tolist(), "counts": hist.tolist()}
+
+
+def read_vector(path: Path, what: str, expected: str) -> Any:
+    """A GeoDataFrame of the vector file ``path`` (``what`` names it in errors, e.g.
+    'reference file'; ``expected`` says what it should hold, e.g. 'points or polygons').
+
+    Raises:
+        DataNotFoundError: no such file.
+        LabelError: unreadable, or without a CRS.
+    """
+    import geopandas as gpd
+
+    if not path.is_file():
+        raise DataNotFoundError(f"{what} {str(path)!r} does not exist; give a GeoPackage, "
+                                f"GeoJSON or Shapefile of {expected}")
+    try:
+        frame = gpd.read_file(path, engine="pyogrio")
+    except Exception as err:  # pyogrio raises several types for unreadable files
+        raise LabelError(f"cannot read {what} {str(path)!r} ({' '.join(str(err).split())}); "
+                         "give a GeoPackage, GeoJSON or Shapefile") from None
+    if frame.crs is None:
+        raise LabelError(f"{what} {str(path)!r} has no CRS; save it with one")
+    return frame

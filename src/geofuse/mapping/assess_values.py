@@ -30,6 +30,7 @@ from geofuse.evaluation.regression_metrics import regression_metrics
 from geofuse.io_utils import atomic_write_json, atomic_write_text
 from geofuse.labels.polygons import feature_numbers
 from geofuse.mapping.assess import AssessmentOutputs
+from geofuse.mapping.assess_io import read_vector
 from geofuse.mapping.assess_report import HTML_NAME, JSON_NAME, MD_NAME, _save
 from geofuse.reporting import html as doc
 from geofuse.reporting._regression_report import plot_observed_vs_predicted
@@ -55,17 +56,7 @@ def _open_values(path: Path) -> dict[str, Any]:
 def _reference(path: Path, value_field: str, crs: Any) -> tuple[gpd.GeoDataFrame, list[str]]:
     """Reference features with a number (column ``_ref``) in the map's CRS, and the ids of
     those without one."""
-    if not path.is_file():
-        raise DataNotFoundError(f"reference file {str(path)!r} does not exist; give a "
-                                "GeoPackage, GeoJSON or Shapefile of points or polygons")
-    try:
-        frame = gpd.read_file(path, engine="pyogrio")
-    except Exception as err:  # pyogrio raises several types for unreadable files
-        raise LabelError(f"cannot read reference file {str(path)!r} "
-                         f"({' '.join(str(err).split())}); give a GeoPackage, GeoJSON or "
-                         "Shapefile") from None
-    if frame.crs is None:
-        raise LabelError(f"reference file {str(path)!r} has no CRS; save it with one")
+    frame = read_vector(path, "reference file", "points or polygons")
     numbers = feature_numbers(frame, path, value_field, key="--value-field")
     frame = frame.assign(_ref=[np.nan if v is None else float(v) for v in numbers],
                          _id=[str(i) for i in range(len(frame))])

@@ -55,9 +55,9 @@ from affine import Affine
 from rasterio.features import geometry_mask
 from rasterio.windows import Window
 
-from geofuse.errors import ConfigError, DataNotFoundError, LabelError, RasterError, SamplingError
+from geofuse.errors import ConfigError, DataNotFoundError, RasterError, SamplingError
 from geofuse.io_utils import atomic_write_json, scratch_dir
-from geofuse.mapping.assess_io import ClassMap, open_class_map
+from geofuse.mapping.assess_io import ClassMap, open_class_map, read_vector
 from geofuse.mapping.sample_design import allocate
 
 STEM = "label_suggestions"
@@ -312,17 +312,7 @@ def _merge(parts: list[dict[str, np.ndarray]], k: int, mass: np.ndarray, mapped:
 
 def _label_geometries(path: Path, crs: Any) -> list[Any]:
     """Existing label points or polygons, in the map's CRS."""
-    if not path.is_file():
-        raise DataNotFoundError(f"label file {str(path)!r} does not exist; give the study's "
-                                "label points or polygons (--labels FILE)")
-    try:
-        frame = gpd.read_file(path, engine="pyogrio")
-    except Exception as err:  # pyogrio raises several types for unreadable files
-        raise LabelError(f"cannot read label file {str(path)!r} "
-                         f"({' '.join(str(err).split())}); give a GeoJSON, GeoPackage or "
-                         "Shapefile") from None
-    if frame.crs is None:
-        raise LabelError(f"label file {str(path)!r} has no CRS; write it with one")
+    frame = read_vector(path, "label file", "the study's label points or polygons (--labels)")
     geoms = frame.to_crs(crs).geometry
     return [g for g in geoms if g is not None and not g.is_empty]
 

@@ -1,0 +1,353 @@
+"""``geofuse zonal MAP --polygons FILE``: a map summarised over given polygons.
+
+Analysts report per field, parcel, district or management unit, not per pixel: the crop of
+each LPIS parcel, the forest share of each municipality, the mean canopy height of each stand.
+For every polygon of ``polygons`` (any CRS; reprojected onto the map's grid):
+
+- a class map (``classes.tif``): the mapped pixels, the majority class (a tie: the first
+  class) and its share, the share of every class (``share_<class>``), the mean of the
+  ``entropy`` band of the ``uncertainty.tif`` beside the map when there is one, and the area
+  in hectares;
+- a value map (``values.tif``, float): the mapped pixels, mean, standard deviation, minimum
+  and maximum.
+
+A pixel belongs to a polygon when its centre lies inside (GDAL's rasterisation; where
+polygons overlap, the later one in the file wins). A polygon that holds no pixel centre takes
+the pixel under its representative point (``from_point``). The map is read in strips of whole
+rows and only the polygons crossing a strip are rasterised into it, so memory holds one strip
+and one count per polygon and class, whatever the map size.
+
+Outputs (``out_dir``, default the map's folder), renamed into place together:
+``<map stem>_zonal.gpkg`` (the polygons, in their own CRS, with their attributes and the
+statistics) and ``<map stem>_zonal.json`` (counts, polygons per majority class, settings).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import shapely
+from affine import Affine
+from rasterio.features import rasterize
+from rasterio.windows import Window
+
+from geofuse.errors import DataNotFoundError, LabelError, RasterError
+from geofuse.io_utils import atomic_write_json, scratch_dir
+from geofuse.labels.polygons import format_ids, polygonal_part
+from geofuse.mapping.assess_io import STRIP_PIXELS, open_class_map, pixel_area_m2, read_vector
+from geofuse.raster.io import Grid
+
+#: Polygons per rasterisation call (bounds the shapes list of one strip).
+CHUNK = 50_000
+
+
+@dataclass(frozen=True)
+class ZonalResult:
+    """What :func:`zonal_stats` wrote."""
+
+    gpkg_path: Path
+    json_path: Path
+    record: dict[str, Any]
+
+
+@dataclass
+class _Map:
+    """What the pass over the map needs: path, grid, kind, classes and nodata."""
+
+    path: Path
+    crs: Any
+    transform: Affine
+    width: int
+    height: int
+    values: bool
+    class_names: list[str]
+    nodata: float | None
+
+
+def _open_map(path: Path, classes: list[str] | None) -> _Map:
+    if not path.is_file():
+        raise DataNotFoundError(f"map {str(path)!r} does not exist; give the classes.tif or "
+                                "values.tif written by 'geofuse predict'")
+    with rasterio.open(path) as src:
+        floating = np.issubdtype(np.dtype(src.dtypes[0]), np.floating)
+        if src.crs is None:
+            raise RasterError(f"map {str(path)!r} has no CRS; assign the CRS it was made in "
+                              f"('gdal_edit.py -a_srs EPSG:xxxx {path}')")
+        header = (src.crs, src.transform, src.width, src.height, src.nodata)
+    if floating:
+        return _Map(path, *header[:4], values=True, class_names=[], nodata=header[4])
+    cmap = open_class_map(path, classes)
+    return _Map(path, *header[:4], values=False, class_names=list(cmap.class_names),
+                nodata=cmap.nodata)
+
+
+def _read_polygons(path: Path, crs: Any, id_field: str | None
+                   ) -> tuple[gpd.GeoDataFrame, np.ndarray, list[str]]:
+    """The polygons (their own CRS), their geometry in the map CRS (None: no area) and ids."""
+    frame = read_vector(path, "polygon file", "polygons (--polygons)")
+    if id_field is not None and id_field not in frame.columns:
+        raise LabelError(f"{path}: no attribute {id_field!r} (--id-field); attributes are "
+                         f"{[c for c in frame.columns if c != 'geometry']}")
+    ids = [str(v) for v in (frame[id_field] if id_field else range(len(frame)))]
+    geoms = np.empty(len(frame), dtype=object)
+    for i, g in enumerate(frame.to_crs(crs).geometry):
+        if g is not None and not g.is_empty:
+            geoms[i] = polygonal_part(g if g.is_valid else shapely.make_valid(g))
+    return frame, geoms, ids
+
+
+def _strips(m: _Map) -> list[Window]:
+    rows = max(1, STRIP_PIXELS // max(m.width, 1))
+    return [Window(0, r, m.width, min(rows, m.height - r)) for r in range(0, m.height, rows)]
+
+
+def _valid(m: _Map, data: np.ndarray) -> np.ndarray:
+    if m.values:
+        ok = np.isfinite(data)
+        return ok if m.nodata is None or math.isnan(m.nodata) else ok & (data != m.nodata)
+    return (data != m.nodata) & (data < len(m.class_names))
+
+
+def _accumulate(m: _Map, geoms: np.ndarray, unc: tuple[Path, int] | None
+                ) -> dict[str, np.ndarray]:
+    """Per polygon: class counts (or value sums), uncertainty sums, from one pass over strips."""
+    n, k = len(geoms), max(len(m.class_names), 1)
+    usable = np.flatnonzero([g is not None for g in geoms])
+    tree = shapely.STRtree(geoms[usable]) if len(usable) else None
+    acc = {"counts": np.zeros((n + 1) * k, np.int64), "sum": np.zeros(n + 1),
+           "sq": np.zeros(n + 1), "min": np.full(n + 1, np.inf), "max": np.full(n + 1, -np.inf),
+           "unc": np.zeros(n + 1), "unc_n": np.zeros(n + 1, np.int64)}
+    with rasterio.open(m.path) as src:
+        unc_src = rasterio.open(unc[0]) if unc else None
+        try:
+            for win in _strips(m):
+                if tree is None:
+                    break
+                transform = m.transform @ Affine.translation(0, win.row_off)
+                xs, ys = transform @ (np.array([0, win.width]), np.array([0, win.height]))
+                hits = usable[tree.query(shapely.box(min(xs), min(ys), max(xs), max(ys)))]
+                if not len(hits):
+                    continue
+                zone = np.zeros((int(win.height), int(win.width)), np.int32)
+                for lo in range(0, len(hits), CHUNK):
+                    part = np.sort(hits[lo:lo + CHUNK])  # file order: the later one wins
+                    rasterize(zip(geoms[part], (part + 1).tolist(), strict=True),
+                              out=zone, transform=transform, dtype="int32")
+                data = src.read(1, window=win)
+                inside = (zone > 0) & _valid(m, data)
+                z = zone[inside].astype(np.int64)
+                if m.values:
+                    v = data[inside].astype(np.float64)
+                    acc["sum"] += np.bincount(z, weights=v, minlength=n + 1)
+                    acc["sq"] += np.bincount(z, weights=v * v, minlength=n + 1)
+                    np.minimum.at(acc["min"], z, v)
+                    np.maximum.at(acc["max"], z, v)
+                    acc["counts"][: n + 1] += np.bincount(z, minlength=n + 1)
+                else:
+                    acc["counts"] += np.bincount(z * k + data[inside].astype(np.int64),
+                                                 minlength=(n + 1) * k)
+                if unc_src is not None:
+                    u = unc_src.read(unc[1], window=win).astype(np.float64)[inside]
+                    ok = np.isfinite(u)
+                    acc["unc"] += np.bincount(z[ok], weights=u[ok], minlength=n + 1)
+                    acc["unc_n"] += np.bincount(z[ok], minlength=n + 1)
+        finally:
+            if unc_src is not None:
+                unc_src.close()
+    return acc
+
+
+def _point_fallback(m: _Map, geoms: np.ndarray, empty: np.ndarray,
+                    acc: dict[str, np.ndarray]) -> list[int]:
+    """Polygons without a pixel centre take the pixel under their representative point;
+    returns those that did (the point on a mapped pixel)."""
+    k = max(len(m.class_names), 1)
+    done = []
+    with rasterio.open(m.path) as src:
+        for i in empty.tolist():
+            pt = geoms[i].representative_point()
+            col, row = ~m.transform @ (pt.x, pt.y)
+            r, c = math.floor(row), math.floor(col)
+            if not (0 <= r < m.height and 0 <= c < m.width):
+                continue
+            value = src.read(1, window=Window(c, r, 1, 1))
+            if not _valid(m, value)[0, 0]:
+                continue
+            v = value[0, 0]
+            if m.values:
+                acc["sum"][i + 1], acc["sq"][i + 1] = float(v), float(v) ** 2
+                acc["min"][i + 1] = acc["max"][i + 1] = float(v)
+                acc["counts"][i + 1] = 1
+            else:
+                acc["counts"][(i + 1) * k + int(v)] = 1
+            done.append(i)
+    return done
+
+
+def _uncertainty(m: _Map, path: Path | None) -> tuple[Path, int] | None:
+    """The ``entropy`` band of the uncertainty raster beside a class map, when on its grid."""
+    if m.values:
+        return None
+    src_path = path if path is not None else m.path.parent / "uncertainty.tif"
+    if not src_path.is_file():
+        if path is not None:
+            raise DataNotFoundError(f"uncertainty raster {str(src_path)!r} does not exist; "
+                                    "give the uncertainty.tif written with the map")
+        return None
+    with rasterio.open(src_path) as src:
+        same = (src.width, src.height, src.transform) == (m.width, m.height, m.transform)
+        names = list(src.descriptions)
+    if not same:
+        if path is not None:
+            raise RasterError(f"uncertainty raster {str(src_path)!r} is not on the grid of the "
+                              f"map {str(m.path)!r}; give the one written with this map")
+        warnings.warn(f"{src_path.name} beside the map is on another grid: polygons get no "
+                      "mean uncertainty", UserWarning, stacklevel=3)
+        return None
+    return src_path, (names.index("entropy") + 1 if "entropy" in names else 1)
+
+
+def _columns(m: _Map, acc: dict[str, np.ndarray], n: int, pixel_ha: float
+             ) -> dict[str, Any]:
+    """The statistics columns of the output (one row per polygon)."""
+    k = max(len(m.class_names), 1)
+    if m.values:
+        count = acc["counts"][1: n + 1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = acc["sum"][1:] / count
+            std = np.sqrt(np.maximum(acc["sq"][1:] / count - mean**2, 0.0))
+        return {"pixels": count, "mean": np.where(count > 0, mean, np.nan),
+                "std": np.where(count > 0, std, np.nan),
+                "min": np.where(count > 0, acc["min"][1:], np.nan),
+                "max": np.where(count > 0, acc["max"][1:], np.nan),
+                "area_ha": count * pixel_ha}
+    table = acc["counts"].reshape(n + 1, k)[1:]
+    pixels = table.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares = table / pixels[:, None]
+        unc = acc["unc"][1:] / acc["unc_n"][1:]
+    major = table.argmax(axis=1)
+    cols: dict[str, Any] = {
+        "pixels": pixels, "area_ha": pixels * pixel_ha,
+        "majority": [m.class_names[c] if p else None for c, p in zip(major, pixels, strict=True)],
+        "majority_share": np.where(pixels > 0, shares[np.arange(n), major], np.nan),
+    }
+    for c, name in enumerate(m.class_names):
+        cols[f"share_{name}"] = np.where(pixels > 0, shares[:, c], np.nan)
+    if acc["unc_n"].any():
+        cols["mean_entropy"] = np.where(acc["unc_n"][1:] > 0, unc, np.nan)
+    return cols
+
+
+def zonal_stats(map_path: str | Path, polygons: str | Path, *,
+                out_dir: str | Path | None = None, id_field: str | None = None,
+                classes: list[str] | None = None, uncertainty: str | Path | None = None
+                ) -> ZonalResult:
+    """Summarise a class or value map over ``polygons`` (see the module docstring).
+
+    Raises:
+        DataNotFoundError: the map, the polygon file or the uncertainty raster is missing.
+        LabelError: an unreadable polygon file, no CRS, an unknown ``id_field``.
+        RasterError: no CRS on the map; no polygon overlaps the map; uncertainty on another
+            grid.
+    """
+    map_path, polygons = Path(map_path), Path(polygons)
+    m = _open_map(map_path, classes)
+    frame, geoms, ids = _read_polygons(polygons, m.crs, id_field)
+    no_area = [ids[i] for i, g in enumerate(geoms) if g is None]
+    acc = _accumulate(m, geoms, _uncertainty(m, Path(uncertainty) if uncertainty else None))
+    n, k = len(geoms), max(len(m.class_names), 1)
+    counts = (acc["counts"][1: n + 1] if m.values else
+              acc["counts"].reshape(n + 1, k)[1:].sum(axis=1))
+    empty = np.flatnonzero((counts == 0) & np.array([g is not None for g in geoms]))
+    from_point = _point_fallback(m, geoms, empty, acc)
+    unmapped = sorted(set(empty.tolist()) - set(from_point))
+    if len(unmapped) + len(no_area) == n:
+        raise RasterError(
+            f"no polygon of {str(polygons)!r} covers a mapped pixel of {str(map_path)!r}; "
+            "check that both cover the same area (the polygons are reprojected to the map's "
+            f"CRS {m.crs.to_string()})")
+    _warn(polygons.name, no_area, [ids[i] for i in unmapped], [ids[i] for i in from_point])
+    pixel_ha = _pixel_ha(m)
+    cols = _columns(m, acc, n, pixel_ha)
+    flag = np.zeros(n, bool)
+    flag[from_point] = True
+    out_frame = frame.assign(**{"zone_id": ids, **cols, "from_point": flag})
+    record = _record(m, polygons, out_frame, no_area, [ids[i] for i in unmapped], from_point,
+                     id_field)
+    out = Path(out_dir) if out_dir is not None else map_path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    targets = {"gpkg": out / f"{map_path.stem}_zonal.gpkg",
+               "json": out / f"{map_path.stem}_zonal.json"}
+    with scratch_dir(targets["json"]) as tmp:  # both, or neither
+        out_frame.to_file(tmp / targets["gpkg"].name, driver="GPKG", layer="zonal",
+                          engine="pyogrio")
+        atomic_write_json(tmp / targets["json"].name, record)
+        for target in targets.values():
+            os.replace(tmp / target.name, target)
+    return ZonalResult(gpkg_path=targets["gpkg"], json_path=targets["json"], record=record)
+
+
+def _pixel_ha(m: _Map) -> float:
+    """One pixel's area in hectares (NaN on a geographic grid, whose pixels differ)."""
+    try:
+        return pixel_area_m2(m.path, Grid(m.crs, m.transform, m.width, m.height)) / 1e4
+    except RasterError:
+        return math.nan
+
+
+def _warn(name: str, no_area: list[str], unmapped: list[str], from_point: list[str]) -> None:
+    if no_area:
+        warnings.warn(f"{name}: {len(no_area)} feature(s) without polygonal area (no geometry, "
+                      f"points or lines) get no statistics, ids: {format_ids(no_area)}",
+                      UserWarning, stacklevel=3)
+    if unmapped:
+        warnings.warn(f"{name}: {len(unmapped)} polygon(s) cover no mapped pixel (outside the "
+                      f"map or on nodata), ids: {format_ids(unmapped)}", UserWarning,
+                      stacklevel=3)
+    if from_point:
+        warnings.warn(f"{name}: {len(from_point)} polygon(s) smaller than a pixel took the pixel "
+                      "under their representative point (from_point)", UserWarning,
+                      stacklevel=3)
+
+
+def _record(m: _Map, polygons: Path, frame: gpd.GeoDataFrame, no_area: list[str],
+            unmapped: list[str], from_point: list[int], id_field: str | None
+            ) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "map": str(m.path), "kind": "values" if m.values else "classes",
+        "polygons": str(polygons), "id_field": id_field, "n_polygons": len(frame),
+        "n_summarised": int((frame["pixels"] > 0).sum()), "no_area": no_area,
+        "unmapped": unmapped, "from_point": len(from_point),
+        "rule": "a pixel belongs to a polygon when its centre lies inside; overlaps: the later "
+                "polygon in the file; no pixel centre: the pixel under the representative point",
+    }
+    if not m.values:
+        major = frame["majority"].dropna()
+        out["polygons_per_majority_class"] = {
+            name: int((major == name).sum()) for name in m.class_names}
+        out["area_ha_per_majority_class"] = {
+            name: float(frame.loc[frame["majority"] == name, "area_ha"].sum())
+            for name in m.class_names}
+    else:
+        ok = frame["pixels"] > 0
+        out["mean_of_means"] = float(frame.loc[ok, "mean"].mean()) if ok.any() else None
+    return out
+
+
+def summary(record: dict[str, Any]) -> str:
+    """One line: polygons summarised, and per majority class for a class map."""
+    head = f"{record['n_summarised']} of {record['n_polygons']} polygons summarised"
+    if record["kind"] == "values":
+        return head + (f"; mean of their means {record['mean_of_means']:.4g}"
+                       if record.get("mean_of_means") is not None else "")
+    per = ", ".join(f"{k} {v}" for k, v in record["polygons_per_majority_class"].items() if v)
+    return f"{head}; majority class: {per}"
