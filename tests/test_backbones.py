@@ -103,6 +103,11 @@ def test_model_kwargs_pass_only_what_the_model_takes(tmp_path: Path) -> None:
                                                    "pretrained_path": "w/r18.pth"}), patches)
     assert kw["pretrained_path"] == str((tmp_path / "w" / "r18.pth").resolve())
     assert kw["band_names"] == list(patches.band_names) and "hidden" not in kw
+    assert kw.get("rgb_bands") is None  # no sensor: the models' own B4, B3, B2
+    # Landsat 4/5/7 bands: band-aware weights take red B3, green B2, blue B1
+    tm = make_config(tmp_path, model={"name": "resnet18"})
+    tm.modalities[0].sensor = "landsat57"
+    assert model_kwargs(tm, patches)["rgb_bands"] == ["B3", "B2", "B1"]
 
 
 def test_train_band_aware_from_relative_weights_end_to_end(tmp_path: Path) -> None:

@@ -52,6 +52,12 @@ def test_demo_runs_the_sensor_ablation_and_writes_the_study_report(demo_dir: Pat
     polygons = gpd.read_file(study / "map" / "classes_mmu.gpkg")
     assert len(polygons) == vector["polygons"] and polygons["area_ha"].min() >= 0.5 - 1e-6
     assert "minimum mapping unit" in md and "mean_entropy" in polygons.columns
+    # and where to label next: places away from the study's polygons
+    places = gpd.read_file(study / "map" / "label_suggestions.gpkg")
+    assert 20 <= len(places) <= 40 and places["class"].isna().all()
+    labels = gpd.read_file(demo_dir / "scene" / "labels.geojson").to_crs(places.crs)
+    assert not places.geometry.within(labels.geometry.make_valid().union_all()).any()
+    assert "Where to label next:" in md
     # Re-running in the same folder reuses the finished cells and writes the same report.
     mtimes = {p: p.stat().st_mtime for p in (study / "cells").glob("*.json")}
     assert run_demo(demo_dir, seed=2, epochs=2, size_m=6000.0) == report

@@ -306,3 +306,17 @@ def test_a_point_study_maps_and_assesses_against_its_held_out_points(tmp_path: P
     assert 1 <= len(places) <= 4 and places["class"].isna().all()
     assert min(p.distance(q) for p in places.geometry for q in known) >= 50
     assert "Where to label next:" in report and "label_suggestions.png" in report
+    # places a user asked 'geofuse suggest' for in the map folder are never replaced
+    from geofuse.experiments.study_map import _suggest
+    from geofuse.mapping.suggest import SuggestOptions, suggest_labels
+
+    mine = suggest_labels(study / "map" / "classes.tif", SuggestOptions(n=3, window=1,
+                                                                        min_per_class=1),
+                          out_dir=study / "map")
+    cfg.mapping.suggest = None
+    _suggest(cfg, study / "map", 3, redo=True, progress=False)
+    assert mine.gpkg_path.is_file() and mine.json_path.is_file()
+    cfg.mapping.suggest = 4
+    with pytest.warns(UserWarning, match=r"written by 'geofuse suggest' and may hold your "):
+        _suggest(cfg, study / "map", 3, redo=True, progress=False)
+    assert json.loads(mine.json_path.read_text())["origin"] == "geofuse suggest"

@@ -102,7 +102,7 @@ def test_value_map_statistics_per_polygon(tmp_path: Path) -> None:
                                       str(tmp_path / "stands.gpkg"), "--id-field", "stand"])
     assert result.exit_code == 0, result.output
     assert "2 of 2 polygons summarised" in result.output
-    out = gpd.read_file(tmp_path / "values_zonal.gpkg").set_index("stand")
+    out = gpd.read_file(tmp_path / "values_zonal_stands.gpkg").set_index("stand")
     a = values[0:4, 0:5]
     assert out.loc["a", "pixels"] == 20 and out.loc["a", "mean"] == pytest.approx(a.mean())
     assert out.loc["a", "std"] == pytest.approx(a.std(), rel=1e-5)
@@ -133,3 +133,39 @@ def test_zonal_mistakes_are_one_line_errors(tmp_path: Path) -> None:
         assert all(w in out for w in words), (words, out)
         assert "Traceback" not in out
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_overlaps_clashing_columns_and_integer_values(tmp_path: Path) -> None:
+    path = write_class_map(tmp_path / "map", "classes", _map(), NAMES)
+    entropy = np.full((1, 40, 60), 0.5, np.float32)
+    entropy[0, :, 45:] = -9999.0  # the raster's nodata
+    write_raster(tmp_path / "map" / "uncertainty.tif", entropy, "EPSG:32633", TF,
+                 descriptions=["entropy"], nodata=-9999.0)
+    field = pixbox(10, 30, 30, 50)  # 400 forest pixels, half of them without uncertainty
+    gpd.GeoDataFrame({"fid": ["a", "b"], "AREA_HA": [12.5, 7.0], "majority": ["wheat", "oat"]},
+                     geometry=[field, field], crs="EPSG:32633").to_file(tmp_path / "lpis.shp")
+    with pytest.warns(UserWarning) as caught:
+        res = zonal_stats(path, tmp_path / "lpis.shp", out_dir=tmp_path / "o")
+    text = " | ".join(str(w.message) for w in caught)
+    assert "2 polygon(s) overlap another" in text and "later polygon that overlaps" in text
+    assert "smaller than a pixel" not in text  # the covered duplicate is no tiny polygon
+    out = gpd.read_file(res.gpkg_path)
+    assert out["pixels"].tolist() == [0, 400] and not out["from_point"].any()
+    assert out["AREA_HA_input"].tolist() == [12.5, 7.0]  # the user's columns are kept
+    assert out["majority_input"].tolist() == ["wheat", "oat"]
+    assert out["fid_input"].tolist() == ["a", "b"] and out["area_ha"].tolist()[1] == 4.0
+    assert out["mean_entropy"].tolist()[1] == pytest.approx(0.5)  # nodata left out
+    # an integer map without class names holds values (a tree-cover percentage)
+    cover = (np.arange(40 * 60) % 101).astype(np.uint8).reshape(1, 40, 60)
+    write_raster(tmp_path / "cover.tif", cover, "EPSG:32633", TF, nodata=255)
+    gpd.GeoDataFrame({"n": [1]}, geometry=[pixbox(0, 2, 0, 3)],
+                     crs="EPSG:32633").to_file(tmp_path / "one.gpkg")
+    res = zonal_stats(tmp_path / "cover.tif", tmp_path / "one.gpkg", out_dir=tmp_path / "c")
+    row = gpd.read_file(res.gpkg_path).iloc[0]
+    assert res.record["kind"] == "values" and "share_class_0" not in row
+    assert row["mean"] == pytest.approx(cover[0, 0:2, 0:3].mean())
+    # an empty polygon file is a one-line error, not a crash
+    gpd.GeoDataFrame({"n": []}, geometry=[], crs="EPSG:32633").to_file(tmp_path / "none.gpkg")
+    result = CliRunner().invoke(app, ["zonal", str(path), "--polygons",
+                                      str(tmp_path / "none.gpkg")])
+    assert result.exit_code == 2 and "holds no features" in result.output

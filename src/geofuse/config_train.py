@@ -70,7 +70,8 @@ class ModelConfig(_Model):
     )
     rgb_bands: list[str] | None = Field(
         None, min_length=3, max_length=3, description="band_aware: names of the red, green, "
-        "blue bands; default B4, B3, B2 (also as <prefix>_B4)."
+        "blue bands; default B4, B3, B2 (also as <prefix>_B4), or the input sensor's own "
+        "(sensor: landsat57: B3, B2, B1)."
     )
     freeze_fraction: float = Field(
         0.0, ge=0, le=1, description="Backbones: share of parameterised layers frozen, first "

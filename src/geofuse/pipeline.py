@@ -24,6 +24,8 @@ DEMO_TEST_FRACTION = 0.2
 DEMO_MAP_STRIDE = 4
 #: Minimum mapping unit of the demo map published as polygons (map/classes_mmu.gpkg).
 DEMO_MMU_HA = 0.5
+#: Places to label next that the demo suggests from its map (map/label_suggestions.gpkg).
+DEMO_SUGGEST = 40
 
 
 def demo_workers() -> int:
@@ -70,7 +72,7 @@ def run_demo(
     cfg.ablation.models = list(FULL_MODELS if full else QUICK_MODELS)
     cfg.ablation.test_fraction = DEMO_TEST_FRACTION
     cfg.mapping.scene, cfg.mapping.stride = "stack", DEMO_MAP_STRIDE
-    cfg.mapping.mmu_ha = DEMO_MMU_HA
+    cfg.mapping.mmu_ha, cfg.mapping.suggest = DEMO_MMU_HA, DEMO_SUGGEST
     if epochs is not None:
         cfg.ablation.epochs = epochs
     console.rule("[bold]2/4 prepare: aligning S2, MODIS and DEM onto one grid")

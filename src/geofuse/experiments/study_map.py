@@ -26,6 +26,7 @@ console = Console(stderr=True)
 MAP_DIR = "map"
 HELDOUT = "heldout_polygons.gpkg"
 HELDOUT_POINTS = "heldout_points.gpkg"
+ORIGIN = "mapping.suggest"  #: ``origin`` of the places this module writes
 
 
 def scene_path(cfg: StudyConfig) -> Path:
@@ -138,14 +139,21 @@ def map_study(cfg: StudyConfig, study_dir: Path, progress: bool = True) -> Path:
 
 def _suggest(cfg: StudyConfig, out: Path, n_classes: int, redo: bool, progress: bool) -> None:
     """Places to label next (``mapping.suggest``), away from the study's labels, at least two
-    per class when the number allows; redone when the map or the number changed; a failure
-    is a warning."""
+    per class when the number allows; redone when the map or the number changed. Only files
+    this hook wrote (``origin: mapping.suggest``) are replaced or removed, never the places a
+    user asked ``geofuse suggest`` for; a failure it can name is a warning."""
     from geofuse.mapping.suggest import STEM, SuggestOptions, suggest_labels, summary
 
     n = cfg.mapping.suggest
     record = out / f"{STEM}.json"
-    if not redo and n is not None and record.is_file() and \
-            json.loads(record.read_text()).get("n_requested") == n:
+    previous = json.loads(record.read_text()) if record.is_file() else None
+    if previous is not None and previous.get("origin") != ORIGIN:
+        if n is not None:
+            warnings.warn(f"mapping.suggest: {record.parent / STEM}.* were written by 'geofuse "
+                          "suggest' and may hold your labels; the study leaves them (move them "
+                          "away to have the study suggest places)", UserWarning, stacklevel=2)
+        return
+    if not redo and n is not None and previous is not None and previous.get("n_requested") == n:
         return
     for suffix in (".gpkg", ".png", ".json"):  # never stale ones
         (out / f"{STEM}{suffix}").unlink(missing_ok=True)
@@ -153,18 +161,25 @@ def _suggest(cfg: StudyConfig, out: Path, n_classes: int, redo: bool, progress: 
         return
     lab = cfg.labels
     labels = cfg.resolve(lab.path) if lab is not None and lab.path else None
+    if lab is not None and lab.path is None:
+        warnings.warn("mapping.suggest: the study's labels are a raster, so places may fall on "
+                      "labelled pixels", UserWarning, stacklevel=2)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             opts = SuggestOptions(n=n, seed=cfg.seed,
                                   min_per_class=min(2, n // max(n_classes, 1)))
-            result = suggest_labels(out / "classes.tif", opts, labels=labels, out_dir=out)
-    except GeofuseError as err:
-        warnings.warn(f"mapping.suggest: no places to label were written: {err.one_line()}",
+            result = suggest_labels(out / "classes.tif", opts, labels=labels, out_dir=out,
+                                    origin=ORIGIN)
+    except (GeofuseError, OSError) as err:
+        message = err.one_line() if isinstance(err, GeofuseError) else str(err)
+        warnings.warn(f"mapping.suggest: no places to label were written: {message}",
                       UserWarning, stacklevel=2)
         return
     for w in caught:
-        warnings.warn(f"mapping.suggest: {w.message}", UserWarning, stacklevel=2)
+        warnings.warn(f"mapping.suggest: {w.message} (lower mapping.suggest, or run 'geofuse "
+                      f"suggest {out / 'classes.tif'}' for the other options)", UserWarning,
+                      stacklevel=2)
     if progress:
         console.print(f"places to label next: {summary(result.record)}: {result.gpkg_path}",
                       soft_wrap=True)

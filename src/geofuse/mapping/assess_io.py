@@ -102,7 +102,7 @@ def _missing(path: Path) -> DataNotFoundError:
     )
 
 
-def _tag_names(src: Any) -> list[str] | None:
+def tag_names(src: Any) -> list[str] | None:
     """``class_names`` from the dataset's (or band 1's) tags, if it is a JSON list."""
     for tags in (src.tags(), src.tags(1)):
         raw = tags.get("class_names")
@@ -208,10 +208,10 @@ def open_class_map(path: str | Path, classes: list[str] | None = None) -> ClassM
                     "the values.tif of a regression run --polygons FILE --value-field NAME")
             grid = Grid(src.crs, src.transform, src.width, src.height)
             nodata = DEFAULT_NODATA if src.nodata is None else int(src.nodata)
-            tag_names = _tag_names(src)
+            names_tagged = tag_names(src)
             label_codes, label_unlabelled = _tag_label_codes(src)
-            names_from = "map" if tag_names else ("--classes" if classes else "default")
-            names = tag_names or (list(classes) if classes else None)
+            names_from = "map" if names_tagged else ("--classes" if classes else "default")
+            names = names_tagged or (list(classes) if classes else None)
             area = pixel_area_m2(path, grid)
             counts = _count_classes(path, grid, nodata)
             k = len(names) if names else len(counts)

@@ -491,7 +491,7 @@ def _write_png(path: Path, unc_path: Path, band: int, band_name: str,
 def suggest_labels(
     map_path: str | Path, opts: SuggestOptions, *, out_dir: str | Path | None = None,
     uncertainty: str | Path | None = None, labels: str | Path | None = None,
-    classes: list[str] | None = None,
+    classes: list[str] | None = None, origin: str = "geofuse suggest",
 ) -> Suggestions:
     """Suggest ``opts.n`` places to label next from a class map and its uncertainty (see the
     module docstring); write the GeoPackage, the JSON record and the PNG together.
@@ -503,6 +503,7 @@ def suggest_labels(
         uncertainty: the uncertainty raster (default: ``uncertainty.tif`` beside the map).
         labels: existing label points or polygons; no place within ``opts.label_distance``.
         classes: class names when the map carries none.
+        origin: what asked for the places (``origin`` in the JSON record).
 
     Raises:
         ConfigError: options out of range, a band the raster lacks.
@@ -538,8 +539,8 @@ def suggest_labels(
     found = _warn_shortfall(cmap, cand, picks, opts, distance, bool(labels))
     prefix = opts.prefix if opts.prefix is not None else \
         f"s{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}_"
-    record = _record(cmap, opts, unc_path, (distance, label_distance), sides, labels, cand,
-                     alloc, picks, found)
+    record = {"origin": origin, **_record(cmap, opts, unc_path, (distance, label_distance),
+                                          sides, labels, cand, alloc, picks, found)}
     out = Path(out_dir) if out_dir is not None else cmap.path.parent
     out.mkdir(parents=True, exist_ok=True)
     targets = {k: out / f"{STEM}.{k}" for k in ("gpkg", "png", "json")}

@@ -94,8 +94,9 @@ def _suggest_blocks(folder: Any) -> list[doc.Block]:
         f"Where to label next: {r['n']} places (`map/label_suggestions.gpkg`), {uncertain} "
         f"where the {r['window']} x {r['window']} px neighbourhood is mapped as one class and "
         f"most uncertain ({r['band']}), {r['n'] - uncertain} at random, at least "
-        f"{r['min_distance']:.4g} apart and {r['label_distance']:.4g} from the study's labels. "
-        "Fill their `class` column, add them to the label points and run the study again.")]
+        f"{r['min_distance']:.4g} apart"
+        + (f" and {r['label_distance']:.4g} from the study's labels" if r.get("labels") else "")
+        + ". Fill their `class` column, add them to the label points and run the study again.")]
     png = path.with_suffix(".png")
     if png.is_file():
         blocks.append(doc.Figure(title="Places to label next", png=png.read_bytes(),

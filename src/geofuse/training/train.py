@@ -269,6 +269,10 @@ def model_kwargs(cfg: StudyConfig, patches: PatchSet) -> dict[str, Any]:
     if out.get("pretrained_path"):
         out["pretrained_path"] = str(cfg.resolve(out["pretrained_path"]).resolve())
     out["band_names"] = list(patches.band_names)
+    if "rgb_bands" in accepted and not out.get("rgb_bands"):
+        sensor_rgb = _sensor_rgb(cfg, patches)
+        if sensor_rgb is not None:  # e.g. Landsat 4/5/7: red B3, green B2, blue B1
+            out["rgb_bands"] = sensor_rgb
     if "modalities" in accepted:  # fusion models split the stacked bands themselves
         out["modalities"] = {m: len(bands) for m, bands in patches.modalities.items()}
     if "num_tabular" in accepted:  # image + tabular models
@@ -279,6 +283,20 @@ def model_kwargs(cfg: StudyConfig, patches: PatchSet) -> dict[str, Any]:
             )
         out["num_tabular"] = int(patches.tabular.shape[1])
     return out
+
+
+def _sensor_rgb(cfg: StudyConfig, patches: PatchSet) -> list[str] | None:
+    """The red, green and blue bands of the first input modality whose sensor names other
+    ones than Sentinel-2's B4, B3, B2 (``sensor: landsat57``), for band-aware weights."""
+    from geofuse.models.adapt import DEFAULT_RGB
+    from geofuse.sensors import SENSORS
+
+    sensors = {m.name: m.sensor for m in cfg.modalities}
+    for modality in patches.modalities:
+        spec = SENSORS.get(sensors.get(modality) or "")
+        if spec is not None and spec.rgb is not None:
+            return None if tuple(spec.rgb) == tuple(DEFAULT_RGB) else list(spec.rgb)
+    return None
 
 
 def _load_patches(
