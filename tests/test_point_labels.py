@@ -66,6 +66,7 @@ def test_one_patch_centred_on_each_points_pixel(tmp_path: Path) -> None:
     ps = extract_patches(cfg, progress=False)
     assert len(ps) == len(rows)  # one patch per point, whatever per_polygon says
     assert ps.provenance["label_geometry"] == "points"
+    assert ps.provenance["sensors"] == {"s2": None, "dem": None}  # for true-colour views
     ids = ps.provenance["point_ids"]
     want = {d["name"]: d for d in rows}
     r, c = rowcol(ps)

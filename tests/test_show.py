@@ -19,6 +19,7 @@ from geofuse.reporting.show import (
     percentile_stretch,
     plot_class_balance,
     s1_false_colour,
+    sensor_rgb,
 )
 
 runner = CliRunner()
@@ -71,6 +72,13 @@ def test_band_finders() -> None:
     assert find_s1(["VH_real", "VV_real", "VH_lee", "VV_lee"]) == (3, 2)
     assert find_s1(["B2", "VV", "VH"]) == (1, 2)
     assert find_s1(["B2", "B3"]) is None
+    # Landsat 4/5/7: red B3, green B2, blue B1 (B4 is the near infrared)
+    tm = {"ls": ["ls_B1", "ls_B2", "ls_B3", "ls_B4", "ls_B5", "ls_B7"], "dem": ["elevation"]}
+    rgb = sensor_rgb(tm, {"ls": "landsat57", "dem": "dem"})
+    assert rgb == ["ls_B3", "ls_B2", "ls_B1"]
+    assert find_rgb([*tm["ls"], "elevation"], rgb) == (2, 1, 0)
+    assert sensor_rgb(tm, {"ls": "sentinel2"}) is None  # the name patterns then
+    assert find_rgb(["B1", "B2", "B3", "B4", "B5", "B7"]) == (3, 2, 1)  # no sensor: S2 numbers
 
 
 def test_s1_false_colour_linear_and_db_agree() -> None:

@@ -189,6 +189,7 @@ def _base_provenance(cfg: StudyConfig) -> dict[str, Any]:
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": str(cfg.source) if cfg.source else None,
         "stack_path": str(cfg.stack_path),
+        "sensors": {m.name: m.sensor for m in cfg.modalities},
     }
 
 

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from geofuse.data.patchset import PatchSet
 from geofuse.reporting import html as doc
-from geofuse.reporting.show import find_rgb, plot_class_counts, plot_sample_grid
+from geofuse.reporting.show import find_rgb, plot_class_counts, plot_sample_grid, sensor_rgb
 
 PER_CLASS = 6
 
@@ -48,6 +48,7 @@ def sample_patches(path: Path, per_class: int = PER_CLASS, seed: int = 0) -> Pat
             groups=np.char.decode(f["groups"][chosen], "utf-8"),
             coords=f["coords"][chosen],
             multi_hot=None if multi_hot is None else multi_hot[chosen],
+            provenance={"sensors": json.loads(f.attrs.get("provenance", "{}")).get("sensors")},
         )
 
 
@@ -76,9 +77,11 @@ def data_figure_blocks(
     try:
         with h5py.File(path, "r") as f:
             bands = json.loads(f.attrs["band_names"])
+            modalities = json.loads(f.attrs["modalities"])
+            sensors = json.loads(f.attrs.get("provenance", "{}")).get("sensors")
     except (OSError, KeyError, ValueError):
         return blocks
-    if find_rgb(bands) is not None:
+    if find_rgb(bands, sensor_rgb(modalities, sensors)) is not None:
         blocks.append(figure(plot_sample_grid(sample_patches(path), per_class=PER_CLASS),
                              "samples", "Random patches per class (true colour)"))
     return blocks

@@ -21,6 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from geofuse.data.patchset import UNASSIGNED, PatchSet
+from geofuse.errors import GeofuseError
 from geofuse.reporting._show_inputs import (
     read_stack_bands,
     resolve_inputs,
@@ -32,7 +33,7 @@ from geofuse.reporting.plots import _new_figure
 __all__ = [
     "class_balance_counts", "class_members", "find_rgb", "find_s1", "percentile_stretch",
     "plot_band_distributions", "plot_class_balance", "plot_class_counts", "plot_image",
-    "plot_index_map", "plot_sample_grid", "s1_false_colour", "show",
+    "plot_index_map", "plot_sample_grid", "s1_false_colour", "sensor_rgb", "show",
 ]
 
 _RGB_PATTERNS = (r"(b0?4|.*_r|red)", r"(b0?3|.*_g|green)", r"(b0?2|.*_b|blue)")
@@ -47,8 +48,34 @@ def _match(names: Sequence[str], pattern: str) -> int | None:
     return None
 
 
-def find_rgb(band_names: Sequence[str]) -> tuple[int, int, int] | None:
-    """Indices of the red, green and blue bands (B4/B04/*_R, B3/B03/*_G, B2/B02/*_B), or None."""
+def sensor_rgb(modalities: dict[str, list[str]], sensors: dict[str, str | None] | None
+               ) -> list[str] | None:
+    """The red, green and blue band names of the first modality whose sensor numbers them
+    otherwise than Sentinel-2's B4, B3, B2 (``landsat57``: B3, B2, B1), or None."""
+    from geofuse.sensors import SENSORS
+
+    default = SENSORS["sentinel2"].rgb
+    for modality, bands in modalities.items():
+        spec = SENSORS.get((sensors or {}).get(modality) or "")
+        if spec is None or spec.rgb is None or spec.rgb == default:
+            continue
+        lower = {b.lower(): b for b in bands}
+        picked = [next((b for low, b in lower.items()
+                        if low == want.lower() or low.endswith(f"_{want.lower()}")), None)
+                  for want in spec.rgb]
+        if all(picked):
+            return picked  # type: ignore[return-value]
+    return None
+
+
+def find_rgb(band_names: Sequence[str], rgb: Sequence[str] | None = None
+             ) -> tuple[int, int, int] | None:
+    """Indices of the red, green and blue bands: ``rgb`` by name (see :func:`sensor_rgb`),
+    else B4/B04/*_R, B3/B03/*_G, B2/B02/*_B; None when missing."""
+    if rgb is not None:
+        names = list(band_names)
+        if all(b in names for b in rgb):
+            return names.index(rgb[0]), names.index(rgb[1]), names.index(rgb[2])
     found = [_match(band_names, p) for p in _RGB_PATTERNS]
     if any(i is None for i in found) or len(set(found)) < 3:
         return None
@@ -166,7 +193,9 @@ def plot_sample_grid(patches: PatchSet, kind: str = "true_colour", per_class: in
     Raises:
         ValueError: the PatchSet lacks the RGB (``kind='true_colour'``) or VV/VH bands.
     """
-    bands = find_rgb(patches.band_names) if kind == "true_colour" else find_s1(patches.band_names)
+    bands = (find_rgb(patches.band_names, sensor_rgb(
+        patches.modalities, patches.provenance.get("sensors"))) if kind == "true_colour"
+             else find_s1(patches.band_names))
     if bands is None:
         raise ValueError(f"no bands for {kind} among {patches.band_names}")
     picks = _pick_samples(patches, per_class, seed)
@@ -313,10 +342,22 @@ def _fold_figures(study_dir: Path, multilabel: bool) -> dict[str, Figure]:
         multilabel)}
 
 
+def _stack_rgb(path: Path) -> list[str] | None:
+    """:func:`sensor_rgb` of a stack, from the sensors its manifest records."""
+    from geofuse.raster.manifest import StackManifest, manifest_path
+
+    try:
+        man = StackManifest.load(manifest_path(path))
+    except (OSError, ValueError, TypeError, GeofuseError):
+        return None
+    return sensor_rgb(man.modalities, {m: (src or {}).get("sensor")
+                                       for m, src in man.sources.items()})
+
+
 def _stack_figures(path: Path, max_size: int) -> dict[str, Figure]:
     figures: dict[str, Figure] = {}
     names = read_stack_bands(path, [], max_size)[1]
-    rgb = find_rgb(names)
+    rgb = find_rgb(names, _stack_rgb(path))
     if rgb is None:
         warnings.warn(f"skipping true colour of {str(path)!r}: no red/green/blue bands "
                       f"(B4/B3/B2 or *_R/*_G/*_B) among {names}", stacklevel=2)
