@@ -65,8 +65,10 @@ def test_every_registered_model_honours_the_contract() -> None:
     for name in list_models():
         seg = is_segmentation_model(name)  # dense: logits per pixel; siamese needs >= 2 dates
         dates = 7 if seg and name != "unet_late" else 1  # unet_late: the modalities of a date
+        series = ({"modalities": {"may": 3, "jul": 3, "dem": 1}, "time_series": ["may", "jul"]}
+                  if name == "temporal_cnn" else {})  # the dates it reads are modalities
         model = create_model(name, in_channels=7, num_classes=4, patch_size=16,
-                             time_steps=dates)
+                             time_steps=dates, **series)
         model.eval()
         want = (2, 4, 16, 16) if seg else (2, 4)
         assert model(torch.randn(2, 7, 16, 16)).shape == want, name

@@ -90,6 +90,9 @@ def model_problems(
                 f"names {unknown}, missing from some ablation.sensors subsets; name only "
                 "modalities that every subset has" if in_grid else
                 f"names {unknown} but the run uses only {list(modalities)}; name only those")))
+    if "time_series" in accepted:
+        out += _time_series_problems(model.time_series, modalities, key_of("time_series"),
+                                     inputs)
     if "rgb_bands" in accepted and model.rgb_bands:
         dateless = {b.rsplit("@", 1)[0] for b in inputs.band_names}  # time series: band@date
         missing = [b for b in model.rgb_bands if b not in dateless]
@@ -127,6 +130,23 @@ def _pretrained_band_problems(
                     f"was pretrained on bands {list(made_for)} but {where} uses {run_bands}; "
                     "run 'geofuse pretrain' with the same train.modalities, or list only that "
                     "subset in ablation.sensors")]
+
+
+def _time_series_problems(given: list[str] | None, modalities: dict[str, Any], key: str,
+                          inputs: Inputs) -> list[Problem]:
+    """``train.model.time_series``: set, naming input modalities with one band count."""
+    if not given:
+        return [Problem(key, given, "temporal_cnn needs the modalities that are the dates of "
+                        f"the series, in date order, e.g. {list(modalities)[:3]}")]
+    unknown = [m for m in given if m not in inputs.modalities]
+    if unknown:
+        return [Problem(key, given, f"names {unknown}, not modalities of {inputs.origin}; "
+                        f"{did_you_mean(unknown[0], list(inputs.modalities), 'modalities')}")]
+    counts = {m: len(inputs.modalities[m]) for m in given}
+    if len(set(counts.values())) > 1:
+        return [Problem(key, given, f"the dates hold different numbers of bands {counts}; "
+                        "give every date the same bands")]
+    return []
 
 
 def _encoder_problems(encoders: dict[str, str], key: str, model: str) -> list[Problem]:

@@ -95,7 +95,13 @@ class ModelConfig(_Model):
         "band_aware with a pretrained_path and R, G, B bands, else cycle)."
     )
     lstm_hidden_dim: int = Field(
-        256, ge=1, description="lstm_unet: hidden channels of the ConvLSTM at the bottleneck."
+        256, ge=1, description="lstm_unet: hidden channels of the ConvLSTM at the bottleneck; "
+        "temporal_cnn: units of the LSTM over the dates."
+    )
+    time_series: list[str] | None = Field(
+        None, description="temporal_cnn: the modalities that are the dates of a time series, "
+        "in date order (each the same bands, e.g. [s2_may, s2_jul, s2_sep]); the other input "
+        "modalities join every date as static bands."
     )
     lstm_layers: int = Field(2, ge=1, description="lstm_unet: stacked ConvLSTM layers.")
     lstm_kernel_size: int = Field(3, ge=1, description="lstm_unet: ConvLSTM kernel size.")

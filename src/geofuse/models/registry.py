@@ -30,6 +30,7 @@ from geofuse.models.seg_baselines import EarlyFusionUNet, SiameseUNet, SingleDat
 from geofuse.models.seg_fusion import LateFusionUNet
 from geofuse.models.simple_cnn import SimpleCNN
 from geofuse.models.tabular import TabularFusion
+from geofuse.models.temporal import TemporalCNN
 
 ModelBuilder = Callable[..., nn.Module]
 
@@ -43,6 +44,8 @@ MODELS: dict[str, ModelBuilder] = {
     "decision_fusion": DecisionFusion,
     "progressive_fusion": ProgressiveFusion,
     "tabular_fusion": TabularFusion,
+    # a time series of dates held as modalities of one stack (models/temporal.py)
+    "temporal_cnn": TemporalCNN,
     # dense (per-pixel) models for time series (models/lstm_unet.py, models/seg_baselines.py)
     "lstm_unet": LSTMUNet,
     "unet_early": EarlyFusionUNet,
