@@ -107,7 +107,11 @@ def test_model_kwargs_pass_only_what_the_model_takes(tmp_path: Path) -> None:
     # Landsat 4/5/7 bands: band-aware weights take red B3, green B2, blue B1
     tm = make_config(tmp_path, model={"name": "resnet18"})
     tm.modalities[0].sensor = "landsat57"
-    assert model_kwargs(tm, patches)["rgb_bands"] == ["B3", "B2", "B1"]
+    assert model_kwargs(tm, patches).get("rgb_bands") is None  # no B3/B2/B1 among s2_r ...
+    ls = ["l7_B1", "l7_B2", "l7_B3", "l7_B4"]
+    patches.band_names = [*ls, *patches.modalities["dem"]]
+    patches.modalities = {"s2": ls, "dem": patches.modalities["dem"]}
+    assert model_kwargs(tm, patches)["rgb_bands"] == ["l7_B3", "l7_B2", "l7_B1"]
 
 
 def test_train_band_aware_from_relative_weights_end_to_end(tmp_path: Path) -> None:

@@ -211,7 +211,7 @@ def test_suggest_mistakes_are_one_line_errors(tmp_path: Path) -> None:
         (["-n", "9", "--window", "0"], ["--window 0 (a side in pixels, at least 1)"]),
         (["-n", "9", "--band", "member_std"], ["no band 'member_std'", "entropy"]),
         (["-n", "9", "--uncertainty", str(tmp_path / "small.tif")],
-         ["not on the grid of the map", "small.tif"]),
+         ["on another grid than the map", "small.tif"]),
         (["-n", "9", "--labels", str(tmp_path / "none.gpkg")], ["none.gpkg", "does not exist"]),
     ]
     runner = CliRunner()

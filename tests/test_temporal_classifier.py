@@ -132,7 +132,35 @@ def test_the_checks_name_a_missing_or_unknown_series(tmp_path: Path) -> None:
     cfg = study(tmp_path, name="temporal_cnn")
     write_temporal_stack(cfg.workdir_path)
     problems = " ".join(p.reason for p in check_config(cfg, "train"))
-    assert "temporal_cnn needs the modalities that are the dates" in problems
+    assert "needs train.model.time_series: the modalities that are the dates" in problems
     cfg = study(tmp_path, name="temporal_cnn", time_series=["may", "juli"])
     problems = " ".join(p.reason for p in check_config(cfg, "train"))
     assert "names ['juli']" in problems and "jul" in problems
+    # what the run uses: no date among its modalities, or dates with other bands
+    cfg = study(tmp_path)
+    cfg.train.modalities = ["dem"]
+    problems = " ".join(p.reason for p in check_config(cfg, "train"))
+    assert "none of train.model.time_series ['may', 'jul'] is an input" in problems
+    cfg = study(tmp_path)
+    cfg.train.bands = ["may_red", "jul_nir", "elevation"]
+    problems = " ".join(p.reason for p in check_config(cfg, "train"))
+    assert "dates 'may' and 'jul' hold different bands" in problems
+
+
+def test_each_date_takes_its_own_indices_and_the_same_bands() -> None:
+    mods = {"s2_may": 2, "s2_jul": 2, "dem": 1, "s2_may_idx": 1, "s2_jul_idx": 1}
+    names = ["s2_may_B4", "s2_may_B8", "s2_jul_B4", "s2_jul_B8", "elevation", "s2_may_NDVI",
+             "s2_jul_NDVI"]
+    net = TemporalCNN(7, 3, 8, modalities=mods, time_series=["s2_may", "s2_jul"],
+                      band_names=names)
+    assert net.groups == {"s2_may": ["s2_may", "s2_may_idx"], "s2_jul": ["s2_jul", "s2_jul_idx"]}
+    x = torch.arange(7.0)[None, :, None, None].expand(1, 7, 8, 8)
+    seq = net.sequence(x)[0, :, :, 0, 0]
+    assert seq.tolist() == [[0.0, 1.0, 5.0, 4.0], [2.0, 3.0, 6.0, 4.0]]  # its NDVI, the DEM
+    with pytest.raises(ConfigError, match="hold different bands"):
+        TemporalCNN(4, 3, 8, modalities={"s2_may": 2, "s2_jul": 2},
+                    time_series=["s2_may", "s2_jul"],
+                    band_names=["s2_may_B4", "s2_may_B8", "s2_jul_B8", "s2_jul_B4"])
+    with pytest.raises(ConfigError, match="repeats a date"):
+        TemporalCNN(4, 3, 8, modalities={"s2_may": 2, "s2_jul": 2},
+                    time_series=["s2_may", "s2_may"])

@@ -34,7 +34,7 @@ def unknown_model(key: str, name: str) -> Problem:
 
 def model_problems(
     cfg: StudyConfig, model: ModelConfig, modalities: Sequence[str], inputs: Inputs,
-    key_of: KeyOf, where: str = "", in_grid: bool = False,
+    key_of: KeyOf, where: str = "", in_grid: bool = False, bands: Sequence[str] | None = None,
 ) -> list[Problem]:
     """Problems of one model config: unknown name, options it does not take, bad encoders.
 
@@ -46,6 +46,7 @@ def model_problems(
         key_of: config key of a ``train.model`` field (``name``, ``merge``, ...).
         where: text naming the model's entry in messages, e.g. `` (ablation.models[1])``.
         in_grid: ``modalities`` is one sensor subset of the ablation grid.
+        bands: ``train.bands`` of the run (None: every band of its modalities).
     """
     from geofuse.models.forest import is_baseline
     from geofuse.models.registry import MODELS, is_segmentation_model, model_options
@@ -91,8 +92,8 @@ def model_problems(
                 "modalities that every subset has" if in_grid else
                 f"names {unknown} but the run uses only {list(modalities)}; name only those")))
     if "time_series" in accepted:
-        out += _time_series_problems(model.time_series, modalities, key_of("time_series"),
-                                     inputs)
+        out += _time_series_problems(model.time_series, modalities, bands,
+                                     key_of("time_series"), inputs, in_grid)
     if "rgb_bands" in accepted and model.rgb_bands:
         dateless = {b.rsplit("@", 1)[0] for b in inputs.band_names}  # time series: band@date
         missing = [b for b in model.rgb_bands if b not in dateless]
@@ -132,20 +133,26 @@ def _pretrained_band_problems(
                     "subset in ablation.sensors")]
 
 
-def _time_series_problems(given: list[str] | None, modalities: dict[str, Any], key: str,
-                          inputs: Inputs) -> list[Problem]:
-    """``train.model.time_series``: set, naming input modalities with one band count."""
-    if not given:
-        return [Problem(key, given, "temporal_cnn needs the modalities that are the dates of "
-                        f"the series, in date order, e.g. {list(modalities)[:3]}")]
-    unknown = [m for m in given if m not in inputs.modalities]
+def _time_series_problems(given: list[str] | None, modalities: Sequence[str],
+                          bands: Sequence[str] | None, key: str, inputs: Inputs,
+                          in_grid: bool) -> list[Problem]:
+    """``train.model.time_series`` against the run's modalities and bands: the layout
+    :func:`~geofuse.models.temporal.date_layout` builds the model from."""
+    from geofuse.models.temporal import date_layout
+
+    unknown = [m for m in given or [] if m not in inputs.modalities]
     if unknown:
         return [Problem(key, given, f"names {unknown}, not modalities of {inputs.origin}; "
                         f"{did_you_mean(unknown[0], list(inputs.modalities), 'modalities')}")]
-    counts = {m: len(inputs.modalities[m]) for m in given}
-    if len(set(counts.values())) > 1:
-        return [Problem(key, given, f"the dates hold different numbers of bands {counts}; "
-                        "give every date the same bands")]
+    kept = {m: [b for b in inputs.modalities[m] if not bands or b in bands]
+            for m in modalities if m in inputs.modalities}
+    kept = {m: b for m, b in kept.items() if b}
+    try:
+        date_layout({m: len(b) for m, b in kept.items()}, given,
+                    [b for v in kept.values() for b in v])
+    except ConfigError as err:
+        where = f" (sensor subset {list(modalities)})" if in_grid else ""
+        return [Problem(key, given, f"{err}{where}".removeprefix("temporal_cnn: "))]
     return []
 
 
@@ -196,7 +203,8 @@ def train_problems(cfg: StudyConfig, inputs: Inputs) -> list[Problem]:
     t = cfg.train
     out = band_problems(t.bands, t.modalities, inputs)
     mods = run_modalities(t.bands, t.modalities, inputs)
-    out += model_problems(cfg, t.model, mods, inputs, lambda k: f"train.model.{k}")
+    out += model_problems(cfg, t.model, mods, inputs, lambda k: f"train.model.{k}",
+                          bands=t.bands)
     return out
 
 
@@ -377,5 +385,5 @@ def search_problems(cfg: StudyConfig, inputs: Inputs) -> list[Problem]:
                                for k in ("train.bands", "train.modalities"))
         out += band_problems(t.bands, t.modalities, inputs, bands_key, mods_key)
         mods = run_modalities(t.bands, t.modalities, inputs)
-        out += model_problems(tcfg, t.model, mods, inputs, key_of)
+        out += model_problems(tcfg, t.model, mods, inputs, key_of, bands=t.bands)
     return dedupe(out)

@@ -67,6 +67,19 @@ def scratch_dir(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def staged_together(targets: dict[str, Path]) -> Iterator[dict[str, Path]]:
+    """Staged paths (one scratch folder beside the targets) for files that must appear
+    together: on a clean exit they replace ``targets`` in order (put the record that says
+    all is there last); on an error none of them is touched."""
+    ordered = list(targets.values())
+    with scratch_dir(ordered[-1]) as tmp:
+        staged = {key: tmp / path.name for key, path in targets.items()}
+        yield staged
+        for key, path in targets.items():
+            os.replace(staged[key], path)
+
+
 def _write_error(err: OSError, target: Path) -> OSError:
     """``err`` as a one-line DiskFullError/WriteAccessError naming ``target`` when it is one."""
     mapped = write_error(err, target)

@@ -57,3 +57,21 @@ def get_sensor(name: str) -> SensorSpec:
         raise ConfigError(
             f"unknown sensor {name!r}; known sensors: {', '.join(sorted(SENSORS))}"
         ) from None
+
+
+def sensor_rgb(modalities: dict[str, list[str]], sensors: dict[str, str | None] | None
+               ) -> list[str] | None:
+    """The red, green and blue band names of the first modality whose sensor numbers them
+    otherwise than Sentinel-2's B4, B3, B2 (``landsat57``: B3, B2, B1), or None."""
+    default = SENSORS["sentinel2"].rgb
+    for modality, bands in modalities.items():
+        spec = SENSORS.get((sensors or {}).get(modality) or "")
+        if spec is None or spec.rgb is None or spec.rgb == default:
+            continue
+        lower = {b.lower(): b for b in bands}
+        picked = [next((b for low, b in lower.items()
+                        if low == want.lower() or low.endswith(f"_{want.lower()}")), None)
+                  for want in spec.rgb]
+        if all(picked):
+            return picked  # type: ignore[return-value]
+    return None

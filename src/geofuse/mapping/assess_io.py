@@ -301,3 +301,46 @@ def read_vector(path: Path, what: str, expected: str) -> Any:
     if frame.crs is None:
         raise LabelError(f"{what} {str(path)!r} has no CRS; save it with one")
     return frame
+
+
+def find_uncertainty(map_path: Path, grid: Grid, given: str | Path | None = None,
+                     band: str | None = None, required: bool = False) -> tuple[Path, int] | None:
+    """The uncertainty raster of a map and the 1-based index of ``band`` (default: the
+    ``entropy`` band, else band 1): ``given``, else ``uncertainty.tif`` beside the map.
+
+    One beside the map that is missing or on another grid gives None (with a warning when on
+    another grid) unless ``required``; a given one must exist and be on the map's grid.
+
+    Raises:
+        DataNotFoundError: a given (or required) raster is missing.
+        RasterError: a given (or required) raster is on another grid.
+        ConfigError: it has no band ``band``.
+    """
+    from geofuse.errors import ConfigError
+
+    strict = given is not None or required
+    src_path = Path(given) if given is not None else map_path.parent / "uncertainty.tif"
+    if not src_path.is_file():
+        if strict:
+            raise DataNotFoundError(
+                f"uncertainty raster {str(src_path)!r} does not exist; give the uncertainty.tif "
+                "that 'geofuse predict' wrote with the map (--uncertainty PATH)")
+        return None
+    with rasterio.open(src_path) as src:
+        same = (src.width, src.height, src.crs, src.transform) == (
+            grid.width, grid.height, grid.crs, grid.transform)
+        size = f"{src.width}x{src.height}"
+        names = [d or f"band_{i + 1}" for i, d in enumerate(src.descriptions)]
+    if not same:
+        message = (f"uncertainty raster {str(src_path)!r} is {size} px on another grid than the "
+                   f"map {str(map_path)!r} ({grid.width}x{grid.height} px)")
+        if strict:
+            raise RasterError(f"{message}; give the uncertainty.tif written with this map")
+        warnings.warn(f"{message}: it is left out", UserWarning, stacklevel=3)
+        return None
+    if band is None:
+        return src_path, (names.index("entropy") + 1 if "entropy" in names else 1)
+    if band not in names:
+        raise ConfigError(f"uncertainty raster {str(src_path)!r} has no band {band!r}; its "
+                          f"bands are {names}; choose one with --band")
+    return src_path, names.index(band) + 1

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -55,9 +54,9 @@ from affine import Affine
 from rasterio.features import geometry_mask
 from rasterio.windows import Window
 
-from geofuse.errors import ConfigError, DataNotFoundError, RasterError, SamplingError
-from geofuse.io_utils import atomic_write_json, scratch_dir
-from geofuse.mapping.assess_io import ClassMap, open_class_map, read_vector
+from geofuse.errors import ConfigError, SamplingError
+from geofuse.io_utils import atomic_write_json, staged_together
+from geofuse.mapping.assess_io import ClassMap, find_uncertainty, open_class_map, read_vector
 from geofuse.mapping.sample_design import allocate
 
 STEM = "label_suggestions"
@@ -142,28 +141,6 @@ def _check_options(opts: SuggestOptions) -> None:
             bad.append(f"{name} {value} (a distance in map units, >= 0)")
     if bad:
         raise ConfigError(f"suggest options out of range: {', '.join(bad)}; fix the option")
-
-
-def _uncertainty_band(cmap: ClassMap, path: Path | None, band: str) -> tuple[Path, int]:
-    """The uncertainty raster (given, or beside the map) and the 1-based index of ``band``."""
-    src_path = path if path is not None else cmap.path.parent / "uncertainty.tif"
-    if not src_path.is_file():
-        raise DataNotFoundError(
-            f"uncertainty raster {str(src_path)!r} does not exist; give the uncertainty.tif "
-            "that 'geofuse predict' wrote with the map (--uncertainty PATH)")
-    with rasterio.open(src_path) as src:
-        same = (src.width, src.height, src.crs, src.transform) == (
-            cmap.grid.width, cmap.grid.height, cmap.grid.crs, cmap.grid.transform)
-        names = [d or f"band_{i + 1}" for i, d in enumerate(src.descriptions)]
-    if not same:
-        raise RasterError(
-            f"uncertainty raster {str(src_path)!r} is not on the grid of the map "
-            f"{str(cmap.path)!r} ({cmap.grid.width}x{cmap.grid.height} px); give the "
-            "uncertainty.tif written with this map")
-    if band not in names:
-        raise ConfigError(f"uncertainty raster {str(src_path)!r} has no band {band!r}; its "
-                          f"bands are {names}; choose one with --band")
-    return src_path, names.index(band) + 1
 
 
 def default_window(map_path: Path) -> int:
@@ -515,8 +492,8 @@ def suggest_labels(
     cmap = open_class_map(map_path, classes)
     if opts.window is None:
         opts = replace(opts, window=default_window(cmap.path))
-    unc_path, band = _uncertainty_band(cmap, Path(uncertainty) if uncertainty else None,
-                                       opts.band)
+    unc_path, band = find_uncertainty(cmap.path, cmap.grid, uncertainty, opts.band,
+                                      required=True)  # type: ignore[misc]
     t = cmap.grid.transform
     xres, yres = math.hypot(t.a, t.d), math.hypot(t.b, t.e)
     distance = opts.min_distance if opts.min_distance is not None else default_distance(
@@ -544,12 +521,10 @@ def suggest_labels(
     out = Path(out_dir) if out_dir is not None else cmap.path.parent
     out.mkdir(parents=True, exist_ok=True)
     targets = {k: out / f"{STEM}.{k}" for k in ("gpkg", "png", "json")}
-    with scratch_dir(targets["json"]) as tmp:  # all three, or none of them
-        _write_gpkg(tmp / targets["gpkg"].name, cmap, picks, opts.band, prefix)
-        _write_png(tmp / targets["png"].name, unc_path, band, opts.band, picks, cmap)
-        atomic_write_json(tmp / targets["json"].name, record)
-        for target in targets.values():
-            os.replace(tmp / target.name, target)
+    with staged_together(targets) as staged:  # all three, or none of them
+        _write_gpkg(staged["gpkg"], cmap, picks, opts.band, prefix)
+        _write_png(staged["png"], unc_path, band, opts.band, picks, cmap)
+        atomic_write_json(staged["json"], record)
     return Suggestions(gpkg_path=targets["gpkg"], json_path=targets["json"],
                        png_path=targets["png"], record=record)
 

@@ -22,8 +22,6 @@ the fix (map or crop a part).
 from __future__ import annotations
 
 import math
-import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +37,8 @@ from shapely import make_valid
 from shapely.geometry import MultiPolygon, Polygon, shape
 
 from geofuse.errors import ConfigError, RasterError, write_failure
-from geofuse.io_utils import atomic_write_json, scratch_dir
-from geofuse.mapping.assess_io import ClassMap, open_class_map
+from geofuse.io_utils import atomic_write_json, staged_together
+from geofuse.mapping.assess_io import ClassMap, find_uncertainty, open_class_map
 from geofuse.raster.io import write_cog
 
 #: Largest map vectorized at once (a Sentinel-2 tile at 10 m is 120.6 Mpx).
@@ -112,7 +110,7 @@ def vectorize_map(
             f"the minimum mapping unit ({size:,} px) is not smaller than the class map "
             f"{str(cmap.path)!r} ({n_px:,} px); give a smaller --mmu"
         )
-    doubt_path = _uncertainty_path(cmap, uncertainty)
+    found_doubt = find_uncertainty(cmap.path, cmap.grid, uncertainty)
     out = Path(out_dir) if out_dir is not None else cmap.path.parent
     stem = cmap.path.stem
     targets = {"map": out / f"{stem}_mmu.tif", "polygons": out / f"{stem}_mmu.gpkg",
@@ -127,19 +125,17 @@ def vectorize_map(
     regions, region_class = _regions(sieved, valid, cmap.n_classes, connectivity)
     n_regions = len(region_class) - 1
     pixels, after = _pixel_counts(regions, sieved, valid, n_regions, cmap.n_classes)
-    doubt_name, doubt = _uncertainty(doubt_path, regions, n_regions)
+    doubt_name, doubt_means = _uncertainty(found_doubt, regions, n_regions)
     record = _record(cmap, sieved, values, valid, size, connectivity, region_class, pixels,
                      after, doubt_name, mmu_ha)
     out.mkdir(parents=True, exist_ok=True)
-    with scratch_dir(targets["record"]) as tmp:
-        staged = {k: tmp / p.name for k, p in targets.items()}
+    ordered = {k: targets[k] for k in ("map", "polygons", "record")}  # the record last
+    with staged_together(ordered) as staged:
         _write_map(staged["map"], sieved, profile, tags, band_tags, colours)
         record["polygons"] = _write_polygons(staged["polygons"], regions, cmap, region_class,
-                                             pixels, size, doubt_name, doubt, connectivity)
+                                             pixels, size, doubt_name, doubt_means, connectivity)
         record["below_mmu"] = int(((pixels[1:] < size)).sum())
         atomic_write_json(staged["record"], record)
-        for key in ("map", "polygons", "record"):  # the record last: it says all is there
-            os.replace(staged[key], targets[key])
     return VectorizeResult(targets["map"], targets["polygons"], targets["record"], record)
 
 
@@ -218,45 +214,17 @@ def _row_strips(shape: tuple[int, ...]) -> list[slice]:
     return [slice(r, min(r + step, shape[0])) for r in range(0, shape[0], step)]
 
 
-def _same_grid(src: Any, cmap: ClassMap) -> bool:
-    return (src.width, src.height, src.crs, src.transform) == (
-        cmap.grid.width, cmap.grid.height, cmap.grid.crs, cmap.grid.transform)
-
-
-def _uncertainty_path(cmap: ClassMap, path: str | Path | None) -> Path | None:
-    """The uncertainty raster to average, or ``None``: one found beside the map on another
-    grid (a cropped map) is skipped with a warning; a given one must be on the map's grid."""
-    given = path is not None
-    src_path = Path(path) if given else cmap.path.parent / "uncertainty.tif"
-    if not src_path.is_file():
-        if given:
-            raise RasterError(f"uncertainty raster {str(src_path)!r} does not exist; give the "
-                              "uncertainty.tif that 'geofuse predict' wrote beside the map")
-        return None
-    with rasterio.open(src_path) as src:
-        if _same_grid(src, cmap):
-            return src_path
-        message = (f"uncertainty raster {str(src_path)!r} is {src.width}x{src.height} px on "
-                   f"another grid than the map {str(cmap.path)!r} ({cmap.grid.width}x"
-                   f"{cmap.grid.height} px)")
-    if given:
-        raise RasterError(f"{message}; give the uncertainty.tif written with the map")
-    warnings.warn(f"{message}: polygons get no mean uncertainty", UserWarning, stacklevel=3)
-    return None
-
-
-def _uncertainty(src_path: Path | None, regions: np.ndarray, n: int
+def _uncertainty(found: tuple[Path, int] | None, regions: np.ndarray, n: int
                  ) -> tuple[str | None, np.ndarray | None]:
-    """Mean of the uncertainty band per region (name ``mean_<band>``), or ``(None, None)``;
-    read in strips, nodata and NaN left out."""
-    if src_path is None:
+    """Mean of the uncertainty band (``found``: raster and band) per region (name
+    ``mean_<band>``), or ``(None, None)``; read in strips, nodata and NaN left out."""
+    if found is None:
         return None, None
+    src_path, band = found
     sums = np.zeros(n + 1)
     counts = np.zeros(n + 1, np.int64)
     with rasterio.open(src_path) as src:
-        names = list(src.descriptions)
-        band = names.index("entropy") + 1 if "entropy" in names else 1
-        name = names[band - 1] or f"band_{band}"
+        name = src.descriptions[band - 1] or f"band_{band}"
         for rows in _row_strips(regions.shape):
             win = Window(0, rows.start, src.width, rows.stop - rows.start)
             values = src.read(band, window=win, masked=True)

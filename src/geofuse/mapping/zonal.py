@@ -30,7 +30,6 @@ and ``.json`` (counts, polygons per majority class, settings).
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +45,12 @@ from rasterio.features import rasterize
 from rasterio.windows import Window
 
 from geofuse.errors import DataNotFoundError, LabelError, RasterError
-from geofuse.io_utils import atomic_write_json, scratch_dir
+from geofuse.io_utils import atomic_write_json, staged_together
 from geofuse.labels.polygons import format_ids, polygonal_part
 from geofuse.mapping.assess_io import (
     DEFAULT_NODATA,
     STRIP_PIXELS,
+    find_uncertainty,
     pixel_area_m2,
     read_vector,
     tag_names,
@@ -266,26 +266,11 @@ def _point_fallback(m: _Map, geoms: np.ndarray, empty: np.ndarray,
 
 
 def _uncertainty(m: _Map, path: Path | None) -> tuple[Path, int] | None:
-    """The ``entropy`` band of the uncertainty raster beside a class map, when on its grid."""
+    """The ``entropy`` band of the uncertainty raster of a class map (see
+    :func:`~geofuse.mapping.assess_io.find_uncertainty`); None for a value map."""
     if m.values:
         return None
-    src_path = path if path is not None else m.path.parent / "uncertainty.tif"
-    if not src_path.is_file():
-        if path is not None:
-            raise DataNotFoundError(f"uncertainty raster {str(src_path)!r} does not exist; "
-                                    "give the uncertainty.tif written with the map")
-        return None
-    with rasterio.open(src_path) as src:
-        same = (src.width, src.height, src.transform) == (m.width, m.height, m.transform)
-        names = list(src.descriptions)
-    if not same:
-        if path is not None:
-            raise RasterError(f"uncertainty raster {str(src_path)!r} is not on the grid of the "
-                              f"map {str(m.path)!r}; give the one written with this map")
-        warnings.warn(f"{src_path.name} beside the map is on another grid: polygons get no "
-                      "mean uncertainty", UserWarning, stacklevel=3)
-        return None
-    return src_path, (names.index("entropy") + 1 if "entropy" in names else 1)
+    return find_uncertainty(m.path, Grid(m.crs, m.transform, m.width, m.height), path)
 
 
 def _columns(m: _Map, acc: dict[str, np.ndarray], n: int, pixel_ha: float
@@ -365,12 +350,9 @@ def zonal_stats(map_path: str | Path, polygons: str | Path, *,
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{map_path.stem}_zonal_{polygons.stem}"
     targets = {"gpkg": out / f"{stem}.gpkg", "json": out / f"{stem}.json"}
-    with scratch_dir(targets["json"]) as tmp:  # both, or neither
-        out_frame.to_file(tmp / targets["gpkg"].name, driver="GPKG", layer="zonal",
-                          engine="pyogrio")
-        atomic_write_json(tmp / targets["json"].name, record)
-        for target in targets.values():
-            os.replace(tmp / target.name, target)
+    with staged_together(targets) as staged:  # both, or neither
+        out_frame.to_file(staged["gpkg"], driver="GPKG", layer="zonal", engine="pyogrio")
+        atomic_write_json(staged["json"], record)
     return ZonalResult(gpkg_path=targets["gpkg"], json_path=targets["json"], record=record)
 
 

@@ -29,6 +29,7 @@ from geofuse.reporting._show_inputs import (
     study_fold_counts,
 )
 from geofuse.reporting.plots import _new_figure
+from geofuse.sensors import sensor_rgb
 
 __all__ = [
     "class_balance_counts", "class_members", "find_rgb", "find_s1", "percentile_stretch",
@@ -45,26 +46,6 @@ def _match(names: Sequence[str], pattern: str) -> int | None:
     for i, name in enumerate(names):
         if regex.fullmatch(name) or regex.fullmatch(name.split("_", 1)[-1]):
             return i
-    return None
-
-
-def sensor_rgb(modalities: dict[str, list[str]], sensors: dict[str, str | None] | None
-               ) -> list[str] | None:
-    """The red, green and blue band names of the first modality whose sensor numbers them
-    otherwise than Sentinel-2's B4, B3, B2 (``landsat57``: B3, B2, B1), or None."""
-    from geofuse.sensors import SENSORS
-
-    default = SENSORS["sentinel2"].rgb
-    for modality, bands in modalities.items():
-        spec = SENSORS.get((sensors or {}).get(modality) or "")
-        if spec is None or spec.rgb is None or spec.rgb == default:
-            continue
-        lower = {b.lower(): b for b in bands}
-        picked = [next((b for low, b in lower.items()
-                        if low == want.lower() or low.endswith(f"_{want.lower()}")), None)
-                  for want in spec.rgb]
-        if all(picked):
-            return picked  # type: ignore[return-value]
     return None
 
 

@@ -251,7 +251,9 @@ def _train_class_counts(patches: PatchSet) -> list[int]:
 
 
 def model_kwargs(cfg: StudyConfig, patches: PatchSet) -> dict[str, Any]:
-    """``create_model`` options from ``cfg.train.model``, plus the input band names.
+    """``create_model`` options from ``cfg.train.model``, plus the input band names, the
+    modalities' channel counts (fusion and temporal models) and, for band-aware weights on a
+    sensor that numbers its bands otherwise (``landsat57``), its red, green and blue bands.
 
     An option is passed when the model takes it or when it differs from its default (so that
     the model rejects it with a ConfigError); ``pretrained_path`` is resolved against the
@@ -270,9 +272,11 @@ def model_kwargs(cfg: StudyConfig, patches: PatchSet) -> dict[str, Any]:
         out["pretrained_path"] = str(cfg.resolve(out["pretrained_path"]).resolve())
     out["band_names"] = list(patches.band_names)
     if "rgb_bands" in accepted and not out.get("rgb_bands"):
-        sensor_rgb = _sensor_rgb(cfg, patches)
-        if sensor_rgb is not None:  # e.g. Landsat 4/5/7: red B3, green B2, blue B1
-            out["rgb_bands"] = sensor_rgb
+        from geofuse.sensors import sensor_rgb
+
+        rgb = sensor_rgb(patches.modalities, {m.name: m.sensor for m in cfg.modalities})
+        if rgb is not None:  # e.g. Landsat 4/5/7: red B3, green B2, blue B1
+            out["rgb_bands"] = rgb
     if "modalities" in accepted:  # fusion models split the stacked bands themselves
         out["modalities"] = {m: len(bands) for m, bands in patches.modalities.items()}
     if "num_tabular" in accepted:  # image + tabular models
@@ -283,20 +287,6 @@ def model_kwargs(cfg: StudyConfig, patches: PatchSet) -> dict[str, Any]:
             )
         out["num_tabular"] = int(patches.tabular.shape[1])
     return out
-
-
-def _sensor_rgb(cfg: StudyConfig, patches: PatchSet) -> list[str] | None:
-    """The red, green and blue bands of the first input modality whose sensor names other
-    ones than Sentinel-2's B4, B3, B2 (``sensor: landsat57``), for band-aware weights."""
-    from geofuse.models.adapt import DEFAULT_RGB
-    from geofuse.sensors import SENSORS
-
-    sensors = {m.name: m.sensor for m in cfg.modalities}
-    for modality in patches.modalities:
-        spec = SENSORS.get(sensors.get(modality) or "")
-        if spec is not None and spec.rgb is not None:
-            return None if tuple(spec.rgb) == tuple(DEFAULT_RGB) else list(spec.rgb)
-    return None
 
 
 def _load_patches(
