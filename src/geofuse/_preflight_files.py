@@ -108,7 +108,8 @@ def _distinct_classes(path: Path, field: str) -> int | None:
 
 
 def labels_problems(cfg: StudyConfig) -> tuple[LabelCount | None, list[Problem]]:
-    """The label file: exists, has features and the class/id attributes; its feature count."""
+    """The label file: exists, has features and the class/id attributes; its features,
+    whether they are points and its classes (:class:`LabelCount`, None when unreadable)."""
     if cfg.labels is None:
         return None, [Problem("labels", None, "extract needs label polygons; add a labels "
                               "section with labels.path and labels.class_field")]

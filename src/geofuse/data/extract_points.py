@@ -99,7 +99,8 @@ def _read_capped(reader: StackPatchReader, placed: PointCentres, order: list[np.
 
 def _capped_report(points: LabelPoints, placed: PointCentres, cap: int | None
                    ) -> dict[str, list[int]]:
-    """Classes with more usable points than ``extract.per_class``: [kept, usable]."""
+    """Classes with more usable points than ``extract.per_class``: [the cap, usable points]
+    (patches lost to nodata are topped up from the class's other points while it has any)."""
     if cap is None:
         return {}
     usable = Counter(points.y[placed.point].tolist())
@@ -152,6 +153,28 @@ def _qc(cfg: StudyConfig, points: LabelPoints, placed: dict[str, Any], groups: n
             "nodata": nodata}
 
 
+def _provenance(cfg: StudyConfig, labels: Path, points: LabelPoints, report: dict[str, Any],
+                ids: list[str], nodata: dict[str, Any]) -> dict[str, Any]:
+    """The PatchSet provenance of a point set: sources, sampling, the point of every patch."""
+    lab, ex = _labels_config(cfg), cfg.extract
+    return {
+        **_base_provenance(cfg),
+        "labels_path": str(labels),
+        "label_geometry": "points",
+        "class_field": lab.class_field,
+        "id_field": lab.id_field,
+        "patch_size": ex.patch_size,
+        "centre_convention": "window rows/cols start at centre - patch_size // 2; coords are "
+                             "the map x, y of the centre of the pixel holding the point",
+        "sampling": {"per_class": ex.per_class, "group_distance": ex.group_distance,
+                     **report},
+        "point_ids": ids,
+        "seed": cfg.seed,
+        "polygons": points.report.to_dict(),
+        "nodata": nodata,
+    }
+
+
 def extract_from_points(cfg: StudyConfig, manifest: StackManifest, labels: Path,
                         frame: gpd.GeoDataFrame, progress: bool = True) -> PatchSet:
     """One patch per label point of ``frame`` (read from ``labels``), grouped so that points
@@ -191,22 +214,7 @@ def extract_from_points(cfg: StudyConfig, manifest: StackManifest, labels: Path,
     groups = point_groups(kept.rows, kept.cols, points.xy[idx], ids, ex.patch_size,
                           ex.group_distance, points.feature[idx])
     qc = _qc(cfg, points, report, groups, points.y[idx], nodata)
-    provenance = {
-        **_base_provenance(cfg),
-        "labels_path": str(labels),
-        "label_geometry": "points",
-        "class_field": lab.class_field,
-        "id_field": lab.id_field,
-        "patch_size": ex.patch_size,
-        "centre_convention": "window rows/cols start at centre - patch_size // 2; coords are "
-                             "the map x, y of the centre of the pixel holding the point",
-        "sampling": {"per_class": ex.per_class, "group_distance": ex.group_distance,
-                     **report},
-        "point_ids": ids,
-        "seed": cfg.seed,
-        "polygons": points.report.to_dict(),
-        "nodata": nodata,
-    }
+    provenance = _provenance(cfg, labels, points, report, ids, nodata)
     try:
         return finish_patchset(
             cfg, manifest, x[keep], points.y[idx], groups, coords[keep], frac[keep],

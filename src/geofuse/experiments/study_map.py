@@ -187,7 +187,8 @@ def _suggest(cfg: StudyConfig, out: Path, n_classes: int, redo: bool, progress: 
 
 def _assess(cfg: StudyConfig, study_dir: Path, out: Path, mapped: dict[str, Any],
             progress: bool) -> None:
-    """Assess the map against the polygons held out of every fold, when there are any."""
+    """Assess the map against the polygons (or label points) held out of every fold, when
+    there are any."""
     from geofuse.mapping.assess import assess_map
 
     reference = heldout_polygons(cfg, study_dir, out)

@@ -33,6 +33,7 @@ from geofuse.data.stack_reader import centre_limits
 from geofuse.errors import LabelError
 from geofuse.labels.polygons import (
     PolygonReport,
+    duplicate_ids,
     format_ids,
     labelled_features,
     new_report,
@@ -152,10 +153,9 @@ def read_label_points(
 
 def _check_unique(ids: list[str], path: Path) -> None:
     """Point ids must be unique (a MultiPoint part ``F#1`` must not meet a feature ``F#1``)."""
-    if len(set(ids)) == len(ids):
+    dupes = duplicate_ids(ids)
+    if not dupes:
         return
-    seen: set[str] = set()
-    dupes = sorted({i for i in ids if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
     raise LabelError(f"{path}: point ids {format_ids(dupes)} occur twice (a MultiPoint's parts "
                      "are named <id>#<k>); give the features unique ids (labels.id_field)")
 

@@ -76,6 +76,13 @@ class LabelPolygons:
         return len(self.ids)
 
 
+def duplicate_ids(ids: list[str]) -> list[str]:
+    """The ids that occur more than once, sorted."""
+    seen: set[str] = set()
+    repeated = {i for i in ids if i in seen or seen.add(i)}  # type: ignore[func-returns-value]
+    return sorted(repeated)
+
+
 def format_ids(ids: list[str], limit: int = MAX_IDS_IN_MESSAGE) -> str:
     """Comma-separated ids, shortened to ``limit`` with a count of the rest."""
     shown = ", ".join(ids[:limit])

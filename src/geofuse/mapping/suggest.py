@@ -115,7 +115,8 @@ class Suggestions:
 @dataclass
 class _Candidates:
     """One entry per (block, class) with candidates: its class, the best-scored and the random
-    candidate (row, col, score, band value at the pixel) and its number of candidates."""
+    candidate (row, col, score, band value at the pixel) and its number of candidates; and per
+    class the uncertainty mass and the mapped pixels with a finite band value."""
 
     cls: np.ndarray
     best: dict[str, np.ndarray]

@@ -46,7 +46,7 @@ from rasterio.windows import Window
 
 from geofuse.errors import DataNotFoundError, LabelError, RasterError
 from geofuse.io_utils import atomic_write_json, staged_together
-from geofuse.labels.polygons import format_ids, polygonal_part
+from geofuse.labels.polygons import duplicate_ids, format_ids, polygonal_part
 from geofuse.mapping.assess_io import (
     DEFAULT_NODATA,
     STRIP_PIXELS,
@@ -125,9 +125,8 @@ def _read_polygons(path: Path, crs: Any, id_field: str | None
         raise LabelError(f"{path}: no attribute {id_field!r} (--id-field); attributes are "
                          f"{[c for c in frame.columns if c != 'geometry']}")
     ids = [str(v) for v in (frame[id_field] if id_field else range(len(frame)))]
-    if id_field is not None and len(set(ids)) < len(ids):
-        seen: set[str] = set()
-        dupes = sorted({i for i in ids if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
+    dupes = duplicate_ids(ids) if id_field is not None else []
+    if dupes:
         warnings.warn(f"{path.name}: --id-field {id_field!r} repeats {format_ids(dupes)}; "
                       "the zone_id column does not tell those polygons apart", UserWarning,
                       stacklevel=3)
