@@ -169,7 +169,8 @@ def test_every_registry_model_gives_one_logit_per_label(tmp_path: Path) -> None:
     for name in list_models():
         if is_segmentation_model(name):  # dense models: masks, not label sets
             continue
-        cfg = make_config(tmp_path, model={"name": name})
+        series = {"time_series": ["s2"]} if name == "temporal_cnn" else {}
+        cfg = make_config(tmp_path, model={"name": name, **series})
         task = build_task(cfg, patches)
         assert task.multilabel and getattr(task.model, "multilabel", True)
         loss = task._shared_step(batch, "train")

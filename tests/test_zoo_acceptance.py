@@ -57,6 +57,8 @@ def _variant(cfg: StudyConfig, model: str, seed: int | None = None,
     out = cfg.model_copy(deep=True)
     out._base_dir = cfg.base_dir
     out.train.model.name = model
+    if model == "temporal_cnn":  # one date (s2) with the static modis and dem bands
+        out.train.model.time_series = ["s2"]
     out.train.modalities = modalities
     if seed is not None:
         out.seed = seed
