@@ -220,13 +220,13 @@ def test_a_value_per_point_studied_mapped_and_assessed(tmp_path: Path) -> None:
     write_stack(tmp_path / "work")
     b2 = stack_values()[0]  # 100 row + col: a value the patches can learn
     rows = [{**d, "soc": float(b2[int(d["name"][1:].split("_")[0])].mean() / 100)}
-            for d in lattice(step=6, offset=0.5)]
+            for d in lattice(step=9, offset=0.5)]
     cfg = make_config(tmp_path, write_points(tmp_path / "p.gpkg", rows))
     cfg.labels.value_field, cfg.labels.value_strata = "soc", 3
     cfg.splits.test_fraction = 0.0
     cfg.ablation.folds, cfg.ablation.test_fraction = 2, 0.25
     cfg.ablation.sensors, cfg.ablation.models = [["s2"]], ["random_forest"]
-    cfg.mapping.scene, cfg.mapping.stride = "stack", 4
+    cfg.mapping.scene, cfg.mapping.stride, cfg.mapping.suggest = "stack", 4, 3
     ps = extract_quietly(cfg)
     assert ps.regression and ps.value_name == "soc"
     by_id = {d["name"]: d["soc"] for d in rows}
@@ -238,6 +238,10 @@ def test_a_value_per_point_studied_mapped_and_assessed(tmp_path: Path) -> None:
     assert assessment["kind"] == "values" and assessment["metrics"]["n"] == len(heldout)
     assert assessment["metrics"]["spearman_r"] > 0.8  # the value follows the rows
     assert f"against the {len(heldout)} held-out points" in (study / "report.md").read_text()
+    # where to measure next: by the spread of the two fold forests
+    places = gpd.read_file(study / "map" / "label_suggestions.gpkg")
+    assert 1 <= len(places) <= 3 and places["value"].isna().all()
+    assert "map_value" in places.columns and "member_std" in places.columns
 
 
 def test_point_files_the_flow_cannot_use_are_refused(tmp_path: Path) -> None:
@@ -315,9 +319,9 @@ def test_a_point_study_maps_and_assesses_against_its_held_out_points(tmp_path: P
                                                                         min_per_class=1),
                           out_dir=study / "map")
     cfg.mapping.suggest = None
-    _suggest(cfg, study / "map", 3, redo=True, progress=False)
+    _suggest(cfg, study / "map", {"class_names": ["a", "b", "c"]}, redo=True, progress=False)
     assert mine.gpkg_path.is_file() and mine.json_path.is_file()
     cfg.mapping.suggest = 4
     with pytest.warns(UserWarning, match=r"written by 'geofuse suggest' and may hold your "):
-        _suggest(cfg, study / "map", 3, redo=True, progress=False)
+        _suggest(cfg, study / "map", {"class_names": ["a", "b", "c"]}, redo=True, progress=False)
     assert json.loads(mine.json_path.read_text())["origin"] == "geofuse suggest"

@@ -256,3 +256,27 @@ def test_the_window_defaults_to_the_patch_of_the_model_that_made_the_map(tmp_pat
     rows, cols = _pixels(frame)
     assert all(len(np.unique(classes[r - 4:r + 5, c - 4:c + 5])) == 1
                for r, c in zip(rows, cols, strict=True))
+
+
+def test_a_value_map_gets_places_where_the_fold_models_disagree(tmp_path: Path) -> None:
+    values = np.linspace(0, 300, H * W, dtype=np.float32).reshape(H, W)  # e.g. biomass, t/ha
+    values[:10, :] = np.nan  # unmapped
+    spread = np.full((H, W), 2.0, np.float32)
+    spread[60:100, 100:150] = 40.0  # the fold models disagree here
+    spread[np.isnan(values)] = np.nan
+    (tmp_path / "map").mkdir()
+    path = tmp_path / "map" / "values.tif"
+    write_raster(path, values[None], "EPSG:32633", TF, descriptions=["biomass"])
+    write_raster(tmp_path / "map" / "uncertainty.tif", spread[None], "EPSG:32633", TF,
+                 descriptions=["member_std"])
+    res = suggest_labels(path, SuggestOptions(n=10, min_distance=60, explore=0.2),
+                         out_dir=tmp_path / "s")
+    frame = gpd.read_file(res.gpkg_path)
+    assert res.record["band"] == "member_std" and len(frame) == 10
+    assert "value" in frame.columns and "class" not in frame.columns  # to measure
+    assert frame["value"].isna().all()
+    rows, cols = _pixels(frame)
+    np.testing.assert_allclose(frame["map_value"], values[rows, cols], rtol=1e-6)
+    uncertain = frame["pick"] == "uncertain"
+    assert uncertain.sum() == 8 and (frame.loc[uncertain, "member_std"] == 40.0).all()
+    assert (rows >= 10).all()  # never where the map has no value

@@ -509,8 +509,9 @@ def suggest(
                                   "random rather than by uncertainty."),
     min_per_class: int = typer.Option(2, "--min-per-class",
                                       help="Places every mapped class gets at least."),
-    band: str = typer.Option("entropy", "--band", help="Uncertainty band: entropy, "
-                             "one_minus_max_probability, member_std, vote_disagreement."),
+    band: str | None = typer.Option(
+        None, "--band", help="Uncertainty band: entropy (default for a class map), "
+        "one_minus_max_probability, member_std (default for a value map), vote_disagreement."),
     labels: Path | None = typer.Option(None, "--labels", help="Existing label points or "
                                        "polygons: nothing is suggested near them."),
     uncertainty: Path | None = typer.Option(
@@ -527,7 +528,7 @@ def suggest(
 ) -> None:
     """Where to label next: the most uncertain places of a map, spread out and over every
     class, plus a random share (label_suggestions.gpkg with an empty 'class' column to fill,
-    .json and .png)."""
+    or 'value' for a value map, .json and .png)."""
     from geofuse.mapping.suggest import SuggestOptions, suggest_labels, summary
 
     opts = SuggestOptions(n=n, min_distance=min_distance, explore=explore,

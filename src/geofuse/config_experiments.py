@@ -153,9 +153,10 @@ class MappingConfig(_Model):
         "one polygon per region with class, area and mean uncertainty. Default: none."
     )
     suggest: int | None = Field(
-        None, ge=1, description="Class maps: also write this many places to label next "
-        "(geofuse suggest: the most uncertain patch-sized places of each class and a random "
-        "fifth, spread out, away from the study's labels): map/label_suggestions.gpkg with "
-        "an empty 'class' column to fill, .json and .png. Default: none."
+        None, ge=1, description="Also write this many places to label next (geofuse "
+        "suggest: the most uncertain patch-sized places of each class, or of a value map by "
+        "the spread of the fold models, and a random fifth, spread out, away from the study's "
+        "labels): map/label_suggestions.gpkg with an empty 'class' (or 'value') column to "
+        "fill, .json and .png. Default: none."
     )
 

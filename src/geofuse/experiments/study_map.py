@@ -132,12 +132,12 @@ def map_study(cfg: StudyConfig, study_dir: Path, progress: bool = True) -> Path:
         _assess(cfg, study_dir, out, mapped, progress)
     if not mapped.get("value_name"):
         _publish(out, m.mmu_ha, redo=not fresh, progress=progress)
-        _suggest(cfg, out, len(mapped.get("class_names") or []), redo=not fresh,
-                 progress=progress)
+    _suggest(cfg, out, mapped, redo=not fresh, progress=progress)
     return out
 
 
-def _suggest(cfg: StudyConfig, out: Path, n_classes: int, redo: bool, progress: bool) -> None:
+def _suggest(cfg: StudyConfig, out: Path, mapped: dict[str, Any], redo: bool,
+             progress: bool) -> None:
     """Places to label next (``mapping.suggest``), away from the study's labels, at least two
     per class when the number allows; redone when the map or the number changed. Only files
     this hook wrote (``origin: mapping.suggest``) are replaced or removed, never the places a
@@ -145,6 +145,7 @@ def _suggest(cfg: StudyConfig, out: Path, n_classes: int, redo: bool, progress: 
     from geofuse.mapping.suggest import STEM, SuggestOptions, suggest_labels, summary
 
     n = cfg.mapping.suggest
+    map_file = out / ("values.tif" if mapped.get("value_name") else "classes.tif")
     record = out / f"{STEM}.json"
     previous = json.loads(record.read_text()) if record.is_file() else None
     if previous is not None and previous.get("origin") != ORIGIN:
@@ -167,10 +168,10 @@ def _suggest(cfg: StudyConfig, out: Path, n_classes: int, redo: bool, progress: 
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            n_classes = 1 if mapped.get("value_name") else len(mapped.get("class_names") or [])
             opts = SuggestOptions(n=n, seed=cfg.seed,
                                   min_per_class=min(2, n // max(n_classes, 1)))
-            result = suggest_labels(out / "classes.tif", opts, labels=labels, out_dir=out,
-                                    origin=ORIGIN)
+            result = suggest_labels(map_file, opts, labels=labels, out_dir=out, origin=ORIGIN)
     except (GeofuseError, OSError) as err:
         message = err.one_line() if isinstance(err, GeofuseError) else str(err)
         warnings.warn(f"mapping.suggest: no places to label were written: {message}",
@@ -178,8 +179,7 @@ def _suggest(cfg: StudyConfig, out: Path, n_classes: int, redo: bool, progress: 
         return
     for w in caught:
         warnings.warn(f"mapping.suggest: {w.message} (lower mapping.suggest, or run 'geofuse "
-                      f"suggest {out / 'classes.tif'}' for the other options)", UserWarning,
-                      stacklevel=2)
+                      f"suggest {map_file}' for the other options)", UserWarning, stacklevel=2)
     if progress:
         console.print(f"places to label next: {summary(result.record)}: {result.gpkg_path}",
                       soft_wrap=True)

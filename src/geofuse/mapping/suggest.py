@@ -26,6 +26,10 @@ written by ``geofuse predict``):
    far; quota a class cannot fill goes to the other classes, and a shortfall against ``n`` is
    warned with its cause.
 
+A value map (``values.tif`` of a regression run) is one stratum, scored by default by the
+spread of its fold models (``member_std``); its places carry the mapped value (``map_value``)
+and an empty ``value`` column to measure instead of ``class``.
+
 Outputs (in ``out_dir``, default the map's folder), staged and renamed together:
 ``label_suggestions.gpkg`` (points at pixel centres: ``id``, ``map_class``,
 ``map_class_name``, the band's value at the pixel, ``score`` (the neighbourhood's mean),
@@ -54,9 +58,16 @@ from affine import Affine
 from rasterio.features import geometry_mask
 from rasterio.windows import Window
 
-from geofuse.errors import ConfigError, SamplingError
+from geofuse.errors import ConfigError, RasterError, SamplingError
 from geofuse.io_utils import atomic_write_json, staged_together
-from geofuse.mapping.assess_io import ClassMap, find_uncertainty, open_class_map, read_vector
+from geofuse.mapping.assess_io import (
+    ClassMap,
+    find_uncertainty,
+    open_class_map,
+    read_vector,
+    strip_windows,
+)
+from geofuse.mapping.assess_values import is_value_map
 from geofuse.mapping.sample_design import allocate
 
 STEM = "label_suggestions"
@@ -80,7 +91,8 @@ class SuggestOptions:
         explore: share of the places drawn at random instead of by uncertainty.
         min_per_class: places every class with candidates gets at least.
         band: uncertainty band by name (``entropy``, ``one_minus_max_probability``,
-            ``member_std``, ``vote_disagreement``).
+            ``member_std``, ``vote_disagreement``); ``None``: ``entropy`` for a class map,
+            ``member_std`` (the spread of the ensemble) for a value map.
         seed: random seed.
         label_distance: least distance from existing labels, in map units; ``None``: the
             window (so a new place's patch does not overlap a labelled point's).
@@ -95,7 +107,7 @@ class SuggestOptions:
     min_distance: float | None = None
     explore: float = 0.2
     min_per_class: int = 2
-    band: str = "entropy"
+    band: str | None = None
     seed: int = 0
     label_distance: float | None = None
     window: int | None = None
@@ -124,6 +136,61 @@ class _Candidates:
     count: np.ndarray
     mass: np.ndarray
     mapped: np.ndarray  #: mapped pixels of each class with a finite band value
+
+
+@dataclass
+class _ValueMap:
+    """A value map (``values.tif`` of a regression run) seen as one stratum: its mapped
+    pixels are class 0 (``class_names``: what the values measure)."""
+
+    path: Path
+    grid: Any
+    class_names: list[str]
+    counts: np.ndarray
+    pixel_area_m2: float
+    value_nodata: float | None
+    nodata: int = 255
+
+    @property
+    def n_classes(self) -> int:
+        return 1
+
+    def valid(self, data: np.ndarray) -> np.ndarray:
+        ok = np.isfinite(data)
+        if self.value_nodata is not None and not math.isnan(self.value_nodata):
+            ok &= data != self.value_nodata
+        return ok
+
+
+def _open_value_map(path: Path) -> _ValueMap:
+    """A float map's header and mapped pixels (one pass over strips)."""
+    from geofuse.raster.io import Grid
+
+    with rasterio.open(path) as src:
+        grid = Grid(src.crs, src.transform, src.width, src.height)
+        vm = _ValueMap(path, grid, [src.tags().get("value_name", "value")], np.zeros(1, np.int64),
+                       abs(src.transform.a * src.transform.e - src.transform.b * src.transform.d),
+                       src.nodata)
+        for win in strip_windows(grid):
+            vm.counts[0] += int(vm.valid(src.read(1, window=win)).sum())
+    if not vm.counts[0]:
+        raise RasterError(f"value map {str(path)!r} has no mapped pixel (every pixel is nodata "
+                          "or NaN); check the map")
+    return vm
+
+
+def _read_classes(cmap: ClassMap | _ValueMap, src: Any, win: Window) -> np.ndarray:
+    """Class codes of a strip: the class map's, or 0 where a value map is mapped (else 255)."""
+    data = src.read(1, window=win)
+    if isinstance(cmap, _ValueMap):
+        return np.where(cmap.valid(data), 0, cmap.nodata).astype(np.uint8)
+    return data
+
+
+def _map_values(cmap: _ValueMap, picks: list[dict[str, Any]]) -> list[float]:
+    """The mapped value under every place."""
+    with rasterio.open(cmap.path) as src:
+        return [float(src.read(1, window=Window(p["col"], p["row"], 1, 1))[0, 0]) for p in picks]
 
 
 def _check_options(opts: SuggestOptions) -> None:
@@ -238,7 +305,7 @@ def _candidates(cmap: ClassMap, unc_path: Path, band: int, sides: tuple[int, int
             n_rows = min(rows_per_strip, height - row0)
             top, bottom = max(row0 - halo, 0), min(row0 + n_rows + halo, height)
             win = Window(0, top, width, bottom - top)
-            cls = cls_src.read(1, window=win)
+            cls = _read_classes(cmap, cls_src, win)
             unc = unc_src.read(band, window=win, masked=True).filled(np.nan).astype(np.float64)
             valid = (cls != cmap.nodata) & np.isfinite(unc) & (cls < k)
             score, interior = _window_scores(cls, unc, valid, opts.window)
@@ -422,8 +489,8 @@ def _warn_shortfall(cmap: ClassMap, cand: _Candidates, picks: list[dict[str, Any
     return out
 
 
-def _write_gpkg(path: Path, cmap: ClassMap, picks: list[dict[str, Any]], band: str,
-                prefix: str) -> None:
+def _write_gpkg(path: Path, cmap: ClassMap | _ValueMap, picks: list[dict[str, Any]],
+                band: str, prefix: str) -> None:
     rows = np.array([p["row"] for p in picks], dtype=np.int64)
     cols = np.array([p["col"] for p in picks], dtype=np.int64)
     xs, ys = cmap.grid.transform @ (cols + 0.5, rows + 0.5)
@@ -434,8 +501,12 @@ def _write_gpkg(path: Path, cmap: ClassMap, picks: list[dict[str, Any]], band: s
         band: np.array([p["value"] for p in picks], dtype=np.float64),
         "score": np.array([p["score"] for p in picks], dtype=np.float64),
         "pick": [p["pick"] for p in picks],
-        "class": pd.Series([None] * len(picks), dtype=object),
     }, geometry=shapely.points(np.asarray(xs), np.asarray(ys)), crs=cmap.grid.crs)
+    if isinstance(cmap, _ValueMap):  # measure the value there
+        frame["map_value"] = _map_values(cmap, picks)
+        frame["value"] = pd.Series([None] * len(picks), dtype=object)
+    else:  # label the class there
+        frame["class"] = pd.Series([None] * len(picks), dtype=object)
     frame.to_file(path, driver="GPKG", layer=STEM, engine="pyogrio")
 
 
@@ -490,9 +561,12 @@ def suggest_labels(
         SamplingError: ``n`` below the per-class minimum, or no candidate at all.
     """
     _check_options(opts)
-    cmap = open_class_map(map_path, classes)
+    values = is_value_map(map_path)
+    cmap = _open_value_map(Path(map_path)) if values else open_class_map(map_path, classes)
     if opts.window is None:
         opts = replace(opts, window=default_window(cmap.path))
+    if opts.band is None:
+        opts = replace(opts, band="member_std" if values else "entropy")
     unc_path, band = find_uncertainty(cmap.path, cmap.grid, uncertainty, opts.band,
                                       required=True)  # type: ignore[misc]
     t = cmap.grid.transform
