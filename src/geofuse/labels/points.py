@@ -102,8 +102,8 @@ def read_label_points(
     Raises:
         LabelError: missing class/id attribute, unknown class values, values not numbers.
     """
-    frame, ids, labels, class_names = labelled_features(
-        frame, path, class_field, classes, id_field, value_field)
+    ids, labels, class_names = labelled_features(frame, path, class_field, classes, id_field,
+                                                 value_field)
     if crs is not None:
         frame = frame.to_crs(crs)
     report = new_report(path, len(frame), value_field)

@@ -268,8 +268,8 @@ def warn_report(report: PolygonReport) -> None:
 def labelled_features(
     frame: gpd.GeoDataFrame, path: Path, class_field: str, classes: list[str] | None,
     id_field: str | None, value_field: str | None,
-) -> tuple[gpd.GeoDataFrame, list[str], list[str | None], list[str]]:
-    """The frame, feature ids, each feature's label (class name, or a number as a string with
+) -> tuple[list[str], list[str | None], list[str]]:
+    """The feature ids, each feature's label (class name, or a number as a string with
     ``value_field``; None when missing) and the class names (the distinct numbers with
     ``value_field``)."""
     ids = _feature_ids(frame, path, id_field)
@@ -277,7 +277,7 @@ def labelled_features(
               _class_values(frame, path, class_field))
     class_names = (sorted({v for v in values if v is not None}) if value_field else
                    _class_names(values, path, class_field, classes))
-    return frame, ids, values, class_names
+    return ids, values, class_names
 
 
 def new_report(path: Path, n_features: int, value_field: str | None) -> PolygonReport:
@@ -317,9 +317,9 @@ def read_label_polygons(
         LabelError: unreadable file, no CRS, missing class/id attribute, unknown class values.
     """
     path = Path(path)
-    frame, ids, values, class_names = labelled_features(
-        read_frame(path) if frame is None else frame, path, class_field, classes, id_field,
-        value_field)
+    frame = read_frame(path) if frame is None else frame
+    ids, values, class_names = labelled_features(frame, path, class_field, classes, id_field,
+                                                 value_field)
     if crs is not None:
         frame = frame.to_crs(crs)
     report = new_report(path, len(frame), value_field)
