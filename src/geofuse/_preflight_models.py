@@ -119,18 +119,37 @@ def _pretrained_band_problems(
     path: Any, model: ModelConfig, modalities: Sequence[str], inputs: Inputs, key_of: KeyOf,
     in_grid: bool,
 ) -> list[Problem]:
-    """A ``geofuse pretrain`` weight file made for other bands than the run's."""
+    """Bands of a weight file against the run's: a ``geofuse pretrain`` file made for other
+    bands (refused for models that cannot match bands by name), or ``pretrained_bands`` none of
+    the run's bands is among (a single run; a grid cell warns instead)."""
+    from geofuse.models.adapt import match_bands, resolve_pretrained_bands
     from geofuse.models.backbones import read_file_metadata
+    from geofuse.models.registry import model_options
 
     made_for = read_file_metadata(path).get("band_names")
     run_bands = [b for m in modalities for b in inputs.modalities.get(m, [])]
-    if not made_for or not run_bands or list(made_for) == run_bands:
-        return []
     where = f"the sensor subset {list(modalities)}" if in_grid else "the run"
-    return [Problem(key_of("pretrained_path"), model.pretrained_path,
-                    f"was pretrained on bands {list(made_for)} but {where} uses {run_bands}; "
-                    "run 'geofuse pretrain' with the same train.modalities, or list only that "
-                    "subset in ablation.sensors")]
+    if "pretrained_bands" not in model_options(model.name):
+        if not made_for or not run_bands or list(made_for) == run_bands:
+            return []
+        return [Problem(key_of("pretrained_path"), model.pretrained_path,
+                        f"was pretrained on bands {list(made_for)} but {where} uses "
+                        f"{run_bands}; run 'geofuse pretrain' with the same train.modalities, "
+                        "or list only that subset in ablation.sensors")]
+    source = resolve_pretrained_bands(model.pretrained_bands) or made_for
+    if not source or not run_bands:
+        return []
+    key = key_of("pretrained_bands") if model.pretrained_bands else key_of("pretrained_path")
+    given = model.pretrained_bands or model.pretrained_path
+    try:
+        matched = [i for i in match_bands(run_bands, source) if i is not None]
+    except ConfigError as err:
+        return [Problem(key, given, str(err))]
+    if matched or in_grid:
+        return []
+    return [Problem(key, given, f"none of the run's bands {run_bands} is among the weight "
+                    f"file's bands {list(source)}; name the file's bands (matched without the "
+                    "modality prefix, B04 = B4) or train from scratch")]
 
 
 def _time_series_problems(given: list[str] | None, modalities: Sequence[str],

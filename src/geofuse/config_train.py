@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from geofuse._config_base import _Model
 
@@ -59,9 +59,23 @@ class ModelConfig(_Model):
     pretrained_path: str | None = Field(
         None, description="simple_cnn/early_fusion and backbones: local weight file, relative "
         "to the config file; never downloaded. Backbones take a torch/timm state dict of the "
-        "RGB network, or one for exactly the input bands; simple_cnn loads its encoder "
-        "(features.*). 'geofuse pretrain' writes such a file (self-supervised, from the "
-        "study's own patches). Default: train from scratch."
+        "RGB network, of a multispectral one (name its bands in pretrained_bands), or of one "
+        "for exactly the input bands; ViTs are resampled to the patch and token size; "
+        "simple_cnn loads its encoder (features.*). 'geofuse pretrain' writes such a file "
+        "(self-supervised, from the study's own patches). Default: train from scratch."
+    )
+    pretrained_bands: list[str] | str | None = Field(
+        None, description="Backbones and segmentation encoders with a pretrained_path: the "
+        "weight file's input bands in order, or a preset: sentinel2_l1c (the 13 bands of "
+        "SSL4EO-S12 / TorchGeo sentinel2_all weights: B1-B8, B8A, B9-B12) or sentinel2_l2a "
+        "(the same without B10). Input bands are matched by name (s2_B04 = B4): a matched band "
+        "keeps its pretrained kernel, any other band starts small and random, file bands the "
+        "input lacks are dropped. Default: the bands a 'geofuse pretrain' file records."
+    )
+    vit_patch_size: int | None = Field(
+        None, ge=1, description="vit_* backbones: token side in pixels (timm's patch_size); "
+        "must divide the patch (or upsample_to). Default: the largest of 16, 8, 4, 2, 1 that "
+        "gives at least 4 x 4 tokens."
     )
     input_adaptation: Literal["cycle", "band_aware", "reduce"] = Field(
         "cycle", description="Backbones with pretrained weights: cycle (timm: RGB kernels "
@@ -113,6 +127,14 @@ class ModelConfig(_Model):
         None, description="Segmentation models: U-Net decoder channels per stage, deepest "
         "first; default the model's own."
     )
+
+    @field_validator("pretrained_bands")
+    @classmethod
+    def _known_band_set(cls, value: list[str] | str | None) -> list[str] | str | None:
+        from geofuse.models.adapt import resolve_pretrained_bands
+
+        resolve_pretrained_bands(value)  # an unknown preset or a repeated band is refused here
+        return value
 
 
 #: Losses for multi-label targets (label sets); ``auto`` picks ``bce`` for them.

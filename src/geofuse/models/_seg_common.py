@@ -24,6 +24,7 @@ from geofuse.models.adapt import (
     band_aware_weight,
     check_adaptation,
     cycle_weight,
+    matched_weight,
     reduce_adapter,
     replace_conv_input,
     rgb_indices,
@@ -160,13 +161,15 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path, label: str) -> No
 def adapt_encoder_input(
     encoder: nn.Module, bands: int, time_steps: int, method: str,
     step_names: Sequence[str] | None, rgb_bands: Sequence[str] | None,
+    source_bands: Sequence[str] | None = None,
 ) -> None:
-    """Replace the encoder's 3-band (R, G, B) first convolution by one for ``time_steps`` x
-    ``bands`` channels, in place.
+    """Replace the encoder's first convolution (3-band R, G, B, or the ``source_bands`` of a
+    multispectral file) by one for ``time_steps`` x ``bands`` channels, in place.
 
     The C-band kernel is built per date (``cycle``: timm's rule; ``band_aware``: RGB kernels on
-    the real R, G, B bands, see :mod:`.adapt`) and, for T > 1 dates in the channels, repeated
-    for every date and divided by T, so a series of T identical dates responds like one date.
+    the real R, G, B bands; with ``source_bands`` each band's kernel by name, see
+    :mod:`.adapt`) and, for T > 1 dates in the channels, repeated for every date and divided by
+    T, so a series of T identical dates responds like one date.
 
     Raises:
         ConfigError: ``band_aware`` without band names or without the R, G, B bands.
@@ -174,11 +177,12 @@ def adapt_encoder_input(
     target = weights_target(encoder)
     path = first_conv_path(target)
     weight = target.get_submodule(path).weight
-    if method == "band_aware":
+    if source_bands is not None or method == "band_aware":
         if step_names is None:
             raise ConfigError("band_aware input adaptation needs the input band names; build "
                               "the model through 'geofuse train' or pass band_names")
-        new = band_aware_weight(weight, step_names, canonical_rgb(rgb_bands))
+        new = (matched_weight(weight, step_names, source_bands) if source_bands is not None
+               else band_aware_weight(weight, step_names, canonical_rgb(rgb_bands)))
     else:
         new = cycle_weight(weight, bands)
     if time_steps > 1:
@@ -257,6 +261,7 @@ def build_with_weights(
     make: Callable[[int], nn.Module], encoder_of: Callable[[nn.Module], nn.Module], label: str,
     channels: int, time_steps: int, pretrained_path: str | Path | None, adaptation: str,
     step_names: Sequence[str] | None, rgb_bands: Sequence[str] | None,
+    source_bands: Sequence[str] | None = None,
 ) -> tuple[nn.Module, nn.Module]:
     """Build a network for ``channels`` input channels and its input adapter.
 
@@ -272,6 +277,8 @@ def build_with_weights(
             front of the unchanged RGB network; the adapter returned).
         step_names: canonical band names of one date (for ``band_aware``).
         rgb_bands: names of the red, green and blue bands.
+        source_bands: the weight file's bands in order (``train.model.pretrained_bands``):
+            matched to ``step_names`` by name whatever the file's band count.
 
     Returns:
         The network and the adapter module to apply before it (``nn.Identity`` but for reduce).
@@ -280,6 +287,9 @@ def build_with_weights(
         ConfigError: weights that fit neither 3 nor ``channels`` bands, or not the encoder.
     """
     if adaptation == "reduce":
+        if source_bands is not None:
+            raise ConfigError(f"{label}: input_adaptation reduce feeds a 3-band (RGB) network; "
+                              "remove it to match train.model.pretrained_bands by name")
         model = make(3)
         if pretrained_path is not None:
             load_encoder_weights(encoder_of(model), pretrained_path, label)
@@ -289,6 +299,12 @@ def build_with_weights(
     model = make(3)
     conv = first_conv_path(weights_target(encoder_of(model)))
     src = file_in_channels(pretrained_path, conv)
+    if source_bands is not None:
+        model = model if src == 3 else make(src)
+        load_encoder_weights(encoder_of(model), pretrained_path, label)
+        adapt_encoder_input(encoder_of(model), channels // time_steps, time_steps, adaptation,
+                            step_names, rgb_bands, source_bands)
+        return model, nn.Identity()
     if src == channels != 3:
         model = make(channels)
         load_encoder_weights(encoder_of(model), pretrained_path, label)
@@ -296,8 +312,8 @@ def build_with_weights(
     if src != 3:
         raise ConfigError(
             f"pretrained weights {str(pretrained_path)!r} have a first convolution for {src} "
-            f"bands; {label} takes 3-band (RGB) weights, adapted to the bands, or weights for "
-            f"exactly {channels} input channels; use RGB weights"
+            f"bands; name them in order in train.model.pretrained_bands (e.g. sentinel2_l1c) "
+            f"so {label} matches them to the input bands by name"
         )
     load_encoder_weights(encoder_of(model), pretrained_path, label)
     adapt_encoder_input(encoder_of(model), channels // time_steps, time_steps, adaptation,

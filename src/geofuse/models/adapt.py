@@ -9,10 +9,20 @@ Three explicit strategies (``train.model.input_adaptation``):
   the pretrained kernels' standard deviation). On an image whose other bands are zero the
   network responds exactly as the RGB network does.
 - ``reduce``: a learned 1x1 convolution C -> 3 in front of the unchanged RGB network.
+
+Multispectral weights (SSL4EO-S12's 13 Sentinel-2 bands, a ``geofuse pretrain`` file, weights
+for R, G, B in another order) are matched by band name (``train.model.pretrained_bands``): each
+input band named in the file's band list gets that band's kernel unchanged, every other input
+band a small random start, and the file's bands the input lacks are dropped. On an image whose
+unmatched bands are zero the network responds as the pretrained network does to the same image
+with its missing bands zero. Names match without a modality prefix (``s2_B4`` is ``B4``), a date
+(``B4@2020-06``), case or zero padding (``B04`` is ``B4``).
 """
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -27,6 +37,16 @@ InputAdaptation = Literal["cycle", "band_aware", "reduce"]
 ADAPTATIONS: tuple[str, ...] = ("cycle", "band_aware", "reduce")
 RANDOM_SCALE = 0.1
 DEFAULT_RGB: tuple[str, str, str] = SENSORS["sentinel2"].rgb or ("B4", "B3", "B2")
+
+
+#: Band lists of published multispectral weights, by name (``pretrained_bands: sentinel2_l1c``).
+PRETRAINED_BAND_SETS: dict[str, tuple[str, ...]] = {
+    # SSL4EO-S12 / TorchGeo ``*_sentinel2_all_*`` weights: all 13 Level-1C bands
+    "sentinel2_l1c": ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11",
+                      "B12"),
+    # the same without the cirrus band B10, which Level-2A products drop
+    "sentinel2_l2a": ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B11", "B12"),
+}
 
 
 def check_adaptation(name: str) -> None:
@@ -73,6 +93,107 @@ def rgb_indices(band_names: Sequence[str], rgb_bands: Sequence[str] | None = Non
     return out
 
 
+def band_key(name: str) -> str:
+    """A band name for matching: no date, upper case, no zero padding (``b04@2020`` is ``B4``)."""
+    return re.sub(r"(?<=B)0(?=\d$)", "", name.split("@", 1)[0].upper())
+
+
+def _name_forms(name: str) -> list[str]:
+    """``s2_idx_NDVI`` -> keys of ``s2_idx_NDVI``, ``idx_NDVI``, ``NDVI`` (longest first)."""
+    parts = name.split("@", 1)[0].split("_")
+    return [band_key("_".join(parts[i:])) for i in range(len(parts))]
+
+
+def resolve_pretrained_bands(value: str | Sequence[str] | None) -> list[str] | None:
+    """``train.model.pretrained_bands`` as a band list: a preset name is expanded.
+
+    Raises:
+        ConfigError: an unknown preset name, or a list with a band twice.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value not in PRETRAINED_BAND_SETS:
+            raise ConfigError(
+                f"unknown pretrained_bands preset {value!r}; use one of "
+                f"{', '.join(PRETRAINED_BAND_SETS)} or list the weight file's bands in order "
+                "in train.model.pretrained_bands"
+            )
+        return list(PRETRAINED_BAND_SETS[value])
+    bands = list(value)
+    keys = [band_key(b) for b in bands]
+    twice = sorted({b for b, k in zip(bands, keys, strict=True) if keys.count(k) > 1})
+    if twice or not bands:
+        raise ConfigError(
+            f"pretrained_bands {bands} must name each band of the weight file once (repeated: "
+            f"{twice}); fix train.model.pretrained_bands"
+        )
+    return bands
+
+
+def match_bands(band_names: Sequence[str], source_bands: Sequence[str]) -> list[int | None]:
+    """For each input band, the position of the same band in ``source_bands`` (or ``None``).
+
+    An input band matches a source band by its full name or by the part after a modality
+    prefix (``s2_B04`` matches ``B4``); the longest match wins.
+
+    Raises:
+        ConfigError: two input bands match the same source band (``s2_B4`` and ``l8_B4``
+            against ``B4``): the source band must be named with its prefix.
+    """
+    keys = {band_key(b): i for i, b in enumerate(source_bands)}
+    out: list[int | None] = []
+    for name in band_names:
+        out.append(next((keys[k] for k in _name_forms(name) if k in keys), None))
+    for src in {i for i in out if i is not None}:
+        users = [b for b, i in zip(band_names, out, strict=True) if i == src]
+        if len(users) > 1:
+            raise ConfigError(
+                f"input bands {users} all match the weight file's band "
+                f"{source_bands[src]!r}; name it with its modality prefix (e.g. "
+                f"{users[0]!r}) in train.model.pretrained_bands"
+            )
+    return out
+
+
+def matched_weight(
+    weight: torch.Tensor,
+    band_names: Sequence[str],
+    source_bands: Sequence[str],
+    scale: float = RANDOM_SCALE,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """First-layer weight (O, S, *k) for the S ``source_bands`` -> (O, C, *k) for the C input
+    bands: matched bands keep their kernels, the others get a random start of standard
+    deviation ``scale`` x that of ``weight``. No band matching is warned (the first layer
+    then starts from scratch; a DEM-only cell of an ablation with Sentinel-2 weights).
+
+    Raises:
+        ConfigError: ``source_bands`` does not have S names.
+    """
+    if len(source_bands) != weight.shape[1]:
+        raise ConfigError(
+            f"pretrained_bands names {len(source_bands)} bands {list(source_bands)} but the "
+            f"weight file's first layer takes {weight.shape[1]}; list every band of the file, "
+            "in its order, in train.model.pretrained_bands"
+        )
+    idx = match_bands(band_names, source_bands)
+    if all(i is None for i in idx):
+        warnings.warn(
+            f"none of the input bands {list(band_names)} is among the weight file's bands "
+            f"{list(source_bands)}: the first layer starts from scratch; check "
+            "train.model.pretrained_bands", stacklevel=2,
+        )
+    src = weight.detach()
+    std = float(src.float().std()) * scale
+    new = torch.randn((src.shape[0], len(band_names), *src.shape[2:]), generator=generator) * std
+    new = new.to(src.dtype)
+    for dst, i in enumerate(idx):
+        if i is not None:
+            new[:, dst] = src[:, i]
+    return new
+
+
 def cycle_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     """First-conv weight (O, 3, k, k) -> (O, C, k, k) by timm's cycling rule (scaled by 3/C)."""
     return adapt_input_conv(in_channels, weight.detach().clone())
@@ -97,16 +218,10 @@ def band_aware_weight(
     if weight.shape[1] != 3:
         raise ConfigError(
             f"band_aware needs a pretrained first convolution with 3 (R, G, B) input channels, "
-            f"the weights have {weight.shape[1]}; use input_adaptation: cycle"
+            f"the weights have {weight.shape[1]}; name them in train.model.pretrained_bands"
         )
-    idx = rgb_indices(band_names, rgb_bands)
-    out_c, _, kh, kw = weight.shape
-    std = float(weight.detach().float().std()) * scale
-    new = torch.randn((out_c, len(band_names), kh, kw), generator=generator) * std
-    new = new.to(weight.dtype)
-    for src, dst in enumerate(idx):
-        new[:, dst] = weight.detach()[:, src]
-    return new
+    rgb = [band_names[i] for i in rgb_indices(band_names, rgb_bands)]
+    return matched_weight(weight, band_names, rgb, scale, generator)
 
 
 def replace_conv_input(model: nn.Module, path: str, weight: torch.Tensor) -> nn.Conv2d:

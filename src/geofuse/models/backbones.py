@@ -1,9 +1,11 @@
-"""timm backbones (ResNet, MobileNetV2, EfficientNet) as classifiers for any number of bands.
+"""timm backbones (ResNet, MobileNetV2, EfficientNet, ViT) as classifiers for any band count.
 
 A :class:`BackboneClassifier` is ``[upsample] -> [1x1 reduce] -> timm feature extractor ->
 dropout -> linear``. The timm network is built with ``pretrained=False, num_classes=0`` (it
 returns pooled features); pretrained weights come only from a local state-dict file, are loaded
-into the RGB network first and then adapted to the input bands (:mod:`geofuse.models.adapt`).
+into the network the file was made for (RGB, or the file's own bands) and then adapted to the
+input bands (:mod:`geofuse.models.adapt`; multispectral files by band name with
+``pretrained_bands``). Vision transformers are built for the patch size (:mod:`._vit`).
 Freezing (:mod:`geofuse.models.freeze`) applies to the timm network only; the head is always
 trainable. ``features(x)`` gives the (B, feature_dim) vectors that fusion models reuse.
 """
@@ -22,7 +24,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from geofuse.errors import ConfigError, DataNotFoundError
-from geofuse.models.adapt import InputAdaptation, adapt_first_conv, check_adaptation, reduce_adapter
+from geofuse.models._vit import fit_vit_state, is_vit, vit_kwargs, vit_stage_paths
+from geofuse.models.adapt import (
+    InputAdaptation,
+    adapt_first_conv,
+    check_adaptation,
+    matched_weight,
+    reduce_adapter,
+    replace_conv_input,
+    resolve_pretrained_bands,
+)
 from geofuse.models.freeze import (
     COLLAPSE_RISK_FRACTION,
     freeze_by_fraction,
@@ -31,7 +42,9 @@ from geofuse.models.freeze import (
     frozen_fraction,
 )
 
-BACKBONES: tuple[str, ...] = ("resnet18", "resnet50", "mobilenetv2_100", "efficientnet_b0")
+BACKBONES: tuple[str, ...] = ("resnet18", "resnet50", "mobilenetv2_100", "efficientnet_b0",
+                               "vit_tiny_patch16_224", "vit_small_patch16_224",
+                               "vit_base_patch16_224")
 _WRAPPERS = ("state_dict", "model", "state_dict_ema")
 _PREFIXES = ("module.", "model.", "backbone.")
 _DROPPED_TOP = ("head", "adapter")
@@ -97,6 +110,8 @@ def read_file_metadata(path: str | Path) -> dict[str, Any]:
 
 def _stage_paths(model: nn.Module) -> dict[str, list[str]]:
     """Named stages of a timm backbone, in forward order, as module paths."""
+    if hasattr(model, "patch_embed"):
+        return vit_stage_paths(model)
     if hasattr(model, "layer1"):  # resnet family
         return {"conv1": ["conv1", "bn1"], **{f"layer{i}": [f"layer{i}"] for i in range(1, 5)}}
     blocks = model.get_submodule("blocks")
@@ -117,14 +132,21 @@ class BackboneClassifier(nn.Module):
         backbone: timm model name, one of :data:`BACKBONES`.
         band_names: the input bands in channel order (needed by ``band_aware``).
         dropout: dropout probability before the linear head.
-        pretrained_path: local state-dict file of the timm RGB network; ``None`` trains from
-            scratch (timm's initialisation for ``in_channels`` bands).
-        input_adaptation: ``cycle``, ``band_aware`` or ``reduce`` (see :mod:`.adapt`).
+        pretrained_path: local state-dict file of the timm network (RGB, multispectral with
+            ``pretrained_bands``, or for exactly the input bands); ``None`` trains from scratch
+            (timm's initialisation for ``in_channels`` bands).
+        input_adaptation: ``cycle``, ``band_aware`` or ``reduce`` (see :mod:`.adapt`) for RGB
+            weights.
         rgb_bands: names of the red, green and blue bands for ``band_aware``.
+        pretrained_bands: the weight file's input bands in order, or a preset name of
+            :data:`~geofuse.models.adapt.PRETRAINED_BAND_SETS`; the input bands are matched to
+            them by name. Default: the bands a ``geofuse pretrain`` file records, if any.
         freeze_fraction: share of the backbone's parameterised layers to freeze, first first.
         freeze_stages: named stages to freeze (see :meth:`stage_names`).
         upsample_to: bilinear upsampling of the input to this size (warned against).
         backbone_lr_scale: learning-rate multiplier of the backbone's parameter group.
+        vit_patch_size: ViT backbones: token side in pixels (default: the largest of 16, 8, 4,
+            2, 1 that cuts the input into at least 4 x 4 tokens).
 
     Raises:
         ConfigError: an invalid option; DataNotFoundError: a missing weights file.
@@ -145,6 +167,8 @@ class BackboneClassifier(nn.Module):
         freeze_stages: Sequence[str] | None = None,
         upsample_to: int | None = None,
         backbone_lr_scale: float = 1.0,
+        pretrained_bands: str | Sequence[str] | None = None,
+        vit_patch_size: int | None = None,
     ) -> None:
         super().__init__()
         self._check(backbone, in_channels, num_classes, patch_size, upsample_to,
@@ -153,8 +177,10 @@ class BackboneClassifier(nn.Module):
         self.input_adaptation = input_adaptation
         self.backbone_lr_scale = backbone_lr_scale
         self.upsample_to = upsample_to
-        self.backbone = self._build_backbone(backbone, in_channels, pretrained_path,
-                                             input_adaptation, band_names, rgb_bands)
+        self.backbone = self._build_backbone(
+            backbone, in_channels, pretrained_path, input_adaptation, band_names, rgb_bands,
+            resolve_pretrained_bands(pretrained_bands),
+            self._create_kwargs(backbone, upsample_to or patch_size, vit_patch_size))
         self.adapter: nn.Module = (
             reduce_adapter(in_channels) if input_adaptation == "reduce" else nn.Identity()
         )
@@ -204,33 +230,51 @@ class BackboneClassifier(nn.Module):
         )
 
     @staticmethod
+    def _create_kwargs(name: str, side: int, vit_patch_size: int | None) -> dict[str, Any]:
+        """Extra timm options: a ViT's image and token size."""
+        if is_vit(name):
+            return vit_kwargs(name, side, vit_patch_size)
+        if vit_patch_size is not None:
+            raise ConfigError(f"vit_patch_size is an option of the vit_* backbones, not of "
+                              f"{name}; remove train.model.vit_patch_size")
+        return {}
+
+    @staticmethod
     def _build_backbone(
         name: str, in_channels: int, pretrained_path: str | Path | None,
         adaptation: InputAdaptation, band_names: Sequence[str] | None,
-        rgb_bands: Sequence[str] | None,
+        rgb_bands: Sequence[str] | None, pretrained_bands: list[str] | None,
+        create: dict[str, Any],
     ) -> nn.Module:
-        """timm network: pretrained RGB weights loaded, then adapted to ``in_channels``."""
+        """timm network: pretrained weights loaded into the network they were made for, then
+        adapted to the ``in_channels`` input bands."""
+        def make(chans: int) -> nn.Module:
+            return timm.create_model(name, pretrained=False, num_classes=0, in_chans=chans,
+                                     **create)
+
         if pretrained_path is None:
-            chans = 3 if adaptation == "reduce" else in_channels
-            return timm.create_model(name, pretrained=False, num_classes=0, in_chans=chans)
+            return make(3 if adaptation == "reduce" else in_channels)
         state = load_state_dict_file(pretrained_path)
-        probe = timm.create_model(name, pretrained=False, num_classes=0, in_chans=3)
+        probe = make(3)
         first = str(probe.pretrained_cfg["first_conv"])
         src = state.get(f"{first}.weight")
         src_chans = int(src.shape[1]) if src is not None and src.ndim == 4 else 3
-        if src_chans not in (3, in_channels) or (adaptation == "reduce" and src_chans != 3):
-            raise ConfigError(
-                f"pretrained weights {str(pretrained_path)!r} have a first convolution for "
-                f"{src_chans} bands; geofuse adapts 3-band (RGB) weights, or uses weights for "
-                f"exactly {in_channels} bands as they are; use RGB weights"
-            )
-        model = probe if src_chans == 3 else timm.create_model(
-            name, pretrained=False, num_classes=0, in_chans=src_chans)
+        source = pretrained_bands or _recorded_bands(pretrained_path, band_names, src_chans)
+        _check_source(pretrained_path, src_chans, in_channels, adaptation, source)
+        model = probe if src_chans == 3 else make(src_chans)
+        if is_vit(name):
+            state = fit_vit_state(state, model)
         classifier = str(model.pretrained_cfg.get("classifier", "fc"))
         state = {k: v for k, v in state.items()
                  if k.split(".", 1)[0] not in (classifier, *_DROPPED_TOP)}
         _load_strict(model, state, name, pretrained_path)
-        if adaptation != "reduce" and src_chans == 3:
+        if source is not None:
+            if band_names is None or len(band_names) != in_channels:
+                raise ConfigError(f"pretrained_bands needs the names of the {in_channels} input "
+                                  "bands; build the model through 'geofuse train'")
+            weight = model.get_submodule(first).weight
+            replace_conv_input(model, first, matched_weight(weight, band_names, source))
+        elif adaptation != "reduce" and src_chans == 3:
             adapt_first_conv(model, first, in_channels, adaptation, band_names, rgb_bands)
         return model
 
@@ -272,6 +316,37 @@ class BackboneClassifier(nn.Module):
                   {"name": "backbone", "params": list(self.backbone.parameters()),
                    "lr_scale": self.backbone_lr_scale}]
         return [g for g in groups if g["params"]]
+
+
+def _recorded_bands(
+    path: str | Path, band_names: Sequence[str] | None, file_chans: int
+) -> list[str] | None:
+    """The bands a ``geofuse pretrain`` file was made for, when they differ from the input's
+    (so they are matched by name); ``None`` otherwise."""
+    made_for = read_file_metadata(path).get("band_names")
+    if not made_for or len(made_for) != file_chans or list(made_for) == list(band_names or []):
+        return None
+    return [str(b) for b in made_for]
+
+
+def _check_source(
+    path: str | Path, file_chans: int, in_channels: int, adaptation: str,
+    source: list[str] | None,
+) -> None:
+    """Refuse weights the input cannot be adapted to (with the option that would)."""
+    if adaptation == "reduce" and (file_chans != 3 or source is not None):
+        raise ConfigError(
+            f"input_adaptation reduce feeds a 3-band (RGB) network, but the weights "
+            f"{str(path)!r} take {file_chans} named bands; remove train.model.input_adaptation "
+            "(the bands are matched by name)"
+        )
+    if source is None and file_chans not in (3, in_channels):
+        raise ConfigError(
+            f"pretrained weights {str(path)!r} have a first layer for {file_chans} bands and "
+            f"the input has {in_channels}; name the file's bands in order in "
+            "train.model.pretrained_bands (e.g. sentinel2_l1c for SSL4EO-S12's 13 bands) so "
+            "geofuse matches them to the input bands by name"
+        )
 
 
 def state_mismatch(

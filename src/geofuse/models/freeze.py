@@ -29,10 +29,11 @@ def parameter_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
-def set_trainable(modules: Iterable[nn.Module], trainable: bool) -> None:
-    """Set ``requires_grad`` of every parameter of ``modules``."""
+def set_trainable(modules: Iterable[nn.Module], trainable: bool, recurse: bool = True) -> None:
+    """Set ``requires_grad`` of every parameter of ``modules`` (only their own with
+    ``recurse=False``)."""
     for m in modules:
-        for p in m.parameters():
+        for p in m.parameters(recurse=recurse):
             p.requires_grad_(trainable)
 
 
@@ -52,7 +53,9 @@ def freeze_by_fraction(module: nn.Module, fraction: float) -> list[str]:
         )
     layers = parameter_layers(module)
     count = round(fraction * len(layers))
-    set_trainable((m for _, m in layers[:count]), False)
+    # a layer's own parameters only: a ViT owns its class token and position embedding
+    # directly, and freezing them must not freeze every block below it
+    set_trainable((m for _, m in layers[:count]), False, recurse=False)
     return [name for name, _ in layers[:count]]
 
 

@@ -40,6 +40,7 @@ from geofuse.models._seg_common import (
     seg_out_channels,
     step_band_names,
 )
+from geofuse.models.adapt import resolve_pretrained_bands
 
 DEFAULT_DECODER_CHANNELS: tuple[int, ...] = (256, 128, 64, 32, 16)
 
@@ -123,6 +124,9 @@ class LSTMUNet(nn.Module):
             ``None``/``auto``: ``band_aware`` when weights are given and B4, B3, B2 (or
             ``rgb_bands``) are among the bands, else ``cycle``.
         rgb_bands: names of the red, green and blue bands (``B04`` and ``B4`` both match).
+        pretrained_bands: the weight file's bands in order, or a preset name (see
+            :data:`~geofuse.models.adapt.PRETRAINED_BAND_SETS`): each date's bands are matched
+            to them by name.
         lstm_hidden_dim: channels of the ConvLSTM states.
         lstm_layers: stacked ConvLSTM layers.
         lstm_kernel_size: odd kernel size of the ConvLSTM gates.
@@ -145,6 +149,7 @@ class LSTMUNet(nn.Module):
         pretrained_path: str | Path | None = None,
         input_adaptation: str | None = None,
         rgb_bands: Sequence[str] | None = None,
+        pretrained_bands: str | Sequence[str] | None = None,
         lstm_hidden_dim: int = 256,
         lstm_layers: int = 2,
         lstm_kernel_size: int = 3,
@@ -161,7 +166,8 @@ class LSTMUNet(nn.Module):
             input_adaptation, pretrained_path is not None, names, rgb_bands)
         self.encoder, self.adapter = build_with_weights(
             lambda chans: _timm_features(encoder, chans), lambda m: m, encoder, bands, 1,
-            pretrained_path, self.input_adaptation, names, rgb_bands)
+            pretrained_path, self.input_adaptation, names, rgb_bands,
+            resolve_pretrained_bands(pretrained_bands))
         info = self.encoder.feature_info  # type: ignore[union-attr]
         reductions, channels = list(info.reduction()), list(info.channels())
         stages = check_reductions(encoder, reductions)

@@ -38,6 +38,7 @@ from geofuse.models._seg_common import (
     seg_out_channels,
     step_band_names,
 )
+from geofuse.models.adapt import resolve_pretrained_bands
 from geofuse.models.lstm_unet import DEFAULT_DECODER_CHANNELS
 
 SkipFusion = Literal["absdiff", "concat"]
@@ -62,7 +63,7 @@ class _SmpUNet(nn.Module):
         self, label: str, encoder: str, channels: int, time_steps: int, num_classes: int,
         decoder_channels: Sequence[int] | None, pretrained_path: str | Path | None,
         adaptation: str, step_names: Sequence[str] | None, rgb_bands: Sequence[str] | None,
-        dropout: float, skip_factor: int = 1,
+        dropout: float, skip_factor: int = 1, pretrained_bands: str | Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         widths = tuple(check_decoder_channels(label, decoder_channels, _DEPTH))
@@ -83,7 +84,8 @@ class _SmpUNet(nn.Module):
 
         net, self.adapter = build_with_weights(make, lambda m: m.encoder, encoder, channels,
                                                time_steps, pretrained_path, adaptation,
-                                               step_names, rgb_bands)
+                                               step_names, rgb_bands,
+                                               resolve_pretrained_bands(pretrained_bands))
         self.unet = unet = cast(smp.Unet, net)
         if skip_factor > 1:
             unet.decoder = UnetDecoder(
@@ -146,6 +148,7 @@ class EarlyFusionUNet(nn.Module):
         band_names: Sequence[str] | None = None, encoder: str = "resnet18",
         pretrained_path: str | Path | None = None, input_adaptation: str | None = None,
         rgb_bands: Sequence[str] | None = None,
+        pretrained_bands: str | Sequence[str] | None = None,
         decoder_channels: Sequence[int] | None = DEFAULT_DECODER_CHANNELS,
         dropout: float = 0.0,
     ) -> None:
@@ -156,7 +159,7 @@ class EarlyFusionUNet(nn.Module):
         self.time_steps, self.out_channels = time_steps, seg_out_channels(num_classes)
         self.net = _SmpUNet("unet_early", encoder, in_channels, time_steps, num_classes,
                             decoder_channels, pretrained_path, self.input_adaptation, names,
-                            rgb_bands, dropout)
+                            rgb_bands, dropout, pretrained_bands=pretrained_bands)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, 1 or K, H, W) of a series (B, T*C, H, W)."""
@@ -176,6 +179,7 @@ class SingleDateUNet(nn.Module):
         band_names: Sequence[str] | None = None, encoder: str = "resnet18",
         pretrained_path: str | Path | None = None, input_adaptation: str | None = None,
         rgb_bands: Sequence[str] | None = None,
+        pretrained_bands: str | Sequence[str] | None = None,
         decoder_channels: Sequence[int] | None = DEFAULT_DECODER_CHANNELS,
         dropout: float = 0.0,
     ) -> None:
@@ -186,7 +190,7 @@ class SingleDateUNet(nn.Module):
         self.time_steps, self.out_channels = time_steps, seg_out_channels(num_classes)
         self.net = _SmpUNet("unet_single", encoder, self.bands, 1, num_classes,
                             decoder_channels, pretrained_path, self.input_adaptation, names,
-                            rgb_bands, dropout)
+                            rgb_bands, dropout, pretrained_bands=pretrained_bands)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, 1 or K, H, W) from the last date of a series (B, T*C, H, W)."""
@@ -216,6 +220,7 @@ class SiameseUNet(nn.Module):
         band_names: Sequence[str] | None = None, encoder: str = "resnet18",
         pretrained_path: str | Path | None = None, input_adaptation: str | None = None,
         rgb_bands: Sequence[str] | None = None,
+        pretrained_bands: str | Sequence[str] | None = None,
         decoder_channels: Sequence[int] | None = DEFAULT_DECODER_CHANNELS,
         dropout: float = 0.0,
         skip_fusion: SkipFusion = "absdiff",
@@ -236,7 +241,8 @@ class SiameseUNet(nn.Module):
         self.skip_fusion = skip_fusion
         self.net = _SmpUNet("siamese_unet", encoder, self.bands, 1, num_classes,
                             decoder_channels, pretrained_path, self.input_adaptation, names,
-                            rgb_bands, dropout, skip_factor=3 if skip_fusion == "concat" else 1)
+                            rgb_bands, dropout, skip_factor=3 if skip_fusion == "concat" else 1,
+                            pretrained_bands=pretrained_bands)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, 1 or K, H, W) from the first and last dates of (B, T*C, H, W)."""

@@ -43,6 +43,9 @@ class LateFusionUNet(nn.Module):
             (RGB weights adapted to each modality's bands).
         input_adaptation: ``cycle``, ``band_aware``, ``reduce`` or ``None`` (auto, per modality).
         rgb_bands: names of the red, green and blue bands.
+        pretrained_bands: the weight file's bands in order (or a preset name), matched by name
+            to each modality's bands; a modality with none of them starts its first layer
+            from scratch.
         decoder_channels: the 5 decoder widths, coarse to fine.
         dropout: channel dropout on the deepest fused features.
 
@@ -56,6 +59,7 @@ class LateFusionUNet(nn.Module):
         time_steps: int = 1, encoder: str = "resnet18",
         pretrained_path: str | Path | None = None, input_adaptation: str | None = None,
         rgb_bands: Sequence[str] | None = None,
+        pretrained_bands: str | Sequence[str] | None = None,
         decoder_channels: Sequence[int] | None = DEFAULT_DECODER_CHANNELS,
         dropout: float = 0.0,
     ) -> None:
@@ -78,7 +82,8 @@ class LateFusionUNet(nn.Module):
             streams[mod] = _SmpUNet(
                 f"unet_late ({mod})", encoder, count, 1, num_classes, decoder_channels,
                 pretrained_path, method, own, rgb_bands, dropout,
-                skip_factor=len(self.modalities) if i == 0 else 1)
+                skip_factor=len(self.modalities) if i == 0 else 1,
+                pretrained_bands=pretrained_bands)
         self.streams = nn.ModuleDict(streams)
         for net in list(self.streams.values())[1:]:  # one decoder: the first stream's
             net.unet.decoder = nn.Identity()

@@ -1,0 +1,285 @@
+"""Multispectral pretrained weights matched by band name, and vision-transformer backbones."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from typer.testing import CliRunner
+
+from factories import make_config, make_patchset
+from geofuse.cli import app
+from geofuse.config import dump_config, load_config
+from geofuse.errors import ConfigError
+from geofuse.models.adapt import (
+    PRETRAINED_BAND_SETS,
+    match_bands,
+    matched_weight,
+    resolve_pretrained_bands,
+)
+from geofuse.models.backbones import METADATA_KEY, BackboneClassifier
+from geofuse.models.freeze import frozen_parameter_fraction
+from geofuse.models.registry import create_model
+from geofuse.training.train import train_model
+
+L1C = list(PRETRAINED_BAND_SETS["sentinel2_l1c"])
+#: blue, green, red, NIR, SWIR of a Sentinel-2 modality, then a DEM band no file has
+BANDS = ["s2_B02", "s2_B03", "s2_B04", "s2_B08", "s2_B11", "dem_elevation"]
+#: where each of BANDS[:5] sits among the 13 SSL4EO-S12 bands
+IN_L1C = [1, 2, 3, 7, 11]
+
+
+def _save(net: torch.nn.Module, path: Path) -> Path:
+    torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def resnet13(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
+    """A 'pretrained' 13-band resnet18 (SSL4EO-S12 layout) and its file."""
+    torch.manual_seed(3)
+    net = timm.create_model("resnet18", pretrained=False, num_classes=19, in_chans=13).eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    return net, _save(net, tmp_path_factory.mktemp("w") / "resnet18_s2_all.pth")
+
+
+def _features(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return net.forward_head(net.forward_features(x), pre_logits=True)
+
+
+def _as_l1c(x: torch.Tensor) -> torch.Tensor:
+    """The 13-band image holding ``x``'s five Sentinel-2 bands, the others zero."""
+    full = torch.zeros(x.shape[0], 13, *x.shape[2:])
+    for src, dst in enumerate(IN_L1C):
+        full[:, dst] = x[:, src]
+    return full
+
+
+# -- matching --------------------------------------------------------------------------------
+def test_band_names_match_without_prefix_date_case_or_zero_padding() -> None:
+    assert match_bands(BANDS, L1C) == [*IN_L1C, None]
+    assert match_bands(["b8a@2020-06", "S2_b8", "s2_idx_NDVI"], ["B8", "B8A", "NDVI"]) == [1, 0, 2]
+    with pytest.raises(ConfigError, match=r"\['s2_B4', 'l8_B4'\] all match.*'B4'.*prefix"):
+        match_bands(["s2_B4", "l8_B4"], ["B4", "B3"])
+    assert match_bands(["s2_B4", "l8_B4"], ["s2_B4", "l8_B4"]) == [0, 1]  # named with prefix
+
+
+def test_presets_and_bad_band_lists() -> None:
+    assert resolve_pretrained_bands("sentinel2_l1c") == L1C and len(L1C) == 13
+    assert "B10" not in resolve_pretrained_bands("sentinel2_l2a")
+    assert resolve_pretrained_bands(None) is None
+    with pytest.raises(ConfigError, match="unknown pretrained_bands preset 'sentinel2'"):
+        resolve_pretrained_bands("sentinel2")
+    with pytest.raises(ConfigError, match=r"repeated: \['B04', 'B4'\]"):
+        resolve_pretrained_bands(["B4", "B04", "B3"])
+
+
+def test_matched_weight_copies_named_kernels_and_starts_the_rest_small() -> None:
+    w = torch.randn(8, 13, 3, 3)
+    new = matched_weight(w, BANDS, L1C, generator=torch.Generator().manual_seed(0))
+    assert new.shape == (8, 6, 3, 3)
+    for dst, src in enumerate(IN_L1C):
+        torch.testing.assert_close(new[:, dst], w[:, src])
+    assert 0 < new[:, 5].std() < 0.3 * w.std()
+    with pytest.raises(ConfigError, match="names 3 bands.*takes 13"):
+        matched_weight(w, BANDS, ["B2", "B3", "B4"])
+    with pytest.warns(UserWarning, match="starts from scratch"):
+        matched_weight(w, ["dem_elevation"], L1C)
+
+
+# -- CNN backbones ---------------------------------------------------------------------------
+def test_13_band_resnet_responds_as_the_file_on_the_matched_bands(resnet13) -> None:
+    net, path = resnet13
+    model = BackboneClassifier(6, 4, 32, backbone="resnet18", band_names=BANDS,
+                               pretrained_path=path, pretrained_bands="sentinel2_l1c").eval()
+    x = torch.randn(2, 6, 32, 32)
+    x[:, 5] = 0
+    with torch.no_grad():
+        got = model.features(x)
+    torch.testing.assert_close(got, _features(net, _as_l1c(x)), rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # the DEM band is live
+        x[:, 5] = 1.0
+        assert not torch.allclose(model.features(x), got, atol=1e-4)
+
+
+def test_multispectral_file_without_band_names_is_refused(resnet13) -> None:
+    _, path = resnet13
+    with pytest.raises(ConfigError, match=r"first layer for 13 bands.*pretrained_bands.*"
+                                          r"sentinel2_l1c"):
+        BackboneClassifier(6, 4, 32, band_names=BANDS, pretrained_path=path)
+    with pytest.raises(ConfigError, match="reduce feeds a 3-band"):
+        BackboneClassifier(6, 4, 32, band_names=BANDS, pretrained_path=path,
+                           pretrained_bands=L1C, input_adaptation="reduce")
+    with pytest.raises(ConfigError, match="names 12 bands"):
+        BackboneClassifier(6, 4, 32, band_names=BANDS, pretrained_path=path,
+                           pretrained_bands="sentinel2_l2a")
+
+
+def test_rgb_weights_in_another_order_are_matched_by_name(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    bgr = timm.create_model("resnet18", pretrained=False, num_classes=0).eval()
+    path = _save(bgr, tmp_path / "bgr.pth")
+    model = BackboneClassifier(6, 4, 32, band_names=BANDS, pretrained_path=path,
+                               pretrained_bands=["B2", "B3", "B4"])
+    conv = model.backbone.conv1.weight.detach()
+    torch.testing.assert_close(conv[:, :3], bgr.conv1.weight.detach())
+
+
+def test_pretrain_file_of_all_bands_fine_tunes_a_subset(resnet13, tmp_path: Path) -> None:
+    """A ``geofuse pretrain`` file records its bands: a run on fewer bands matches them."""
+    net, _ = resnet13
+    made_for = [*BANDS[:5], "s2_B12", "s2_B05", "s2_B06", "s2_B07", "s2_B8A", "s2_B01",
+                "s2_B09", "s2_B10"]
+    path = tmp_path / "pretrained.pt"
+    torch.save({"state_dict": net.state_dict(), METADATA_KEY: {"band_names": made_for}}, path)
+    model = BackboneClassifier(2, 4, 32, band_names=["s2_B04", "s2_B08"], pretrained_path=path)
+    conv = model.backbone.conv1.weight.detach()
+    torch.testing.assert_close(conv[:, 0], net.conv1.weight.detach()[:, 2])
+    torch.testing.assert_close(conv[:, 1], net.conv1.weight.detach()[:, 3])
+
+
+# -- vision transformers ---------------------------------------------------------------------
+@pytest.mark.parametrize(("name", "dim"), [("vit_small_patch16_224", 384),
+                                           ("vit_base_patch16_224", 768)])
+def test_larger_vits_build_for_small_patches(name: str, dim: int) -> None:
+    model = create_model(name, in_channels=6, num_classes=3, patch_size=32).eval()
+    assert model.feature_dim == dim and model.backbone.patch_embed.proj.kernel_size == (8, 8)
+    with torch.no_grad():
+        assert model(torch.randn(2, 6, 32, 32)).shape == (2, 3)
+
+
+def test_vit_token_size_defaults_and_errors() -> None:
+    sizes = {p: create_model("vit_tiny_patch16_224", in_channels=2, num_classes=2,
+                             patch_size=p).backbone.patch_embed.proj.kernel_size[0]
+             for p in (8, 10, 32, 64, 128)}
+    assert sizes == {8: 2, 10: 2, 32: 8, 64: 16, 128: 16}
+    with pytest.raises(ConfigError, match="vit_patch_size=6 does not divide the 32 px"):
+        create_model("vit_tiny_patch16_224", in_channels=2, num_classes=2, patch_size=32,
+                     vit_patch_size=6)
+    with pytest.raises(ConfigError, match="option of the vit_\\* backbones, not of resnet18"):
+        create_model("resnet18", in_channels=2, num_classes=2, patch_size=32, vit_patch_size=8)
+
+
+def test_vit_at_the_files_size_responds_as_the_file(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    net = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10,
+                            in_chans=13, img_size=64).eval()
+    path = _save(net, tmp_path / "vit13_64.pth")
+    model = BackboneClassifier(6, 4, 64, backbone="vit_tiny_patch16_224", band_names=BANDS,
+                               pretrained_path=path, pretrained_bands="sentinel2_l1c").eval()
+    x = torch.randn(2, 6, 64, 64)
+    x[:, 5] = 0
+    with torch.no_grad():
+        got = model.features(x)
+    torch.testing.assert_close(got, _features(net, _as_l1c(x)), rtol=1e-4, atol=1e-4)
+
+
+def test_vit_224_16_weights_resample_to_a_small_patch(tmp_path: Path) -> None:
+    """ViT-S/16-style weights (14 x 14 tokens of 16 px) on 32 px patches with 8 px tokens:
+    position embedding interpolated to 4 x 4, kernels resized, the blocks loaded as they are."""
+    from timm.layers import resample_abs_pos_embed
+
+    torch.manual_seed(2)
+    net = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10,
+                            in_chans=13).eval()
+    path = _save(net, tmp_path / "vit13_224.pth")
+    model = BackboneClassifier(6, 4, 32, backbone="vit_tiny_patch16_224", band_names=BANDS,
+                               pretrained_path=path, pretrained_bands=L1C).eval()
+    vit = model.backbone
+    assert vit.patch_embed.proj.weight.shape == (192, 6, 8, 8)
+    want = resample_abs_pos_embed(net.pos_embed.detach(), new_size=(4, 4), num_prefix_tokens=1)
+    torch.testing.assert_close(vit.pos_embed.detach(), want)
+    torch.testing.assert_close(vit.blocks[5].mlp.fc1.weight, net.blocks[5].mlp.fc1.weight)
+    # a constant image: the resized kernel sums what the 16 px kernel summed, per band
+    old = net.patch_embed.proj.weight.detach()[:, IN_L1C].sum(dim=(2, 3))
+    new = vit.patch_embed.proj.weight.detach()[:, :5].sum(dim=(2, 3))
+    assert torch.corrcoef(torch.stack([old.ravel(), new.ravel()]))[0, 1] > 0.99
+
+
+def test_freezing_a_fraction_of_a_vit_freezes_its_first_layers_only() -> None:
+    model = create_model("vit_tiny_patch16_224", in_channels=4, num_classes=2, patch_size=32,
+                         freeze_fraction=0.1)
+    vit = model.backbone
+    assert not vit.pos_embed.requires_grad and not vit.patch_embed.proj.weight.requires_grad
+    assert vit.blocks[-1].mlp.fc2.weight.requires_grad and vit.norm.weight.requires_grad
+    assert 0 < frozen_parameter_fraction(model) < 0.2
+    staged = create_model("vit_tiny_patch16_224", in_channels=4, num_classes=2, patch_size=32,
+                          freeze_stages=["patch_embed", "blocks.0"])
+    assert staged.stage_names()[:2] == ["patch_embed", "blocks.0"]
+    assert staged.stage_names()[-1] == "norm"
+    assert not staged.backbone.blocks[0].attn.qkv.weight.requires_grad
+    assert staged.backbone.blocks[1].attn.qkv.weight.requires_grad
+
+
+# -- segmentation encoders -------------------------------------------------------------------
+def test_unet_encoders_take_13_band_weights_by_name(resnet13) -> None:
+    net, path = resnet13
+    names = [f"{b}@{year}" for year in (2018, 2019) for b in BANDS[:5]]
+    early = create_model("unet_early", in_channels=10, num_classes=2, patch_size=32,
+                         time_steps=2, band_names=names, pretrained_path=str(path),
+                         pretrained_bands="sentinel2_l1c", decoder_channels=(16, 8, 8, 8, 8))
+    conv = early.net.unet.encoder.conv1.weight.detach()
+    src = net.conv1.weight.detach()
+    for t in range(2):  # every date gets the matched kernels, divided by the dates
+        for dst, i in enumerate(IN_L1C):
+            torch.testing.assert_close(conv[:, t * 5 + dst], src[:, i] / 2)
+    late_bands = ["s2_B04", "s2_B08", "dem_elevation"]
+    with pytest.warns(UserWarning, match=r"\['dem_elevation'\] is among.*starts from scratch"):
+        late = create_model("unet_late", in_channels=3, num_classes=2, patch_size=32,
+                            modalities={"s2": 2, "dem": 1}, band_names=late_bands,
+                            pretrained_path=str(path), pretrained_bands=L1C,
+                            decoder_channels=(16, 8, 8, 8, 8))
+    s2 = late.streams["s2"].unet.encoder.conv1.weight.detach()
+    torch.testing.assert_close(s2[:, 1], src[:, 7])
+    torch.testing.assert_close(late.streams["dem"].unet.encoder.layer1[0].conv1.weight,
+                               net.layer1[0].conv1.weight)  # the body is pretrained too
+
+
+# -- from the config -------------------------------------------------------------------------
+def test_train_from_13_band_weights_via_config(resnet13, tmp_path: Path) -> None:
+    net, path = resnet13
+    (tmp_path / "weights").mkdir()
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "weights" / "ssl4eo.pth")
+    patches = make_patchset(n=32, patch_size=32, seed=2)
+    s2 = ["s2_B02", "s2_B03", "s2_B04", "s2_B08"]  # the factory's s2_b, s2_g, s2_r, s2_nir
+    patches.band_names = [*s2, *patches.modalities["dem"]]
+    patches.modalities = {"s2": s2, "dem": patches.modalities["dem"]}
+    cfg = make_config(tmp_path, batch_size=8, model={
+        "name": "resnet18", "pretrained_path": "weights/ssl4eo.pth",
+        "pretrained_bands": "sentinel2_l1c", "freeze_stages": ["conv1"]})
+    cfg.modalities[0].bands = [b.removeprefix("s2_") for b in s2]
+    dump_config(cfg, tmp_path / "study.yaml")
+    cfg = load_config(tmp_path / "study.yaml")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = train_model(cfg, progress=False, epochs=1, patchset=patches)
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    conv1 = ckpt["state_dict"]["model.backbone.conv1.weight"]
+    assert conv1.shape == (64, 6, 7, 7)
+    torch.testing.assert_close(conv1[:, 3], net.conv1.weight[:, 7])  # frozen B8 kernel kept
+    assert np.isfinite(conv1.numpy()).all()
+
+
+def test_config_check_refuses_a_band_list_that_matches_nothing(resnet13, tmp_path: Path) -> None:
+    _, path = resnet13
+    patches = make_patchset(n=40, patch_size=32, seed=1)
+    (tmp_path / "work").mkdir()
+    patches.save(tmp_path / "work" / "patches.h5")
+    cfg = make_config(tmp_path, model={"name": "resnet18", "pretrained_path": str(path),
+                                       "pretrained_bands": "sentinel2_l1c"})
+    dump_config(cfg, tmp_path / "study.yaml")
+    res = CliRunner().invoke(app, ["config", "--check", str(tmp_path / "study.yaml")])
+    assert res.exit_code == 2
+    assert "train.model.pretrained_bands" in res.output and "none of the run's bands" in res.output
+    data = (tmp_path / "study.yaml").read_text().replace("sentinel2_l1c", "sentinel2")
+    (tmp_path / "bad.yaml").write_text(data)
+    res = CliRunner().invoke(app, ["config", "--check", str(tmp_path / "bad.yaml")])
+    assert res.exit_code == 2 and "unknown pretrained_bands preset 'sentinel2'" in res.output
