@@ -89,7 +89,7 @@ def test_matched_weight_copies_named_kernels_and_starts_the_rest_small() -> None
     for dst, src in enumerate(IN_L1C):
         torch.testing.assert_close(new[:, dst], w[:, src])
     assert 0 < new[:, 5].std() < 0.3 * w.std()
-    with pytest.raises(ConfigError, match="names 3 bands.*takes 13"):
+    with pytest.raises(ConfigError, match=r"names 3 bands.*takes 13"):
         matched_weight(w, BANDS, ["B2", "B3", "B4"])
     with pytest.warns(UserWarning, match="starts from scratch"):
         matched_weight(w, ["dem_elevation"], L1C)
@@ -245,7 +245,7 @@ def test_unet_encoders_take_13_band_weights_by_name(resnet13) -> None:
 
 # -- from the config -------------------------------------------------------------------------
 def test_train_from_13_band_weights_via_config(resnet13, tmp_path: Path) -> None:
-    net, path = resnet13
+    net, _ = resnet13
     (tmp_path / "weights").mkdir()
     torch.save({"state_dict": net.state_dict()}, tmp_path / "weights" / "ssl4eo.pth")
     patches = make_patchset(n=32, patch_size=32, seed=2)
@@ -283,3 +283,58 @@ def test_config_check_refuses_a_band_list_that_matches_nothing(resnet13, tmp_pat
     (tmp_path / "bad.yaml").write_text(data)
     res = CliRunner().invoke(app, ["config", "--check", str(tmp_path / "bad.yaml")])
     assert res.exit_code == 2 and "unknown pretrained_bands preset 'sentinel2'" in res.output
+
+
+def test_pretrain_a_vit_then_fine_tune_it_on_one_sensor(tmp_path: Path) -> None:
+    """`geofuse pretrain` on every band, then `train` on the Sentinel-2 bands alone: the
+    recorded bands are matched by name (a simple_cnn file is refused instead: test_pretrain)."""
+    model = {"name": "vit_tiny_patch16_224", "dropout": 0.1}
+    cfg = make_config(tmp_path, epochs=1, batch_size=16, model=model)
+    dump_config(cfg, tmp_path / "study.yaml")
+    make_patchset(48, 16, seed=2).save(tmp_path / "work" / "patches.h5")
+    runner = CliRunner()
+    res = runner.invoke(app, ["pretrain", "-c", str(tmp_path / "study.yaml"), "--epochs", "1",
+                              "--out", str(tmp_path / "vit.pt")])
+    assert res.exit_code == 0, res.output
+    cfg = make_config(tmp_path, epochs=1, batch_size=16, modalities=["s2"],
+                      model={**model, "pretrained_path": "vit.pt"})
+    dump_config(cfg, tmp_path / "s2.yaml")
+    res = runner.invoke(app, ["train", "-c", str(tmp_path / "s2.yaml"), "--run-name", "s2"])
+    assert res.exit_code == 0, res.output
+    pretrained = torch.load(tmp_path / "vit.pt", weights_only=True)["state_dict"]
+    ckpt = torch.load(tmp_path / "work" / "runs" / "s2" / "checkpoints" / "last.ckpt",
+                      weights_only=True)["state_dict"]
+    assert ckpt["model.backbone.patch_embed.proj.weight"].shape[1] == 4  # s2 bands only
+    for key in ("pos_embed", "blocks.3.attn.qkv.weight"):  # the body came from the file
+        pair = torch.stack([ckpt[f"model.backbone.{key}"].ravel(),
+                            pretrained[f"backbone.{key}"].ravel()])
+        assert torch.corrcoef(pair)[0, 1] > 0.9  # one epoch from it (a fresh start: about 0)
+
+
+def test_a_vit_run_maps_a_scene_as_it_classifies_patches(tmp_path: Path) -> None:
+    """`geofuse predict` with a ViT run (channels-last batches of sliding windows) gives the
+    classes the run gives each patch alone."""
+    from geofuse.data.normalize import BandStats, normalize
+    from geofuse.data.stack_reader import StackPatchReader
+    from geofuse.evaluation.evaluate import load_task
+    from test_predict import PATCH, read, train_run, write_stack
+
+    stack = write_stack(tmp_path / "stack.tif")
+    run = train_run(tmp_path, stack, name="vit",
+                    model={"name": "vit_tiny_patch16_224", "dropout": 0.1})
+    res = CliRunner().invoke(app, ["predict", str(run), "--stack", str(stack), "-o",
+                                   str(tmp_path / "map"), "--stride", "3"])
+    assert res.exit_code == 0, res.output
+    classes = read(tmp_path / "map" / "classes.tif", 1)
+    rows, cols = np.nonzero(classes != 255)
+    pick = np.random.default_rng(0).choice(len(rows), 60, replace=False)
+    rows, cols = rows[pick], cols[pick]
+    with StackPatchReader(stack) as reader:  # each pixel takes the class of its cell's centre
+        x = reader.read_patches(rows // 3 * 3 + 1, cols // 3 * 3 + 1, PATCH)
+    whole = ~np.isnan(x).any(axis=(1, 2, 3))
+    task, _ = load_task(run / "checkpoints" / "best.ckpt")
+    stats = BandStats.load(run / "normalization.json")
+    with torch.inference_mode():
+        alone = [int(task(torch.from_numpy(normalize(x[i:i + 1], stats))).argmax())
+                 for i in np.flatnonzero(whole)]
+    assert whole.sum() > 30 and (classes[rows, cols][whole] == np.array(alone)).all()
