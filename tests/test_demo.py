@@ -58,6 +58,10 @@ def test_demo_runs_the_sensor_ablation_and_writes_the_study_report(demo_dir: Pat
     labels = gpd.read_file(demo_dir / "scene" / "labels.geojson").to_crs(places.crs)
     assert not places.geometry.within(labels.geometry.make_valid().union_all()).any()
     assert "Where to label next:" in md
+    # and where the map extrapolates: its area of applicability
+    aoa = json.loads((study / "map" / "predict.json").read_text())["aoa"]
+    assert len(aoa["members"]) == 3 and 0 <= aoa["outside_share"] < 0.5
+    assert (study / "map" / "aoa.tif").is_file() and "Area of applicability" in md
     # Re-running in the same folder reuses the finished cells and writes the same report.
     mtimes = {p: p.stat().st_mtime for p in (study / "cells").glob("*.json")}
     assert run_demo(demo_dir, seed=2, epochs=2, size_m=6000.0) == report

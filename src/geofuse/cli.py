@@ -327,6 +327,9 @@ def predict(
                                    "uncertainty band."),
     device: str = typer.Option("auto", "--device", help="Torch device of the networks: auto "
                                "(CUDA when visible), cpu, cuda, cuda:N."),
+    aoa: bool = typer.Option(False, "--aoa", help="Patch classifiers: also write aoa.tif, the "
+                             "area of applicability (Meyer & Pebesma 2021): how far each patch "
+                             "lies from the training data in the model's feature space."),
 ) -> None:
     """Map a stack (or a study config's sensor rasters, aligned on the fly) with a run or a
     study: classes.tif (colour table), uncertainty.tif, optional probabilities.tif (COGs on the
@@ -342,11 +345,16 @@ def predict(
     record = predict_map(run_dir, scene, out, PredictOptions(
         stride=stride, tile_size=tile_size, tta=tta, probabilities=probabilities,
         workers=workers, batch_size=batch_size, ray_address=ray, mc_dropout=mc_dropout,
-        device=device))
+        device=device, aoa=aoa))
     windows = record["windows"]
     console.print(f"map of {record['grid']['width']}x{record['grid']['height']} px (windows: "
                   f"{windows['computed']} mapped, {windows['resumed']} resumed): [bold]{out}[/] "
                   f"({', '.join(record['products'].values())}, predict.json)", soft_wrap=True)
+    if "aoa" in record:
+        share = record["aoa"]["outside_share"]
+        console.print(f"area of applicability: {share:.1%} of the mapped pixels lie outside "
+                      "it (aoa.tif, aoa.png)" if share is not None else
+                      "area of applicability: no mapped pixel", soft_wrap=True)
 
 
 @app.command()

@@ -147,6 +147,12 @@ class MappingConfig(_Model):
     tile_size: int = Field(256, ge=16, description="Dense models: tile size of the blended "
                            "sliding window.")
     tta: bool = Field(False, description="Average the 8 flips and rotations.")
+    aoa: bool = Field(
+        False, description="Patch classifiers: also map the area of applicability (geofuse "
+        "predict --aoa; Meyer & Pebesma 2021): map/aoa.tif, map/aoa.png and the share of the "
+        "mapped area whose patches lie farther from the training data, in the fold models' "
+        "feature space, than cross-validation tested."
+    )
     mmu_ha: float | None = Field(
         None, gt=0, description="Class maps: also publish the map with this minimum mapping "
         "unit in hectares (geofuse vectorize): map/classes_mmu.tif and map/classes_mmu.gpkg, "

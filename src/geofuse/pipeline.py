@@ -73,6 +73,7 @@ def run_demo(
     cfg.ablation.test_fraction = DEMO_TEST_FRACTION
     cfg.mapping.scene, cfg.mapping.stride = "stack", DEMO_MAP_STRIDE
     cfg.mapping.mmu_ha, cfg.mapping.suggest = DEMO_MMU_HA, DEMO_SUGGEST
+    cfg.mapping.aoa = True
     if epochs is not None:
         cfg.ablation.epochs = epochs
     console.rule("[bold]2/4 prepare: aligning S2, MODIS and DEM onto one grid")

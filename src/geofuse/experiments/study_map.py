@@ -118,6 +118,9 @@ def map_study(cfg: StudyConfig, study_dir: Path, progress: bool = True) -> Path:
     cells = [p.stat().st_mtime for p in (study_dir / "cells").glob("*.json")]
     record = out / "predict.json"
     fresh = record.is_file() and bool(cells) and record.stat().st_mtime >= max(cells)
+    aoa = m.aoa and _patch_models(study_dir)
+    if fresh and ("aoa" in json.loads(record.read_text())) != aoa:
+        fresh = False  # mapping.aoa changed since
     if fresh:
         if progress:  # no cell changed since the map was made
             console.print(f"map up to date: {out}")
@@ -126,7 +129,8 @@ def map_study(cfg: StudyConfig, study_dir: Path, progress: bool = True) -> Path:
         if progress:
             console.rule("[bold]map: the best configuration's fold models on the scene")
         mapped = predict_map(study_dir, scene_path(cfg), out,
-                             PredictOptions(stride=m.stride, tile_size=m.tile_size, tta=m.tta),
+                             PredictOptions(stride=m.stride, tile_size=m.tile_size, tta=m.tta,
+                                            aoa=aoa),
                              progress=progress)
     if not fresh or not (out / "assessment.json").is_file():
         _assess(cfg, study_dir, out, mapped, progress)
@@ -134,6 +138,20 @@ def map_study(cfg: StudyConfig, study_dir: Path, progress: bool = True) -> Path:
         _publish(out, m.mmu_ha, redo=not fresh, progress=progress)
     _suggest(cfg, out, mapped, redo=not fresh, progress=progress)
     return out
+
+
+def _patch_models(study_dir: Path) -> bool:
+    """Whether the best configuration classifies patches (the area of applicability is
+    measured for those only); warned when not."""
+    from geofuse.mapping.members import resolve_source
+
+    kind = resolve_source(study_dir).first.kind
+    if kind in ("patch", "patch_forest"):
+        return True
+    warnings.warn(f"mapping.aoa: the best configuration maps pixel by pixel ({kind}); the area "
+                  "of applicability is measured for patch classifiers, so the map has none",
+                  UserWarning, stacklevel=3)
+    return False
 
 
 def _suggest(cfg: StudyConfig, out: Path, mapped: dict[str, Any], redo: bool,

@@ -15,7 +15,9 @@ An ensemble averages its members' probabilities; their spread is the mean over c
 standard deviation of the members' probabilities (``member_std``), and the vote disagreement is
 the share of members whose own class is not the ensemble's (``vote_disagreement``). Monte Carlo
 dropout (``mc_dropout`` N) runs every network N times, each pass with its own fixed dropout
-masks (:mod:`geofuse.mapping.passes`); each pass counts as a member.
+masks (:mod:`geofuse.mapping.passes`); each pass counts as a member. With an area of
+applicability (``--aoa``, :mod:`geofuse.mapping.aoa`) every patch member also measures how far
+each patch lies from its training data (one more forward pass of a network, dropout off).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from geofuse.data.normalize import MIN_STD, BandStats, normalize
 from geofuse.errors import ConfigError
+from geofuse.mapping.aoa import AoaReference, member_features
 from geofuse.mapping.members import MemberSpec
 from geofuse.mapping.passes import McDropout, member_passes, resolve_device
 from geofuse.mapping.scene import SceneSource
@@ -55,6 +58,7 @@ class LoadedMember:
     model: Any  # ClassificationTask (eval mode) or a fitted scikit-learn estimator
     mc: McDropout | None = None  # Monte Carlo dropout masks of a network
     scaler: Any = None  # a regression forest's TargetScaler (networks carry their own)
+    aoa: AoaReference | None = None  # its training data, for the area of applicability
 
     @property
     def per_patch(self) -> bool:
@@ -183,21 +187,29 @@ def _patch_batch(member: LoadedMember, x: np.ndarray, tta: bool) -> np.ndarray:
 
 def _patch_engine(members: list[LoadedMember], bands: list[str], raw: np.ndarray,
                   origin: tuple[int, int], rows: np.ndarray, cols: np.ndarray,
-                  valid: np.ndarray, params: EngineParams) -> list[np.ndarray]:
+                  valid: np.ndarray, params: EngineParams
+                  ) -> tuple[list[np.ndarray], np.ndarray | None]:
     """Per member and pass, probabilities (K, n_rows, n_cols) of the patches centred on the
-    grid ``rows`` x ``cols`` (NaN where not ``valid``)."""
+    grid ``rows`` x ``cols`` (NaN where not ``valid``), and with AOA references the members'
+    mean ``DI / threshold`` (n_rows, n_cols) of those patches."""
     batch, tta = params.batch_size, params.tta
     size = members[0].spec.patch_size
     before, _ = patch_halo(size)
     vi, vj = np.nonzero(valid)
     top, left = rows[vi] - before - origin[0], cols[vj] - before - origin[1]
-    out = []
+    out, ratios = [], []
     for m in members:
         x = _channels(m, bands, raw)
         if m.spec.kind != "patch_forest":
             x = normalize(x, m.stats)
         hwc = np.ascontiguousarray(np.moveaxis(x, 0, -1))
         view = sliding_window_view(hwc, (size, size), axis=(0, 1))  # (R, C', C, P, P)
+        if m.aoa is not None:
+            ratio = np.full((len(rows), len(cols)), np.nan, dtype=np.float32)
+            for s in range(0, len(vi), batch):
+                feats = member_features(m, view[top[s:s + batch], left[s:s + batch]])
+                ratio[vi[s:s + batch], vj[s:s + batch]] = m.aoa.dissimilarity(feats)
+            ratios.append(ratio)
         for k in range(member_passes(m.spec.kind, params.mc_dropout)):
             if m.mc is not None:
                 m.mc.set_pass(k)
@@ -207,7 +219,7 @@ def _patch_engine(members: list[LoadedMember], bands: list[str], raw: np.ndarray
                                                               left[s:s + batch]]), tta)
                 probs[:, vi[s:s + batch], vj[s:s + batch]] = p.T
             out.append(probs)
-    return out
+    return out, (np.mean(ratios, axis=0) if ratios else None)
 
 
 @torch.inference_mode()
@@ -281,6 +293,8 @@ class WindowEngine:
         self.params = params
         self.kind = members[0].spec.kind
         self.height, self.width = source.info.grid.height, source.info.grid.width
+        #: ``DI / threshold`` (h, w) of the last window mapped, with AOA references
+        self.dissimilarity: np.ndarray | None = None
 
     def member_probabilities(self, w: MapWindow) -> tuple[list[np.ndarray], np.ndarray]:
         """Per member (K, h, w) probabilities (NaN = no class) and the (h, w) nodata mask."""
@@ -309,9 +323,11 @@ class WindowEngine:
         inside_r = (rows - before >= 0) & (rows + after < self.height)
         inside_c = (cols - before >= 0) & (cols + after < self.width)
         valid = inside_r[:, None] & inside_c[None, :] & (share <= spec.max_nodata + 1e-9)
-        cells = _patch_engine(self.members, self.source.bands, raw, (r0, c0), rows, cols,
-                              valid, self.params)
+        cells, ratio = _patch_engine(self.members, self.source.bands, raw, (r0, c0), rows,
+                                     cols, valid, self.params)
         probs = [expand_cells(p, s, w.height, w.width) for p in cells]
+        self.dissimilarity = (None if ratio is None else
+                              expand_cells(ratio[None], s, w.height, w.width)[0])
         window_nodata = nodata[w.row - r0:w.row - r0 + w.height, w.col - c0:w.col - c0 + w.width]
         return probs, window_nodata
 
@@ -396,6 +412,8 @@ def compute_window(ctx: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
         specs = [MemberSpec(**s) for s in ctx["members"]]
         members = [load_member(s, ctx.get("moments"), params.device, params.mc_dropout)
                    for s in specs]
+        for m, ref in zip(members, ctx.get("aoa") or [], strict=False):
+            m.aoa = AoaReference.from_dict(ref)
         scene = SceneSpec(**ctx["scene"])
         source = SceneSource(scene, scene_info(scene), list(ctx["bands"]),
                              [DerivedBand(**d) for d in ctx.get("derived") or []])
@@ -406,8 +424,16 @@ def compute_window(ctx: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
     if engine.members[0].spec.regression:
         from geofuse.mapping.values import summarise_values
 
-        return {"window": window.to_dict(), **summarise_values(probs, nodata)}
-    return {"window": window.to_dict(), **summarise(probs, nodata)}
+        out = {"window": window.to_dict(), **summarise_values(probs, nodata)}
+        mapped = np.isfinite(out["values"][0])
+    else:
+        out = {"window": window.to_dict(), **summarise(probs, nodata)}
+        mapped = out["classes"] != 255
+    if engine.dissimilarity is not None:
+        from geofuse.mapping.aoa import aoa_bands
+
+        out["aoa"] = aoa_bands(engine.dissimilarity, mapped)
+    return out
 
 
 def release_engines() -> None:

@@ -73,6 +73,7 @@ class McDropout:
         self._index = {id(layer): i for i, layer in enumerate(layers)}
         self._masks: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
         self.pass_index = 0
+        self.active = True  #: False: the layers stay identities (the network's own features)
         for layer in layers:  # the layers stay in eval mode (identity); the hook drops units
             layer.register_forward_hook(self._drop)
 
@@ -83,6 +84,8 @@ class McDropout:
 
     def _drop(self, module: torch.nn.Module, inputs: tuple[Any, ...], output: torch.Tensor
               ) -> torch.Tensor:
+        if not self.active:
+            return output
         x = inputs[0]
         key = (id(module), tuple(x.shape[1:]))
         mask = self._masks.get(key)

@@ -33,6 +33,13 @@ from geofuse import __version__
 from geofuse.errors import ConfigError
 from geofuse.io_utils import atomic_write_json
 from geofuse.mapping import outputs
+from geofuse.mapping.aoa import (
+    AoaReference,
+    aoa_product,
+    aoa_references,
+    outside_shares,
+    publish_aoa_figure,
+)
 from geofuse.mapping.infer import (
     compute_window,
     load_member,
@@ -96,6 +103,7 @@ class PredictOptions:
             dropout), each a member of the uncertainty outputs; 0 = off.
         device: torch device of the networks: ``auto`` (CUDA when visible), ``cpu``,
             ``cuda`` or ``cuda:N``.
+        aoa: also write ``aoa.tif``, the area of applicability (:mod:`geofuse.mapping.aoa`).
     """
 
     stride: int = 1
@@ -107,6 +115,7 @@ class PredictOptions:
     ray_address: str | None = None
     mc_dropout: int = 0
     device: str = "auto"
+    aoa: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,7 +169,8 @@ def _fingerprint(plan: _Plan, opts: PredictOptions) -> str:
     key = {"members": [_file_key(m.model_file) for m in plan.source.members],
            "stack": [_file_key(p) for p in scene_files(plan.scene)], "stride": plan.stride,
            "tile": plan.tile, "window": plan.window, "tta": opts.tta,
-           "mc_dropout": opts.mc_dropout, "bands": plan.source.bands, "version": 2}
+           "mc_dropout": opts.mc_dropout, "bands": plan.source.bands, "aoa": opts.aoa,
+           "version": 2}
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -216,7 +226,7 @@ def _derived(source: MapSource) -> list[DerivedBand]:
 
 
 def _context(plan: _Plan, opts: PredictOptions, fingerprint: str, device: str,
-             derived: list[DerivedBand]) -> dict[str, Any]:
+             derived: list[DerivedBand], aoa: list[AoaReference]) -> dict[str, Any]:
     moments = None
     if any(m.normalization == "test_area" for m in plan.source.members):
         with SceneSource(plan.scene, plan.stack, plan.source.bands, derived) as scene:
@@ -225,6 +235,7 @@ def _context(plan: _Plan, opts: PredictOptions, fingerprint: str, device: str,
             "members": [m.to_dict() for m in plan.source.members],
             "scene": plan.scene.to_dict(), "derived": [d.to_dict() for d in derived],
             "bands": plan.source.bands, "moments": moments,
+            "aoa": [r.to_dict() for r in aoa],
             "params": {"stride": plan.stride, "tile": plan.tile, "batch_size": plan.batch,
                        "tta": opts.tta, "mc_dropout": opts.mc_dropout,
                        "device": device},
@@ -266,11 +277,16 @@ def _areas(plan: _Plan, counts: list[int]) -> dict[str, Any]:
 def _publish(plan: _Plan, partial: _Partial, out: Path, opts: PredictOptions,
              ) -> dict[str, str]:
     first = plan.source.first
+    if "aoa" not in partial.products:  # an earlier map's area of applicability
+        for name in ("aoa.tif", "aoa.png"):
+            (out / name).unlink(missing_ok=True)
     if first.regression:
-        return publish_values(partial.products, partial.path, out, first.value_name,
-                              f"{first.model}: {plan.stack.path.name}")
+        written = publish_values(partial.products, partial.path, out, first.value_name,
+                                 f"{first.model}: {plan.stack.path.name}")
+        return {**written, **publish_aoa_figure(out, written, first.model)}
     (out / "values.tif").unlink(missing_ok=True)  # an earlier regression map's
     names = ["classes", "uncertainty"] + (["probabilities"] if opts.probabilities else [])
+    names += ["aoa"] if "aoa" in partial.products else []
     written = {}
     for name in names:
         product = partial.products[name]
@@ -281,7 +297,7 @@ def _publish(plan: _Plan, partial: _Partial, out: Path, opts: PredictOptions,
     title = f"{plan.source.first.model}: {plan.stack.path.name}"
     fig = outputs.quicklook_figure(out / "classes.tif", plan.source.first.class_names, title)
     written["quicklook"] = outputs.save_figure(fig, out / "quicklook.png").name
-    return written
+    return {**written, **publish_aoa_figure(out, written, first.model)}
 
 
 def _record(plan: _Plan, opts: PredictOptions, out: Path, files: dict[str, str],
@@ -298,6 +314,11 @@ def _record(plan: _Plan, opts: PredictOptions, out: Path, files: dict[str, str],
         summary = {"counts": dict(zip(src.first.class_names, counts.tolist(), strict=True)),
                    "nodata_pixels": nodata, "areas": _areas(plan, counts.tolist()),
                    "area_unit": f"{grid.crs.linear_units or 'CRS unit'} squared"}
+    if "aoa" in files:
+        summary["aoa"] = {
+            "members": [AoaReference.from_dict(r).summary() for r in ctx["aoa"]],
+            **outside_shares(out / files["aoa"], out / files["classes"] if "classes" in files
+                             else None, src.first.class_names)}
     return {
         "created_by": "geofuse predict", "geofuse_version": __version__,
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -397,6 +418,9 @@ def _predict_map(
     else:
         products = outputs.build_products(src.first.class_names, uncertainty_names(members),
                                           src.first.label_codes, src.first.label_unlabelled)
+    references = aoa_references(src.members, progress) if opts.aoa else []
+    if references:
+        products["aoa"] = aoa_product(references)
     partial = _Partial(out, products)
     fingerprint = _fingerprint(plan, opts)
     done = partial.done(fingerprint)
@@ -405,7 +429,7 @@ def _predict_map(
         partial.start(fingerprint, plan)
     pending = [w.to_dict() for w in plan.windows if w.index not in done]
     derived = resolve_db(scene, info, derived)
-    ctx = _context(plan, opts, fingerprint, device, derived)
+    ctx = _context(plan, opts, fingerprint, device, derived, references)
     mapped = 0
     with step_progress(progress) as bar:
         task = bar.add_task(f"map {info.grid.width}x{info.grid.height} px, windows",

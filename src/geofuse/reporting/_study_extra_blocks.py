@@ -48,7 +48,7 @@ def map_blocks(study: Study) -> list[doc.Block]:
     if quicklook.is_file():
         blocks.append(doc.Figure(title="Value map" if values else "Class map",
                                  png=quicklook.read_bytes(), path="map/quicklook.png"))
-    blocks += _mmu_blocks(folder) + _suggest_blocks(folder)
+    blocks += _aoa_blocks(meta, folder) + _mmu_blocks(folder) + _suggest_blocks(folder)
     assessment = folder / "assessment.json"
     if not assessment.is_file():
         return [*blocks, doc.Para("Not assessed: the study held no polygons or points out.")]
@@ -81,6 +81,27 @@ def map_blocks(study: Study) -> list[doc.Block]:
                  + ": `map/assessment.md`."),
         doc.Table(["class", "mapped area (ha)", "adjusted area (ha, 95% CI)", "user's acc.",
                    "producer's acc."], rows)]
+
+
+def _aoa_blocks(meta: dict[str, Any], folder: Any) -> list[doc.Block]:
+    """The area of applicability (``mapping.aoa``), when the map measured it."""
+    aoa = meta.get("aoa")
+    if not aoa or aoa.get("outside_share") is None:
+        return []
+    by_class = aoa.get("outside_share_by_class") or {}
+    worst = sorted(((v, k) for k, v in by_class.items() if v is not None), reverse=True)[:3]
+    blocks: list[doc.Block] = [doc.Para(
+        f"Area of applicability (Meyer & Pebesma 2021): {aoa['outside_share']:.1%} of the "
+        "mapped pixels lie farther from every training patch, in the fold models' feature "
+        "space, than cross-validation ever tested; their classes are extrapolations "
+        "(`map/aoa.tif`: dissimilarity / threshold, above 1 = outside)"
+        + ("; most outside among " + ", ".join(f"{k} ({v:.0%})" for v, k in worst)
+           if worst else "") + ".")]
+    png = folder / "aoa.png"
+    if png.is_file():
+        blocks.append(doc.Figure(title="Area of applicability", png=png.read_bytes(),
+                                 path="map/aoa.png"))
+    return blocks
 
 
 def _suggest_blocks(folder: Any) -> list[doc.Block]:
