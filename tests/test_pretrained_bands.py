@@ -70,6 +70,10 @@ def test_band_names_match_without_prefix_date_case_or_zero_padding() -> None:
     with pytest.raises(ConfigError, match=r"\['s2_B4', 'l8_B4'\] all match.*'B4'.*prefix"):
         match_bands(["s2_B4", "l8_B4"], ["B4", "B3"])
     assert match_bands(["s2_B4", "l8_B4"], ["s2_B4", "l8_B4"]) == [0, 1]  # named with prefix
+    # the dates of a band share its kernel; a file recorded with dates matches them exactly
+    assert match_bands(["B02@2018", "B04@2018", "B02@2019"], ["B2", "B4"]) == [0, 1, 0]
+    assert match_bands(["B02@2018", "B02@2019"], ["B02@2018", "B02@2019"]) == [0, 1]
+    assert match_bands(["s2_B08A"], L1C) == [8]
 
 
 def test_presets_and_bad_band_lists() -> None:
@@ -93,6 +97,9 @@ def test_matched_weight_copies_named_kernels_and_starts_the_rest_small() -> None
         matched_weight(w, BANDS, ["B2", "B3", "B4"])
     with pytest.warns(UserWarning, match="starts from scratch"):
         matched_weight(w, ["dem_elevation"], L1C)
+    dated = matched_weight(w, ["B04@2018", "B04@2019", "B08@2019"], L1C)
+    torch.testing.assert_close(dated[:, 0], w[:, 3] / 2)  # two dates of B4: half each
+    torch.testing.assert_close(dated[:, 2], w[:, 7])
 
 
 # -- CNN backbones ---------------------------------------------------------------------------
@@ -164,8 +171,9 @@ def test_vit_token_size_defaults_and_errors() -> None:
     with pytest.raises(ConfigError, match="vit_patch_size=6 does not divide the 32 px"):
         create_model("vit_tiny_patch16_224", in_channels=2, num_classes=2, patch_size=32,
                      vit_patch_size=6)
-    with pytest.raises(ConfigError, match="option of the vit_\\* backbones, not of resnet18"):
-        create_model("resnet18", in_channels=2, num_classes=2, patch_size=32, vit_patch_size=8)
+    # a CNN in the same ablation grid ignores the ViT's token size
+    cnn = create_model("resnet18", in_channels=2, num_classes=2, patch_size=32, vit_patch_size=8)
+    assert cnn.backbone.conv1.in_channels == 2
 
 
 def test_vit_at_the_files_size_responds_as_the_file(tmp_path: Path) -> None:
@@ -217,6 +225,10 @@ def test_freezing_a_fraction_of_a_vit_freezes_its_first_layers_only() -> None:
     assert staged.stage_names()[-1] == "norm"
     assert not staged.backbone.blocks[0].attn.qkv.weight.requires_grad
     assert staged.backbone.blocks[1].attn.qkv.weight.requires_grad
+    # the patch_embed stage holds the class token and position embedding (as freeze_fraction)
+    assert not staged.backbone.pos_embed.requires_grad
+    assert not staged.backbone.cls_token.requires_grad
+    assert set(staged.state_dict()) == set(model.state_dict())
 
 
 # -- segmentation encoders -------------------------------------------------------------------
@@ -338,3 +350,77 @@ def test_a_vit_run_maps_a_scene_as_it_classifies_patches(tmp_path: Path) -> None
         alone = [int(task(torch.from_numpy(normalize(x[i:i + 1], stats))).argmax())
                  for i in np.flatnonzero(whole)]
     assert whole.sum() > 30 and (classes[rows, cols][whole] == np.array(alone)).all()
+
+
+def _checked(tmp_path: Path, patches, modalities: list[dict], **model) -> list[str]:
+    """Preflight problems (``train``) of a config over ``patches`` with ``model``."""
+    from geofuse.config import parse_config
+    from geofuse.preflight import check_config
+
+    (tmp_path / "work").mkdir(exist_ok=True)
+    patches.save(tmp_path / "work" / "patches.h5")
+    cfg = parse_config({"name": "t", "workdir": "work", "modalities": modalities,
+                        "train": {"model": model}}, tmp_path)
+    return [f"{p.key}: {p.reason}" for p in check_config(cfg, "train")]
+
+
+def test_preflight_takes_time_series_and_per_modality_streams(resnet13, tmp_path: Path) -> None:
+    """Dates of a band, and two modalities of the same bands in unet_late, are not ambiguous."""
+    from geofuse.data.patchset import PatchSet
+
+    _, path = resnet13
+    rng = np.random.default_rng(0)
+    names = [f"{b}@{y}" for y in (2018, 2019) for b in ("B02", "B04")]
+    series = PatchSet(x=rng.random((8, 4, 16, 16), dtype=np.float32), y=np.arange(8) % 2,
+                      band_names=names, modalities={"s2": names}, class_names=["a", "b"],
+                      groups=[f"tile:{i}" for i in range(8)], coords=np.zeros((8, 2)),
+                      split=np.uint8([0, 0, 0, 0, 0, 1, 1, 2]),
+                      masks=np.zeros((8, 16, 16), dtype=np.uint8), mask_names=["a", "b"],
+                      timestamps=["2018", "2019"])
+    s2 = [{"name": "s2", "files": ["s2.tif"], "bands": ["B02", "B04"]}]
+    assert _checked(tmp_path, series, s2, name="unet_early", pretrained_path=str(path),
+                    pretrained_bands="sentinel2_l1c") == []
+    bands = ["spring_B04", "spring_B08", "summer_B04", "summer_B08"]
+    two = [{"name": "spring", "files": ["a.tif"], "bands": bands[:2]},
+           {"name": "summer", "files": ["b.tif"], "bands": bands[2:]}]
+    late = series._replace(x=series.x, band_names=bands,
+                           modalities={"spring": bands[:2], "summer": bands[2:]},
+                           timestamps=None)
+    assert _checked(tmp_path, late, two, name="unet_late", pretrained_path=str(path),
+                    pretrained_bands="sentinel2_l1c") == []
+    problems = _checked(tmp_path, late, two, name="unet_early", pretrained_path=str(path),
+                        pretrained_bands="sentinel2_l1c")  # one encoder: ambiguous
+    assert len(problems) == 1 and "all match" in problems[0]
+
+
+def test_preflight_refuses_sentinel2_presets_on_landsat_bands(resnet13, tmp_path: Path) -> None:
+    from geofuse.data.patchset import PatchSet
+
+    _, path = resnet13
+    bands = ["l8_B2", "l8_B3", "l8_B4", "l8_B5"]
+    patches = PatchSet(x=np.random.default_rng(0).random((8, 4, 16, 16), dtype=np.float32),
+                       y=np.arange(8) % 2, band_names=bands, modalities={"l8": bands},
+                       class_names=["a", "b"], groups=[f"polygon:{i}" for i in range(8)],
+                       coords=np.zeros((8, 2)), split=np.uint8([0, 0, 0, 0, 0, 1, 1, 2]))
+    l8 = [{"name": "l8", "files": ["l8.tif"], "bands": ["B2", "B3", "B4", "B5"],
+           "sensor": "landsat8"}]
+    problems = _checked(tmp_path, patches, l8, name="resnet18", pretrained_path=str(path),
+                        pretrained_bands="sentinel2_l1c")
+    assert len(problems) == 1 and "modality 'l8' (sensor landsat8)" in problems[0]
+    assert "modality prefix" in problems[0]
+
+
+def test_a_pretrain_file_on_other_bands_is_refused_for_segmentation(resnet13,
+                                                                    tmp_path: Path) -> None:
+    """Only the timm backbones match a pretrain file's recorded bands by name."""
+    net, _ = resnet13
+    file = tmp_path / "w.pt"
+    torch.save({"state_dict": net.state_dict(),
+                METADATA_KEY: {"band_names": [f"s2_B{i}" for i in range(13)]}}, file)
+    patches = make_patchset(n=8, patch_size=16)
+    patches = patches._replace(masks=np.zeros((8, 16, 16), dtype=np.uint8),
+                               mask_names=list(patches.class_names))
+    mods = [{"name": "s2", "files": ["s2.tif"], "bands": ["b", "g", "r", "nir"]},
+            {"name": "dem", "files": ["dem.tif"], "bands": ["elev", "slope"]}]
+    problems = _checked(tmp_path, patches, mods, name="unet_single", pretrained_path=str(file))
+    assert len(problems) == 1 and "was pretrained on bands" in problems[0]

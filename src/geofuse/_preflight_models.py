@@ -108,7 +108,8 @@ def model_problems(
                                f"file {str(path)!r} does not exist; fix the path (relative to "
                                "the config's folder) or remove it to train from scratch"))
         else:
-            out += _pretrained_band_problems(path, model, modalities, inputs, key_of, in_grid)
+            out += _pretrained_band_problems(cfg, path, model, modalities, inputs, key_of,
+                                             in_grid)
     if "num_tabular" in accepted and inputs.has_tabular is False:
         out.append(Problem(key_of("name"), name, f"needs tabular attributes per patch but "
                            f"{inputs.origin} has none; pick an image-only model"))
@@ -116,40 +117,68 @@ def model_problems(
 
 
 def _pretrained_band_problems(
-    path: Any, model: ModelConfig, modalities: Sequence[str], inputs: Inputs, key_of: KeyOf,
-    in_grid: bool,
+    cfg: StudyConfig, path: Any, model: ModelConfig, modalities: Sequence[str], inputs: Inputs,
+    key_of: KeyOf, in_grid: bool,
 ) -> list[Problem]:
     """Bands of a weight file against the run's: a ``geofuse pretrain`` file made for other
-    bands (refused for models that cannot match bands by name), or ``pretrained_bands`` none of
-    the run's bands is among (a single run; a grid cell warns instead)."""
-    from geofuse.models.adapt import match_bands, resolve_pretrained_bands
-    from geofuse.models.backbones import read_file_metadata
-    from geofuse.models.registry import model_options
+    bands (refused unless a timm backbone matches them by name), ``pretrained_bands`` that
+    match none of the run's bands (a single run; a grid cell warns instead) or that would give
+    another sensor's bands Sentinel-2 kernels."""
+    from geofuse.models.adapt import PRETRAINED_BAND_SETS, resolve_pretrained_bands
+    from geofuse.models.backbones import BACKBONES, read_file_metadata
 
     made_for = read_file_metadata(path).get("band_names")
-    run_bands = [b for m in modalities for b in inputs.modalities.get(m, [])]
+    own = {m: list(inputs.modalities.get(m, [])) for m in modalities}
+    run_bands = [b for bands in own.values() for b in bands]
     where = f"the sensor subset {list(modalities)}" if in_grid else "the run"
-    if "pretrained_bands" not in model_options(model.name):
-        if not made_for or not run_bands or list(made_for) == run_bands:
-            return []
+    if not model.pretrained_bands and (not made_for or not run_bands
+                                       or list(made_for) == run_bands):
+        return []
+    if not model.pretrained_bands and model.name not in BACKBONES:
         return [Problem(key_of("pretrained_path"), model.pretrained_path,
-                        f"was pretrained on bands {list(made_for)} but {where} uses "
+                        f"was pretrained on bands {list(made_for or [])} but {where} uses "
                         f"{run_bands}; run 'geofuse pretrain' with the same train.modalities, "
                         "or list only that subset in ablation.sensors")]
-    source = resolve_pretrained_bands(model.pretrained_bands) or made_for
-    if not source or not run_bands:
-        return []
+    source = resolve_pretrained_bands(model.pretrained_bands) or list(made_for or [])
     key = key_of("pretrained_bands") if model.pretrained_bands else key_of("pretrained_path")
     given = model.pretrained_bands or model.pretrained_path
+    preset = isinstance(model.pretrained_bands, str) and \
+        model.pretrained_bands in PRETRAINED_BAND_SETS
+    sensors = {m.name: m.sensor for m in cfg.modalities}
+    per_modality = "modalities" in _accepted(model.name)  # unet_late: each on its own
     try:
-        matched = [i for i in match_bands(run_bands, source) if i is not None]
+        other = [m for m in own if preset and sensors.get(m) not in (None, "sentinel2")
+                 and _matched(own[m], source)]
+        matched = any(_matched(b, source) for b in (own.values() if per_modality
+                                                     else [run_bands]))
     except ConfigError as err:
         return [Problem(key, given, str(err))]
+    if other:
+        return [Problem(key, given, (
+            f"names Sentinel-2 bands, but modality {other[0]!r} (sensor "
+            f"{sensors[other[0]]}) has bands of the same names {own[other[0]]} that would "
+            "take Sentinel-2 kernels; list the file's bands with their modality prefix "
+            "instead (e.g. s2_B1, s2_B2, ...)"))]
     if matched or in_grid:
         return []
     return [Problem(key, given, f"none of the run's bands {run_bands} is among the weight "
-                    f"file's bands {list(source)}; name the file's bands (matched without the "
-                    "modality prefix, B04 = B4) or train from scratch")]
+                    f"file's bands {list(source)}; name the file's bands as yours are named "
+                    "(a modality prefix on your bands is ignored, B04 = B4) or train from "
+                    "scratch")]
+
+
+def _matched(bands: Sequence[str], source: Sequence[str]) -> bool:
+    """Whether any of ``bands`` is among ``source`` (see :func:`~geofuse.models.adapt.
+    match_bands`, which raises on ambiguous names)."""
+    from geofuse.models.adapt import match_bands
+
+    return any(i is not None for i in match_bands(list(bands), list(source)))
+
+
+def _accepted(name: str) -> dict[str, Any]:
+    from geofuse.models.registry import model_options
+
+    return model_options(name)
 
 
 def _time_series_problems(given: list[str] | None, modalities: Sequence[str],

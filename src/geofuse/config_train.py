@@ -70,7 +70,8 @@ class ModelConfig(_Model):
         "SSL4EO-S12 / TorchGeo sentinel2_all weights: B1-B8, B8A, B9-B12) or sentinel2_l2a "
         "(the same without B10). Input bands are matched by name (s2_B04 = B4): a matched band "
         "keeps its pretrained kernel, any other band starts small and random, file bands the "
-        "input lacks are dropped. Default: the bands a 'geofuse pretrain' file records."
+        "input lacks are dropped. Default (timm backbones): the bands a 'geofuse pretrain' file "
+        "records."
     )
     vit_patch_size: int | None = Field(
         None, ge=1, description="vit_* backbones: token side in pixels (timm's patch_size); "

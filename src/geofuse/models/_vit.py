@@ -63,3 +63,13 @@ def vit_stage_paths(model: nn.Module) -> dict[str, list[str]]:
     return {"patch_embed": ["patch_embed"],
             **{f"blocks.{i}": [f"blocks.{i}"] for i in range(len(blocks))},  # type: ignore[arg-type]
             "norm": ["norm"]}
+
+
+def vit_root_parameters(model: nn.Module) -> nn.Module:
+    """The parameters a timm ViT owns itself (class and register tokens, position
+    embedding), held by a module outside the model, so that freezing the ``patch_embed``
+    stage freezes them too (the model's state dict is unchanged)."""
+    holder = nn.Module()
+    for name, param in model.named_parameters(recurse=False):
+        holder.register_parameter(name, param)
+    return holder

@@ -95,7 +95,7 @@ def rgb_indices(band_names: Sequence[str], rgb_bands: Sequence[str] | None = Non
 
 def band_key(name: str) -> str:
     """A band name for matching: no date, upper case, no zero padding (``b04@2020`` is ``B4``)."""
-    return re.sub(r"(?<=B)0(?=\d$)", "", name.split("@", 1)[0].upper())
+    return re.sub(r"(?<=B)0(?=\dA?$)", "", name.split("@", 1)[0].upper())
 
 
 def _name_forms(name: str) -> list[str]:
@@ -134,20 +134,26 @@ def resolve_pretrained_bands(value: str | Sequence[str] | None) -> list[str] | N
 def match_bands(band_names: Sequence[str], source_bands: Sequence[str]) -> list[int | None]:
     """For each input band, the position of the same band in ``source_bands`` (or ``None``).
 
-    An input band matches a source band by its full name or by the part after a modality
-    prefix (``s2_B04`` matches ``B4``); the longest match wins.
+    An input band matches a source band by its exact name (a date included), else by its
+    name or the part after a modality prefix, without the date (``s2_B04@2020`` matches
+    ``B4``); the longest match wins. The dates of one band may share a source band.
 
     Raises:
-        ConfigError: two input bands match the same source band (``s2_B4`` and ``l8_B4``
-            against ``B4``): the source band must be named with its prefix.
+        ConfigError: two different input bands match the same source band (``s2_B4`` and
+            ``l8_B4`` against ``B4``): the source band must be named with its prefix.
     """
-    keys = {band_key(b): i for i, b in enumerate(source_bands)}
+    exact = {b.upper(): i for i, b in enumerate(source_bands)}
+    keys: dict[str, int] = {}
+    for i, b in enumerate(source_bands):
+        keys.setdefault(band_key(b), i)
     out: list[int | None] = []
     for name in band_names:
-        out.append(next((keys[k] for k in _name_forms(name) if k in keys), None))
+        hit = exact.get(name.upper())
+        out.append(hit if hit is not None else
+                   next((keys[k] for k in _name_forms(name) if k in keys), None))
     for src in {i for i in out if i is not None}:
         users = [b for b, i in zip(band_names, out, strict=True) if i == src]
-        if len(users) > 1:
+        if len({u.split("@", 1)[0].upper() for u in users}) > 1:
             raise ConfigError(
                 f"input bands {users} all match the weight file's band "
                 f"{source_bands[src]!r}; name it with its modality prefix (e.g. "
@@ -164,8 +170,10 @@ def matched_weight(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """First-layer weight (O, S, *k) for the S ``source_bands`` -> (O, C, *k) for the C input
-    bands: matched bands keep their kernels, the others get a random start of standard
-    deviation ``scale`` x that of ``weight``. No band matching is warned (the first layer
+    bands: matched bands keep their kernels (divided by the number of dates of a band that
+    several dates share, so a series of equal dates responds like one date), the others get a
+    random start of standard deviation ``scale`` x that of ``weight``. No band matching is
+    warned (the first layer
     then starts from scratch; a DEM-only cell of an ablation with Sentinel-2 weights).
 
     Raises:
@@ -190,7 +198,7 @@ def matched_weight(
     new = new.to(src.dtype)
     for dst, i in enumerate(idx):
         if i is not None:
-            new[:, dst] = src[:, i]
+            new[:, dst] = src[:, i] / idx.count(i)
     return new
 
 

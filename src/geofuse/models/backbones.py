@@ -24,7 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from geofuse.errors import ConfigError, DataNotFoundError
-from geofuse.models._vit import fit_vit_state, is_vit, vit_kwargs, vit_stage_paths
+from geofuse.models._vit import (
+    fit_vit_state,
+    is_vit,
+    vit_kwargs,
+    vit_root_parameters,
+    vit_stage_paths,
+)
 from geofuse.models.adapt import (
     InputAdaptation,
     adapt_first_conv,
@@ -231,13 +237,9 @@ class BackboneClassifier(nn.Module):
 
     @staticmethod
     def _create_kwargs(name: str, side: int, vit_patch_size: int | None) -> dict[str, Any]:
-        """Extra timm options: a ViT's image and token size."""
-        if is_vit(name):
-            return vit_kwargs(name, side, vit_patch_size)
-        if vit_patch_size is not None:
-            raise ConfigError(f"vit_patch_size is an option of the vit_* backbones, not of "
-                              f"{name}; remove train.model.vit_patch_size")
-        return {}
+        """Extra timm options: a ViT's image and token size (``vit_patch_size`` means nothing
+        to a CNN, which ignores it: an ablation grid may mix ViTs and CNNs)."""
+        return vit_kwargs(name, side, vit_patch_size) if is_vit(name) else {}
 
     @staticmethod
     def _build_backbone(
@@ -297,9 +299,13 @@ class BackboneClassifier(nn.Module):
         return self
 
     def stages(self) -> dict[str, list[nn.Module]]:
-        """Backbone stages by name (``conv1``, ``layer1``.. or ``conv_stem``, ``blocks.0``..)."""
-        return {stage: [self.backbone.get_submodule(p) for p in paths]
-                for stage, paths in _stage_paths(self.backbone).items()}
+        """Backbone stages by name (``conv1``, ``layer1``.. or ``conv_stem``, ``blocks.0``..;
+        a ViT's ``patch_embed`` stage holds its class token and position embedding too)."""
+        stages = {stage: [self.backbone.get_submodule(p) for p in paths]
+                  for stage, paths in _stage_paths(self.backbone).items()}
+        if is_vit(self.backbone_name):
+            stages["patch_embed"].append(vit_root_parameters(self.backbone))
+        return stages
 
     def stage_names(self) -> list[str]:
         """Names accepted by ``freeze_stages``, in forward order."""
