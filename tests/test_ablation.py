@@ -29,7 +29,7 @@ CELL_KEYS = {
     "schema_version", "status", "slug", "config_id", "modalities", "model", "options",
     "overrides", "seed", "fold", "fingerprint", "bands", "class_names", "run_dir", "val",
     "test", "guard", "history", "overfitting", "epochs_trained", "max_epochs", "stopped_early",
-    "num_params", "duration_s", "finished_at", "importance", "calibration",
+    "num_params", "n_train", "duration_s", "finished_at", "importance", "calibration",
 }
 
 

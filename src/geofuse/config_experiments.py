@@ -106,6 +106,13 @@ class AblationConfig(_Model):
         None, description="Model names or {name, options, label}; default: train.model."
     )
     seeds: list[int] | None = Field(None, description="Training seeds; default [seed].")
+    label_fractions: list[float] | None = Field(
+        None, description="Learning curve: also train every configuration on these shares of "
+        "each fold's training groups (train.label_fraction; nested per seed, every class "
+        "kept), e.g. [0.1, 0.25, 0.5, 1.0]; configurations are named <sensors>/<model>@<share>"
+        " and the report draws the curves and tests each sensor set against the baseline's at "
+        "the same share. Default: all labels only."
+    )
     epochs: int | None = Field(None, ge=1, description="Override train.epochs per cell.")
     workers: int = Field(1, ge=1, description="Cells trained in parallel (local processes).")
     ray: RayConfig = RayConfig()
@@ -129,6 +136,11 @@ class AblationConfig(_Model):
     def _check_grouping(self) -> AblationConfig:
         if self.group_by == "block" and self.block_size is None:
             raise ValueError("group_by 'block' needs ablation.block_size (CRS units); set it")
+        shares = self.label_fractions
+        if shares is not None and (not shares or any(not 0 < f <= 1 for f in shares)
+                                   or len(set(shares)) != len(shares)):
+            raise ValueError(f"ablation.label_fractions {shares} must list distinct shares in "
+                             "(0, 1], e.g. [0.1, 0.25, 0.5, 1.0]")
         return self
 
 

@@ -332,6 +332,12 @@ class TrainConfig(_Model):
         True, description="Deterministic kernels (same config, same metrics); 'warn' lets ops "
         "without a deterministic GPU kernel run with a warning instead of failing."
     )
+    label_fraction: float = Field(
+        1.0, gt=0, le=1, description="Train on this share of the training split's groups "
+        "(polygons, tiles), drawn per class with at least one each, nested for one seed (a "
+        "smaller share is a subset of a larger); validation and test are unchanged. For "
+        "learning curves: ablation.label_fractions."
+    )
     output: str = Field("runs", description="Run directories go here, relative to workdir.")
     run_name: str | None = None
 

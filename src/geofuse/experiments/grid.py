@@ -186,20 +186,29 @@ def build_grid(cfg: StudyConfig, folds: list[int] | None = None) -> list[Cell]:
     subsets = sensor_subsets(names, cfg.ablation.primary, cfg.ablation.sensors)
     seeds = list(cfg.ablation.seeds or [cfg.seed])
     fold_ids = list(range(cfg.ablation.folds)) if folds is None else list(folds)
+    # learning curve: the largest share first, so that the default baseline has all of them
+    shares = sorted(cfg.ablation.label_fractions or [], reverse=True) or [None]
     cells = []
     for subset in subsets:
         ordered = [m for m in names if m in subset]
         for spec in model_specs(cfg):
-            config_id = f"{'+'.join(ordered)}/{spec.label}"
             model = {**cfg.train.model.model_dump(mode="json"), "name": spec.name,
                      **spec.options}
-            overrides = {"train.modalities": ordered, "train.bands": None, "train.model": model,
-                         **{f"train.{k}": v for k, v in spec.train.items()}}
-            for seed in seeds:
-                for fold in fold_ids:
-                    cells.append(Cell(config_id, seed, fold, overrides, tuple(ordered),
-                                      spec.name, dict(spec.options)))
+            base = {"train.modalities": ordered, "train.bands": None, "train.model": model,
+                    **{f"train.{k}": v for k, v in spec.train.items()}}
+            for share in shares:
+                config_id = f"{'+'.join(ordered)}/{spec.label}" + share_suffix(share)
+                overrides = base if share is None else {**base, "train.label_fraction": share}
+                for seed in seeds:
+                    for fold in fold_ids:
+                        cells.append(Cell(config_id, seed, fold, overrides, tuple(ordered),
+                                          spec.name, dict(spec.options)))
     return cells
+
+
+def share_suffix(share: float | None) -> str:
+    """``@25%`` for a label share of 0.25 (nothing without a learning curve)."""
+    return "" if share is None else f"@{100 * share:g}%"
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

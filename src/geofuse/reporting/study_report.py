@@ -33,6 +33,7 @@ from geofuse.reporting._completeness import completeness, continue_command, unfi
 from geofuse.reporting._study_calibration import calibration_blocks, calibration_stats
 from geofuse.reporting._study_data_figures import data_figure_blocks
 from geofuse.reporting._study_extra_blocks import map_blocks, mask_blocks
+from geofuse.reporting._study_learning import learning_curve_blocks, learning_curve_stats
 from geofuse.reporting._study_load import (
     CELL_DEFAULTS,
     Study,
@@ -149,6 +150,7 @@ def compute_study_stats(
                        "diagnosis": c["guard"].get("diagnosis") or ""}
                       for c in study.cells if c["guard"].get("collapsed")],
         "skipped": list(study.skipped), "completeness": complete,
+        "learning_curve": learning_curve_stats(study.cells, scores, baseline, alpha, unit),
     }
 
 
@@ -445,6 +447,8 @@ def write_study_report(
                  f"**{s['baseline'] or 'none'}**; best: **{s['best']}**."),
         *transfer_alert(s["test_set"], study.config, study.multilabel),
         *_guard_blocks(s), *_results_blocks(s, study), *_significance_blocks(s),
+        *learning_curve_blocks(s["learning_curve"], s["metric"],
+                               lambda fig, name, title: _figure(fig, study, name, title)),
         *study_test_blocks(s["test_set"], s["per_class_f1_test"], study.class_names,
                            study.multilabel,
                            lambda fig, name, title: _figure(fig, study, name, title)),

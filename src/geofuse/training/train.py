@@ -20,6 +20,7 @@ from geofuse.data.datamodule import (
     select_inputs,
     train_tabular_stats,
 )
+from geofuse.data.label_fraction import subsample_training
 from geofuse.data.normalize import BandStats, TabularStats, compute_band_stats
 from geofuse.data.patchset import MASK_IGNORE, PatchSet
 from geofuse.errors import ConfigError, RunDirError
@@ -302,7 +303,8 @@ def _load_patches(
         path = run.patches_copy.resolve()
         if not (resume and path.exists()):
             patchset.save(path)
-    patches = select_inputs(PatchSet.load(path), cfg.train)
+    patches = subsample_training(select_inputs(PatchSet.load(path), cfg.train),
+                                 cfg.train.label_fraction, cfg.seed)
     check_splits(patches, path)
     return patches, path
 
