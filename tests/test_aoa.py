@@ -13,16 +13,20 @@ from typer.testing import CliRunner
 
 from geofuse.cli import app
 from geofuse.errors import ConfigError
-from geofuse.mapping.aoa import build_reference, upper_whisker
+from geofuse.mapping.aoa import build_reference, fivenum, upper_whisker
+from geofuse.mapping.aoa_members import network_features
 from test_predict import read, scene, train_run, write_stack
 
 runner = CliRunner()
 ODD = (slice(10, 30), slice(40, 70))  #: a block of the scene unlike anything trained on
 
 
-def test_whisker_drops_outliers() -> None:
-    assert upper_whisker(np.array([1.0, 2, 3, 4, 100])) == 4.0
-    assert upper_whisker(np.array([1.0, 2, 3, 4])) == 4.0
+def test_whisker_is_r_boxplot_stats() -> None:
+    # R: fivenum(c(1, 2, 3, 4, 100)) = 1 2 3 4 100; fivenum(1:4) = 1.0 1.5 2.5 3.5 4.0
+    np.testing.assert_allclose(fivenum(np.array([100.0, 1, 3, 2, 4])), [1, 2, 3, 4, 100])
+    np.testing.assert_allclose(fivenum(np.arange(1.0, 5)), [1, 1.5, 2.5, 3.5, 4])
+    assert upper_whisker(np.array([1.0, 2, 3, 4, 100])) == 4.0  # boxplot.stats(...)$stats[5]
+    assert upper_whisker(np.array([1.0, 2, 3, 4, 5, 6, 7, 8, 30])) == 8.0
 
 
 def test_reference_follows_the_definition() -> None:
@@ -45,13 +49,44 @@ def test_reference_follows_the_definition() -> None:
     assert ref.dissimilarity(np.array([[0, 10, 40.0]]))[0] > 5  # far off in one feature
 
 
+def test_novelty_along_a_feature_constant_in_training_counts() -> None:
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.normal(size=(50, 3)), np.zeros((50, 1))], axis=1)  # a dead unit
+    ref = build_reference(x, np.arange(50).astype(str))
+    assert ref.dissimilarity(np.array([[0, 0, 0, 0.0]]))[0] < 1
+    assert ref.dissimilarity(np.array([[0, 0, 0, 50.0]]))[0] > 5
+    same = np.repeat(rng.normal(size=(1, 3)), 40, axis=0)  # every patch alike
+    with pytest.raises(ConfigError, match="share the same features"):
+        build_reference(same, (np.arange(40) % 4).astype(str), what="run 'r'")
+
+
+def test_output_layer_inputs_skip_a_hidden_layer_as_wide_as_the_output() -> None:
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5), torch.nn.ReLU(),
+                              torch.nn.Linear(5, 5))
+    feats = network_features(net, torch.randn(3, 3, 2, 2))
+    assert feats.shape == (3, 5)  # the head's input, not the flattened input as well
+
+    class TwoHeads(torch.nn.Module):  # decision fusion: a head per modality
+        def __init__(self) -> None:
+            super().__init__()
+            self.heads = torch.nn.ModuleDict({"a": torch.nn.Linear(4, 2),
+                                              "b": torch.nn.Linear(6, 2)})
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.heads["a"](x[:, :4]) + self.heads["b"](x[:, 4:])
+
+    assert network_features(TwoHeads(), torch.randn(3, 10)).shape == (3, 10)
+
+
 def test_forest_importances_weight_the_features() -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(40, 2))
     ref = build_reference(x, np.arange(40).astype(str), weights=np.array([1.0, 0.0]))
     a, b = ref.dissimilarity(np.array([[0.3, 0.0], [0.3, 50.0]]))
     assert a == pytest.approx(b)  # a feature the forest never used does not count
-    with pytest.raises(ConfigError, match="at least 2 groups"):
+    with pytest.raises(ConfigError, match="at least 2 folds"):
         build_reference(x, np.zeros(40).astype(str))
 
 
@@ -120,15 +155,26 @@ def test_a_forest_run_measures_in_its_weighted_features(mapped, tmp_path: Path) 
     assert np.nanmax(inside[14:26, 44:66]) == 0 and np.nanmean(inside[40:, :]) > 0.5
 
 
-def test_a_run_whose_patches_are_gone_is_a_one_line_error(mapped, tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", ["gone", "other bands"])
+def test_unusable_training_patches_are_a_one_line_error(mapped, tmp_path: Path,
+                                                        case: str) -> None:
+    from geofuse.data.patchset import PatchSet
+
     run, odd, _ = mapped
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     info = json.loads((copy / "run.json").read_text())
-    info["patches_path"] = str(tmp_path / "gone.h5")
+    target = tmp_path / "patches.h5"
+    if case == "other bands":
+        patches = PatchSet.load(info["patches_path"])
+        patches._replace(band_names=[f"x{i}" for i in range(len(patches.band_names))],
+                         modalities={"x": [f"x{i}" for i in range(len(patches.band_names))]}
+                         ).save(target)
+    info["patches_path"] = str(target)
     (copy / "run.json").write_text(json.dumps(info))
     res = runner.invoke(app, ["predict", str(copy), "--stack", str(odd), "-o",
                               str(tmp_path / "map"), "--aoa"])
     assert res.exit_code == 2
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "gone.h5" in lines[0] and "without --aoa" in lines[0]
+    assert len(lines) == 1 and "patches.h5" in lines[0] and "without --aoa" in lines[0]
+    assert ("is gone" if case == "gone" else "lacks its bands") in lines[0]

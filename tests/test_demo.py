@@ -61,6 +61,7 @@ def test_demo_runs_the_sensor_ablation_and_writes_the_study_report(demo_dir: Pat
     # and where the map extrapolates: its area of applicability
     aoa = json.loads((study / "map" / "predict.json").read_text())["aoa"]
     assert len(aoa["members"]) == 3 and 0 <= aoa["outside_share"] < 0.5
+    assert {m["exclusion"] for m in aoa["members"]} == {"fold"}  # CAST's CV-fold threshold
     assert (study / "map" / "aoa.tif").is_file() and "Area of applicability" in md
     # Re-running in the same folder reuses the finished cells and writes the same report.
     mtimes = {p: p.stat().st_mtime for p in (study / "cells").glob("*.json")}

@@ -32,7 +32,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from geofuse.data.normalize import MIN_STD, BandStats, normalize
 from geofuse.errors import ConfigError
-from geofuse.mapping.aoa import AoaReference, member_features
+from geofuse.mapping.aoa import AoaReference
+from geofuse.mapping.aoa_members import load_references, member_features
 from geofuse.mapping.members import MemberSpec
 from geofuse.mapping.passes import McDropout, member_passes, resolve_device
 from geofuse.mapping.scene import SceneSource
@@ -412,8 +413,9 @@ def compute_window(ctx: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
         specs = [MemberSpec(**s) for s in ctx["members"]]
         members = [load_member(s, ctx.get("moments"), params.device, params.mc_dropout)
                    for s in specs]
-        for m, ref in zip(members, ctx.get("aoa") or [], strict=False):
-            m.aoa = AoaReference.from_dict(ref)
+        if ctx.get("aoa"):  # the references file the command wrote
+            for m, ref in zip(members, load_references(ctx["aoa"]), strict=True):
+                m.aoa = ref
         scene = SceneSpec(**ctx["scene"])
         source = SceneSource(scene, scene_info(scene), list(ctx["bands"]),
                              [DerivedBand(**d) for d in ctx.get("derived") or []])
@@ -430,7 +432,7 @@ def compute_window(ctx: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
         out = {"window": window.to_dict(), **summarise(probs, nodata)}
         mapped = out["classes"] != 255
     if engine.dissimilarity is not None:
-        from geofuse.mapping.aoa import aoa_bands
+        from geofuse.mapping.aoa_outputs import aoa_bands
 
         out["aoa"] = aoa_bands(engine.dissimilarity, mapped)
     return out

@@ -33,13 +33,9 @@ from geofuse import __version__
 from geofuse.errors import ConfigError
 from geofuse.io_utils import atomic_write_json
 from geofuse.mapping import outputs
-from geofuse.mapping.aoa import (
-    AoaReference,
-    aoa_product,
-    aoa_references,
-    outside_shares,
-    publish_aoa_figure,
-)
+from geofuse.mapping.aoa import AoaReference
+from geofuse.mapping.aoa_members import aoa_references, reference_files, save_references
+from geofuse.mapping.aoa_outputs import aoa_product, outside_shares, publish_aoa_figure
 from geofuse.mapping.infer import (
     compute_window,
     load_member,
@@ -166,10 +162,11 @@ def _file_key(path: str | Path) -> list[Any]:
 
 
 def _fingerprint(plan: _Plan, opts: PredictOptions) -> str:
+    aoa = [_file_key(p) for p in reference_files(plan.source.members)] if opts.aoa else False
     key = {"members": [_file_key(m.model_file) for m in plan.source.members],
            "stack": [_file_key(p) for p in scene_files(plan.scene)], "stride": plan.stride,
            "tile": plan.tile, "window": plan.window, "tta": opts.tta,
-           "mc_dropout": opts.mc_dropout, "bands": plan.source.bands, "aoa": opts.aoa,
+           "mc_dropout": opts.mc_dropout, "bands": plan.source.bands, "aoa": aoa,
            "version": 2}
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -226,7 +223,7 @@ def _derived(source: MapSource) -> list[DerivedBand]:
 
 
 def _context(plan: _Plan, opts: PredictOptions, fingerprint: str, device: str,
-             derived: list[DerivedBand], aoa: list[AoaReference]) -> dict[str, Any]:
+             derived: list[DerivedBand], aoa: Path | None) -> dict[str, Any]:
     moments = None
     if any(m.normalization == "test_area" for m in plan.source.members):
         with SceneSource(plan.scene, plan.stack, plan.source.bands, derived) as scene:
@@ -235,7 +232,7 @@ def _context(plan: _Plan, opts: PredictOptions, fingerprint: str, device: str,
             "members": [m.to_dict() for m in plan.source.members],
             "scene": plan.scene.to_dict(), "derived": [d.to_dict() for d in derived],
             "bands": plan.source.bands, "moments": moments,
-            "aoa": [r.to_dict() for r in aoa],
+            "aoa": str(aoa) if aoa else None,
             "params": {"stride": plan.stride, "tile": plan.tile, "batch_size": plan.batch,
                        "tta": opts.tta, "mc_dropout": opts.mc_dropout,
                        "device": device},
@@ -302,7 +299,7 @@ def _publish(plan: _Plan, partial: _Partial, out: Path, opts: PredictOptions,
 
 def _record(plan: _Plan, opts: PredictOptions, out: Path, files: dict[str, str],
             partial: _Partial, timings: dict[str, float], resumed: int,
-            ctx: dict[str, Any]) -> dict[str, Any]:
+            ctx: dict[str, Any], references: list[AoaReference]) -> dict[str, Any]:
     grid = plan.stack.grid
     src = plan.source
     if src.first.regression:
@@ -316,7 +313,7 @@ def _record(plan: _Plan, opts: PredictOptions, out: Path, files: dict[str, str],
                    "area_unit": f"{grid.crs.linear_units or 'CRS unit'} squared"}
     if "aoa" in files:
         summary["aoa"] = {
-            "members": [AoaReference.from_dict(r).summary() for r in ctx["aoa"]],
+            "members": [r.summary() for r in references],
             **outside_shares(out / files["aoa"], out / files["classes"] if "classes" in files
                              else None, src.first.class_names)}
     return {
@@ -418,7 +415,8 @@ def _predict_map(
     else:
         products = outputs.build_products(src.first.class_names, uncertainty_names(members),
                                           src.first.label_codes, src.first.label_unlabelled)
-    references = aoa_references(src.members, progress) if opts.aoa else []
+    references = (aoa_references(src.members, resolve_device(opts.device), progress)
+                  if opts.aoa else [])
     if references:
         products["aoa"] = aoa_product(references)
     partial = _Partial(out, products)
@@ -427,9 +425,12 @@ def _predict_map(
     if not done:
         (out / RECORD).unlink(missing_ok=True)  # this folder no longer holds a finished map
         partial.start(fingerprint, plan)
+    refs_file = partial.folder / "aoa_references.pkl" if references else None
+    if refs_file is not None:
+        save_references(references, refs_file)
     pending = [w.to_dict() for w in plan.windows if w.index not in done]
     derived = resolve_db(scene, info, derived)
-    ctx = _context(plan, opts, fingerprint, device, derived, references)
+    ctx = _context(plan, opts, fingerprint, device, derived, refs_file)
     mapped = 0
     with step_progress(progress) as bar:
         task = bar.add_task(f"map {info.grid.width}x{info.grid.height} px, windows",
@@ -448,7 +449,7 @@ def _predict_map(
     files = _publish(plan, partial, out, opts)
     timings = {"windows": windows_s, "products": time.perf_counter() - started - windows_s}
     timings["total"] = time.perf_counter() - started
-    record = _record(plan, opts, out, files, partial, timings, len(done), ctx)
+    record = _record(plan, opts, out, files, partial, timings, len(done), ctx, references)
     atomic_write_json(out / RECORD, record)
     outputs.remove_tree(partial.folder)
     return record

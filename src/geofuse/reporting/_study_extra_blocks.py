@@ -88,12 +88,13 @@ def _aoa_blocks(meta: dict[str, Any], folder: Any) -> list[doc.Block]:
     aoa = meta.get("aoa")
     if not aoa or aoa.get("outside_share") is None:
         return []
+    what = "estimates" if meta.get("value_name") else "classes"
     by_class = aoa.get("outside_share_by_class") or {}
     worst = sorted(((v, k) for k, v in by_class.items() if v is not None), reverse=True)[:3]
     blocks: list[doc.Block] = [doc.Para(
         f"Area of applicability (Meyer & Pebesma 2021): {aoa['outside_share']:.1%} of the "
         "mapped pixels lie farther from every training patch, in the fold models' feature "
-        "space, than cross-validation ever tested; their classes are extrapolations "
+        f"space, than cross-validation ever tested; their {what} are extrapolations "
         "(`map/aoa.tif`: dissimilarity / threshold, above 1 = outside)"
         + ("; most outside among " + ", ".join(f"{k} ({v:.0%})" for v, k in worst)
            if worst else "") + ".")]
