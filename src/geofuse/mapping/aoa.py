@@ -113,11 +113,11 @@ def _nearest(query: np.ndarray, points: np.ndarray,
     out = np.empty(len(query), dtype=np.float64)
     for s in range(0, len(query), PAIR_CHUNK):
         q = torch.from_numpy(np.ascontiguousarray(query[s:s + PAIR_CHUNK], dtype=np.float32))
-        d = torch.cdist(q, p).double()
+        d = torch.cdist(q, p)
         if exclude is not None:
             same = exclude[0][s:s + PAIR_CHUNK, None] == exclude[1][None, :]
-            d[torch.from_numpy(same)] = float("inf")
-        out[s:s + PAIR_CHUNK] = d.min(dim=1).values.numpy()
+            d = d.masked_fill(torch.from_numpy(same), float("inf"))
+        out[s:s + PAIR_CHUNK] = d.min(dim=1).values.double().numpy()
     return out
 
 

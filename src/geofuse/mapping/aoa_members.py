@@ -28,11 +28,18 @@ PATCH_KINDS = ("patch", "patch_forest")
 
 @torch.inference_mode()
 def network_features(model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
-    """The inputs of a network's output layers for a batch: the ``nn.Linear`` layers whose
-    output has the shape of the network's output, the last one called in each branch (a branch:
-    the layer's parent module, or the layer itself inside a ModuleDict/ModuleList, as decision
-    fusion's heads), concatenated in call order. A hidden layer as wide as the output, followed
-    by the head in the same parent, is left out."""
+    """The inputs of a network's output layers for a batch (see :func:`forward_with_features`)."""
+    return forward_with_features(model, image)[1]
+
+
+@torch.inference_mode()
+def forward_with_features(model: torch.nn.Module, image: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network's output for a batch and the inputs of its output layers: the
+    ``nn.Linear`` layers whose output has the shape of the network's output, the last one
+    called in each branch (a branch: the layer's parent module, or the layer itself inside a
+    ModuleDict/ModuleList, as decision fusion's heads), concatenated in call order. A hidden
+    layer as wide as the output, followed by the head in the same parent, is left out."""
     parent: dict[int, str] = {}
     for name, module in model.named_modules():
         for child_name, child in module.named_children():
@@ -56,7 +63,7 @@ def network_features(model: torch.nn.Module, image: torch.Tensor) -> torch.Tenso
     if not parts:
         raise ConfigError(f"{type(model).__name__} has no linear output layer to measure an "
                           "area of applicability in; map without --aoa")
-    return torch.cat(parts, dim=1).float()
+    return out, torch.cat(parts, dim=1).float()
 
 
 def member_features(member: Any, x: np.ndarray) -> np.ndarray:

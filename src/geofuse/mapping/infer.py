@@ -33,7 +33,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from geofuse.data.normalize import MIN_STD, BandStats, normalize
 from geofuse.errors import ConfigError
 from geofuse.mapping.aoa import AoaReference
-from geofuse.mapping.aoa_members import load_references, member_features
+from geofuse.mapping.aoa_members import forward_with_features, load_references, member_features
 from geofuse.mapping.members import MemberSpec
 from geofuse.mapping.passes import McDropout, member_passes, resolve_device
 from geofuse.mapping.scene import SceneSource
@@ -151,9 +151,11 @@ def _dihedral_np(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
 
 
 @torch.inference_mode()
-def _patch_batch(member: LoadedMember, x: np.ndarray, tta: bool) -> np.ndarray:
+def _patch_batch(member: LoadedMember, x: np.ndarray, tta: bool,
+                 aoa: list[np.ndarray] | None = None) -> np.ndarray:
     """(B, K) probabilities of patches (B, C, P, P): normalised for networks, raw for forests;
-    of a regression model (B, 1) values in the target's unit (TTA: their mean)."""
+    of a regression model (B, 1) values in the target's unit (TTA: their mean). With ``aoa``
+    (a network without TTA) the same forward pass appends the patches' ``DI / threshold``."""
     from geofuse.evaluation.tta import DIHEDRAL, dihedral
 
     if member.spec.kind == "patch_forest":
@@ -177,6 +179,12 @@ def _patch_batch(member: LoadedMember, x: np.ndarray, tta: bool) -> np.ndarray:
         image = standardize_patches(image)
     image = image.contiguous(memory_format=torch.channels_last)
     task = member.model
+    if aoa is not None and member.aoa is not None:  # one pass: output and its features
+        out, feats = forward_with_features(task, image)
+        aoa.append(member.aoa.dissimilarity(feats.cpu().numpy()))
+        out = task.scaler.decode(out[:, 0])[:, None] if member.spec.regression else \
+            out.softmax(dim=1)
+        return out.float().cpu().numpy()
     if member.spec.regression:
         views = DIHEDRAL if tta else DIHEDRAL[:1]
         values = torch.stack([task.scaler.decode(task(dihedral(image, k, f))[:, 0])
@@ -205,9 +213,11 @@ def _patch_engine(members: list[LoadedMember], bands: list[str], raw: np.ndarray
             x = normalize(x, m.stats)
         hwc = np.ascontiguousarray(np.moveaxis(x, 0, -1))
         view = sliding_window_view(hwc, (size, size), axis=(0, 1))  # (R, C', C, P, P)
+        # a network without TTA or dropout passes measures in its own forward pass
+        fused = m.aoa is not None and m.spec.kind == "patch" and not tta and m.mc is None
         if m.aoa is not None:
             ratio = np.full((len(rows), len(cols)), np.nan, dtype=np.float32)
-            for s in range(0, len(vi), batch):
+            for s in range(0, 0 if fused else len(vi), batch):
                 feats = member_features(m, view[top[s:s + batch], left[s:s + batch]])
                 ratio[vi[s:s + batch], vj[s:s + batch]] = m.aoa.dissimilarity(feats)
             ratios.append(ratio)
@@ -216,9 +226,12 @@ def _patch_engine(members: list[LoadedMember], bands: list[str], raw: np.ndarray
                 m.mc.set_pass(k)
             probs = np.full((m.num_classes, len(rows), len(cols)), np.nan, dtype=np.float32)
             for s in range(0, len(vi), batch):
+                found: list[np.ndarray] | None = [] if fused else None
                 p = _patch_batch(m, np.ascontiguousarray(view[top[s:s + batch],
-                                                              left[s:s + batch]]), tta)
+                                                              left[s:s + batch]]), tta, found)
                 probs[:, vi[s:s + batch], vj[s:s + batch]] = p.T
+                if found:
+                    ratio[vi[s:s + batch], vj[s:s + batch]] = found[0]
             out.append(probs)
     return out, (np.mean(ratios, axis=0) if ratios else None)
 
