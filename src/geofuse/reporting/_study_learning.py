@@ -63,19 +63,20 @@ def learning_curve_stats(
 
 def plot_learning_curves(curves: Mapping[str, list[dict[str, Any]]], metric: str) -> Figure:
     """Mean metric against training patches (or the share), one line per configuration,
-    with its 95% interval as a band."""
+    with its 95% interval as error bars (the lines nudged apart so that the bars do not
+    hide each other)."""
     fig = Figure(figsize=(8, 4.8), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     by_patches = all(p["n_train"] for pts in curves.values() for p in pts)
-    for name, pts in curves.items():
+    for i, (name, pts) in enumerate(curves.items()):
+        nudge = 1 + 0.025 * (i - (len(curves) - 1) / 2)
         x = np.array([p["n_train"] if by_patches else p["share"] for p in pts], dtype=float)
         y = np.array([p["mean"] for p in pts], dtype=float)
         lo = np.array([p["ci_low"] for p in pts], dtype=float)
         hi = np.array([p["ci_high"] for p in pts], dtype=float)
-        line = ax.plot(x, y, marker="o", label=name)[0]
-        ax.fill_between(x, np.where(np.isfinite(lo), lo, y), np.where(np.isfinite(hi), hi, y),
-                        color=line.get_color(), alpha=0.15)
+        err = np.nan_to_num(np.vstack([y - lo, hi - y]), nan=0.0)
+        ax.errorbar(x * nudge, y, yerr=err, marker="o", capsize=3, elinewidth=1, label=name)
     ax.set_xscale("log")
     ax.set_xlabel("training patches (mean over folds)" if by_patches else "share of labels")
     ax.set_ylabel(f"mean {metric}")
