@@ -178,3 +178,35 @@ def test_unusable_training_patches_are_a_one_line_error(mapped, tmp_path: Path,
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "patches.h5" in lines[0] and "without --aoa" in lines[0]
     assert ("is gone" if case == "gone" else "lacks its bands") in lines[0]
+
+
+def test_assess_splits_accuracy_at_the_area_of_applicability(mapped, tmp_path: Path) -> None:
+    """Reference points inside and outside the AOA: the assessment counts them apart."""
+    import geopandas as gpd
+    from shapely.geometry import Point
+
+    from test_predict import CLASSES, CRS, TRANSFORM, truth
+
+    _, _, out = mapped
+    classes, inside = read(out / "classes.tif", 1), read(out / "aoa.tif", 2)
+    rng = np.random.default_rng(5)
+    rows, cols = np.nonzero(classes != 255)
+    pick = rng.choice(len(rows), 300, replace=False)
+    rows, cols = rows[pick], cols[pick]
+    ref = truth()[rows, cols]
+    points = gpd.GeoDataFrame(
+        {"class": [CLASSES[c] for c in ref]},
+        geometry=[Point(*(TRANSFORM * (c + 0.5, r + 0.5)))
+                  for r, c in zip(rows, cols, strict=True)], crs=CRS)
+    points.to_file(tmp_path / "points.gpkg")
+    res = runner.invoke(app, ["assess", str(out / "classes.tif"), "--polygons",
+                              str(tmp_path / "points.gpkg"), "-o", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "a" / "assessment.json").read_text())
+    ok = classes[rows, cols] == ref
+    for where, flag in (("inside", 1), ("outside", 0)):
+        sel = inside[rows, cols] == flag
+        got = result["aoa"][where]
+        assert got["n_reference_pixels"] == int(sel.sum()) > 0
+        assert got["overall_accuracy"] == pytest.approx(ok[sel].mean())
+    assert "area of applicability" in (tmp_path / "a" / "assessment.md").read_text()

@@ -48,19 +48,56 @@ class AssessmentOutputs:
     result: dict[str, Any]
 
 
-def confusion_counts(cmap: ClassMap, source: VectorReference | RasterReference) -> np.ndarray:
-    """The (K, K) error matrix of reference pixels (rows map, columns reference), by strips."""
+def confusion_counts(cmap: ClassMap, source: VectorReference | RasterReference,
+                     aoa: Path | None = None) -> np.ndarray:
+    """The (K, K) error matrix of reference pixels (rows map, columns reference), by strips;
+    with ``aoa`` (an ``aoa.tif`` on the map's grid) the (2, K, K) matrices of the reference
+    pixels inside and outside the area of applicability."""
     k = cmap.n_classes
-    flat = np.zeros(k * k, dtype=np.int64)
+    parts = 2 if aoa is not None else 1
+    flat = np.zeros(parts * k * k, dtype=np.int64)
     with rasterio.open(cmap.path) as src:
-        for win in strip_windows(cmap.grid):
-            if not source.needs(win):
-                continue
-            mapped, ref = source.pairs(win, src.read(1, window=win))
-            if mapped.size:
-                flat += np.bincount(mapped * k + ref, minlength=k * k)
+        inside = rasterio.open(aoa) if aoa is not None else None
+        try:
+            for win in strip_windows(cmap.grid):
+                if not source.needs(win):
+                    continue
+                block = src.read(1, window=win).astype(np.int64)
+                if inside is not None:  # outside pixels carry class + K (nodata kept)
+                    out = inside.read(2, window=win) == 0
+                    block = np.where(out & (block != cmap.nodata), block + k, block)
+                mapped, ref = source.pairs(win, block)
+                if mapped.size:
+                    flat += np.bincount(mapped * k + ref, minlength=parts * k * k)
+        finally:
+            if inside is not None:
+                inside.close()
     source.finish()
-    return flat.reshape(k, k)
+    return flat.reshape(parts, k, k).sum(axis=0) if aoa is None else flat.reshape(2, k, k)
+
+
+def _aoa_beside(cmap: ClassMap) -> Path | None:
+    """The ``aoa.tif`` beside a map with at most 127 classes (classes + K stay below the
+    nodata code), on the map's grid; None otherwise."""
+    path = cmap.path.parent / "aoa.tif"
+    if not path.is_file() or 2 * cmap.n_classes > cmap.nodata:
+        return None
+    with rasterio.open(path) as a:
+        same = (a.width, a.height) == (cmap.grid.width, cmap.grid.height) and \
+            a.transform.almost_equals(cmap.grid.transform)
+    return path if same else None
+
+
+def aoa_accuracy(matrices: np.ndarray) -> dict[str, Any]:
+    """Share of reference pixels mapped right inside and outside the area of applicability
+    (pixel counts, not area-weighted: Meyer & Pebesma's check that the map is less accurate
+    where it extrapolates)."""
+    out = {}
+    for name, m in zip(("inside", "outside"), matrices, strict=True):
+        n = int(m.sum())
+        out[name] = {"n_reference_pixels": n,
+                     "overall_accuracy": float(np.trace(m) / n) if n else None}
+    return out
 
 
 def _num(value: float) -> float | None:
@@ -194,7 +231,9 @@ def assess_map(
     source: VectorReference | RasterReference = (
         VectorReference(polygons, cmap, class_field) if polygons is not None
         else RasterReference(labels, cmap, unlabelled))  # type: ignore[arg-type]
-    counts = confusion_counts(cmap, source)
+    aoa = _aoa_beside(cmap)
+    split = confusion_counts(cmap, source, aoa)
+    counts = split.sum(axis=0) if aoa is not None else split
     if counts.sum() == 0:
         raise LabelError(
             f"no reference pixel of {source.summary.path!r} falls on a mapped pixel of "
@@ -210,6 +249,8 @@ def assess_map(
     beside = cmap.path.parent / "uncertainty.tif"
     unc = uncertainty_summary(beside, cmap.grid) if beside.is_file() else None
     result = assessment_dict(cmap, source.summary, est, unc)
+    if aoa is not None:
+        result["aoa"] = aoa_accuracy(split)
     out = Path(out_dir) if out_dir is not None else cmap.path.parent
     paths = write_assessment(result, out, cmap.path.parent)
     return AssessmentOutputs(json_path=paths[0], markdown_path=paths[1], html_path=paths[2],

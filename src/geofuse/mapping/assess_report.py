@@ -188,6 +188,19 @@ def _accuracy_blocks(r: dict[str, Any]) -> list[doc.Block]:
     ]
 
 
+def _aoa_blocks(r: dict[str, Any]) -> list[doc.Block]:
+    """Accuracy inside and outside the area of applicability (``aoa.tif`` beside the map)."""
+    aoa = r.get("aoa")
+    if not aoa:
+        return []
+    rows = [[where, f"{d['n_reference_pixels']:,}", _f(d["overall_accuracy"])]
+            for where, d in aoa.items()]
+    return [doc.Heading("Inside and outside the area of applicability"),
+            doc.Table(["reference pixels", "n", "share mapped right"], rows,
+                      "Pixel counts, not area-weighted: where the map extrapolates (outside, "
+                      "aoa.tif), its accuracy is expected to drop.")]
+
+
 def _method_blocks() -> list[doc.Block]:
     return [doc.Heading("Method"), doc.BulletList([
         "Stratified estimation (Olofsson et al. 2014, Remote Sensing of Environment 148, "
@@ -212,7 +225,7 @@ def write_assessment(result: dict[str, Any], out: Path, map_dir: Path) -> tuple[
         blocks += [doc.Heading("Uncertainty"), _save(
             plot_uncertainty(unc), out, "assessment_uncertainty",
             f"uncertainty histogram ({unc['n_pixels']:,} px, mean {unc['mean']:.3f})")]
-    blocks += _accuracy_blocks(result) + _method_blocks()
+    blocks += _accuracy_blocks(result) + _aoa_blocks(result) + _method_blocks()
     md_path, html_path = out / MD_NAME, out / HTML_NAME
     atomic_write_text(md_path, doc.to_markdown(blocks))
     atomic_write_text(html_path, doc.to_html(f"Map assessment: {Path(result['map']).name}",

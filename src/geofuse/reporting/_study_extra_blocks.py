@@ -68,6 +68,13 @@ def map_blocks(study: Study) -> list[doc.Block]:
                         _f(m["r2"]), _f(m["spearman_r"])]])]
     rows = [[c["name"], _f(c["mapped_area_ha"], 1), _area(c), _f(c["users_accuracy"]),
              _f(c["producers_accuracy"])] for c in a["per_class"]]
+    aoa = a.get("aoa") or {}
+    if aoa.get("outside", {}).get("n_reference_pixels"):
+        i, o = aoa["inside"], aoa["outside"]
+        blocks.append(doc.Para(
+            f"Held-out pixels inside the area of applicability: {_f(i['overall_accuracy'])} "
+            f"mapped right ({i['n_reference_pixels']:,}); outside: "
+            f"{_f(o['overall_accuracy'])} ({o['n_reference_pixels']:,})."))
     return [
         *blocks,
         doc.Para(f"Assessed against the {a['reference'].get('n_reference_pixels', '?')} pixels "
