@@ -11,7 +11,7 @@ import pytest
 
 from factories import make_config, make_patchset
 from geofuse.config import parse_config
-from geofuse.data.label_fraction import subsample_training
+from geofuse.data.label_fraction import kept_training, subsample_training
 from geofuse.errors import ConfigError
 from geofuse.experiments.ablation import run_ablation
 from geofuse.experiments.grid import build_grid
@@ -48,6 +48,21 @@ def test_shares_are_nested_whole_groups_with_every_class() -> None:
     assert set(other.split_indices("train")) != kept[0.25]  # another seed, another draw
 
 
+def test_a_class_that_is_no_groups_majority_stays_in_every_share() -> None:
+    """Mixed groups (raster blocks, point clusters): the rare class keeps one group."""
+    n = 200
+    groups = np.array([f"block:{i // 10}" for i in range(n)])
+    y = (np.arange(n) // 10) % 2  # blocks of class 0 or 1 ...
+    y[np.arange(n) % 10 == 0] = 2  # ... each with one patch of the rare class 2
+    split = np.zeros(n, dtype=np.uint8)
+    kept = {}
+    for share in (0.05, 0.25, 0.5):
+        rows = kept_training(split, groups, y, share, seed=1)
+        assert 2 in set(y[rows])
+        kept[share] = set(rows)
+    assert kept[0.05] <= kept[0.25] <= kept[0.5]
+
+
 def test_grid_names_shares_largest_first(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
     cfg.ablation.label_fractions = [0.25, 1.0]
@@ -81,3 +96,20 @@ def test_study_draws_the_curve_and_tests_sensors_at_each_share(tmp_path: Path) -
     md = (study / "report.md").read_text()
     assert "## Learning curve" in md and "plots/learning_curve.png" in md
     assert (study / "plots" / "learning_curve.png").stat().st_size > 10_000
+    # the main tables and the best configuration (the one that maps) use all the labels
+    assert stats["best"].endswith("@100%")
+    assert [c["config_id"] for c in stats["comparisons"]] == ["s2+dem/simple_cnn@100%"]
+    # a run on a share measures its area of applicability against the patches it trained on
+    from geofuse.mapping.aoa import training_sample
+
+    for run in (study / "runs").iterdir():
+        info = json.loads((run / "run.json").read_text())
+        assert len(training_sample(run, info["bands"]).rows) == info["n_train"]
+
+
+def test_one_share_draws_no_curve() -> None:
+    from geofuse.reporting._study_learning import learning_curve_stats
+
+    cells = [{"config_id": "s2/cnn@50%", "overrides": {"train.label_fraction": 0.5}}]
+    assert learning_curve_stats(cells, {"s2/cnn@50%": {(0, 0): 0.5}}, None, 0.05,
+                                "fold") is None

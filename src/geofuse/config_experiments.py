@@ -110,8 +110,9 @@ class AblationConfig(_Model):
         None, description="Learning curve: also train every configuration on these shares of "
         "each fold's training groups (train.label_fraction; nested per seed, every class "
         "kept), e.g. [0.1, 0.25, 0.5, 1.0]; configurations are named <sensors>/<model>@<share>"
-        " and the report draws the curves and tests each sensor set against the baseline's at "
-        "the same share. Default: all labels only."
+        " (ablation.baseline too, e.g. s2/simple_cnn@100%) and the report draws the curves and "
+        "tests each sensor set against the baseline's at the same share; the main tables and "
+        "the best configuration stay at the baseline's share. Default: all labels only."
     )
     epochs: int | None = Field(None, ge=1, description="Override train.epochs per cell.")
     workers: int = Field(1, ge=1, description="Cells trained in parallel (local processes).")

@@ -182,7 +182,7 @@ def execute_cell(ctx: StudyContext, cell_data: dict[str, Any]) -> dict[str, Any]
         "overfitting": overfitting_summary(history, metrics.get("best_epoch")),
         "epochs_trained": info.get("epochs_trained"), "max_epochs": info.get("max_epochs"),
         "stopped_early": info.get("stopped_early"), "num_params": info.get("num_params"),
-        "n_train": sum((info.get("class_counts") or {}).get("train", {}).values()),
+        "n_train": info.get("n_train"),
         "duration_s": round(time.perf_counter() - started, 3),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "importance": importance, "calibration": cell_calibration(metrics),

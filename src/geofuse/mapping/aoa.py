@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from geofuse.data.label_fraction import kept_training
 from geofuse.errors import ConfigError, DataNotFoundError
 
 MAX_REFERENCE = 5000  #: training patches a member's AOA is measured against
@@ -235,11 +236,12 @@ def training_sample(run_dir: str | Path, bands: list[str], limit: int = MAX_REFE
     import h5py
 
     path = patches_file(run_dir)
+    fraction, seed = _label_share(Path(run_dir))
     try:
         with h5py.File(path, "r") as f:
             names = json.loads(f.attrs["band_names"])
-            train = np.flatnonzero(f["split"][()] == 0)
             groups = np.char.decode(f["groups"][()], "utf-8")
+            train = kept_training(f["split"][()], groups, f["y"][()], fraction, seed)
     except (OSError, KeyError) as err:
         raise DataNotFoundError(f"--aoa: cannot read the PatchSet {str(path)!r} of run "
                                 f"{str(run_dir)!r} ({err}); re-run 'geofuse extract' or map "
@@ -255,6 +257,14 @@ def training_sample(run_dir: str | Path, bands: list[str], limit: int = MAX_REFE
     units, exclusion = _units(Path(run_dir), groups[train])
     where = {b: i for i, b in enumerate(names)}
     return TrainingSample(path, train, [where[b] for b in bands], units, exclusion)
+
+
+def _label_share(run_dir: Path) -> tuple[float, int]:
+    """The run's ``train.label_fraction`` and seed (its training patches are that share)."""
+    import yaml
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    return float((cfg.get("train") or {}).get("label_fraction", 1.0)), int(cfg.get("seed", 0))
 
 
 def _units(run_dir: Path, groups: np.ndarray) -> tuple[np.ndarray, str]:

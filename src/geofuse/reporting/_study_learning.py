@@ -27,14 +27,28 @@ def _share(cell: Mapping[str, Any]) -> float | None:
     return None if value is None else float(value)
 
 
+def main_share_configs(cells: list[dict[str, Any]], baseline: str | None) -> set[str] | None:
+    """The configurations trained on the baseline's label share (without a baseline, the
+    largest share): the ones the main tables compare and the best is chosen among, as a
+    model trained on fewer labels is no candidate for the study's map; None for a study
+    without label shares."""
+    share_of = {c["config_id"]: _share(c) for c in cells}
+    shares = {v for v in share_of.values() if v is not None}
+    if not shares:
+        return None
+    main = share_of.get(baseline) if baseline in share_of else max(shares)
+    return {cid for cid, v in share_of.items() if v == main}
+
+
 def learning_curve_stats(
     cells: list[dict[str, Any]], scores: Mapping[str, Mapping[st.Key, float]],
     baseline: str | None, alpha: float, unit: st.Unit,
 ) -> dict[str, Any] | None:
-    """Curves and per-share comparisons of a study whose cells trained on label shares
-    (None for a study without them)."""
+    """Curves and per-share comparisons of a study whose cells trained on at least two label
+    shares (None otherwise). ``scores`` holds the comparable configurations only (the same
+    finished folds as the baseline)."""
     share_of = {c["config_id"]: _share(c) for c in cells}
-    if not any(v is not None for v in share_of.values()):
+    if len({v for v in share_of.values() if v is not None}) < 2:
         return None
     summary = st.summarize_configs(scores, unit)
     curves: dict[str, list[dict[str, Any]]] = {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,11 @@ from geofuse.reporting._completeness import completeness, continue_command, unfi
 from geofuse.reporting._study_calibration import calibration_blocks, calibration_stats
 from geofuse.reporting._study_data_figures import data_figure_blocks
 from geofuse.reporting._study_extra_blocks import map_blocks, mask_blocks
-from geofuse.reporting._study_learning import learning_curve_blocks, learning_curve_stats
+from geofuse.reporting._study_learning import (
+    learning_curve_blocks,
+    learning_curve_stats,
+    main_share_configs,
+)
 from geofuse.reporting._study_load import (
     CELL_DEFAULTS,
     Study,
@@ -98,6 +103,12 @@ def compute_study_stats(
     summary = st.summarize_configs(scores, unit)
     complete = completeness(scores, study.grid, baseline)
     comparable = {cid: scores[cid] for cid in complete["comparable"]}
+    curve_scores = dict(comparable)
+    main = main_share_configs(study.cells, baseline)  # a learning curve: the main share only
+    if main is not None:
+        comparable = {cid: v for cid, v in comparable.items() if cid in main} or comparable
+    main_study = study if main is None else \
+        replace(study, cells=[c for c in study.cells if c["config_id"] in main])
     complete["continue"] = continue_command(study.kind, study.config_file)
     comparisons = st.compare_to_baseline(comparable, baseline, alpha, unit) if baseline else []
     by_config = {cid: [c for c in study.cells if c["config_id"] == cid] for cid in scores}
@@ -121,8 +132,8 @@ def compute_study_stats(
         # patch-level test section (fold ensembles, floors, bootstrap over test groups);
         # a segmentation study's test figures are the per-pixel table of the results, a
         # regression study's the test split's R2 and RMSE of the results
-        "test_set": None if dense else study_test_stats(study, baseline, alpha),
-        "out_of_fold": None if dense else study_oof_stats(study, baseline, alpha),
+        "test_set": None if dense else study_test_stats(main_study, baseline, alpha),
+        "out_of_fold": None if dense else study_oof_stats(main_study, baseline, alpha),
         "per_class_f1_test": {} if reg else {
             cid: {k: _class_f1(cells, "test", k) for k in classes}
             for cid, cells in by_config.items()
@@ -150,7 +161,8 @@ def compute_study_stats(
                        "diagnosis": c["guard"].get("diagnosis") or ""}
                       for c in study.cells if c["guard"].get("collapsed")],
         "skipped": list(study.skipped), "completeness": complete,
-        "learning_curve": learning_curve_stats(study.cells, scores, baseline, alpha, unit),
+        "learning_curve": learning_curve_stats(study.cells, curve_scores, baseline, alpha,
+                                               unit),
     }
 
 

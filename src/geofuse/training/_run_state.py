@@ -115,7 +115,8 @@ def run_info(
         patch_size=patches.patch_size, in_channels=len(patches.band_names), seed=cfg.seed,
         model={"name": cfg.train.model.name,
                "kwargs": cfg.train.model.model_dump(exclude={"name"})},
-        class_counts=split_counts(patches), versions=versions(), **(extra or {}),
+        class_counts=split_counts(patches), n_train=len(patches.split_indices("train")),
+        versions=versions(), **(extra or {}),
     )
     if patches.segmentation:  # the model's classes are the mask's; class_names = strata
         info.update(task="segmentation", mask_names=list(patches.mask_names))
