@@ -36,8 +36,10 @@ from geofuse.raster.prepare import prepare_stack
 from geofuse.rundir import RunDir
 from geofuse.training.train import train_model
 
-#: patch classifiers; the segmentation models have their own flow (tests/test_segmentation_flow)
-ZOO = sorted((set(MODELS) - set(SEGMENTATION_MODELS)) | set(BASELINES))
+#: patch classifiers; the segmentation models have their own flow (tests/test_segmentation_flow);
+#: the larger ViTs are vit_tiny's class at other widths (built in tests/test_pretrained_bands)
+LARGE_VITS = {"vit_small_patch16_224", "vit_base_patch16_224"}
+ZOO = sorted((set(MODELS) - set(SEGMENTATION_MODELS) - LARGE_VITS) | set(BASELINES))
 MODALITIES = {"s2": 6, "modis": 1, "dem": 1}
 
 

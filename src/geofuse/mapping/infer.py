@@ -17,7 +17,8 @@ the share of members whose own class is not the ensemble's (``vote_disagreement`
 dropout (``mc_dropout`` N) runs every network N times, each pass with its own fixed dropout
 masks (:mod:`geofuse.mapping.passes`); each pass counts as a member. With an area of
 applicability (``--aoa``, :mod:`geofuse.mapping.aoa`) every patch member also measures how far
-each patch lies from its training data (one more forward pass of a network, dropout off).
+each patch lies from its training data (a network in the forward pass that classifies; with
+TTA or Monte Carlo dropout in one more pass on the patch as it is, dropout off).
 """
 
 from __future__ import annotations
