@@ -63,6 +63,18 @@ def _as_l1c(x: torch.Tensor) -> torch.Tensor:
     return full
 
 
+def _answers_as_file(model: torch.nn.Module, net: torch.nn.Module, side: int, atol: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check that ``model`` on BANDS with the DEM at zero gives ``net``'s features on the same
+    image in the file's 13 bands; returns the image and the features."""
+    x = torch.randn(2, 6, side, side)
+    x[:, 5] = 0
+    with torch.no_grad():
+        got = model.features(x)
+    torch.testing.assert_close(got, _features(net, _as_l1c(x)), rtol=1e-4, atol=atol)
+    return x, got
+
+
 # -- matching --------------------------------------------------------------------------------
 def test_band_names_match_without_prefix_date_case_or_zero_padding() -> None:
     assert match_bands(BANDS, L1C) == [*IN_L1C, None]
@@ -107,11 +119,7 @@ def test_13_band_resnet_responds_as_the_file_on_the_matched_bands(resnet13) -> N
     net, path = resnet13
     model = BackboneClassifier(6, 4, 32, backbone="resnet18", band_names=BANDS,
                                pretrained_path=path, pretrained_bands="sentinel2_l1c").eval()
-    x = torch.randn(2, 6, 32, 32)
-    x[:, 5] = 0
-    with torch.no_grad():
-        got = model.features(x)
-    torch.testing.assert_close(got, _features(net, _as_l1c(x)), rtol=1e-4, atol=1e-5)
+    x, got = _answers_as_file(model, net, 32, atol=1e-5)
     with torch.no_grad():  # the DEM band is live
         x[:, 5] = 1.0
         assert not torch.allclose(model.features(x), got, atol=1e-4)
@@ -183,11 +191,7 @@ def test_vit_at_the_files_size_responds_as_the_file(tmp_path: Path) -> None:
     path = _save(net, tmp_path / "vit13_64.pth")
     model = BackboneClassifier(6, 4, 64, backbone="vit_tiny_patch16_224", band_names=BANDS,
                                pretrained_path=path, pretrained_bands="sentinel2_l1c").eval()
-    x = torch.randn(2, 6, 64, 64)
-    x[:, 5] = 0
-    with torch.no_grad():
-        got = model.features(x)
-    torch.testing.assert_close(got, _features(net, _as_l1c(x)), rtol=1e-4, atol=1e-4)
+    _answers_as_file(model, net, 64, atol=1e-4)
 
 
 def test_vit_224_16_weights_resample_to_a_small_patch(tmp_path: Path) -> None:

@@ -126,6 +126,7 @@ def _pretrained_band_problems(
     another sensor's bands Sentinel-2 kernels."""
     from geofuse.models.adapt import PRETRAINED_BAND_SETS, resolve_pretrained_bands
     from geofuse.models.backbones import BACKBONES, read_file_metadata
+    from geofuse.models.registry import model_options
 
     made_for = read_file_metadata(path).get("band_names")
     own = {m: list(inputs.modalities.get(m, [])) for m in modalities}
@@ -145,7 +146,7 @@ def _pretrained_band_problems(
     preset = isinstance(model.pretrained_bands, str) and \
         model.pretrained_bands in PRETRAINED_BAND_SETS
     sensors = {m.name: m.sensor for m in cfg.modalities}
-    per_modality = "modalities" in _accepted(model.name)  # unet_late: each on its own
+    per_modality = "modalities" in model_options(model.name)  # unet_late: each on its own
     try:
         other = [m for m in own if preset and sensors.get(m) not in (None, "sentinel2")
                  and _matched(own[m], source)]
@@ -173,12 +174,6 @@ def _matched(bands: Sequence[str], source: Sequence[str]) -> bool:
     from geofuse.models.adapt import match_bands
 
     return any(i is not None for i in match_bands(list(bands), list(source)))
-
-
-def _accepted(name: str) -> dict[str, Any]:
-    from geofuse.models.registry import model_options
-
-    return model_options(name)
 
 
 def _time_series_problems(given: list[str] | None, modalities: Sequence[str],

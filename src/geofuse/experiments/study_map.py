@@ -118,7 +118,8 @@ def map_study(cfg: StudyConfig, study_dir: Path, progress: bool = True) -> Path:
     cells = [p.stat().st_mtime for p in (study_dir / "cells").glob("*.json")]
     record = out / "predict.json"
     fresh = record.is_file() and bool(cells) and record.stat().st_mtime >= max(cells)
-    aoa = m.aoa and _patch_models(study_dir)
+    src = _patch_source(study_dir) if m.aoa else None  # resolved once, for the map too
+    aoa = src is not None
     if fresh and ("aoa" in json.loads(record.read_text())) != aoa:
         fresh = False  # mapping.aoa changed since
     if fresh:
@@ -128,7 +129,7 @@ def map_study(cfg: StudyConfig, study_dir: Path, progress: bool = True) -> Path:
     else:
         if progress:
             console.rule("[bold]map: the best configuration's fold models on the scene")
-        mapped = predict_map(study_dir, scene_path(cfg), out,
+        mapped = predict_map(src or study_dir, scene_path(cfg), out,
                              PredictOptions(stride=m.stride, tile_size=m.tile_size, tta=m.tta,
                                             aoa=aoa),
                              progress=progress)
@@ -140,18 +141,19 @@ def map_study(cfg: StudyConfig, study_dir: Path, progress: bool = True) -> Path:
     return out
 
 
-def _patch_models(study_dir: Path) -> bool:
-    """Whether the best configuration classifies patches (the area of applicability is
-    measured for those only); warned when not."""
+def _patch_source(study_dir: Path) -> Any:
+    """The study's map source when its best configuration classifies patches (the area of
+    applicability is measured for those only); None, warned, when not."""
+    from geofuse.mapping.aoa_members import PATCH_KINDS
     from geofuse.mapping.members import resolve_source
 
-    kind = resolve_source(study_dir).first.kind
-    if kind in ("patch", "patch_forest"):
-        return True
-    warnings.warn(f"mapping.aoa: the best configuration maps pixel by pixel ({kind}); the area "
-                  "of applicability is measured for patch classifiers, so the map has none",
-                  UserWarning, stacklevel=3)
-    return False
+    src = resolve_source(study_dir)
+    if src.first.kind in PATCH_KINDS:
+        return src
+    warnings.warn(f"mapping.aoa: the best configuration maps pixel by pixel ({src.first.kind});"
+                  " the area of applicability is measured for patch classifiers, so the map has"
+                  " none", UserWarning, stacklevel=3)
+    return None
 
 
 def _suggest(cfg: StudyConfig, out: Path, mapped: dict[str, Any], redo: bool,

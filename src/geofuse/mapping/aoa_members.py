@@ -17,6 +17,7 @@ import torch
 from geofuse.errors import ConfigError
 from geofuse.mapping.aoa import (
     AoaReference,
+    TrainingSample,
     build_reference,
     patches_file,
     sample_batches,
@@ -97,16 +98,11 @@ def forest_weights(estimator: Any) -> np.ndarray | None:
     return None if importances is None else np.asarray(importances, dtype=np.float64)
 
 
-def member_reference(member: Any) -> AoaReference:
-    """The AOA reference of a loaded patch member (network or per-patch forest), its training
-    patches read, normalised and embedded a batch at a time.
-
-    Raises:
-        ConfigError, DataNotFoundError: see :func:`~geofuse.mapping.aoa.training_sample`.
-    """
+def member_reference(member: Any, sample: TrainingSample) -> AoaReference:
+    """The AOA reference of a loaded patch member (network or per-patch forest): its training
+    ``sample`` read, normalised and embedded a batch at a time."""
     from geofuse.data.normalize import normalize
 
-    sample = training_sample(member.spec.run_dir, list(member.spec.bands))
     feats = [member_features(member, x if member.spec.kind == "patch_forest"
                              else normalize(x, member.stats))
              for x in sample_batches(sample)]
@@ -130,13 +126,13 @@ def aoa_references(specs: list[Any], device: str, progress: bool) -> list[AoaRef
         raise ConfigError(
             f"--aoa: {first.model} maps pixel by pixel; the area of applicability is measured "
             "for patch classifiers (a network or forest per patch); map without --aoa")
-    for spec in specs:  # every file first: no progress bar before a one-line error
-        training_sample(spec.run_dir, list(spec.bands), limit=0)
+    # every PatchSet first: no progress bar before a one-line error
+    samples = [training_sample(spec.run_dir, list(spec.bands)) for spec in specs]
     refs = []
     with step_progress(progress) as bar:
         task = bar.add_task("area of applicability: training patches", total=len(specs))
-        for spec in specs:
-            refs.append(member_reference(load_member(spec, None, device)))
+        for spec, sample in zip(specs, samples, strict=True):
+            refs.append(member_reference(load_member(spec, None, device), sample))
             bar.advance(task)
     return refs
 

@@ -344,7 +344,7 @@ def _record(plan: _Plan, opts: PredictOptions, out: Path, files: dict[str, str],
 
 
 def predict_map(
-    source: str | Path, stack: str | Path | SceneSpec, out: str | Path,
+    source: str | Path | MapSource, stack: str | Path | SceneSpec, out: str | Path,
     options: PredictOptions | None = None, progress: bool = True,
     on_window: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
@@ -352,7 +352,7 @@ def predict_map(
 
     Args:
         source: a run directory, or a study directory (``study.json``): the fold models of
-            its best configuration form an ensemble.
+            its best configuration form an ensemble; or either, already resolved.
         stack: the fused stack (any GeoTIFF holding the run's bands, named), or a
             :class:`~geofuse.mapping.scene.SceneSpec` (``config``: a study YAML whose
             modalities are aligned on the fly).
@@ -385,12 +385,13 @@ def predict_map(
 
 
 def _predict_map(
-    source: str | Path, stack: str | Path | SceneSpec, out: str | Path, opts: PredictOptions,
+    source: str | Path | MapSource, stack: str | Path | SceneSpec, out: str | Path,
+    opts: PredictOptions,
     progress: bool, on_window: Callable[[int], None] | None,
 ) -> dict[str, Any]:
     """:func:`predict_map` inside its GDAL settings."""
     started = time.perf_counter()
-    src = resolve_source(source)
+    src = source if isinstance(source, MapSource) else resolve_source(source)
     # with Ray, "auto" is resolved by each task on its own node
     device = opts.device if opts.ray_address else resolve_device(opts.device)
     scene = stack if isinstance(stack, SceneSpec) else SceneSpec("stack", str(stack))
